@@ -1,0 +1,42 @@
+//! Cairn's local store: how an artifact becomes content-addressed shards, and where a node keeps
+//! them.
+//!
+//! - [`Chunker`] cuts files into content-defined chunks (FastCDC, about 1 MiB on average), so a
+//!   new version of a model re-uses the chunks that did not change.
+//! - [`encode_artifact`] runs the publish pipeline (chunk, seal, erasure-code, address) and
+//!   hands shards to a [`ShardSink`]; [`read_artifact`] runs it backwards from any `k` shards
+//!   per chunk taken from a [`ShardSource`], verifying every byte.
+//! - [`Manifest`] is the artifact's DAG-CBOR document: a public part (per chunk: shard CIDs and
+//!   lengths, the erasure parameters) that is enough to audit and repair, and a sealed
+//!   [`PrivatePart`] (file tree, chunk keys, plaintext hashes).
+//! - [`ReadCap`] is what a reader needs: the manifest CID and the artifact key.
+//! - [`Store`] owns a data directory: shard files (with BLAKE3/bao outboards) written atomically,
+//!   redb metadata, pins, garbage collection and a quota that is never exceeded.
+//!
+//! This crate knows the disk, not the network: peers reach it through the sink/source traits.
+
+mod bao;
+mod capability;
+mod chunker;
+mod error;
+mod ids;
+mod manifest;
+mod pipeline;
+mod shardfile;
+mod store;
+
+pub use bao::{BLOCK_SIZE, outboard, prove_range, verify_range};
+pub use capability::ReadCap;
+pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, Chunker};
+pub use cid::Cid;
+pub use error::Error;
+pub use ids::{CODEC_DAG_CBOR, CODEC_RAW, MULTIHASH_BLAKE3, manifest_cid, shard_cid, verify_shard};
+pub use manifest::{
+    ChunkEntry, ChunkSecret, FileEntry, MANIFEST_LEN_MAX, Manifest, PrivatePart, validate_path,
+};
+pub use pipeline::{
+    AddOptions, EncodedChunk, KeyMode, ShardSink, ShardSource, WINDOW_CHUNKS, encode_artifact,
+    fetch_data_first, read_artifact, read_file,
+};
+pub use shardfile::{HEADER_LEN, SHARD_LEN_MAX, ShardHeader};
+pub use store::{GcReport, Pin, PutOutcome, Stat, Store, StoreConfig};

@@ -1,0 +1,418 @@
+//! The artifact manifest: a DAG-CBOR document addressed by its CID.
+//!
+//! The public part is what storage nodes and auditors see: per chunk, the CIDs of its `n`
+//! shards and the sealed length (from which the shard length follows), plus the erasure
+//! parameters. That is enough to check and repair every shard without any key. The private part
+//! (file tree, chunk keys, plaintext hashes) is DAG-CBOR too, sealed under the artifact key.
+//!
+//! Decoding treats the bytes as hostile: lengths are capped before use, every cross-reference
+//! (shard counts, chunk ranges, paths) is checked, and an inconsistent manifest is an error.
+
+use cairn_encryption::{ArtifactKey, ChunkKey, SealedPrivate, open_private, seal_private};
+use cairn_erasure::Params;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::{CHUNK_MAX, Cid, Error, SHARD_LEN_MAX, manifest_cid};
+
+/// Largest encoded manifest accepted (public part with the sealed private part inside).
+/// At ~250 bytes per chunk this allows artifacts of about 250 000 chunks (~250 GiB).
+pub const MANIFEST_LEN_MAX: usize = 64 * 1024 * 1024;
+/// Format version written into every manifest.
+const FORMAT: u32 = 1;
+/// Longest path inside an artifact.
+const PATH_LEN_MAX: usize = 4096;
+
+/// One chunk in the public part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkEntry {
+    /// Length of the sealed chunk (ciphertext and tag) before erasure coding.
+    pub sealed_len: u64,
+    /// The `n` shard CIDs: `k` data shards, then `m` parity shards.
+    pub shards: Vec<Cid>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PublicWire {
+    format: u32,
+    k: u8,
+    m: u8,
+    chunks: Vec<ChunkEntry>,
+    private_nonce: ByteBuf,
+    private: ByteBuf,
+}
+
+/// A decoded manifest (public part; the private part stays sealed until opened).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    params: Params,
+    chunks: Vec<ChunkEntry>,
+    sealed_private: SealedPrivate,
+}
+
+/// One file of the artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative path with `/` separators, validated by [`validate_path`].
+    pub path: String,
+    /// Length in bytes.
+    pub size: u64,
+    /// Index of the file's first chunk in the manifest.
+    pub first_chunk: u64,
+    /// Number of chunks (0 for an empty file).
+    pub chunk_count: u64,
+}
+
+/// The secret half of one chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkSecret {
+    /// The chunk's AES-256 key.
+    pub key: ByteBuf,
+    /// BLAKE3 of the plaintext, checked after decryption.
+    pub hash: ByteBuf,
+    /// Plaintext length.
+    pub len: u64,
+}
+
+/// The sealed part of a manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivatePart {
+    /// Format version of the private part.
+    pub format: u32,
+    /// Optional artifact name (`org/name`).
+    pub name: Option<String>,
+    /// Files, sorted by path.
+    pub files: Vec<FileEntry>,
+    /// One secret per public chunk entry, same order.
+    pub chunks: Vec<ChunkSecret>,
+}
+
+impl PrivatePart {
+    /// The chunk key of chunk `i`. Only valid after [`Manifest::open`] checked the lengths.
+    pub fn chunk_key(&self, i: usize) -> ChunkKey {
+        ChunkKey::from_slice(&self.chunks[i].key).expect("open() checked key lengths")
+    }
+}
+
+/// Checks that `path` is a safe relative path: non-empty `/`-separated components, none of them
+/// empty, `.` or `..`, no backslash or NUL, not too long. A hostile manifest can therefore never
+/// make `cairn get` write outside its output directory.
+pub fn validate_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.len() > PATH_LEN_MAX {
+        return Err(format!(
+            "path length {} is outside 1..={PATH_LEN_MAX}",
+            path.len()
+        ));
+    }
+    if path.contains('\\') || path.contains('\0') {
+        return Err(format!("path {path:?} contains a backslash or NUL"));
+    }
+    for comp in path.split('/') {
+        if comp.is_empty() || comp == "." || comp == ".." {
+            return Err(format!("path {path:?} has an empty, `.` or `..` component"));
+        }
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Builds and seals a manifest.
+    pub fn seal(
+        params: Params,
+        chunks: Vec<ChunkEntry>,
+        private: &PrivatePart,
+        key: &ArtifactKey,
+    ) -> Self {
+        let plain = serde_ipld_dagcbor::to_vec(private).expect("private part serializes");
+        Self {
+            params,
+            chunks,
+            sealed_private: seal_private(key, &plain),
+        }
+    }
+
+    /// Erasure parameters of every chunk.
+    pub fn params(&self) -> Params {
+        self.params
+    }
+
+    /// The public chunk list.
+    pub fn chunks(&self) -> &[ChunkEntry] {
+        &self.chunks
+    }
+
+    /// Every shard CID the artifact needs.
+    pub fn shard_cids(&self) -> impl Iterator<Item = &Cid> {
+        self.chunks.iter().flat_map(|c| c.shards.iter())
+    }
+
+    /// The DAG-CBOR bytes and their CID.
+    pub fn encode(&self) -> (Cid, Vec<u8>) {
+        let wire = PublicWire {
+            format: FORMAT,
+            k: self.params.k() as u8,
+            m: self.params.m() as u8,
+            chunks: self.chunks.clone(),
+            private_nonce: ByteBuf::from(self.sealed_private.nonce.to_vec()),
+            private: ByteBuf::from(self.sealed_private.ciphertext.clone()),
+        };
+        let bytes = serde_ipld_dagcbor::to_vec(&wire).expect("manifest serializes");
+        (manifest_cid(&bytes), bytes)
+    }
+
+    /// Decodes and checks manifest bytes. `what` names them in errors (usually the CID).
+    pub fn decode(bytes: &[u8], what: &str) -> Result<Self, Error> {
+        let bad = |reason: String| Error::BadManifest {
+            what: what.to_string(),
+            reason,
+        };
+        if bytes.len() > MANIFEST_LEN_MAX {
+            return Err(bad(format!(
+                "{} bytes exceeds the limit {MANIFEST_LEN_MAX}",
+                bytes.len()
+            )));
+        }
+        let wire: PublicWire = serde_ipld_dagcbor::from_slice(bytes)
+            .map_err(|e| bad(format!("not a Cairn manifest ({e})")))?;
+        if wire.format != FORMAT {
+            return Err(bad(format!(
+                "format version {} is not supported (this build reads {FORMAT})",
+                wire.format
+            )));
+        }
+        let params =
+            Params::new(wire.k as usize, wire.m as usize).map_err(|e| bad(e.to_string()))?;
+        for (i, c) in wire.chunks.iter().enumerate() {
+            if c.shards.len() != params.n() {
+                return Err(bad(format!(
+                    "chunk {i} lists {} shards, expected {}",
+                    c.shards.len(),
+                    params.n()
+                )));
+            }
+            if c.sealed_len > CHUNK_MAX as u64 + cairn_encryption::TAG_LEN as u64 {
+                return Err(bad(format!(
+                    "chunk {i} sealed length {} exceeds the chunk limit",
+                    c.sealed_len
+                )));
+            }
+            if params.shard_len(c.sealed_len as usize) as u64 > SHARD_LEN_MAX {
+                return Err(bad(format!(
+                    "chunk {i} shards exceed {SHARD_LEN_MAX} bytes"
+                )));
+            }
+            if let Some(s) = c
+                .shards
+                .iter()
+                .find(|s| s.codec() != crate::CODEC_RAW || crate::ids::blake3_digest(s).is_none())
+            {
+                return Err(bad(format!(
+                    "chunk {i} names {s}, which is not a raw BLAKE3 shard CID"
+                )));
+            }
+        }
+        let nonce: [u8; cairn_encryption::NONCE_LEN] = wire
+            .private_nonce
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("private part nonce has the wrong length".into()))?;
+        Ok(Self {
+            params,
+            chunks: wire.chunks,
+            sealed_private: SealedPrivate {
+                nonce,
+                ciphertext: wire.private.into_vec(),
+            },
+        })
+    }
+
+    /// Opens and checks the private part. `cid` names the artifact in errors.
+    pub fn open(&self, cid: &Cid, key: &ArtifactKey) -> Result<PrivatePart, Error> {
+        let plain = open_private(key, &self.sealed_private).map_err(|source| Error::Crypto {
+            artifact: *cid,
+            source,
+        })?;
+        let bad = |reason: String| Error::BadManifest {
+            what: format!("{cid} private part"),
+            reason,
+        };
+        let p: PrivatePart = serde_ipld_dagcbor::from_slice(&plain)
+            .map_err(|e| bad(format!("undecodable ({e})")))?;
+        if p.format != FORMAT {
+            return Err(bad(format!("format version {} is not supported", p.format)));
+        }
+        if p.chunks.len() != self.chunks.len() {
+            return Err(bad(format!(
+                "{} chunk secrets for {} chunks",
+                p.chunks.len(),
+                self.chunks.len()
+            )));
+        }
+        for (i, (s, c)) in p.chunks.iter().zip(&self.chunks).enumerate() {
+            if s.key.len() != 32 || s.hash.len() != 32 {
+                return Err(bad(format!("chunk {i} key or hash has the wrong length")));
+            }
+            if s.len + cairn_encryption::TAG_LEN as u64 != c.sealed_len {
+                return Err(bad(format!(
+                    "chunk {i} length {} does not match its sealed length {}",
+                    s.len, c.sealed_len
+                )));
+            }
+        }
+        let mut prev: Option<&str> = None;
+        for f in &p.files {
+            validate_path(&f.path).map_err(bad)?;
+            if prev.is_some_and(|p| p >= f.path.as_str()) {
+                return Err(bad(format!(
+                    "files are not sorted and unique at {:?}",
+                    f.path
+                )));
+            }
+            prev = Some(&f.path);
+            let end = f
+                .first_chunk
+                .checked_add(f.chunk_count)
+                .filter(|e| *e <= p.chunks.len() as u64);
+            let Some(end) = end else {
+                return Err(bad(format!(
+                    "file {:?} refers to chunks past the end",
+                    f.path
+                )));
+            };
+            let sum: u64 = p.chunks[f.first_chunk as usize..end as usize]
+                .iter()
+                .map(|c| c.len)
+                .sum();
+            if sum != f.size {
+                return Err(bad(format!(
+                    "file {:?} size {} does not match its chunks ({sum})",
+                    f.path, f.size
+                )));
+            }
+        }
+        // A file path may not also be a directory of another file ("a" and "a/b").
+        for w in p.files.windows(2) {
+            if w[1].path.starts_with(&w[0].path)
+                && w[1].path.as_bytes().get(w[0].path.len()) == Some(&b'/')
+            {
+                return Err(bad(format!(
+                    "{:?} is both a file and a directory",
+                    w[0].path
+                )));
+            }
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard_cid;
+    use proptest::prelude::*;
+
+    fn sample(nchunks: usize) -> (Manifest, PrivatePart, ArtifactKey) {
+        let params = Params::DEFAULT;
+        let mut chunks = Vec::new();
+        let mut secrets = Vec::new();
+        for i in 0..nchunks {
+            chunks.push(ChunkEntry {
+                sealed_len: 100 + i as u64 + 16,
+                shards: (0..5).map(|j| shard_cid(&[i as u8, j])).collect(),
+            });
+            secrets.push(ChunkSecret {
+                key: ByteBuf::from(vec![i as u8; 32]),
+                hash: ByteBuf::from(vec![1; 32]),
+                len: 100 + i as u64,
+            });
+        }
+        let size = secrets.iter().map(|s| s.len).sum();
+        let private = PrivatePart {
+            format: FORMAT,
+            name: Some("org/model".into()),
+            files: vec![FileEntry {
+                path: "dir/model.safetensors".into(),
+                size,
+                first_chunk: 0,
+                chunk_count: nchunks as u64,
+            }],
+            chunks: secrets,
+        };
+        let key = ArtifactKey::random();
+        (Manifest::seal(params, chunks, &private, &key), private, key)
+    }
+
+    #[test]
+    fn encode_decode_open() {
+        let (m, p, key) = sample(3);
+        let (cid, bytes) = m.encode();
+        assert_eq!(cid, manifest_cid(&bytes));
+        let d = Manifest::decode(&bytes, "t").unwrap();
+        assert_eq!(d, m);
+        assert_eq!(d.open(&cid, &key).unwrap(), p);
+        let wrong = ArtifactKey::random();
+        assert!(matches!(d.open(&cid, &wrong), Err(Error::Crypto { .. })));
+    }
+
+    #[test]
+    fn paths_are_validated() {
+        for bad in ["", "/abs", "a//b", "../x", "a/./b", "a/..", "a\\b", "x\0"] {
+            assert!(validate_path(bad).is_err(), "{bad:?}");
+        }
+        for good in ["a", "a/b.json", "..a", "a..b/c"] {
+            assert!(validate_path(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_private_parts_are_rejected() {
+        let (m, mut p, key) = sample(2);
+        p.files[0].path = "../etc/passwd".into();
+        let m2 = Manifest::seal(m.params(), m.chunks().to_vec(), &p, &key);
+        let (cid, _) = m2.encode();
+        let e = m2.open(&cid, &key).unwrap_err();
+        assert!(e.to_string().contains("component"), "{e}");
+
+        let (m, mut p, key) = sample(2);
+        p.files[0].chunk_count = 3;
+        let m2 = Manifest::seal(m.params(), m.chunks().to_vec(), &p, &key);
+        assert!(
+            m2.open(&cid, &key)
+                .unwrap_err()
+                .to_string()
+                .contains("past the end")
+        );
+    }
+
+    #[test]
+    fn garbage_and_wrong_shapes_are_rejected() {
+        assert!(matches!(
+            Manifest::decode(b"", "t"),
+            Err(Error::BadManifest { .. })
+        ));
+        assert!(matches!(
+            Manifest::decode(&[0xa0], "t"),
+            Err(Error::BadManifest { .. })
+        ));
+        let (mut m, _, _) = sample(1);
+        m.chunks[0].shards.pop();
+        let (_, bytes) = m.encode();
+        let e = Manifest::decode(&bytes, "t").unwrap_err();
+        assert!(e.to_string().contains("lists 4 shards"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Manifest::decode(&bytes, "fuzz");
+        }
+
+        #[test]
+        fn round_trip_any_size(n in 0usize..40) {
+            let (m, p, key) = sample(n);
+            let (cid, bytes) = m.encode();
+            let d = Manifest::decode(&bytes, "t").unwrap();
+            prop_assert_eq!(d.open(&cid, &key).unwrap(), p);
+        }
+    }
+}
