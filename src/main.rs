@@ -1,1 +1,110 @@
-fn main() {}
+//! The `cairn` command line. Thin: it parses arguments, owns the data directory's files, and
+//! calls the library crates. Errors print the whole cause chain and exit with code 2.
+
+mod commands;
+mod config;
+mod units;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Cairn: content-addressed, encrypted, erasure-coded storage for AI models and datasets.
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about)]
+struct Cli {
+    /// Data directory (keys, store, configuration).
+    #[arg(long, global = true, env = "CAIRN_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a data directory: node key, convergence secret (owner-only files), empty store.
+    Init {
+        /// Disk quota for shards, e.g. 500GiB, 10GB, 1048576.
+        #[arg(long, default_value = "10GiB")]
+        quota: String,
+    },
+    /// Add a file or folder; prints the artifact CID and its read capability.
+    Add {
+        /// File or folder to add.
+        path: PathBuf,
+        /// Artifact name, `org/name`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Data shards per chunk.
+        #[arg(short = 'k', long, default_value_t = 3)]
+        data_shards: usize,
+        /// Parity shards per chunk: the artifact survives the loss of any `m` shards of a chunk.
+        #[arg(short = 'm', long, default_value_t = 2)]
+        parity_shards: usize,
+        /// Use a fresh random key per chunk (no dedup) instead of convergent keys.
+        #[arg(long)]
+        random_keys: bool,
+        /// Pin for this long (e.g. 30d, 12h); default: until unpinned.
+        #[arg(long)]
+        pin_for: Option<String>,
+    },
+    /// Fetch a whole artifact into a directory, or one file of it to a path (`-` for stdout).
+    Get {
+        /// Read capability printed by `cairn add`.
+        cap: String,
+        /// One file of the artifact to fetch.
+        file: Option<String>,
+        /// Output directory (whole artifact) or file path (one file).
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// List an artifact's files.
+    Ls {
+        /// Read capability printed by `cairn add`.
+        cap: String,
+    },
+    /// Pin an artifact held by this store.
+    Pin {
+        /// Manifest CID (or a read capability).
+        cid: String,
+        /// Pin for this long (e.g. 30d, 12h); default: until unpinned.
+        #[arg(long)]
+        pin_for: Option<String>,
+    },
+    /// Remove a pin; the data goes at the next `cairn gc`.
+    Unpin {
+        /// Manifest CID (or a read capability).
+        cid: String,
+    },
+    /// List pins.
+    Pins,
+    /// Remove everything no live pin needs.
+    Gc,
+    /// Show usage against quota.
+    Stat,
+    /// Demo on embedded defaults: a temporary store, a sample model added and fetched back verified.
+    Demo {
+        /// Size of the sample weights file in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("CAIRN_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}

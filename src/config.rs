@@ -1,0 +1,144 @@
+//! The data directory: where a node keeps its keys, its configuration and its store.
+//!
+//! ```text
+//! <data dir>/config.toml          quota and erasure defaults (plain settings, no secrets)
+//! <data dir>/node.key             32 raw bytes, the node's ed25519 secret key (mode 0600)
+//! <data dir>/convergence.secret   32 raw bytes, the publisher's convergence secret (mode 0600)
+//! <data dir>/store/               the shard store (see cairn-store)
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use cairn_encryption::ConvergenceSecret;
+use cairn_store::{Store, StoreConfig};
+use serde::{Deserialize, Serialize};
+
+/// Settings kept in `config.toml`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Config {
+    /// Quota of the store in bytes.
+    pub quota: u64,
+}
+
+/// An opened data directory.
+pub struct DataDir {
+    pub path: PathBuf,
+    pub config: Config,
+}
+
+/// The data directory to use: `--data-dir`, `$CAIRN_DIR`, or `~/.cairn`.
+pub fn resolve(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let home =
+        std::env::var_os("HOME").context("HOME is not set; pass --data-dir or set CAIRN_DIR")?;
+    Ok(PathBuf::from(home).join(".cairn"))
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn read_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let meta = fs::metadata(path)
+        .with_context(|| format!("cannot read {}; run `cairn init` first", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "{} is readable by other users; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    bytes.as_slice().try_into().map_err(|_| {
+        anyhow::anyhow!(
+            "{} is {} bytes, expected 32; it is damaged",
+            path.display(),
+            bytes.len()
+        )
+    })
+}
+
+impl DataDir {
+    /// Creates a new data directory. Refuses to overwrite an existing one.
+    pub fn init(path: &Path, quota: u64) -> anyhow::Result<Self> {
+        if path.join("config.toml").exists() {
+            bail!("{} is already a Cairn data directory", path.display());
+        }
+        fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict permissions of {}", path.display()))?;
+        write_secret(
+            &path.join("node.key"),
+            ConvergenceSecret::random().as_bytes(),
+        )?;
+        write_secret(
+            &path.join("convergence.secret"),
+            ConvergenceSecret::random().as_bytes(),
+        )?;
+        let config = Config { quota };
+        fs::write(path.join("config.toml"), toml::to_string(&config)?)
+            .with_context(|| format!("cannot write {}", path.join("config.toml").display()))?;
+        let dd = Self {
+            path: path.to_path_buf(),
+            config,
+        };
+        dd.open_store()?;
+        Ok(dd)
+    }
+
+    /// Opens an existing data directory.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let cfg_path = path.join("config.toml");
+        let text = fs::read_to_string(&cfg_path).with_context(|| {
+            format!(
+                "no Cairn data directory at {}; run `cairn init` (or pass --data-dir)",
+                path.display()
+            )
+        })?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("{} is not valid", cfg_path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            config,
+        })
+    }
+
+    /// The publisher's convergence secret.
+    pub fn convergence_secret(&self) -> anyhow::Result<ConvergenceSecret> {
+        Ok(ConvergenceSecret::from_bytes(read_secret(
+            &self.path.join("convergence.secret"),
+        )?))
+    }
+
+    /// The node's secret key bytes.
+    #[allow(dead_code)] // Used by the node daemon.
+    pub fn node_key(&self) -> anyhow::Result<[u8; 32]> {
+        read_secret(&self.path.join("node.key"))
+    }
+
+    /// Opens the store.
+    pub fn open_store(&self) -> anyhow::Result<Store> {
+        let dir = self.path.join("store");
+        Store::open(
+            &dir,
+            StoreConfig {
+                quota: self.config.quota,
+            },
+        )
+        .with_context(|| format!("cannot open the store in {}", dir.display()))
+    }
+}
