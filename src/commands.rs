@@ -185,6 +185,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("pins: {}", s.pins);
             Ok(())
         }
+        Command::Verify => {
+            let store = DataDir::open(&dir)?.open_store()?;
+            let bad = store.verify_all()?;
+            let s = store.stat()?;
+            for (cid, why) in &bad {
+                println!("corrupted {cid}: {why}");
+            }
+            if !bad.is_empty() {
+                bail!(
+                    "{} of {} shards failed verification; artifacts with at most m bad shards per chunk still read",
+                    bad.len(),
+                    s.shards
+                );
+            }
+            println!("all {} shards verified", s.shards);
+            Ok(())
+        }
         Command::Demo { size_mib } => demo(size_mib),
     }
 }

@@ -83,6 +83,8 @@ enum Command {
     Gc,
     /// Show usage against quota.
     Stat,
+    /// Read back every shard and check it against its CID.
+    Verify,
     /// Demo on embedded defaults: a temporary store, a sample model added and fetched back verified.
     Demo {
         /// Size of the sample weights file in MiB.

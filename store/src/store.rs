@@ -402,6 +402,30 @@ impl Store {
         Ok((data, outboard))
     }
 
+    /// Reads back every shard and checks it against its CID; returns the ones that fail.
+    pub fn verify_all(&self) -> Result<Vec<(Cid, String)>, Error> {
+        let cids: Vec<Cid> = {
+            let rtx = self.db.begin_read()?;
+            let t = rtx.open_table(SHARDS)?;
+            let mut v = Vec::new();
+            for row in t.iter()? {
+                let (k, _) = row?;
+                v.push(
+                    Cid::try_from(k.value())
+                        .map_err(|e| Error::Db(format!("shard key is not a CID: {e}")))?,
+                );
+            }
+            v
+        };
+        Ok(cids
+            .par_iter()
+            .filter_map(|c| match self.read_shard_file(c, true) {
+                Ok(_) => None,
+                Err(e) => Some((*c, e.to_string())),
+            })
+            .collect())
+    }
+
     /// Stores a manifest and pins it (and names it) in one transaction: this is the moment an
     /// artifact becomes visible. Call it only after every shard is stored.
     pub fn commit_artifact(

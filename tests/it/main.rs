@@ -1,1 +1,7 @@
+//! Cross-crate scenarios, one integration binary (compiled once).
+//!
+//! Every test drives the real `cairn` binary in its own temporary data directory and checks the
+//! results on disk, through the store library where it needs to look inside.
 
+mod cli;
+mod util;
