@@ -1,0 +1,191 @@
+//! Where a node keeps the shards it serves: the [`ShardBackend`] trait and an in-memory backend.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+use std::sync::Mutex;
+
+use cid::Cid;
+
+/// Why a backend refused or failed an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// Storing the shard would exceed the node's quota.
+    #[error("quota full: shard needs {needed} bytes, {free} bytes free")]
+    QuotaFull {
+        /// Bytes the shard needs.
+        needed: u64,
+        /// Bytes still free.
+        free: u64,
+    },
+    /// The requester did not PUT this shard, so it may not delete it.
+    #[error("requester is not an owner of the shard")]
+    NotOwner,
+    /// Stored bytes no longer match their CID.
+    #[error("stored shard is corrupted: {0}")]
+    Corrupted(String),
+    /// The disk failed.
+    #[error("backend I/O failed: {0}")]
+    Io(String),
+}
+
+/// Shard storage behind the shard protocol.
+///
+/// Methods are blocking (they do disk I/O); the protocol layer calls them from
+/// `tokio::task::spawn_blocking`.
+pub trait ShardBackend: Send + Sync + 'static {
+    /// Stores a shard whose CID the protocol layer has already verified. `owner` is the 32-byte
+    /// endpoint id that sent it. Storing a shard that is already held adds `owner` to its owners
+    /// and succeeds.
+    fn put(&self, cid: &Cid, data: &[u8], owner: [u8; 32]) -> Result<(), BackendError>;
+    /// Verified bytes of a shard (or of a byte range of it, clamped to the shard's length),
+    /// None if not held.
+    fn get(&self, cid: &Cid, range: Option<Range<u64>>) -> Result<Option<Vec<u8>>, BackendError>;
+    /// Whether the shard is held.
+    fn has(&self, cid: &Cid) -> bool;
+    /// Deletes if `requester` is an owner; Ok(false) if not held.
+    fn delete(&self, cid: &Cid, requester: [u8; 32]) -> Result<bool, BackendError>;
+    /// Bytes of quota still free.
+    fn free_bytes(&self) -> u64;
+}
+
+#[derive(Debug)]
+struct Held {
+    data: Vec<u8>,
+    owners: BTreeSet<[u8; 32]>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    shards: HashMap<Cid, Held>,
+    used: u64,
+}
+
+/// A [`ShardBackend`] in memory with a byte quota, for tests and examples.
+///
+/// A shard with several owners stays until the last of them deletes it, so that one publisher's
+/// DELETE never removes data another publisher also stored.
+#[derive(Debug)]
+pub struct MemoryBackend {
+    quota: u64,
+    state: Mutex<MemoryState>,
+}
+
+impl MemoryBackend {
+    /// An empty backend that holds at most `quota` bytes of shard data.
+    pub fn new(quota: u64) -> Self {
+        Self {
+            quota,
+            state: Mutex::new(MemoryState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        // A panic while holding the lock cannot leave the map half-updated (every update is a
+        // single insert or remove), so the poisoned state is still consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl ShardBackend for MemoryBackend {
+    fn put(&self, cid: &Cid, data: &[u8], owner: [u8; 32]) -> Result<(), BackendError> {
+        let mut state = self.lock();
+        if let Some(held) = state.shards.get_mut(cid) {
+            held.owners.insert(owner);
+            return Ok(());
+        }
+        let needed = data.len() as u64;
+        let free = self.quota.saturating_sub(state.used);
+        if needed > free {
+            return Err(BackendError::QuotaFull { needed, free });
+        }
+        state.used += needed;
+        state.shards.insert(
+            *cid,
+            Held {
+                data: data.to_vec(),
+                owners: BTreeSet::from([owner]),
+            },
+        );
+        Ok(())
+    }
+
+    /// A range is clamped to the shard: bytes past its end are simply not returned.
+    fn get(&self, cid: &Cid, range: Option<Range<u64>>) -> Result<Option<Vec<u8>>, BackendError> {
+        let state = self.lock();
+        let Some(held) = state.shards.get(cid) else {
+            return Ok(None);
+        };
+        let len = held.data.len() as u64;
+        let range = range.unwrap_or(0..len);
+        let end = range.end.min(len);
+        let start = range.start.min(end);
+        Ok(Some(held.data[start as usize..end as usize].to_vec()))
+    }
+
+    fn has(&self, cid: &Cid) -> bool {
+        self.lock().shards.contains_key(cid)
+    }
+
+    fn delete(&self, cid: &Cid, requester: [u8; 32]) -> Result<bool, BackendError> {
+        let mut state = self.lock();
+        let Some(held) = state.shards.get_mut(cid) else {
+            return Ok(false);
+        };
+        if !held.owners.remove(&requester) {
+            return Err(BackendError::NotOwner);
+        }
+        if held.owners.is_empty() {
+            let len = held.data.len() as u64;
+            state.shards.remove(cid);
+            state.used -= len;
+        }
+        Ok(true)
+    }
+
+    fn free_bytes(&self) -> u64 {
+        self.quota.saturating_sub(self.lock().used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cids::shard_cid;
+
+    #[test]
+    fn memory_backend_enforces_quota_and_owners() {
+        let backend = MemoryBackend::new(10);
+        let a = shard_cid(b"0123456");
+        backend.put(&a, b"0123456", [1; 32]).unwrap();
+        assert_eq!(backend.free_bytes(), 3);
+        let b = shard_cid(b"abcd");
+        assert_eq!(
+            backend.put(&b, b"abcd", [1; 32]),
+            Err(BackendError::QuotaFull { needed: 4, free: 3 })
+        );
+        // A second owner of the same content costs no quota.
+        backend.put(&a, b"0123456", [2; 32]).unwrap();
+        assert_eq!(backend.free_bytes(), 3);
+        assert_eq!(backend.delete(&a, [3; 32]), Err(BackendError::NotOwner));
+        assert_eq!(backend.delete(&a, [1; 32]), Ok(true));
+        assert!(backend.has(&a), "the second owner still holds it");
+        assert_eq!(backend.delete(&a, [2; 32]), Ok(true));
+        assert!(!backend.has(&a));
+        assert_eq!(backend.free_bytes(), 10);
+        assert_eq!(backend.delete(&a, [2; 32]), Ok(false));
+    }
+
+    #[test]
+    fn memory_backend_clamps_ranges() {
+        let backend = MemoryBackend::new(100);
+        let cid = shard_cid(b"0123456789");
+        backend.put(&cid, b"0123456789", [1; 32]).unwrap();
+        assert_eq!(backend.get(&cid, Some(2..5)).unwrap().unwrap(), b"234");
+        assert_eq!(backend.get(&cid, Some(8..50)).unwrap().unwrap(), b"89");
+        assert_eq!(backend.get(&cid, Some(50..60)).unwrap().unwrap(), b"");
+        assert_eq!(backend.get(&shard_cid(b"other"), None).unwrap(), None);
+    }
+}

@@ -1,0 +1,151 @@
+//! The crate's error type.
+
+use std::time::Duration;
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the peer layer.
+///
+/// Peers are named by their short endpoint id and shards by their CID string, so that a message
+/// alone says which node and which data to look at.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The local endpoint could not be bound.
+    #[error("binding endpoint on {bind}: {reason}")]
+    Bind {
+        /// The requested socket address.
+        bind: String,
+        /// Why binding failed.
+        reason: String,
+    },
+    /// A node secret key had the wrong length.
+    #[error("secret key is {len} bytes, expected {expected}")]
+    SecretKeyLength {
+        /// Length of the bytes given.
+        len: usize,
+        /// The only accepted length.
+        expected: usize,
+    },
+    /// Connecting to a peer failed before any request was sent.
+    #[error("connecting to peer {peer}: {reason}")]
+    Connect {
+        /// The peer dialled.
+        peer: String,
+        /// Why the connection failed.
+        reason: String,
+    },
+    /// A peer did not answer within the time limit.
+    #[error("peer {peer} did not finish {operation} within {limit:?}")]
+    Timeout {
+        /// The peer waited for.
+        peer: String,
+        /// The step that ran out of time (`connect`, `PUT`, `GET`…).
+        operation: &'static str,
+        /// The limit that was exceeded.
+        limit: Duration,
+    },
+    /// A stream to a peer broke in the middle of a request.
+    #[error("stream to peer {peer} failed during {operation}: {reason}")]
+    Stream {
+        /// The peer on the other end.
+        peer: String,
+        /// The request in flight.
+        operation: &'static str,
+        /// What the transport reported.
+        reason: String,
+    },
+    /// A peer's reply did not follow the shard protocol.
+    #[error("malformed reply from peer {peer}: {reason}")]
+    MalformedReply {
+        /// The peer that sent it.
+        peer: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// A peer returned bytes whose BLAKE3 hash is not the digest in the CID asked for.
+    #[error("peer {peer} returned bytes that do not match shard {cid}")]
+    Corrupt {
+        /// The peer that sent the bytes.
+        peer: String,
+        /// The shard asked for.
+        cid: String,
+    },
+    /// A CID is not a Cairn shard CID (CIDv1, codec raw, BLAKE3 multihash with a 32-byte digest).
+    #[error("CID {cid} is not a shard CID: {reason}")]
+    InvalidCid {
+        /// The CID as given.
+        cid: String,
+        /// Which part is wrong.
+        reason: String,
+    },
+    /// A request would exceed a protocol limit; nothing was sent.
+    #[error("{what} is {len}, over the limit of {max}")]
+    TooLarge {
+        /// What is too large (`shard length`, `HAS batch`…).
+        what: &'static str,
+        /// The size asked for.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A byte range ends before it starts; nothing was sent.
+    #[error("range {start}..{end} ends before it starts")]
+    InvalidRange {
+        /// First byte asked for.
+        start: u64,
+        /// End of the range (exclusive).
+        end: u64,
+    },
+    /// The peer refused a PUT because its quota cannot hold the shard.
+    #[error("peer {peer} has no room for {needed} bytes ({free} bytes free)")]
+    QuotaFull {
+        /// The refusing peer.
+        peer: String,
+        /// Bytes the shard needs.
+        needed: u64,
+        /// Bytes the peer has free.
+        free: u64,
+    },
+    /// The peer refused a DELETE because this endpoint did not PUT the shard.
+    #[error("peer {peer} refused to delete shard {cid}: this endpoint is not its owner")]
+    NotOwner {
+        /// The refusing peer.
+        peer: String,
+        /// The shard.
+        cid: String,
+    },
+    /// The peer rejected the request with an error status.
+    #[error("peer {peer} rejected {operation} with status {status}: {message}")]
+    Rejected {
+        /// The rejecting peer.
+        peer: String,
+        /// The request rejected.
+        operation: &'static str,
+        /// Name of the wire status (`CID_MISMATCH`, `TOO_LARGE`…; see the protocol spec).
+        status: &'static str,
+        /// The peer's explanation, at most `MESSAGE_LEN_MAX` bytes.
+        message: String,
+    },
+    /// A membership announcement was refused.
+    #[error("announcement rejected: {reason}")]
+    Announcement {
+        /// Why (bad signature, stale, oversized, wrong network…).
+        reason: String,
+    },
+    /// Serialized peer table bytes could not be read.
+    #[error("peer table bytes unreadable: {reason}")]
+    PeerTable {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The gossip layer failed.
+    #[error("gossip on topic {topic}: {reason}")]
+    Gossip {
+        /// The topic.
+        topic: String,
+        /// What iroh-gossip reported.
+        reason: String,
+    },
+}

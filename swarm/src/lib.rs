@@ -1,0 +1,54 @@
+//! Cairn's peer layer: the only crate that knows iroh.
+//!
+//! - [`endpoint_offline`] / [`endpoint_online`] build iroh endpoints (loopback-only for tests and
+//!   the devnet, n0 relays and address lookup for production).
+//! - The shard protocol (ALPN [`SHARD_ALPN`]) moves content-addressed shards between nodes:
+//!   [`ShardServer`] serves a [`ShardBackend`], [`ShardClient`] talks to remote servers. The wire
+//!   format is specified at the top of `protocol.rs`.
+//! - [`fetch_any_k`] gathers any k verified shards of an erasure-coded chunk with hedging.
+//! - [`Membership`] announces this node over iroh-gossip and keeps a [`PeerTable`] of live peers.
+//! - [`place`] picks n distinct holders for a key by weighted rendezvous hashing.
+//!
+//! Every read from a peer is length-capped before anything is allocated and every wait on a peer
+//! has a timeout; the limits are the named constants exported below.
+
+#![warn(missing_docs)]
+
+mod backend;
+mod cids;
+mod client;
+mod endpoint;
+mod error;
+mod fetch;
+mod membership;
+mod placement;
+mod protocol;
+mod server;
+
+pub use backend::{BackendError, MemoryBackend, ShardBackend};
+pub use cids::{CODEC_RAW, MULTIHASH_BLAKE3, shard_cid, shard_digest};
+pub use client::{ShardClient, ShardConfig};
+pub use endpoint::{
+    BoundEndpoint, SECRET_KEY_LEN, endpoint_offline, endpoint_online, generate_secret_key,
+    secret_key_from_bytes, secret_key_to_bytes,
+};
+pub use error::{Error, Result};
+pub use fetch::{FetchError, ShardFailure, ShardLocation, fetch_any_k};
+pub use membership::{
+    ADDRS_MAX, ANNOUNCE_INTERVAL, ANNOUNCEMENT_LEN_MAX, Announcement, Membership, MembershipConfig,
+    PEER_FAILURES_MAX, PEER_SILENCE_MAX, PEER_TABLE_PEERS_MAX, PeerInfo, PeerTable, topic_id,
+};
+pub use placement::place;
+pub use protocol::{
+    CID_LEN_MAX, CONNECT_TIMEOUT, HAS_BATCH_MAX, PEER_INFLIGHT_MAX, POOL_PEERS_MAX,
+    PROTOCOL_VERSION, REQUEST_TIMEOUT, SHARD_ALPN, SHARD_LEN_MAX,
+};
+pub use server::ShardServer;
+
+// The iroh types that appear in this crate's API, so that callers need no iroh dependency of
+// their own and always agree with us on its version.
+pub use iroh::{EndpointAddr, EndpointId, SecretKey, protocol::Router};
+pub use iroh_gossip::{ALPN as GOSSIP_ALPN, Gossip, TopicId};
+
+#[cfg(test)]
+mod net_tests;
