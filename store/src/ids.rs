@@ -30,7 +30,8 @@ pub fn manifest_cid(bytes: &[u8]) -> Cid {
 }
 
 /// The BLAKE3 digest inside a Cairn CID, or `None` when the CID is not CIDv1 + BLAKE3-256.
-pub(crate) fn blake3_digest(cid: &Cid) -> Option<[u8; 32]> {
+/// (Any codec: check `cid.codec()` separately where it matters.)
+pub fn blake3_digest(cid: &Cid) -> Option<[u8; 32]> {
     if cid.version() != cid::Version::V1 || cid.hash().code() != MULTIHASH_BLAKE3 {
         return None;
     }
