@@ -31,7 +31,8 @@ pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, Chunker};
 pub use cid::Cid;
 pub use error::Error;
 pub use ids::{
-    CODEC_DAG_CBOR, CODEC_RAW, MULTIHASH_BLAKE3, blake3_digest, manifest_cid, shard_cid, verify_shard,
+    CODEC_DAG_CBOR, CODEC_RAW, MULTIHASH_BLAKE3, blake3_digest, manifest_cid, shard_cid,
+    verify_shard,
 };
 pub use manifest::{
     ChunkEntry, ChunkSecret, FileEntry, MANIFEST_LEN_MAX, Manifest, PrivatePart, validate_path,

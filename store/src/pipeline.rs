@@ -60,8 +60,15 @@ pub struct EncodedChunk {
 
 /// Where the publish pipeline puts shards: the local store, or holders on the network.
 pub trait ShardSink: Sync {
-    /// Stores every shard of a window of chunks. Returns only when they are durable.
-    fn put_window(&self, chunks: &[&EncodedChunk]) -> Result<(), Error>;
+    /// Stores every shard of a window of chunks. A sink may return before they are durable (to
+    /// overlap the network with coding), as long as [`ShardSink::finish`] waits for them and an
+    /// error surfaces from a later call.
+    fn put_window(&self, chunks: Vec<EncodedChunk>) -> Result<(), Error>;
+
+    /// Waits until every shard handed over is durable; the first error of any window.
+    fn finish(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// Where the read pipeline gets shards.
@@ -300,25 +307,31 @@ pub fn encode_artifact(
         let base = entries.len();
         // Seal, code and store this window while the next one is read from disk.
         let (stored, next) = rayon::join(
-            || -> Result<Vec<Sealed>, Error> {
+            || -> Result<Vec<(ChunkEntry, ChunkSecret)>, Error> {
                 let sealed: Vec<Sealed> = window
                     .into_par_iter()
                     .enumerate()
                     .map(|(i, (_, p))| seal_and_code(base + i, p, &opts.key_mode, &codec))
                     .collect();
-                let encoded: Vec<&EncodedChunk> = sealed.iter().map(|s| &s.chunk).collect();
-                sink.put_window(&encoded)?;
-                Ok(sealed)
+                let meta = sealed
+                    .iter()
+                    .map(|s| {
+                        let entry = ChunkEntry {
+                            sealed_len: s.chunk.sealed_len,
+                            shards: s.chunk.shards.iter().map(|(c, _)| *c).collect(),
+                        };
+                        (entry, s.secret.clone())
+                    })
+                    .collect();
+                sink.put_window(sealed.into_iter().map(|s| s.chunk).collect())?;
+                Ok(meta)
             },
             || reader.next_window(),
         );
-        for s in stored? {
-            done += s.secret.len;
-            entries.push(ChunkEntry {
-                sealed_len: s.chunk.sealed_len,
-                shards: s.chunk.shards.into_iter().map(|(c, _)| c).collect(),
-            });
-            secrets.push(s.secret);
+        for (entry, secret) in stored? {
+            done += secret.len;
+            entries.push(entry);
+            secrets.push(secret);
         }
         progress(done);
         window = next?;

@@ -22,7 +22,10 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
+};
 
 use crate::ids::blake3_digest;
 use crate::shardfile::{HEADER_LEN, SHARD_LEN_MAX, ShardHeader};
@@ -39,6 +42,11 @@ const MANIFESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("manifests
 const PINS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pins-1");
 /// Artifact name -> manifest CID bytes.
 const NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("names-1");
+/// Shard CID bytes -> endpoint ids of the remote publishers that stored it here. A shard with an
+/// owner is kept by `gc` until every owner has released it.
+const OWNERS: MultimapTableDefinition<&[u8], [u8; 32]> = MultimapTableDefinition::new("owners-1");
+/// Artifact (manifest) CID bytes -> signed holder record bytes, kept for readers.
+const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records-1");
 const META_FORMAT: &str = "format";
 const META_USED: &str = "used_bytes";
 
@@ -193,6 +201,8 @@ impl Store {
             tx.open_table(MANIFESTS)?;
             tx.open_table(PINS)?;
             tx.open_table(NAMES)?;
+            tx.open_multimap_table(OWNERS)?;
+            tx.open_table(RECORDS)?;
         }
         tx.commit()?;
         Ok(Self {
@@ -225,6 +235,16 @@ impl Store {
     /// batch, writes the files (temporary file, sync, rename, sync) and commits their rows in one
     /// transaction. On any error nothing of the batch becomes visible.
     pub fn put_shards(&self, shards: &[(Cid, &[u8])]) -> Result<Vec<PutOutcome>, Error> {
+        self.put_shards_owned(shards, None)
+    }
+
+    /// [`Store::put_shards`] on behalf of a remote publisher: each shard also records `owner`,
+    /// which keeps it from `gc` until the owner releases it with [`Store::release`].
+    pub fn put_shards_owned(
+        &self,
+        shards: &[(Cid, &[u8])],
+        owner: Option<[u8; 32]>,
+    ) -> Result<Vec<PutOutcome>, Error> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let held: Vec<bool> = {
             let rtx = self.db.begin_read()?;
@@ -317,6 +337,12 @@ impl Store {
                 t.insert(shards[*i].0.to_bytes().as_slice(), *len)?;
             }
             tx.open_table(META)?.insert(META_USED, used + needed)?;
+            if let Some(owner) = owner {
+                let mut o = tx.open_multimap_table(OWNERS)?;
+                for (cid, _) in shards {
+                    o.insert(cid.to_bytes().as_slice(), owner)?;
+                }
+            }
         }
         tx.commit()?;
         Ok((0..shards.len())
@@ -400,6 +426,106 @@ impl Store {
             }
         }
         Ok((data, outboard))
+    }
+
+    /// Releases `owner`'s claim on a shard; returns whether it had one. The bytes go at the next
+    /// `gc` once no owner and no pinned manifest needs them.
+    pub fn release(&self, cid: &Cid, owner: [u8; 32]) -> Result<bool, Error> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = self.db.begin_write()?;
+        let had = tx
+            .open_multimap_table(OWNERS)?
+            .remove(cid.to_bytes().as_slice(), owner)?;
+        tx.commit()?;
+        Ok(had)
+    }
+
+    /// The remote owners of a shard.
+    pub fn owners(&self, cid: &Cid) -> Result<Vec<[u8; 32]>, Error> {
+        let rtx = self.db.begin_read()?;
+        let t = rtx.open_multimap_table(OWNERS)?;
+        let mut out = Vec::new();
+        for v in t.get(cid.to_bytes().as_slice())? {
+            out.push(v?.value());
+        }
+        Ok(out)
+    }
+
+    /// Stores a holder record for `artifact`, replacing any earlier one. The caller (the peer
+    /// layer) has checked its signature and that it is newer.
+    pub fn put_record(&self, artifact: &Cid, record: &[u8]) -> Result<(), Error> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = self.db.begin_write()?;
+        {
+            let key = artifact.to_bytes();
+            let used = self.used(&tx)?;
+            let mut t = tx.open_table(RECORDS)?;
+            let old = t
+                .get(key.as_slice())?
+                .map(|v| v.value().len() as u64)
+                .unwrap_or(0);
+            let new_used = used - old.min(used) + record.len() as u64;
+            if new_used > self.quota {
+                return Err(Error::QuotaExceeded {
+                    needed: record.len() as u64,
+                    free: self.quota.saturating_sub(used),
+                    quota: self.quota,
+                });
+            }
+            t.insert(key.as_slice(), record)?;
+            tx.open_table(META)?.insert(META_USED, new_used)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The holder record stored for `artifact`.
+    pub fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, Error> {
+        let rtx = self.db.begin_read()?;
+        let t = rtx.open_table(RECORDS)?;
+        Ok(t.get(artifact.to_bytes().as_slice())?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Stores manifest bytes (checked against `cid`) without pinning: a node keeps manifests of
+    /// artifacts whose shards it holds, for readers.
+    pub fn put_manifest(&self, cid: &Cid, manifest: &[u8]) -> Result<(), Error> {
+        if crate::manifest_cid(manifest) != *cid {
+            return Err(Error::BadManifest {
+                what: cid.to_string(),
+                reason: "bytes do not match the CID".into(),
+            });
+        }
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = self.db.begin_write()?;
+        {
+            let key = cid.to_bytes();
+            let used = self.used(&tx)?;
+            let mut mt = tx.open_table(MANIFESTS)?;
+            if mt.get(key.as_slice())?.is_none() {
+                let needed = manifest.len() as u64;
+                if used + needed > self.quota {
+                    return Err(Error::QuotaExceeded {
+                        needed,
+                        free: self.quota.saturating_sub(used),
+                        quota: self.quota,
+                    });
+                }
+                mt.insert(key.as_slice(), manifest)?;
+                tx.open_table(META)?.insert(META_USED, used + needed)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether the store holds a manifest.
+    pub fn has_manifest(&self, cid: &Cid) -> Result<bool, Error> {
+        let rtx = self.db.begin_read()?;
+        Ok(rtx
+            .open_table(MANIFESTS)?
+            .get(cid.to_bytes().as_slice())?
+            .is_some())
     }
 
     /// Reads back every shard and checks it against its CID; returns the ones that fail.
@@ -596,6 +722,13 @@ impl Store {
                 report.manifests += 1;
                 report.bytes += len;
             }
+            {
+                let owners = tx.open_multimap_table(OWNERS)?;
+                for row in owners.iter()? {
+                    let (k, _) = row?;
+                    live_shards.insert(k.value().to_vec());
+                }
+            }
             let mut shards = tx.open_table(SHARDS)?;
             let mut dead = Vec::new();
             let mut keep = HashSet::new();
@@ -752,6 +885,43 @@ mod tests {
     }
 
     #[test]
+    fn owned_shards_survive_gc_until_released() {
+        let (_d, s) = store(1 << 30);
+        let a = vec![3u8; 10_000];
+        let c = shard_cid(&a);
+        s.put_shards_owned(&[(c, &a)], Some([1; 32])).unwrap();
+        s.put_shards_owned(&[(c, &a)], Some([2; 32])).unwrap();
+        assert_eq!(s.owners(&c).unwrap().len(), 2);
+        assert_eq!(s.gc().unwrap().shards, 0);
+        assert!(s.release(&c, [1; 32]).unwrap());
+        assert!(
+            !s.release(&c, [1; 32]).unwrap(),
+            "a second release finds no claim"
+        );
+        assert_eq!(s.gc().unwrap().shards, 0, "owner 2 still holds it");
+        assert!(s.release(&c, [2; 32]).unwrap());
+        assert_eq!(s.gc().unwrap().shards, 1);
+        assert!(!s.has_shard(&c).unwrap());
+    }
+
+    #[test]
+    fn records_and_manifests_for_readers() {
+        let (_d, s) = store(1 << 30);
+        let m = crate::manifest_cid(b"manifest");
+        assert_eq!(s.get_record(&m).unwrap(), None);
+        s.put_record(&m, b"v1").unwrap();
+        s.put_record(&m, b"v2-longer").unwrap();
+        assert_eq!(s.get_record(&m).unwrap().unwrap(), b"v2-longer");
+        assert_eq!(s.stat().unwrap().used, 9);
+        assert!(matches!(
+            s.put_manifest(&m, b"other bytes"),
+            Err(Error::BadManifest { .. })
+        ));
+        s.put_manifest(&m, b"manifest").unwrap();
+        assert!(s.has_manifest(&m).unwrap());
+    }
+
+    #[test]
     fn pin_lapses() {
         let p = Pin {
             cid: shard_cid(b"m"),
@@ -765,7 +935,7 @@ mod tests {
 }
 
 impl crate::ShardSink for Store {
-    fn put_window(&self, chunks: &[&crate::EncodedChunk]) -> Result<(), Error> {
+    fn put_window(&self, chunks: Vec<crate::EncodedChunk>) -> Result<(), Error> {
         let batch: Vec<(Cid, &[u8])> = chunks
             .iter()
             .flat_map(|c| c.shards.iter().map(|(cid, b)| (*cid, b.as_slice())))
