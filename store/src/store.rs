@@ -487,9 +487,10 @@ impl Store {
             .map(|v| v.value().to_vec()))
     }
 
-    /// Stores manifest bytes (checked against `cid`) without pinning: a node keeps manifests of
-    /// artifacts whose shards it holds, for readers.
-    pub fn put_manifest(&self, cid: &Cid, manifest: &[u8]) -> Result<(), Error> {
+    /// Stores manifest bytes (checked against `cid`) on behalf of the remote publisher `owner`:
+    /// a node keeps the manifests of artifacts whose shards it holds, for readers, until every
+    /// owner has released them.
+    pub fn put_manifest(&self, cid: &Cid, manifest: &[u8], owner: [u8; 32]) -> Result<(), Error> {
         if crate::manifest_cid(manifest) != *cid {
             return Err(Error::BadManifest {
                 what: cid.to_string(),
@@ -514,6 +515,8 @@ impl Store {
                 mt.insert(key.as_slice(), manifest)?;
                 tx.open_table(META)?.insert(META_USED, used + needed)?;
             }
+            tx.open_multimap_table(OWNERS)?
+                .insert(key.as_slice(), owner)?;
         }
         tx.commit()?;
         Ok(())
@@ -702,6 +705,14 @@ impl Store {
                 let (k, v) = row?;
                 let cid = Cid::try_from(k.value()).map_err(|e| Error::Db(e.to_string()))?;
                 if Pin::decode(cid, v.value())?.is_live(now) {
+                    live_manifests.insert(k.value().to_vec());
+                }
+            }
+            {
+                // A manifest a remote publisher stored here (for readers) is live while owned.
+                let owners = tx.open_multimap_table(OWNERS)?;
+                for row in owners.iter()? {
+                    let (k, _) = row?;
                     live_manifests.insert(k.value().to_vec());
                 }
             }
@@ -914,11 +925,14 @@ mod tests {
         assert_eq!(s.get_record(&m).unwrap().unwrap(), b"v2-longer");
         assert_eq!(s.stat().unwrap().used, 9);
         assert!(matches!(
-            s.put_manifest(&m, b"other bytes"),
+            s.put_manifest(&m, b"other bytes", [1; 32]),
             Err(Error::BadManifest { .. })
         ));
-        s.put_manifest(&m, b"manifest").unwrap();
+        s.put_manifest(&m, b"manifest", [1; 32]).unwrap();
         assert!(s.has_manifest(&m).unwrap());
+        assert_eq!(s.gc().unwrap().manifests, 0, "an owned manifest is kept");
+        s.release(&m, [1; 32]).unwrap();
+        assert_eq!(s.gc().unwrap().manifests, 1);
     }
 
     #[test]
