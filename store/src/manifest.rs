@@ -306,12 +306,12 @@ impl Manifest {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::shard_cid;
     use proptest::prelude::*;
 
-    fn sample(nchunks: usize) -> (Manifest, PrivatePart, ArtifactKey) {
+    pub(crate) fn sample(nchunks: usize) -> (Manifest, PrivatePart, ArtifactKey) {
         let params = Params::DEFAULT;
         let mut chunks = Vec::new();
         let mut secrets = Vec::new();

@@ -497,6 +497,7 @@ impl Store {
                 reason: "bytes do not match the CID".into(),
             });
         }
+        Manifest::decode(manifest, &cid.to_string())?;
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let tx = self.db.begin_write()?;
         {
@@ -722,8 +723,11 @@ impl Store {
             for row in manifests.iter()? {
                 let (k, v) = row?;
                 if live_manifests.contains(k.value()) {
-                    let m = Manifest::decode(v.value(), "stored manifest")?;
-                    live_shards.extend(m.shard_cids().map(|c| c.to_bytes()));
+                    // A manifest that no longer decodes protects nothing, but must not stop gc.
+                    match Manifest::decode(v.value(), "stored manifest") {
+                        Ok(m) => live_shards.extend(m.shard_cids().map(|c| c.to_bytes())),
+                        Err(e) => tracing::warn!("gc: {e}"),
+                    }
                 } else {
                     dead_manifests.push((k.value().to_vec(), v.value().len() as u64));
                 }
@@ -918,17 +922,23 @@ mod tests {
     #[test]
     fn records_and_manifests_for_readers() {
         let (_d, s) = store(1 << 30);
-        let m = crate::manifest_cid(b"manifest");
+        let (mf, _, _) = crate::manifest::tests::sample(2);
+        let (m, mbytes) = mf.encode();
         assert_eq!(s.get_record(&m).unwrap(), None);
         s.put_record(&m, b"v1").unwrap();
         s.put_record(&m, b"v2-longer").unwrap();
         assert_eq!(s.get_record(&m).unwrap().unwrap(), b"v2-longer");
-        assert_eq!(s.stat().unwrap().used, 9);
+        assert_eq!(s.stat().unwrap().used, 9, "records count against the quota");
         assert!(matches!(
             s.put_manifest(&m, b"other bytes", [1; 32]),
             Err(Error::BadManifest { .. })
         ));
-        s.put_manifest(&m, b"manifest", [1; 32]).unwrap();
+        let junk = crate::manifest_cid(b"junk");
+        assert!(matches!(
+            s.put_manifest(&junk, b"junk", [1; 32]),
+            Err(Error::BadManifest { .. })
+        ));
+        s.put_manifest(&m, &mbytes, [1; 32]).unwrap();
         assert!(s.has_manifest(&m).unwrap());
         assert_eq!(s.gc().unwrap().manifests, 0, "an owned manifest is kept");
         s.release(&m, [1; 32]).unwrap();
