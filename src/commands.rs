@@ -32,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             parity_shards,
             random_keys,
             pin_for,
+            allow_reduced_durability,
         } => {
             let dd = DataDir::open(&dir)?;
             let params = Params::new(data_shards, parity_shards)?;
@@ -44,6 +45,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 KeyMode::Convergent(dd.convergence_secret()?)
             };
+            if !cli.peers.is_empty() {
+                let opts = AddOptions {
+                    params,
+                    key_mode,
+                    name: name.clone(),
+                };
+                return crate::netcmd::add(
+                    &cli.peers,
+                    &cli.network,
+                    &dd,
+                    &path,
+                    opts,
+                    allow_reduced_durability,
+                );
+            }
             let store = dd.open_store()?;
             let (cap, bytes, secs) = add(
                 &store,
@@ -68,6 +84,32 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("read capability: {cap}");
             Ok(())
         }
+        Command::Get { cap, file, out } if !cli.peers.is_empty() => {
+            crate::netcmd::get(&cli.peers, &cli.network, &cap, file.as_deref(), &out)
+        }
+        Command::Ls { cap } if !cli.peers.is_empty() => {
+            crate::netcmd::ls(&cli.peers, &cli.network, &cap)
+        }
+        Command::Node { listen, bootstrap } => {
+            crate::netcmd::node(&DataDir::open(&dir)?, &cli.network, listen, &bootstrap)
+        }
+        Command::Peers => crate::netcmd::peers(&cli.peers, &cli.network),
+        Command::Devnet {
+            nodes,
+            dir: devdir,
+            quota,
+            demo,
+            demo_mib,
+            exit_after_demo,
+        } => crate::devnet::run(crate::devnet::DevnetOptions {
+            nodes,
+            dir: devdir,
+            quota: parse_bytes(&quota)?,
+            network: cli.network.clone(),
+            demo,
+            demo_mib,
+            exit_after_demo,
+        }),
         Command::Get { cap, file, out } => {
             let store = DataDir::open(&dir)?.open_store()?;
             let cap = parse_cap(&cap)?;
@@ -248,7 +290,7 @@ fn parse_cid(s: &str) -> anyhow::Result<Cid> {
     })
 }
 
-fn bar(len: u64) -> ProgressBar {
+pub fn bar(len: u64) -> ProgressBar {
     // indicatif draws nothing when stderr is not a terminal, so scripts and tests see no bar.
     let bar = ProgressBar::new(len);
     bar.set_style(
@@ -309,11 +351,11 @@ fn open(store: &Store, cap: &ReadCap) -> anyhow::Result<(Manifest, PrivatePart)>
     Ok((manifest, private))
 }
 
-fn write_one(
+pub fn write_one(
     cid: &Cid,
     manifest: &Manifest,
     private: &PrivatePart,
-    store: &Store,
+    store: &dyn cairn_store::ShardSource,
     f: &cairn_store::FileEntry,
     out: &Path,
     progress: &(dyn Fn(u64) + Sync),
@@ -357,8 +399,8 @@ fn demo(size_mib: u64) -> anyhow::Result<()> {
     result
 }
 
-fn demo_in(tmp: &Path, size_mib: u64) -> anyhow::Result<()> {
-    let model = tmp.join("sample-model");
+/// Writes a small sample model folder (config, tokenizer, README, `size_mib` MiB of weights).
+pub fn sample_model(model: &Path, size_mib: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(model.join("tokenizer"))?;
     std::fs::write(
         model.join("config.json"),
@@ -383,8 +425,12 @@ fn demo_in(tmp: &Path, size_mib: u64) -> anyhow::Result<()> {
         weights.write_all(&block)?;
     }
     weights.flush()?;
-    drop(weights);
+    Ok(())
+}
 
+fn demo_in(tmp: &Path, size_mib: u64) -> anyhow::Result<()> {
+    let model = tmp.join("sample-model");
+    sample_model(&model, size_mib)?;
     let dd = DataDir::init(&tmp.join("data"), 64 << 30)?;
     let store = dd.open_store()?;
     println!("cairn demo: store in {}", dd.path.display());

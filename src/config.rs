@@ -4,6 +4,9 @@
 //! <data dir>/config.toml          quota and erasure defaults (plain settings, no secrets)
 //! <data dir>/node.key             32 raw bytes, the node's ed25519 secret key (mode 0600)
 //! <data dir>/convergence.secret   32 raw bytes, the publisher's convergence secret (mode 0600)
+//! <data dir>/publisher.key        32 raw bytes, the publisher's ed25519 secret key (mode 0600)
+//! <data dir>/node.addr            `<endpoint id>@<ip:port>` of the running node (written by it)
+//! <data dir>/peers.bin            the node's peer table, kept across restarts
 //! <data dir>/store/               the shard store (see cairn-store)
 //! ```
 
@@ -81,14 +84,9 @@ impl DataDir {
         fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot restrict permissions of {}", path.display()))?;
-        write_secret(
-            &path.join("node.key"),
-            ConvergenceSecret::random().as_bytes(),
-        )?;
-        write_secret(
-            &path.join("convergence.secret"),
-            ConvergenceSecret::random().as_bytes(),
-        )?;
+        for secret in ["node.key", "convergence.secret", "publisher.key"] {
+            write_secret(&path.join(secret), ConvergenceSecret::random().as_bytes())?;
+        }
         let config = Config { quota };
         fs::write(path.join("config.toml"), toml::to_string(&config)?)
             .with_context(|| format!("cannot write {}", path.join("config.toml").display()))?;
@@ -124,10 +122,16 @@ impl DataDir {
         )?))
     }
 
-    /// The node's secret key bytes.
-    #[allow(dead_code)] // Used by the node daemon.
+    /// The node's secret key bytes (the `cairn node` identity).
     pub fn node_key(&self) -> anyhow::Result<[u8; 32]> {
         read_secret(&self.path.join("node.key"))
+    }
+
+    /// The publisher's secret key bytes: signs holder records and owns the shards `cairn add`
+    /// stores on other nodes. Separate from the node key so a publisher's CLI and its own node
+    /// can be online at once.
+    pub fn publisher_key(&self) -> anyhow::Result<[u8; 32]> {
+        read_secret(&self.path.join("publisher.key"))
     }
 
     /// Opens the store.

@@ -3,6 +3,8 @@
 
 mod commands;
 mod config;
+mod devnet;
+mod netcmd;
 mod units;
 
 use std::path::PathBuf;
@@ -17,6 +19,18 @@ struct Cli {
     /// Data directory (keys, store, configuration).
     #[arg(long, global = true, env = "CAIRN_DIR")]
     data_dir: Option<PathBuf>,
+    /// A node of the network to use, `<endpoint id>@<ip:port>` (repeat for more). With it,
+    /// `add`, `get`, `ls` work on the network instead of the local store.
+    #[arg(
+        long = "peer",
+        global = true,
+        env = "CAIRN_PEER",
+        value_delimiter = ' '
+    )]
+    peers: Vec<String>,
+    /// Name of the network (its nodes announce themselves on a topic derived from it).
+    #[arg(long, global = true, env = "CAIRN_NETWORK", default_value = "cairn")]
+    network: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +62,10 @@ enum Command {
         /// Pin for this long (e.g. 30d, 12h); default: until unpinned.
         #[arg(long)]
         pin_for: Option<String>,
+        /// On a network with fewer live nodes than shards per chunk, publish anyway (some node
+        /// then holds two shards of a chunk); recorded in the holder record.
+        #[arg(long)]
+        allow_reduced_durability: bool,
     },
     /// Fetch a whole artifact into a directory, or one file of it to a path (`-` for stdout).
     Get {
@@ -85,6 +103,39 @@ enum Command {
     Stat,
     /// Read back every shard and check it against its CID.
     Verify,
+    /// Run a node: serve this data directory's store to the network until SIGTERM or Ctrl-C.
+    Node {
+        /// Address to listen on (UDP). A loopback address runs the node offline (no relays, no
+        /// address lookup), as the devnet does.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Nodes to join through, `<endpoint id>@<ip:port>` (repeatable).
+        #[arg(long)]
+        bootstrap: Vec<String>,
+    },
+    /// List the live nodes a network peer knows.
+    Peers,
+    /// Start a local network of node processes on 127.0.0.1; Ctrl-C stops them all.
+    Devnet {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Directory for the nodes' data (default: a new temporary directory, removed at exit).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Quota of each node.
+        #[arg(long, default_value = "4GiB")]
+        quota: String,
+        /// Publish a sample model across the network and fetch it back, verified.
+        #[arg(long)]
+        demo: bool,
+        /// Size of the demo's weights file in MiB.
+        #[arg(long, default_value_t = 64)]
+        demo_mib: u64,
+        /// Stop the network after the demo instead of waiting for Ctrl-C.
+        #[arg(long)]
+        exit_after_demo: bool,
+    },
     /// Demo on embedded defaults: a temporary store, a sample model added and fetched back verified.
     Demo {
         /// Size of the sample weights file in MiB.

@@ -351,6 +351,7 @@ pub fn encode_artifact(
             e
         })
         .collect();
+    sink.finish()?;
     let private = PrivatePart {
         format: 1,
         name: opts.name.clone(),

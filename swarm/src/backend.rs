@@ -1,4 +1,5 @@
-//! Where a node keeps the shards it serves: the [`ShardBackend`] trait and an in-memory backend.
+//! Where a node keeps what it serves (shards, manifests, holder records): the [`ShardBackend`]
+//! trait and an in-memory backend.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
@@ -47,6 +48,12 @@ pub trait ShardBackend: Send + Sync + 'static {
     fn delete(&self, cid: &Cid, requester: [u8; 32]) -> Result<bool, BackendError>;
     /// Bytes of quota still free.
     fn free_bytes(&self) -> u64;
+    /// Stores the signed holder record of `artifact`, replacing any held. The protocol layer has
+    /// already verified its signature and that it may replace the one held (same publisher,
+    /// higher version), under a lock that keeps the check and this call together.
+    fn put_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError>;
+    /// The signed holder record of `artifact` as stored, None if none is held.
+    fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError>;
 }
 
 #[derive(Debug)]
@@ -58,13 +65,15 @@ struct Held {
 #[derive(Debug, Default)]
 struct MemoryState {
     shards: HashMap<Cid, Held>,
+    records: HashMap<Cid, Vec<u8>>,
     used: u64,
 }
 
 /// A [`ShardBackend`] in memory with a byte quota, for tests and examples.
 ///
 /// A shard with several owners stays until the last of them deletes it, so that one publisher's
-/// DELETE never removes data another publisher also stored.
+/// DELETE never removes data another publisher also stored. Holder records count against the
+/// same quota as shards: anyone may PUT one, so they must not grow without bound.
 #[derive(Debug)]
 pub struct MemoryBackend {
     quota: u64,
@@ -72,7 +81,7 @@ pub struct MemoryBackend {
 }
 
 impl MemoryBackend {
-    /// An empty backend that holds at most `quota` bytes of shard data.
+    /// An empty backend that holds at most `quota` bytes of shards and holder records.
     pub fn new(quota: u64) -> Self {
         Self {
             quota,
@@ -148,6 +157,26 @@ impl ShardBackend for MemoryBackend {
     fn free_bytes(&self) -> u64 {
         self.quota.saturating_sub(self.lock().used)
     }
+
+    fn put_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError> {
+        let mut state = self.lock();
+        let replaced = state
+            .records
+            .get(artifact)
+            .map_or(0, |old| old.len() as u64);
+        let needed = signed.len() as u64;
+        let free = self.quota.saturating_sub(state.used - replaced);
+        if needed > free {
+            return Err(BackendError::QuotaFull { needed, free });
+        }
+        state.used = state.used - replaced + needed;
+        state.records.insert(*artifact, signed.to_vec());
+        Ok(())
+    }
+
+    fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.lock().records.get(artifact).cloned())
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +205,26 @@ mod tests {
         assert!(!backend.has(&a));
         assert_eq!(backend.free_bytes(), 10);
         assert_eq!(backend.delete(&a, [2; 32]), Ok(false));
+    }
+
+    #[test]
+    fn memory_backend_records_replace_and_count_against_quota() {
+        let backend = MemoryBackend::new(10);
+        let artifact = crate::cids::manifest_cid(b"manifest");
+        assert_eq!(backend.get_record(&artifact), Ok(None));
+        backend.put_record(&artifact, b"123456").unwrap();
+        assert_eq!(backend.free_bytes(), 4);
+        // Replacing frees the old bytes first: 8 fit in 4 free + 6 replaced.
+        backend.put_record(&artifact, b"abcdefgh").unwrap();
+        assert_eq!(backend.free_bytes(), 2);
+        assert_eq!(
+            backend.get_record(&artifact),
+            Ok(Some(b"abcdefgh".to_vec()))
+        );
+        assert_eq!(
+            backend.put_record(&crate::cids::manifest_cid(b"other"), b"xyz"),
+            Err(BackendError::QuotaFull { needed: 3, free: 2 })
+        );
     }
 
     #[test]

@@ -1,26 +1,21 @@
-//! Shard CIDs: CIDv1, codec raw, multihash BLAKE3 with a 32-byte digest.
+//! Which CIDs the peer layer carries, on top of cairn-store's content addresses.
+//!
+//! cairn-store defines Cairn's CIDs (CIDv1, BLAKE3-256 multihash; codec raw for shards, dag-cbor
+//! for manifests) and the functions that make and check them; this module only adds the rule of
+//! the shard protocol: both codecs travel over the same PUT/GET, and nothing else does.
 
-use cid::{Cid, Version, multihash::Multihash};
+use cid::Version;
+
+pub use cairn_store::{
+    CODEC_DAG_CBOR, CODEC_RAW, Cid, MULTIHASH_BLAKE3, blake3_digest, manifest_cid, shard_cid,
+};
 
 use crate::error::{Error, Result};
 
-/// Multicodec code of raw bytes: a shard is opaque sealed ciphertext.
-pub const CODEC_RAW: u64 = 0x55;
-/// Multihash code of BLAKE3 with a 32-byte digest.
-pub const MULTIHASH_BLAKE3: u64 = 0x1e;
-const DIGEST_LEN: usize = 32;
-
-/// The CID of a shard with these bytes.
-pub fn shard_cid(bytes: &[u8]) -> Cid {
-    let digest = blake3::hash(bytes);
-    let hash = Multihash::wrap(MULTIHASH_BLAKE3, digest.as_bytes())
-        .expect("a 32-byte digest fits a 64-byte multihash");
-    Cid::new_v1(CODEC_RAW, hash)
-}
-
-/// The BLAKE3 digest inside a shard CID, or [`Error::InvalidCid`] if the CID is not of the one
-/// form shards use.
-pub fn shard_digest(cid: &Cid) -> Result<[u8; 32]> {
+/// The BLAKE3 digest inside a CID the shard protocol carries: CIDv1, codec raw (a shard) or
+/// dag-cbor (a manifest), multihash BLAKE3 with a 32-byte digest. Any other CID is
+/// [`Error::InvalidCid`] naming the part that is wrong.
+pub fn content_digest(cid: &Cid) -> Result<[u8; 32]> {
     let invalid = |reason: String| Error::InvalidCid {
         cid: cid.to_string(),
         reason,
@@ -28,72 +23,91 @@ pub fn shard_digest(cid: &Cid) -> Result<[u8; 32]> {
     if cid.version() != Version::V1 {
         return Err(invalid("version is not 1".into()));
     }
-    if cid.codec() != CODEC_RAW {
+    if cid.codec() != CODEC_RAW && cid.codec() != CODEC_DAG_CBOR {
         return Err(invalid(format!(
-            "codec is {:#x}, expected raw {CODEC_RAW:#x}",
+            "codec is {:#x}, expected raw {CODEC_RAW:#x} or dag-cbor {CODEC_DAG_CBOR:#x}",
             cid.codec()
         )));
     }
-    let hash = cid.hash();
-    if hash.code() != MULTIHASH_BLAKE3 {
-        return Err(invalid(format!(
-            "multihash is {:#x}, expected BLAKE3 {MULTIHASH_BLAKE3:#x}",
-            hash.code()
-        )));
-    }
-    hash.digest().try_into().map_err(|_| {
+    blake3_digest(cid).ok_or_else(|| {
         invalid(format!(
-            "digest is {} bytes, expected {DIGEST_LEN}",
-            hash.digest().len()
+            "multihash is {:#x} with a {}-byte digest, expected BLAKE3 {MULTIHASH_BLAKE3:#x} with 32",
+            cid.hash().code(),
+            cid.hash().digest().len()
         ))
     })
 }
 
-/// Whether `bytes` are the shard named by `cid` (false also when `cid` is not a shard CID).
+/// The digest of a manifest CID (dag-cbor), or [`Error::InvalidCid`]; holder records are keyed
+/// by it.
+pub(crate) fn manifest_digest(cid: &Cid) -> Result<[u8; 32]> {
+    let digest = content_digest(cid)?;
+    if cid.codec() != CODEC_DAG_CBOR {
+        return Err(Error::InvalidCid {
+            cid: cid.to_string(),
+            reason: format!(
+                "codec is {:#x}, expected dag-cbor {CODEC_DAG_CBOR:#x} (a manifest)",
+                cid.codec()
+            ),
+        });
+    }
+    Ok(digest)
+}
+
+/// Whether `bytes` are the content named by `cid` (false also when the protocol does not carry
+/// `cid`).
 pub(crate) fn matches(cid: &Cid, bytes: &[u8]) -> bool {
-    shard_digest(cid).is_ok_and(|digest| *blake3::hash(bytes).as_bytes() == digest)
+    content_digest(cid).is_ok_and(|digest| *blake3::hash(bytes).as_bytes() == digest)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cid::multihash::Multihash;
 
     #[test]
-    fn shard_cid_round_trips_its_digest() {
-        let cid = shard_cid(b"hello");
-        assert_eq!(
-            shard_digest(&cid).unwrap(),
-            *blake3::hash(b"hello").as_bytes()
-        );
-        assert!(matches(&cid, b"hello"));
-        assert!(!matches(&cid, b"hellO"));
-        // CIDv1 raw BLAKE3: version, codec, hash code, length, 32 digest bytes.
-        assert_eq!(cid.to_bytes().len(), 36);
+    fn shard_and_manifest_cids_are_carried() {
+        for cid in [shard_cid(b"hello"), manifest_cid(b"hello")] {
+            assert_eq!(
+                content_digest(&cid).unwrap(),
+                *blake3::hash(b"hello").as_bytes()
+            );
+            assert!(matches(&cid, b"hello"));
+            assert!(!matches(&cid, b"hellO"));
+            // CIDv1 BLAKE3: version, codec, hash code, length, 32 digest bytes.
+            assert_eq!(cid.to_bytes().len(), 36);
+        }
+        assert!(manifest_digest(&manifest_cid(b"m")).is_ok());
+        assert!(matches!(
+            manifest_digest(&shard_cid(b"m")),
+            Err(Error::InvalidCid { reason, .. }) if reason.contains("dag-cbor")
+        ));
     }
 
     #[test]
     fn other_codecs_and_hashes_are_rejected() {
         let digest = blake3::hash(b"x");
-        let dag_cbor = Cid::new_v1(
-            0x71,
+        let dag_pb = Cid::new_v1(
+            0x70,
             Multihash::wrap(MULTIHASH_BLAKE3, digest.as_bytes()).unwrap(),
         );
         assert!(matches!(
-            shard_digest(&dag_cbor),
-            Err(Error::InvalidCid { .. })
+            content_digest(&dag_pb),
+            Err(Error::InvalidCid { reason, .. }) if reason.contains("codec")
         ));
         let sha256 = Cid::new_v1(CODEC_RAW, Multihash::wrap(0x12, digest.as_bytes()).unwrap());
         assert!(matches!(
-            shard_digest(&sha256),
-            Err(Error::InvalidCid { .. })
+            content_digest(&sha256),
+            Err(Error::InvalidCid { reason, .. }) if reason.contains("multihash")
         ));
         let short = Cid::new_v1(
-            CODEC_RAW,
+            CODEC_DAG_CBOR,
             Multihash::wrap(MULTIHASH_BLAKE3, &[0; 16]).unwrap(),
         );
         assert!(matches!(
-            shard_digest(&short),
+            content_digest(&short),
             Err(Error::InvalidCid { .. })
         ));
+        assert!(!matches(&short, b""));
     }
 }

@@ -10,12 +10,17 @@ use iroh::endpoint::Connection;
 use iroh::{Endpoint, EndpointAddr, EndpointId};
 use tokio::sync::Semaphore;
 
-use crate::cids::{matches, shard_digest};
+use iroh_gossip::TopicId;
+
+use crate::cids::{content_digest, manifest_digest, matches};
 use crate::error::{Error, Result};
+use crate::membership::Announcement;
 use crate::protocol::{
     CONNECT_TIMEOUT, FrameError, HAS_BATCH_MAX, Head, Kind, PEER_INFLIGHT_MAX, POOL_PEERS_MAX,
-    REQUEST_TIMEOUT, Reply, SHARD_ALPN, SHARD_LEN_MAX, Status, encode_head, read_reply,
+    RECORD_LEN_MAX, REQUEST_TIMEOUT, Reply, SHARD_ALPN, SHARD_LEN_MAX, Status, encode_head,
+    read_reply,
 };
+use crate::record::{HolderRecord, SignedRecord};
 
 /// Timeouts and concurrency limits of the shard protocol, for both [`ShardClient`] and
 /// [`ShardServer`](crate::ShardServer). Tests shorten the timeouts; nodes use the default.
@@ -72,21 +77,7 @@ fn peer_name(id: &EndpointId) -> String {
 }
 
 fn status_name(status: u8) -> &'static str {
-    match Status::from_byte(status) {
-        Some(Status::Malformed) => "MALFORMED",
-        Some(Status::UnsupportedVersion) => "UNSUPPORTED_VERSION",
-        Some(Status::UnsupportedRequest) => "UNSUPPORTED_REQUEST",
-        Some(Status::TooLarge) => "TOO_LARGE",
-        Some(Status::CidMismatch) => "CID_MISMATCH",
-        Some(Status::InvalidCid) => "INVALID_CID",
-        Some(Status::QuotaFull) => "QUOTA_FULL",
-        Some(Status::NotOwner) => "NOT_OWNER",
-        Some(Status::Corrupted) => "CORRUPTED",
-        Some(Status::Internal) => "INTERNAL",
-        Some(Status::Ok) => "OK",
-        Some(Status::NotFound) => "NOT_FOUND",
-        None => "RESERVED",
-    }
+    Status::from_byte(status).map_or("RESERVED", Status::name)
 }
 
 impl ShardClient {
@@ -106,11 +97,12 @@ impl ShardClient {
         &self.inner.config
     }
 
-    /// Stores `data` as shard `cid` on the peer at `addr`. The peer checks that the bytes hash to
-    /// the CID and that its quota holds them before it commits; a refusal is
-    /// [`Error::QuotaFull`] or [`Error::Rejected`] (status `CID_MISMATCH`, `INVALID_CID`…).
+    /// Stores `data` as `cid` (a shard, codec raw, or a manifest, codec dag-cbor) on the peer at
+    /// `addr`. The peer checks that the bytes hash to the CID and that its quota holds them
+    /// before it commits; a refusal is [`Error::QuotaFull`] or [`Error::Rejected`] (status
+    /// `CID_MISMATCH`, `INVALID_CID`…).
     pub async fn put(&self, addr: &EndpointAddr, cid: &Cid, data: &[u8]) -> Result<()> {
-        shard_digest(cid)?;
+        content_digest(cid)?;
         if data.len() > SHARD_LEN_MAX as usize {
             return Err(Error::TooLarge {
                 what: "shard length",
@@ -122,25 +114,23 @@ impl ShardClient {
             cid: *cid,
             len: data.len() as u32,
         };
-        match self
-            .request(addr, Kind::Put, head, Some(data), 0, cid)
-            .await?
-        {
+        match self.request(addr, head, Some(data), 0, Some(cid)).await? {
             Reply::Stored => Ok(()),
             other => Err(unexpected(addr, other)),
         }
     }
 
-    /// Fetches shard `cid` (or the byte range `range` of it, clamped to its length) from the peer
-    /// at `addr`; None if the peer does not hold it. A whole shard is verified against its CID
-    /// ([`Error::Corrupt`] on mismatch); a range is only checked for length.
+    /// Fetches `cid` (a shard or a manifest; or the byte range `range` of it, clamped to its
+    /// length) from the peer at `addr`; None if the peer does not hold it. Whole content is
+    /// verified against its CID ([`Error::Corrupt`] on mismatch); a range is only checked for
+    /// length.
     pub async fn get(
         &self,
         addr: &EndpointAddr,
         cid: &Cid,
         range: Option<Range<u64>>,
     ) -> Result<Option<Vec<u8>>> {
-        shard_digest(cid)?;
+        content_digest(cid)?;
         if let Some(range) = &range {
             let len = range
                 .end
@@ -165,7 +155,7 @@ impl ShardClient {
             peer: peer_name(&addr.id),
             cid: cid.to_string(),
         };
-        match self.request(addr, Kind::Get, head, None, 0, cid).await? {
+        match self.request(addr, head, None, 0, Some(cid)).await? {
             Reply::NotFound => Ok(None),
             Reply::Data(data) => {
                 let ok = match &range {
@@ -192,15 +182,12 @@ impl ShardClient {
             });
         }
         for cid in cids {
-            shard_digest(cid)?;
+            content_digest(cid)?;
         }
         let head = Head::Has {
             cids: cids.to_vec(),
         };
-        match self
-            .request(addr, Kind::Has, head, None, cids.len(), &cids[0])
-            .await?
-        {
+        match self.request(addr, head, None, cids.len(), None).await? {
             Reply::Has(held) => Ok(held),
             other => Err(unexpected(addr, other)),
         }
@@ -209,14 +196,101 @@ impl ShardClient {
     /// Deletes shard `cid` from the peer at `addr`: true if this endpoint's copy was removed,
     /// false if the peer did not hold it, [`Error::NotOwner`] if this endpoint never stored it.
     pub async fn delete(&self, addr: &EndpointAddr, cid: &Cid) -> Result<bool> {
-        shard_digest(cid)?;
+        content_digest(cid)?;
         match self
-            .request(addr, Kind::Delete, Head::Delete { cid: *cid }, None, 0, cid)
+            .request(addr, Head::Delete { cid: *cid }, None, 0, Some(cid))
             .await?
         {
             Reply::Deleted(deleted) => Ok(deleted),
             other => Err(unexpected(addr, other)),
         }
+    }
+
+    /// The signed membership announcements the peer at `addr` knows, its own included, as sent:
+    /// each within the size limit but not verified. Feed them to
+    /// [`PeerTable::observe_all`](crate::PeerTable::observe_all) to build a peer table without
+    /// gossip. A reply over [`PEERS_REPLY_MAX`](crate::PEERS_REPLY_MAX) announcements or with
+    /// an oversized one is [`Error::MalformedReply`].
+    pub async fn peer_announcements(&self, addr: &EndpointAddr) -> Result<Vec<Vec<u8>>> {
+        match self.request(addr, Head::Peers, None, 0, None).await? {
+            Reply::Peers(announcements) => Ok(announcements),
+            other => Err(unexpected(addr, other)),
+        }
+    }
+
+    /// The announcements of network `topic` the peer at `addr` knows, each verified (format,
+    /// network, signature; not freshness, which [`PeerTable`](crate::PeerTable) judges).
+    /// Announcements that fail are dropped, not fatal: one bad entry should not hide the rest.
+    pub async fn peers(&self, addr: &EndpointAddr, topic: &TopicId) -> Result<Vec<Announcement>> {
+        let signed = self.peer_announcements(addr).await?;
+        Ok(signed
+            .iter()
+            .filter_map(|bytes| match Announcement::verify(bytes, topic) {
+                Ok(announcement) => Some(announcement),
+                Err(err) => {
+                    tracing::debug!(%err, peer = %peer_name(&addr.id), "announcement in PEERS reply dropped");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Stores the signed holder record `signed` (from [`HolderRecord::sign`]) on the peer at
+    /// `addr`. The peer verifies it and refuses, as [`Error::Rejected`], a record that does not
+    /// verify (`INVALID_RECORD`), one whose artifact already has a record from another publisher
+    /// (`NOT_PUBLISHER`) or a version not above the stored one (`STALE_RECORD`); storing the
+    /// same bytes again succeeds.
+    pub async fn put_record(&self, addr: &EndpointAddr, signed: &[u8]) -> Result<()> {
+        if signed.is_empty() || signed.len() > RECORD_LEN_MAX as usize {
+            return Err(Error::TooLarge {
+                what: "holder record length",
+                len: signed.len() as u64,
+                max: RECORD_LEN_MAX.into(),
+            });
+        }
+        let head = Head::PutRecord {
+            len: signed.len() as u32,
+        };
+        match self.request(addr, head, Some(signed), 0, None).await? {
+            Reply::Stored => Ok(()),
+            other => Err(unexpected(addr, other)),
+        }
+    }
+
+    /// The holder record of `artifact` (a manifest CID) stored on the peer at `addr`, None if it
+    /// has none. The record is verified (signature, limits, and that it is the record of
+    /// `artifact`); a record that fails is [`Error::MalformedReply`]. Which publisher to trust
+    /// is the caller's decision: see [`SignedRecord::publisher`].
+    pub async fn get_record(
+        &self,
+        addr: &EndpointAddr,
+        artifact: &Cid,
+    ) -> Result<Option<SignedRecord>> {
+        manifest_digest(artifact)?;
+        let head = Head::GetRecord {
+            artifact: *artifact,
+        };
+        let bytes = match self.request(addr, head, None, 0, Some(artifact)).await? {
+            Reply::NotFound => return Ok(None),
+            Reply::Record(bytes) => bytes,
+            other => return Err(unexpected(addr, other)),
+        };
+        let bad = |reason: String| Error::MalformedReply {
+            peer: peer_name(&addr.id),
+            reason: format!("holder record of {artifact}: {reason}"),
+        };
+        // Up to 32 MiB of signature check: off the async threads.
+        let signed = tokio::task::spawn_blocking(move || HolderRecord::verify(&bytes))
+            .await
+            .map_err(|err| bad(format!("verify task failed: {err}")))?
+            .map_err(|err| bad(err.to_string()))?;
+        if signed.record.artifact != *artifact {
+            return Err(bad(format!(
+                "the record names artifact {}",
+                signed.record.artifact
+            )));
+        }
+        Ok(Some(signed))
     }
 
     /// Closes every pooled connection; later requests reconnect.
@@ -283,15 +357,16 @@ impl ShardClient {
         Ok(fresh)
     }
 
+    /// Sends one request; `cid` is the content a NOT_OWNER refusal names.
     async fn request(
         &self,
         addr: &EndpointAddr,
-        kind: Kind,
         head: Head,
         payload: Option<&[u8]>,
         has_count: usize,
-        cid: &Cid,
+        cid: Option<&Cid>,
     ) -> Result<Reply> {
+        let kind = head.kind();
         let limit = self.inner.config.request_timeout;
         let exchange = async {
             let slot = self.slot(addr.id);
@@ -321,9 +396,9 @@ impl ShardClient {
                     needed,
                     free,
                 },
-                (Some(Status::NotOwner), _) => Error::NotOwner {
+                (Some(Status::NotOwner), _) if cid.is_some() => Error::NotOwner {
                     peer: peer_name(&addr.id),
-                    cid: cid.to_string(),
+                    cid: cid.map(ToString::to_string).unwrap_or_default(),
                 },
                 _ => Error::Rejected {
                     peer: peer_name(&addr.id),

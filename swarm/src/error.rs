@@ -72,8 +72,9 @@ pub enum Error {
         /// The shard asked for.
         cid: String,
     },
-    /// A CID is not a Cairn shard CID (CIDv1, codec raw, BLAKE3 multihash with a 32-byte digest).
-    #[error("CID {cid} is not a shard CID: {reason}")]
+    /// A CID is not one the shard protocol carries (CIDv1, codec raw or dag-cbor, BLAKE3
+    /// multihash with a 32-byte digest), or not a manifest CID where one is required.
+    #[error("CID {cid} is not a Cairn content CID: {reason}")]
     InvalidCid {
         /// The CID as given.
         cid: String,
@@ -132,6 +133,12 @@ pub enum Error {
     #[error("announcement rejected: {reason}")]
     Announcement {
         /// Why (bad signature, stale, oversized, wrong network…).
+        reason: String,
+    },
+    /// A holder record does not decode, breaks a limit or rule, or its signature does not verify.
+    #[error("holder record rejected: {reason}")]
+    Record {
+        /// What was wrong with it.
         reason: String,
     },
     /// Serialized peer table bytes could not be read.

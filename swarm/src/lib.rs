@@ -2,9 +2,15 @@
 //!
 //! - [`endpoint_offline`] / [`endpoint_online`] build iroh endpoints (loopback-only for tests and
 //!   the devnet, n0 relays and address lookup for production).
-//! - The shard protocol (ALPN [`SHARD_ALPN`]) moves content-addressed shards between nodes:
-//!   [`ShardServer`] serves a [`ShardBackend`], [`ShardClient`] talks to remote servers. The wire
-//!   format is specified at the top of `protocol.rs`.
+//! - The shard protocol (ALPN [`SHARD_ALPN`]) moves content-addressed shards and manifests
+//!   between nodes, hands out the signed membership announcements a node knows (PEERS) and
+//!   stores signed holder records (PUT_RECORD, GET_RECORD): [`ShardServer`] serves a
+//!   [`ShardBackend`], [`ShardClient`] talks to remote servers. The wire format is specified at
+//!   the top of `protocol.rs`.
+//! - [`HolderRecord`] says which node holds which shard of an artifact, signed by its publisher;
+//!   its byte layout is in `record.rs`.
+//! - CIDs are cairn-store's ([`shard_cid`], [`manifest_cid`]); [`content_digest`] is the rule of
+//!   which ones the protocol carries.
 //! - [`fetch_any_k`] gathers any k verified shards of an erasure-coded chunk with hedging.
 //! - [`Membership`] announces this node over iroh-gossip and keeps a [`PeerTable`] of live peers.
 //! - [`place`] picks n distinct holders for a key by weighted rendezvous hashing.
@@ -23,10 +29,13 @@ mod fetch;
 mod membership;
 mod placement;
 mod protocol;
+mod record;
 mod server;
 
 pub use backend::{BackendError, MemoryBackend, ShardBackend};
-pub use cids::{CODEC_RAW, MULTIHASH_BLAKE3, shard_cid, shard_digest};
+pub use cids::{
+    CODEC_DAG_CBOR, CODEC_RAW, Cid, MULTIHASH_BLAKE3, content_digest, manifest_cid, shard_cid,
+};
 pub use client::{ShardClient, ShardConfig};
 pub use endpoint::{
     BoundEndpoint, SECRET_KEY_LEN, endpoint_offline, endpoint_online, generate_secret_key,
@@ -39,11 +48,16 @@ pub use membership::{
     PEER_FAILURES_MAX, PEER_SILENCE_MAX, PEER_TABLE_PEERS_MAX, PeerInfo, PeerTable, topic_id,
 };
 pub use placement::place;
+#[doc(hidden)]
+pub use protocol::fuzzing;
 pub use protocol::{
-    CID_LEN_MAX, CONNECT_TIMEOUT, HAS_BATCH_MAX, PEER_INFLIGHT_MAX, POOL_PEERS_MAX,
-    PROTOCOL_VERSION, REQUEST_TIMEOUT, SHARD_ALPN, SHARD_LEN_MAX,
+    CID_LEN_MAX, CONNECT_TIMEOUT, HAS_BATCH_MAX, PEER_INFLIGHT_MAX, PEERS_REPLY_MAX,
+    POOL_PEERS_MAX, PROTOCOL_VERSION, RECORD_LEN_MAX, REQUEST_TIMEOUT, SHARD_ALPN, SHARD_LEN_MAX,
 };
-pub use server::ShardServer;
+pub use record::{
+    HolderRecord, RECORD_CHUNKS_MAX, RECORD_NODES_MAX, RECORD_SHARDS_MAX, SignedRecord,
+};
+pub use server::{PeerSource, ShardServer};
 
 // The iroh types that appear in this crate's API, so that callers need no iroh dependency of
 // their own and always agree with us on its version.

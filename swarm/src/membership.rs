@@ -7,6 +7,11 @@
 //! has been heard from within [`PEER_SILENCE_MAX`] and has failed fewer than
 //! [`PEER_FAILURES_MAX`] requests in a row.
 //!
+//! The signed bytes are what travels: a node hands the announcements it knows (its own first) to
+//! anyone who asks with the shard protocol's PEERS request, and a process without gossip builds
+//! its own [`PeerTable`] from them with [`PeerTable::observe_all`]; the signatures make the
+//! answering node unable to forge or alter them.
+//!
 //! Announcement byte layout (integers big-endian):
 //!
 //! | offset | size | field |
@@ -379,6 +384,44 @@ impl PeerTable {
         Ok(announcement)
     }
 
+    /// Takes every announcement of `signed` that [`observe`](Self::observe) accepts at `now_ms`
+    /// (for example a PEERS reply from [`ShardClient::peer_announcements`]) and returns the
+    /// accepted ones; the others are dropped with a debug log, since one bad entry should not
+    /// hide the rest.
+    ///
+    /// [`ShardClient::peer_announcements`]: crate::ShardClient::peer_announcements
+    pub fn observe_all<B: AsRef<[u8]>>(
+        &mut self,
+        signed: impl IntoIterator<Item = B>,
+        now_ms: u64,
+    ) -> Vec<Announcement> {
+        signed
+            .into_iter()
+            .filter_map(|bytes| match self.observe(bytes.as_ref(), now_ms) {
+                Ok(announcement) => Some(announcement),
+                Err(err) => {
+                    debug!(%err, "announcement dropped");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// The signed announcements held, most recently heard first (what a PEERS reply carries).
+    pub fn signed_announcements(&self) -> Vec<Vec<u8>> {
+        self.signed_except(None)
+    }
+
+    fn signed_except(&self, skip: Option<EndpointId>) -> Vec<Vec<u8>> {
+        let mut entries: Vec<(&EndpointId, &Entry)> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| Some(**id) != skip)
+            .collect();
+        entries.sort_by_key(|(_, e)| std::cmp::Reverse(e.last_seen_ms));
+        entries.into_iter().map(|(_, e)| e.signed.clone()).collect()
+    }
+
     /// Notes a successful exchange with `id` at `now_ms`.
     pub fn record_success(&mut self, id: &EndpointId, now_ms: u64) {
         if let Some(entry) = self.peers.get_mut(id) {
@@ -531,7 +574,10 @@ impl MembershipConfig {
 #[derive(Debug)]
 pub struct Membership {
     topic: TopicId,
+    me: EndpointId,
     table: Arc<Mutex<PeerTable>>,
+    /// This node's latest signed announcement; there is one from the moment `join` returns.
+    own: Arc<Mutex<Vec<u8>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -543,9 +589,10 @@ impl Drop for Membership {
     }
 }
 
-fn lock(table: &Mutex<PeerTable>) -> std::sync::MutexGuard<'_, PeerTable> {
-    // Every table update is a single map operation, so a poisoned table is consistent.
-    table
+fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update of the table or the own announcement is a single map operation or
+    // assignment, so a poisoned value is consistent.
+    shared
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -586,6 +633,14 @@ impl Membership {
         let (sender, receiver) = subscribe(gossip, topic, bootstrap).await?;
         let sender = Arc::new(Mutex::new(sender));
         let table = Arc::new(Mutex::new(table));
+        // The first announcement exists before join returns, so that PEERS can hand it out at
+        // once; the announce task broadcasts it on its first tick.
+        let own = Arc::new(Mutex::new(make_announcement(
+            &bound.endpoint,
+            &topic,
+            FIRST_SEQ,
+            &free_bytes,
+        )));
 
         let listen = tokio::spawn(listen(
             gossip.clone(),
@@ -599,14 +654,26 @@ impl Membership {
             bound.endpoint.clone(),
             topic,
             sender,
+            own.clone(),
             config.announce_interval,
             free_bytes,
         ));
         Ok(Self {
             topic,
+            me,
             table,
+            own,
             tasks: vec![listen, announce],
         })
+    }
+
+    /// The signed announcements this node knows: its own latest first, then its peers' most
+    /// recently heard first. What a [`ShardServer`](crate::ShardServer) answers PEERS with, see
+    /// [`ShardServer::with_peer_source`](crate::ShardServer::with_peer_source).
+    pub fn signed_announcements(&self) -> Vec<Vec<u8>> {
+        let mut out = vec![lock(&self.own).clone()];
+        out.extend(lock(&self.table).signed_except(Some(self.me)));
+        out
     }
 
     /// The network's gossip topic.
@@ -711,28 +778,50 @@ async fn listen(
     }
 }
 
-/// Broadcasts a fresh signed announcement every `interval`, until the task is aborted.
+/// Sequence number of the announcement made at join.
+const FIRST_SEQ: u64 = 1;
+
+/// This node's signed announcement with sequence number `seq`, dated now.
+fn make_announcement(
+    endpoint: &iroh::Endpoint,
+    topic: &TopicId,
+    seq: u64,
+    free_bytes: &impl Fn() -> u64,
+) -> Vec<u8> {
+    let addrs: Vec<SocketAddr> = endpoint.addr().ip_addrs().copied().collect();
+    Announcement::new(
+        endpoint.id(),
+        &addrs,
+        free_bytes(),
+        unix_ms(SystemTime::now()),
+        seq,
+    )
+    .sign(endpoint.secret_key(), topic)
+}
+
+/// Broadcasts the announcement made at join at once, then a fresh one every `interval` (kept in
+/// `own` for PEERS), until the task is aborted.
 async fn announce(
     endpoint: iroh::Endpoint,
     topic: TopicId,
     sender: Arc<Mutex<GossipSender>>,
+    own: Arc<Mutex<Vec<u8>>>,
     interval: Duration,
     free_bytes: impl Fn() -> u64 + Send + Sync + 'static,
 ) {
     let mut ticker = tokio::time::interval(interval);
-    let mut seq = 0u64;
+    let mut seq = FIRST_SEQ;
     loop {
         ticker.tick().await;
-        seq += 1;
-        let addrs: Vec<SocketAddr> = endpoint.addr().ip_addrs().copied().collect();
-        let announcement = Announcement::new(
-            endpoint.id(),
-            &addrs,
-            free_bytes(),
-            unix_ms(SystemTime::now()),
-            seq,
-        );
-        let signed = announcement.sign(endpoint.secret_key(), &topic);
+        let signed = if seq == FIRST_SEQ {
+            seq += 1;
+            lock(&own).clone()
+        } else {
+            let signed = make_announcement(&endpoint, &topic, seq, &free_bytes);
+            seq += 1;
+            *lock(&own) = signed.clone();
+            signed
+        };
         let sender = sender.lock().unwrap_or_else(|p| p.into_inner()).clone();
         // Gossip's queue is bounded; a slow broadcast must not delay the next tick forever.
         match tokio::time::timeout(interval, sender.broadcast(Bytes::from(signed))).await {
@@ -856,5 +945,44 @@ mod tests {
             PeerTable::from_bytes(&flipped, topic),
             Err(Error::PeerTable { .. })
         ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic_announcement_verify(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let topic = topic_id("test");
+            let _ = Announcement::verify(&bytes, &topic);
+            // Behind a valid version and topic, to reach the fields.
+            let mut framed = vec![ANNOUNCEMENT_VERSION];
+            framed.extend_from_slice(topic.as_bytes());
+            framed.extend_from_slice(&bytes);
+            let _ = Announcement::verify(&framed, &topic);
+        }
+    }
+
+    #[test]
+    fn observe_all_keeps_the_good_and_drops_the_bad() {
+        let topic = topic_id("test");
+        let now = 1_000_000_000;
+        let good: Vec<Vec<u8>> = (1..=3u8)
+            .map(|i| signed(&SecretKey::from_bytes(&[i; 32]), &topic, 5, now, 1))
+            .collect();
+        let mut batch = good.clone();
+        batch.push(signed(
+            &SecretKey::from_bytes(&[4; 32]),
+            &topic_id("other"),
+            5,
+            now,
+            1,
+        ));
+        batch.push(vec![1, 2, 3]);
+        let mut table = PeerTable::new(topic);
+        assert_eq!(table.observe_all(&batch, now).len(), 3);
+        assert_eq!(table.live_peers(now).len(), 3);
+        let mut held = table.signed_announcements();
+        held.sort();
+        let mut expected = good;
+        expected.sort();
+        assert_eq!(held, expected);
     }
 }

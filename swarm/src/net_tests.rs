@@ -1,10 +1,12 @@
 //! Tests over real iroh endpoints on 127.0.0.1: the shard protocol end to end, its failure
 //! modes (wrong CID, full quota, foreign DELETE, oversized frames, corrupt and hanging peers),
-//! hedged fetching and gossip membership. Every wait is bounded by a timeout.
+//! manifests over PUT/GET, holder records (versioning, publisher, tampering, size caps), PEERS
+//! from gossip members to a client without gossip, hedged fetching and gossip membership. Every
+//! wait is bounded by a timeout.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cid::Cid;
 use iroh::endpoint::Connection;
@@ -128,6 +130,17 @@ impl ShardBackend for Corrupting {
     }
     fn free_bytes(&self) -> u64 {
         self.0.free_bytes()
+    }
+    fn put_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError> {
+        self.0.put_record(artifact, signed)
+    }
+    fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.0.get_record(artifact)?.map(|mut bytes| {
+            if let Some(last) = bytes.last_mut() {
+                *last ^= 0xff;
+            }
+            bytes
+        }))
     }
 }
 
@@ -574,6 +587,377 @@ async fn gossip_members_see_each_other() {
 
     drop(members);
     for (_, _, router) in nodes {
+        router.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn manifests_travel_over_put_and_get() {
+    let backend = Arc::new(MemoryBackend::new(1 << 20));
+    let (router, addr) = serve(ShardServer::new(backend.clone(), config())).await;
+    let (client, bound) = client().await;
+    let manifest = data(50, 3000);
+    let cid = manifest_cid(&manifest);
+    assert_eq!(cid.codec(), CODEC_DAG_CBOR);
+    step(client.put(&addr, &cid, &manifest)).await.unwrap();
+    assert_eq!(
+        step(client.get(&addr, &cid, None)).await.unwrap(),
+        Some(manifest.clone())
+    );
+    assert_eq!(step(client.has(&addr, &[cid])).await.unwrap(), vec![true]);
+    // The same bytes as a shard are another CID, and not held.
+    assert_eq!(
+        step(client.get(&addr, &shard_cid(&manifest), None))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // A dag-cbor CID with other bytes than it names is refused and nothing is stored.
+    let claimed = manifest_cid(b"the real manifest");
+    let result = step(client.put(&addr, &claimed, b"a forged manifest")).await;
+    assert!(
+        matches!(
+            &result,
+            Err(Error::Rejected {
+                status: "CID_MISMATCH",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert!(!backend.has(&claimed));
+    assert_eq!(backend.free_bytes(), (1 << 20) - 3000);
+    bound.endpoint.close().await;
+    router.shutdown().await.unwrap();
+}
+
+/// A record of `artifact` over `holders` (k = 2, m = 1, two chunks).
+fn holder_record(artifact: Cid, version: u64, holders: &[EndpointAddr]) -> HolderRecord {
+    HolderRecord {
+        artifact,
+        version,
+        k: 2,
+        m: 1,
+        reduced_durability: false,
+        nodes: holders
+            .iter()
+            .map(|a| (a.id, a.ip_addrs().copied().collect()))
+            .collect(),
+        holders: vec![vec![0, 1, 2], vec![1, 2, 0]],
+    }
+}
+
+fn fake_holders() -> Vec<EndpointAddr> {
+    (1..=3u8)
+        .map(|i| {
+            EndpointAddr::new(SecretKey::from_bytes(&[i; 32]).public())
+                .with_ip_addr(SocketAddr::from(([127, 0, 0, 1], 4000 + u16::from(i))))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn holder_records_move_forward_only_from_their_publisher() {
+    let (router, addr) = serve(memory_server(1 << 20)).await;
+    let (client, bound) = client().await;
+    let publisher = SecretKey::from_bytes(&[21; 32]);
+    let stranger = SecretKey::from_bytes(&[22; 32]);
+    let artifact = manifest_cid(b"a manifest");
+    let holders = fake_holders();
+
+    assert!(
+        step(client.get_record(&addr, &artifact))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let v1 = holder_record(artifact, 1, &holders).sign(&publisher);
+    step(client.put_record(&addr, &v1)).await.unwrap();
+    let got = step(client.get_record(&addr, &artifact))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.publisher, publisher.public());
+    assert_eq!(got.bytes, v1);
+    assert_eq!(got.record, holder_record(artifact, 1, &holders));
+    // The same bytes again are an idempotent OK.
+    step(client.put_record(&addr, &v1)).await.unwrap();
+
+    // Repair: version 2 with another holder set replaces version 1.
+    let mut repaired = holder_record(artifact, 2, &holders);
+    repaired.holders[1] = vec![0, 0, 1];
+    repaired.reduced_durability = true;
+    let v2 = repaired.sign(&publisher);
+    step(client.put_record(&addr, &v2)).await.unwrap();
+    let got = step(client.get_record(&addr, &artifact))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.record, repaired);
+
+    // Going back, or a different version-2 record, is stale.
+    for stale in [
+        v1.clone(),
+        holder_record(artifact, 2, &holders).sign(&publisher),
+    ] {
+        let result = step(client.put_record(&addr, &stale)).await;
+        assert!(
+            matches!(
+                &result,
+                Err(Error::Rejected {
+                    status: "STALE_RECORD",
+                    operation: "PUT_RECORD",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+    // Another publisher may not take the artifact over, even with a higher version.
+    let result =
+        step(client.put_record(&addr, &holder_record(artifact, 9, &holders).sign(&stranger))).await;
+    assert!(
+        matches!(
+            &result,
+            Err(Error::Rejected {
+                status: "NOT_PUBLISHER",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    // A tampered record (version 3 written over a signed version 2) does not verify.
+    let mut tampered = v2.clone();
+    let version_at = 42 + artifact.encoded_len();
+    tampered[version_at..version_at + 8].copy_from_slice(&3u64.to_be_bytes());
+    let result = step(client.put_record(&addr, &tampered)).await;
+    assert!(
+        matches!(
+            &result,
+            Err(Error::Rejected { status: "INVALID_RECORD", message, .. }) if message.contains("signature")
+        ),
+        "{result:?}"
+    );
+    let got = step(client.get_record(&addr, &artifact))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.bytes, v2, "nothing refused replaced the stored record");
+
+    // A shard CID is no artifact: refused before anything is sent.
+    assert!(matches!(
+        step(client.get_record(&addr, &shard_cid(b"x"))).await,
+        Err(Error::InvalidCid { .. })
+    ));
+    bound.endpoint.close().await;
+    router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_and_corrupted_records_are_refused() {
+    let backend = Arc::new(Corrupting(MemoryBackend::new(1 << 20)));
+    let (router, addr) = serve(ShardServer::new(backend, config())).await;
+    let (client, bound) = client().await;
+    let conn = step(bound.endpoint.connect(addr.clone(), SHARD_ALPN))
+        .await
+        .unwrap();
+
+    // A PUT_RECORD announcing one byte over the cap is refused from its length alone.
+    let mut huge = encode_head(&Head::PutRecord { len: 0 });
+    let n = huge.len();
+    huge[n - 4..].copy_from_slice(&(RECORD_LEN_MAX + 1).to_be_bytes());
+    let reply = raw_request(&conn, &huge).await;
+    assert_eq!(reply[..2], [PROTOCOL_VERSION, Status::TooLarge as u8]);
+    assert!(String::from_utf8_lossy(&reply[4..]).contains("outside 1..="));
+    // One at the cap that then sends 3 bytes and finishes: the frame ends early, and the node
+    // answered without waiting for (or allocating) 32 MiB.
+    let (mut send, mut recv) = step(conn.open_bi()).await.unwrap();
+    let mut short = encode_head(&Head::PutRecord {
+        len: RECORD_LEN_MAX,
+    });
+    short.extend_from_slice(b"abc");
+    step(send.write_all(&short)).await.unwrap();
+    send.finish().unwrap();
+    let reply = step(recv.read_to_end(4096)).await.unwrap();
+    assert_eq!(reply[1], Status::Malformed as u8, "{reply:?}");
+    // The client refuses to send one over the cap.
+    let oversized = vec![0u8; RECORD_LEN_MAX as usize + 1];
+    assert!(matches!(
+        step(client.put_record(&addr, &oversized)).await,
+        Err(Error::TooLarge {
+            what: "holder record length",
+            ..
+        })
+    ));
+
+    // A stored record that rotted is not served.
+    let artifact = manifest_cid(b"rotting");
+    let signed = holder_record(artifact, 1, &fake_holders()).sign(&SecretKey::from_bytes(&[5; 32]));
+    step(client.put_record(&addr, &signed)).await.unwrap();
+    let result = step(client.get_record(&addr, &artifact)).await;
+    assert!(
+        matches!(
+            &result,
+            Err(Error::Rejected {
+                status: "CORRUPTED",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    conn.close(0u32.into(), b"done");
+    bound.endpoint.close().await;
+    router.shutdown().await.unwrap();
+}
+
+/// A peer that answers GET_RECORD with a valid record of another artifact.
+#[derive(Debug, Clone)]
+struct SwappedRecord(Vec<u8>);
+
+impl ProtocolHandler for SwappedRecord {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            if let Ok(Head::GetRecord { .. }) = read_head(&mut recv).await {
+                let _ = send.write_all(&encode_data_head(self.0.len() as u32)).await;
+                let _ = send.write_all(&self.0).await;
+                let _ = send.finish();
+                let _ = send.stopped().await;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_record_of_another_artifact_is_caught_by_the_client() {
+    let other = holder_record(manifest_cid(b"other"), 1, &fake_holders())
+        .sign(&SecretKey::from_bytes(&[6; 32]));
+    let (router, addr) = serve(SwappedRecord(other)).await;
+    let (client, bound) = client().await;
+    let result = step(client.get_record(&addr, &manifest_cid(b"asked"))).await;
+    assert!(
+        matches!(&result, Err(Error::MalformedReply { reason, .. }) if reason.contains("names artifact")),
+        "{result:?}"
+    );
+    bound.endpoint.close().await;
+    router.shutdown().await.unwrap();
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn peers_hands_a_client_without_gossip_every_member() {
+    let network = "cairn-test-peers";
+    let topic = topic_id(network);
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let bound = bind().await;
+        let gossip = Gossip::builder().spawn(bound.endpoint.clone());
+        // The server is on the router before membership exists; it reads it through the slot.
+        let slot: Arc<OnceLock<Membership>> = Arc::new(OnceLock::new());
+        let source = slot.clone();
+        let server = memory_server(1 << 20).with_peer_source(Arc::new(move || {
+            source
+                .get()
+                .map(Membership::signed_announcements)
+                .unwrap_or_default()
+        }));
+        let router = Router::builder(bound.endpoint.clone())
+            .accept(GOSSIP_ALPN, gossip.clone())
+            .accept(SHARD_ALPN, server)
+            .spawn();
+        nodes.push((bound, gossip, router, slot));
+    }
+    let first = addr_of(&nodes[0].0);
+    for (i, (bound, gossip, _, slot)) in nodes.iter().enumerate() {
+        let bootstrap = if i == 0 { vec![] } else { vec![first.clone()] };
+        let config = MembershipConfig {
+            announce_interval: Duration::from_millis(100),
+            ..MembershipConfig::new(network, bootstrap)
+        };
+        let member = step(Membership::join(
+            bound,
+            gossip,
+            config,
+            PeerTable::new(topic),
+            || 1000,
+        ))
+        .await
+        .unwrap();
+        // The own announcement exists as soon as join returns.
+        let own = member.signed_announcements();
+        assert_eq!(
+            Announcement::verify(&own[0], &topic).unwrap().endpoint_id(),
+            bound.endpoint.id()
+        );
+        assert!(slot.set(member).is_ok());
+    }
+    let mut ids: Vec<_> = nodes.iter().map(|n| n.0.endpoint.id()).collect();
+    ids.sort();
+
+    // A fresh endpoint with no gossip asks node 0 until gossip has told it of everyone.
+    let (client, bound) = client().await;
+    let announcements = step(async {
+        loop {
+            let got = client.peers(&first, &topic).await.unwrap();
+            let mut seen: Vec<_> = got.iter().map(Announcement::endpoint_id).collect();
+            seen.sort();
+            if seen == ids {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    for (bound, ..) in &nodes {
+        let announced = announcements
+            .iter()
+            .find(|a| a.endpoint_id() == bound.endpoint.id())
+            .unwrap();
+        assert_eq!(
+            announced.addrs(),
+            addr_of(bound).ip_addrs().copied().collect::<Vec<_>>()
+        );
+        assert_eq!(announced.free_bytes(), 1000);
+    }
+    // Announcements of another network do not verify and are dropped, not fatal.
+    assert!(
+        step(client.peers(&first, &topic_id("another network")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The raw reply builds a peer table with every member alive.
+    let signed = step(client.peer_announcements(&first)).await.unwrap();
+    let mut table = PeerTable::new(topic);
+    assert_eq!(table.observe_all(&signed, now_ms()).len(), 3);
+    let mut live: Vec<_> = table
+        .live_peers(now_ms())
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    live.sort();
+    assert_eq!(live, ids);
+
+    // A node without a peer source answers with none.
+    let (plain_router, plain_addr) = serve(memory_server(1)).await;
+    assert!(
+        step(client.peer_announcements(&plain_addr))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    bound.endpoint.close().await;
+    plain_router.shutdown().await.unwrap();
+    for (_, _, router, slot) in nodes {
+        drop(slot);
         router.shutdown().await.unwrap();
     }
 }

@@ -1,6 +1,6 @@
 //! The serving side of the shard protocol: a [`ProtocolHandler`] over a [`ShardBackend`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cid::Cid;
 use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
@@ -10,12 +10,16 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::backend::{BackendError, ShardBackend};
-use crate::cids::{matches, shard_digest};
+use crate::cids::{content_digest, manifest_digest, matches};
 use crate::client::ShardConfig;
 use crate::protocol::{
     FrameError, Head, SHARD_LEN_MAX, Status, encode_data_head, encode_error, encode_not_found,
-    encode_ok, read_end, read_head, read_payload,
+    encode_ok, encode_peers, read_end, read_head, read_payload, read_record_payload,
 };
+use crate::record::HolderRecord;
+
+/// Where a server finds the signed announcements it answers PEERS with.
+pub type PeerSource = Arc<dyn Fn() -> Vec<Vec<u8>> + Send + Sync>;
 
 /// QUIC application error code sent when a stream is abandoned (timeout or broken frame).
 const STREAM_ABANDONED: VarInt = VarInt::from_u32(1);
@@ -29,12 +33,17 @@ const STREAM_ABANDONED: VarInt = VarInt::from_u32(1);
 pub struct ShardServer {
     backend: Arc<dyn ShardBackend>,
     config: ShardConfig,
+    peer_source: Option<PeerSource>,
+    /// Held from reading the stored holder record to storing its replacement, so that two
+    /// PUT_RECORDs cannot both pass the version check against the same old record.
+    record_lock: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for ShardServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardServer")
             .field("config", &self.config)
+            .field("peer_source", &self.peer_source.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -42,7 +51,25 @@ impl std::fmt::Debug for ShardServer {
 impl ShardServer {
     /// A server over `backend` with the limits and timeouts of `config`.
     pub fn new(backend: Arc<dyn ShardBackend>, config: ShardConfig) -> Self {
-        Self { backend, config }
+        Self {
+            backend,
+            config,
+            peer_source: None,
+            record_lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Answers PEERS with the signed announcements `source` returns (typically
+    /// [`Membership::signed_announcements`](crate::Membership::signed_announcements)); the
+    /// first [`PEERS_REPLY_MAX`](crate::PEERS_REPLY_MAX) within the size limit are sent. Without
+    /// a source the server answers PEERS with none.
+    ///
+    /// The server is registered on the router before membership joins (gossip needs the
+    /// router), so a source usually reads membership through a slot filled later, such as a
+    /// `OnceLock`. The source runs on the async runtime: it should only copy what it holds.
+    pub fn with_peer_source(mut self, source: PeerSource) -> Self {
+        self.peer_source = Some(source);
+        self
     }
 }
 
@@ -63,11 +90,10 @@ impl ProtocolHandler for ShardServer {
                 break;
             };
             while tasks.try_join_next().is_some() {}
-            let backend = self.backend.clone();
-            let timeout = self.config.request_timeout;
+            let server = self.clone();
             tasks.spawn(async move {
                 let _permit = permit;
-                handle_stream(backend, *peer.as_bytes(), send, recv, timeout).await;
+                handle_stream(server, *peer.as_bytes(), send, recv).await;
             });
         }
         Ok(())
@@ -75,13 +101,13 @@ impl ProtocolHandler for ShardServer {
 }
 
 async fn handle_stream(
-    backend: Arc<dyn ShardBackend>,
+    server: ShardServer,
     peer: [u8; 32],
     mut send: SendStream,
     mut recv: RecvStream,
-    timeout: std::time::Duration,
 ) {
-    match tokio::time::timeout(timeout, serve(&backend, peer, &mut send, &mut recv)).await {
+    let timeout = server.config.request_timeout;
+    match tokio::time::timeout(timeout, serve(&server, peer, &mut send, &mut recv)).await {
         Ok(Ok(())) => {}
         Ok(Err(reason)) => {
             debug!(%reason, "shard request stream failed");
@@ -115,12 +141,12 @@ impl Answer {
 /// Reads one request, handles it and writes the reply. Returns Err only when the stream itself
 /// failed, so that no reply can be sent.
 async fn serve(
-    backend: &Arc<dyn ShardBackend>,
+    server: &ShardServer,
     peer: [u8; 32],
     send: &mut SendStream,
     recv: &mut RecvStream,
 ) -> Result<(), String> {
-    let answer = match answer(backend, peer, recv).await {
+    let answer = match answer(server, peer, recv).await {
         Ok(answer) => answer,
         Err(FrameError::Io(err)) => return Err(err.to_string()),
         Err(FrameError::Bad(status, message)) => {
@@ -154,32 +180,33 @@ fn backend_error(cid: &Cid, err: BackendError) -> Answer {
         BackendError::QuotaFull { needed, free } => Answer::frame(encode_error(
             Status::QuotaFull,
             Some((needed, free)),
-            &format!("no room for shard {cid}"),
+            &format!("no room for {cid}"),
         )),
         BackendError::NotOwner => Answer::error(
             Status::NotOwner,
-            format!("requester is not an owner of shard {cid}"),
+            format!("requester is not an owner of {cid}"),
         ),
         BackendError::Corrupted(reason) => Answer::error(
             Status::Corrupted,
-            format!("stored shard {cid} is corrupted: {reason}"),
+            format!("stored copy of {cid} is corrupted: {reason}"),
         ),
         BackendError::Io(reason) => Answer::error(
             Status::Internal,
-            format!("storage failed for shard {cid}: {reason}"),
+            format!("storage failed for {cid}: {reason}"),
         ),
     }
 }
 
 async fn answer(
-    backend: &Arc<dyn ShardBackend>,
+    server: &ShardServer,
     peer: [u8; 32],
     recv: &mut RecvStream,
 ) -> Result<Answer, FrameError> {
+    let backend = &server.backend;
     let head = read_head(recv).await?;
     match head {
         Head::Put { cid, len } => {
-            if let Err(err) = shard_digest(&cid) {
+            if let Err(err) = content_digest(&cid) {
                 return Ok(Answer::error(Status::InvalidCid, err.to_string()));
             }
             // Refuse an over-quota PUT before receiving its bytes. The backend checks again when
@@ -212,7 +239,7 @@ async fn answer(
         }
         Head::Get { cid, range } => {
             read_end(recv).await?;
-            if let Err(err) = shard_digest(&cid) {
+            if let Err(err) = content_digest(&cid) {
                 return Ok(Answer::error(Status::InvalidCid, err.to_string()));
             }
             let asked = range.clone();
@@ -259,5 +286,113 @@ async fn answer(
                 },
             )
         }
+        Head::Peers => {
+            read_end(recv).await?;
+            let announcements = server
+                .peer_source
+                .as_ref()
+                .map(|source| source())
+                .unwrap_or_default();
+            Ok(Answer::frame(encode_peers(&announcements)))
+        }
+        Head::PutRecord { len } => {
+            let signed = read_record_payload(recv, len).await?;
+            read_end(recv).await?;
+            let lock = server.record_lock.clone();
+            // Verifying a signature over up to 32 MiB and the backend's disk I/O both block.
+            blocking(backend, move |b| put_record(b, &lock, signed)).await
+        }
+        Head::GetRecord { artifact } => {
+            read_end(recv).await?;
+            if let Err(err) = manifest_digest(&artifact) {
+                return Ok(Answer::error(Status::InvalidCid, err.to_string()));
+            }
+            let stored = match blocking(backend, move |b| b.get_record(&artifact)).await? {
+                Ok(Some(stored)) => stored,
+                Ok(None) => return Ok(Answer::frame(encode_not_found())),
+                Err(err) => return Ok(backend_error(&artifact, err)),
+            };
+            // Never pass on a record we cannot vouch for.
+            let verified = tokio::task::spawn_blocking(move || {
+                HolderRecord::verify(&stored).map_err(|err| err.to_string())
+            })
+            .await
+            .map_err(|err| {
+                FrameError::Bad(Status::Internal, format!("verify task failed: {err}"))
+            })?;
+            Ok(match verified {
+                Ok(signed) if signed.record.artifact == artifact => Answer {
+                    frame: encode_data_head(signed.bytes.len() as u32),
+                    data: Some(signed.bytes),
+                },
+                Ok(_) => Answer::error(
+                    Status::Corrupted,
+                    format!("stored holder record of {artifact} names another artifact"),
+                ),
+                Err(reason) => Answer::error(
+                    Status::Corrupted,
+                    format!("stored holder record of {artifact} failed verification: {reason}"),
+                ),
+            })
+        }
+    }
+}
+
+/// Checks a received holder record against the one stored for its artifact and stores it if it
+/// may replace it. Runs on a blocking thread, holding `lock` across the check and the store.
+fn put_record(backend: &dyn ShardBackend, lock: &Mutex<()>, signed: Vec<u8>) -> Answer {
+    let new = match HolderRecord::verify(&signed) {
+        Ok(new) => new,
+        Err(err) => return Answer::error(Status::InvalidRecord, err.to_string()),
+    };
+    let artifact = new.record.artifact;
+    // The guarded data is (), so a poisoned lock has nothing inconsistent in it.
+    let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let stored = match backend.get_record(&artifact) {
+        Ok(stored) => stored,
+        Err(err) => return backend_error(&artifact, err),
+    };
+    if let Some(stored) = stored {
+        let old = match HolderRecord::verify(&stored) {
+            Ok(old) if old.record.artifact == artifact => old,
+            Ok(_) => {
+                return Answer::error(
+                    Status::Corrupted,
+                    format!("stored holder record of {artifact} names another artifact"),
+                );
+            }
+            Err(err) => {
+                return Answer::error(
+                    Status::Corrupted,
+                    format!("stored holder record of {artifact} failed verification: {err}"),
+                );
+            }
+        };
+        if old.publisher != new.publisher {
+            return Answer::error(
+                Status::NotPublisher,
+                format!(
+                    "holder record of {artifact} was published by {}, not {}",
+                    old.publisher.fmt_short(),
+                    new.publisher.fmt_short()
+                ),
+            );
+        }
+        if new.record.version == old.record.version && new.bytes == old.bytes {
+            return Answer::frame(encode_ok(&[]));
+        }
+        if new.record.version <= old.record.version {
+            return Answer::error(
+                Status::StaleRecord,
+                format!(
+                    "holder record of {artifact} version {} does not replace stored version {}",
+                    new.record.version, old.record.version
+                ),
+            );
+        }
+    }
+    match backend.put_record(&artifact, &new.bytes) {
+        Ok(()) => Answer::frame(encode_ok(&[])),
+        Err(err) => backend_error(&artifact, err),
     }
 }

@@ -1,0 +1,255 @@
+//! The store as a [`ShardBackend`], with group commit.
+//!
+//! Every PUT from every peer goes through one bounded queue to one committer thread, which takes
+//! whatever is queued (up to [`GROUP_SHARDS_MAX`] shards or [`GROUP_BYTES_MAX`] bytes) and stores
+//! it with one `put_shards_owned` call: one filesystem sync and one redb commit for the group
+//! instead of one per shard. While a group commits, the next one fills, so the cost of a sync is
+//! shared by everything that arrived meanwhile.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use cairn_store::{CODEC_DAG_CBOR, Cid, Error as StoreError, Store};
+use cairn_swarm::{BackendError, ShardBackend};
+
+/// Most shards committed together.
+pub const GROUP_SHARDS_MAX: usize = 64;
+/// Most bytes committed together.
+pub const GROUP_BYTES_MAX: usize = 64 << 20;
+/// PUTs waiting for the committer; a full queue makes PUT handlers wait (bounded by the peer
+/// layer's request timeout), which pushes back on publishers.
+const QUEUE_MAX: usize = 256;
+
+struct PutReq {
+    cid: Cid,
+    data: Vec<u8>,
+    owner: [u8; 32],
+    done: SyncSender<Result<(), BackendError>>,
+}
+
+/// A [`Store`] served to peers.
+pub struct StoreBackend {
+    store: Arc<Store>,
+    queue: SyncSender<PutReq>,
+}
+
+impl std::fmt::Debug for StoreBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreBackend")
+            .field("dir", &self.store.dir())
+            .finish()
+    }
+}
+
+fn backend_err(e: StoreError) -> BackendError {
+    match e {
+        StoreError::QuotaExceeded { needed, free, .. } => BackendError::QuotaFull { needed, free },
+        StoreError::Corrupted { cid, reason } => {
+            BackendError::Corrupted(format!("{cid}: {reason}"))
+        }
+        other => BackendError::Io(other.to_string()),
+    }
+}
+
+impl StoreBackend {
+    /// Serves `store`; starts the committer thread, which ends when the backend is dropped.
+    pub fn new(store: Arc<Store>) -> Self {
+        let (queue, rx) = sync_channel(QUEUE_MAX);
+        let s = store.clone();
+        std::thread::Builder::new()
+            .name("cairn-commit".into())
+            .spawn(move || committer(s, rx))
+            .expect("spawning a thread succeeds");
+        Self { store, queue }
+    }
+
+    /// The store served.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+}
+
+fn committer(store: Arc<Store>, rx: Receiver<PutReq>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        let mut bytes = group[0].data.len();
+        while group.len() < GROUP_SHARDS_MAX && bytes < GROUP_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(r) => {
+                    bytes += r.data.len();
+                    group.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        // Most groups have one owner (one publisher); commit each owner's part together.
+        group.sort_by_key(|r| r.owner);
+        for part in group.chunk_by(|a, b| a.owner == b.owner) {
+            let batch: Vec<(Cid, &[u8])> =
+                part.iter().map(|r| (r.cid, r.data.as_slice())).collect();
+            match store.put_shards_owned(&batch, Some(part[0].owner)) {
+                Ok(_) => part.iter().for_each(|r| {
+                    let _ = r.done.send(Ok(()));
+                }),
+                // The group as a whole did not fit or failed: retry one by one so each PUT gets
+                // its own answer (some may fit).
+                Err(_) if part.len() > 1 => {
+                    for r in part {
+                        let res = store
+                            .put_shards_owned(&[(r.cid, &r.data)], Some(r.owner))
+                            .map(|_| ())
+                            .map_err(backend_err);
+                        let _ = r.done.send(res);
+                    }
+                }
+                Err(e) => {
+                    let _ = part[0].done.send(Err(backend_err(e)));
+                }
+            }
+        }
+    }
+}
+
+impl ShardBackend for StoreBackend {
+    fn put(&self, cid: &Cid, data: &[u8], owner: [u8; 32]) -> Result<(), BackendError> {
+        if cid.codec() == CODEC_DAG_CBOR {
+            return self
+                .store
+                .put_manifest(cid, data, owner)
+                .map_err(|e| match e {
+                    StoreError::BadManifest { reason, .. } => {
+                        BackendError::Corrupted(format!("manifest {cid} refused: {reason}"))
+                    }
+                    other => backend_err(other),
+                });
+        }
+        let (done, wait) = sync_channel(1);
+        let req = PutReq {
+            cid: *cid,
+            data: data.to_vec(),
+            owner,
+            done,
+        };
+        match self.queue.try_send(req) {
+            Ok(()) => {}
+            Err(TrySendError::Full(req)) => {
+                self.queue
+                    .send(req)
+                    .map_err(|_| BackendError::Io("the committer has stopped".into()))?;
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(BackendError::Io("the committer has stopped".into()));
+            }
+        }
+        wait.recv()
+            .map_err(|_| BackendError::Io("the committer has stopped".into()))?
+    }
+
+    fn get(&self, cid: &Cid, range: Option<Range<u64>>) -> Result<Option<Vec<u8>>, BackendError> {
+        let data = if cid.codec() == CODEC_DAG_CBOR {
+            match self.store.get_manifest(cid) {
+                Ok(b) => b,
+                Err(StoreError::ManifestNotFound(_)) => return Ok(None),
+                Err(e) => return Err(backend_err(e)),
+            }
+        } else {
+            match self.store.get_shard(cid) {
+                Ok(b) => b,
+                Err(StoreError::ShardNotFound(_)) => return Ok(None),
+                Err(e) => return Err(backend_err(e)),
+            }
+        };
+        Ok(Some(match range {
+            None => data,
+            Some(r) => {
+                let end = (r.end.min(data.len() as u64)) as usize;
+                let start = (r.start as usize).min(end);
+                data[start..end].to_vec()
+            }
+        }))
+    }
+
+    fn has(&self, cid: &Cid) -> bool {
+        if cid.codec() == CODEC_DAG_CBOR {
+            self.store.has_manifest(cid).unwrap_or(false)
+        } else {
+            self.store.has_shard(cid).unwrap_or(false)
+        }
+    }
+
+    fn delete(&self, cid: &Cid, requester: [u8; 32]) -> Result<bool, BackendError> {
+        if self.store.release(cid, requester).map_err(backend_err)? {
+            return Ok(true);
+        }
+        if self.has(cid) {
+            Err(BackendError::NotOwner)
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn free_bytes(&self) -> u64 {
+        self.store
+            .stat()
+            .map(|s| s.quota.saturating_sub(s.used))
+            .unwrap_or(0)
+    }
+
+    fn put_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError> {
+        self.store.put_record(artifact, signed).map_err(backend_err)
+    }
+
+    fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
+        self.store.get_record(artifact).map_err(backend_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_store::{StoreConfig, shard_cid};
+
+    #[test]
+    fn concurrent_puts_are_grouped_and_all_answered() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(d.path(), StoreConfig { quota: 1 << 30 }).unwrap());
+        let b = Arc::new(StoreBackend::new(store.clone()));
+        let handles: Vec<_> = (0..32u8)
+            .map(|i| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    let data = vec![i; 50_000];
+                    b.put(&shard_cid(&data), &data, [i % 2; 32]).unwrap();
+                })
+            })
+            .collect();
+        handles.into_iter().for_each(|h| h.join().unwrap());
+        assert_eq!(store.stat().unwrap().shards, 32);
+        let data = vec![7u8; 50_000];
+        let c = shard_cid(&data);
+        assert_eq!(b.get(&c, Some(10..20)).unwrap().unwrap(), vec![7u8; 10]);
+        assert_eq!(b.get(&c, Some(49_990..60_000)).unwrap().unwrap().len(), 10);
+        assert!(
+            matches!(b.delete(&c, [0; 32]), Err(BackendError::NotOwner)),
+            "7 was put by owner 1"
+        );
+        assert!(b.delete(&c, [1; 32]).unwrap());
+        assert_eq!(b.get(&shard_cid(b"none"), None).unwrap(), None);
+    }
+
+    #[test]
+    fn quota_refusal_reaches_the_right_put() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(d.path(), StoreConfig { quota: 100_000 }).unwrap());
+        let b = StoreBackend::new(store);
+        let small = vec![1u8; 10_000];
+        b.put(&shard_cid(&small), &small, [0; 32]).unwrap();
+        let big = vec![2u8; 200_000];
+        assert!(matches!(
+            b.put(&shard_cid(&big), &big, [0; 32]),
+            Err(BackendError::QuotaFull { .. })
+        ));
+        assert!(b.free_bytes() < 100_000);
+    }
+}

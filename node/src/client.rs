@@ -1,0 +1,814 @@
+//! The network client: publish an artifact across the nodes, read one back.
+//!
+//! Publishing: the live peers come from a bootstrap node (PEERS). Each chunk's `n` shards go to
+//! the first `n` peers of a weighted rendezvous ranking keyed by the chunk's first shard CID
+//! (weight = free quota), so they land on `n` distinct nodes; a node that refuses (quota,
+//! timeout) is replaced by the next one in the ranking. Before sending a window, the client asks
+//! each target which shards it already has (HAS), so a publish that was interrupted resumes
+//! without resending what landed. At most [`WINDOWS_IN_FLIGHT`] windows are on the wire while
+//! the next is coded. Only when every shard of every chunk is acknowledged are the manifest and
+//! the signed holder record stored on the holders: before that, no reader can find the artifact.
+//!
+//! Reading: the holder record (highest valid version any holder returns) says who holds which
+//! shard. Holders that do not answer a probe are asked last. Each chunk is fetched from any `k`
+//! holders with hedging, every shard verified against its CID.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_erasure::Params;
+use cairn_store::{
+    AddOptions, ChunkEntry, Cid, EncodedChunk, Error as StoreError, Manifest, PrivatePart, ReadCap,
+    ShardSink, ShardSource, encode_artifact,
+};
+use cairn_swarm::{
+    BoundEndpoint, EndpointAddr, EndpointId, HolderRecord, SecretKey, ShardClient, ShardConfig,
+    ShardLocation, SignedRecord, endpoint_offline, endpoint_online, fetch_any_k,
+    generate_secret_key, place, secret_key_from_bytes, topic_id,
+};
+use futures_util::future::join_all;
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::Error;
+
+/// Windows of shards being sent while the next window is coded.
+pub const WINDOWS_IN_FLIGHT: usize = 4;
+/// Time a reader waits for a shard before asking one more holder.
+pub const HEDGE_AFTER: Duration = Duration::from_millis(300);
+/// Time allowed for a probe of a holder before reading.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most peers asked for a holder record at once.
+const RECORD_ASK_MAX: usize = 64;
+
+/// A peer's address as given on the command line: `<endpoint id>@<ip:port>[,<ip:port>...]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// The endpoint id.
+    pub id: EndpointId,
+    /// Its socket addresses.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl PeerAddr {
+    /// As an iroh address.
+    pub fn endpoint_addr(&self) -> EndpointAddr {
+        self.addrs
+            .iter()
+            .fold(EndpointAddr::new(self.id), |a, ip| a.with_ip_addr(*ip))
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let addrs: Vec<String> = self.addrs.iter().map(|a| a.to_string()).collect();
+        write!(f, "{}@{}", self.id, addrs.join(","))
+    }
+}
+
+impl FromStr for PeerAddr {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = |reason: &str| Error::BadPeerAddr {
+            given: s.chars().take(200).collect(),
+            reason: reason.into(),
+        };
+        let (id, addrs) = s.trim().split_once('@').ok_or_else(|| bad("no `@`"))?;
+        let id = EndpointId::from_str(id).map_err(|_| bad("the endpoint id is not a valid key"))?;
+        let addrs = addrs
+            .split(',')
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| bad("an address is not ip:port"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if addrs.is_empty() || addrs.len() > 16 {
+            return Err(bad("give 1 to 16 addresses"));
+        }
+        Ok(PeerAddr { id, addrs })
+    }
+}
+
+/// Settings of a [`Network`] client.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// Name of the network (must match the nodes').
+    pub network: String,
+    /// Nodes to ask for the peer list.
+    pub bootstrap: Vec<PeerAddr>,
+    /// Offline mode: a loopback-only endpoint (tests, devnet). Chosen automatically by
+    /// [`NetworkConfig::new`] when every bootstrap address is a loopback address.
+    pub offline: bool,
+    /// The identity that signs holder records and owns stored shards; a fresh one if `None`.
+    pub secret_key: Option<[u8; 32]>,
+    /// Protocol limits and timeouts.
+    pub shard: ShardConfig,
+}
+
+impl NetworkConfig {
+    /// Settings for `network` through `bootstrap`.
+    pub fn new(network: impl Into<String>, bootstrap: Vec<PeerAddr>) -> Self {
+        let offline = !bootstrap.is_empty()
+            && bootstrap
+                .iter()
+                .all(|p| p.addrs.iter().all(|a| a.ip().is_loopback()));
+        let shard = ShardConfig {
+            connect_timeout: Duration::from_secs(3),
+            ..ShardConfig::default()
+        };
+        Self {
+            network: network.into(),
+            bootstrap,
+            offline,
+            secret_key: None,
+            shard,
+        }
+    }
+}
+
+/// A live peer as the client sees it.
+#[derive(Clone, Debug)]
+struct Peer {
+    addr: PeerAddr,
+    free: u64,
+}
+
+/// A client connected to a Cairn network.
+pub struct Network {
+    bound: BoundEndpoint,
+    client: ShardClient,
+    key: SecretKey,
+    peers: Vec<Peer>,
+    handle: Handle,
+}
+
+/// Options of [`Network::publish`].
+#[derive(Clone, Debug)]
+pub struct PublishOptions {
+    /// Chunking, keys and erasure parameters.
+    pub add: AddOptions,
+    /// Accept fewer live nodes than shards per chunk (some node then holds two shards of a
+    /// chunk); recorded in the holder record and reported.
+    pub allow_reduced_durability: bool,
+}
+
+/// What [`Network::publish`] did.
+#[derive(Clone, Debug)]
+pub struct PublishReport {
+    /// The read capability.
+    pub cap: ReadCap,
+    /// Shards sent.
+    pub sent: u64,
+    /// Shards a holder already had (resumed or deduplicated).
+    pub skipped: u64,
+    /// Distinct holders.
+    pub nodes: usize,
+    /// Whether durability is reduced.
+    pub reduced_durability: bool,
+}
+
+/// An artifact opened for reading.
+pub struct RemoteArtifact {
+    /// The manifest CID.
+    pub cid: Cid,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The opened private part.
+    pub private: PrivatePart,
+    /// The holder record.
+    pub record: HolderRecord,
+    /// Holders that did not answer the probe: asked last.
+    unreachable: HashSet<EndpointId>,
+}
+
+impl Network {
+    /// Binds an endpoint and learns the live peers from the first bootstrap node that answers.
+    pub async fn connect(config: NetworkConfig) -> Result<Self, Error> {
+        let key = match config.secret_key {
+            Some(b) => secret_key_from_bytes(&b)?,
+            None => generate_secret_key(),
+        };
+        let bound = if config.offline {
+            endpoint_offline(key.clone(), "127.0.0.1:0".parse().expect("literal")).await?
+        } else {
+            endpoint_online(key.clone()).await?
+        };
+        let client = ShardClient::new(bound.endpoint.clone(), config.shard.clone());
+        let topic = topic_id(&config.network);
+        let mut reasons = Vec::new();
+        let mut peers = Vec::new();
+        for b in &config.bootstrap {
+            bound.lookup.add_endpoint_info(b.endpoint_addr());
+            match client.peers(&b.endpoint_addr(), &topic).await {
+                Ok(anns) if !anns.is_empty() => {
+                    for a in anns {
+                        let addr = PeerAddr {
+                            id: a.endpoint_id(),
+                            addrs: a.addrs().to_vec(),
+                        };
+                        bound.lookup.add_endpoint_info(addr.endpoint_addr());
+                        peers.push(Peer {
+                            addr,
+                            free: a.free_bytes(),
+                        });
+                    }
+                    break;
+                }
+                Ok(_) => reasons.push(format!("{} knows no peers yet", b.id.fmt_short())),
+                Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        if peers.is_empty() {
+            return Err(Error::NoPeers {
+                reasons: reasons.join("; "),
+            });
+        }
+        peers.sort_by_key(|p| p.addr.id);
+        peers.dedup_by_key(|p| p.addr.id);
+        Ok(Self {
+            bound,
+            client,
+            key,
+            peers,
+            handle: Handle::current(),
+        })
+    }
+
+    /// The live peers learnt at connect.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// This client's endpoint id (the publisher identity).
+    pub fn id(&self) -> EndpointId {
+        self.bound.endpoint.id()
+    }
+
+    /// Closes the endpoint.
+    pub async fn close(&self) {
+        self.client.close().await;
+        self.bound.endpoint.close().await;
+    }
+
+    /// Publishes `path`. Blocking: call it from a thread outside the runtime (it drives the
+    /// network through the runtime's handle while the calling thread codes).
+    pub fn publish(
+        &self,
+        path: &Path,
+        opts: &PublishOptions,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<PublishReport, Error> {
+        let n = opts.add.params.n();
+        let reduced = self.peers.len() < n;
+        if reduced && !opts.allow_reduced_durability {
+            return Err(Error::TooFewNodes {
+                live: self.peers.len(),
+                k: opts.add.params.k(),
+                n,
+            });
+        }
+        let sink = NetSink {
+            net: self,
+            weights: self
+                .peers
+                .iter()
+                .map(|p| (p.addr.id, p.free.max(1)))
+                .collect(),
+            n,
+            holders: Mutex::new(BTreeMap::new()),
+            windows: Arc::new(Semaphore::new(WINDOWS_IN_FLIGHT)),
+            tasks: Mutex::new(Vec::new()),
+            sent: Arc::new(Mutex::new((0, 0))),
+        };
+        let (manifest, cap) = encode_artifact(path, &opts.add, &sink, progress)?;
+        let holders = sink.holders.into_inner().unwrap_or_else(|p| p.into_inner());
+        // Nodes in first-use order, holders as indices into them.
+        let mut index: HashMap<EndpointId, u16> = HashMap::new();
+        let mut nodes: Vec<(EndpointId, Vec<SocketAddr>)> = Vec::new();
+        let per_chunk: Vec<Vec<u16>> = holders
+            .into_values()
+            .map(|ids| {
+                ids.into_iter()
+                    .map(|id| {
+                        *index.entry(id).or_insert_with(|| {
+                            let addrs = self
+                                .peers
+                                .iter()
+                                .find(|p| p.addr.id == id)
+                                .map(|p| p.addr.addrs.clone())
+                                .unwrap_or_default();
+                            nodes.push((id, addrs));
+                            (nodes.len() - 1) as u16
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        if per_chunk.len() != manifest.chunks().len() {
+            return Err(Error::Node(format!(
+                "{} chunks placed for {} coded; this is a bug",
+                per_chunk.len(),
+                manifest.chunks().len()
+            )));
+        }
+        let record = HolderRecord {
+            artifact: cap.cid,
+            version: 1,
+            k: opts.add.params.k() as u8,
+            m: opts.add.params.m() as u8,
+            reduced_durability: reduced,
+            nodes: nodes.clone(),
+            holders: per_chunk,
+        };
+        let signed = record.try_sign(&self.key)?;
+        let (cid, bytes) = manifest.encode();
+        // The manifest and the record go to every holder (and the peers, for small networks) so
+        // any of them can answer a reader; the record last, as it is what makes the artifact
+        // findable.
+        let targets: Vec<EndpointAddr> = nodes
+            .iter()
+            .map(|(id, a)| {
+                PeerAddr {
+                    id: *id,
+                    addrs: a.clone(),
+                }
+                .endpoint_addr()
+            })
+            .collect();
+        self.handle.block_on(async {
+            let puts = join_all(targets.iter().map(|t| self.client.put(t, &cid, &bytes))).await;
+            let ok = puts.iter().filter(|r| r.is_ok()).count();
+            if ok < opts.add.params.k().min(targets.len()) {
+                let why: Vec<String> = puts
+                    .into_iter()
+                    .filter_map(|r| r.err().map(|e| e.to_string()))
+                    .collect();
+                return Err(Error::Node(format!(
+                    "the manifest reached only {ok} holders: {}",
+                    why.join("; ")
+                )));
+            }
+            let recs = join_all(targets.iter().map(|t| self.client.put_record(t, &signed))).await;
+            let ok = recs.iter().filter(|r| r.is_ok()).count();
+            if ok < opts.add.params.k().min(targets.len()) {
+                let why: Vec<String> = recs
+                    .into_iter()
+                    .filter_map(|r| r.err().map(|e| e.to_string()))
+                    .collect();
+                return Err(Error::Node(format!(
+                    "the holder record reached only {ok} holders: {}",
+                    why.join("; ")
+                )));
+            }
+            Ok(())
+        })?;
+        let (sent, skipped) = *sink.sent.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(PublishReport {
+            cap,
+            sent,
+            skipped,
+            nodes: nodes.len(),
+            reduced_durability: reduced,
+        })
+    }
+
+    /// Finds the artifact's holder record and manifest, and opens it with the capability.
+    pub async fn open(&self, cap: &ReadCap) -> Result<RemoteArtifact, Error> {
+        let asked: Vec<EndpointAddr> = self
+            .peers
+            .iter()
+            .take(RECORD_ASK_MAX)
+            .map(|p| p.addr.endpoint_addr())
+            .collect();
+        let answers = join_all(asked.iter().map(|a| self.client.get_record(a, &cap.cid))).await;
+        let mut best: Option<SignedRecord> = None;
+        let mut reasons = Vec::new();
+        for (a, r) in asked.iter().zip(answers) {
+            match r {
+                Ok(Some(rec)) if rec.record.artifact == cap.cid => {
+                    if best
+                        .as_ref()
+                        .is_none_or(|b| rec.record.version > b.record.version)
+                    {
+                        best = Some(rec);
+                    }
+                }
+                Ok(Some(_)) => reasons.push(format!(
+                    "{} sent a record of another artifact",
+                    a.id.fmt_short()
+                )),
+                Ok(None) => reasons.push(format!("{} has none", a.id.fmt_short())),
+                Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        let Some(signed) = best else {
+            return Err(Error::ArtifactUnknown {
+                artifact: cap.cid,
+                reasons: reasons.join("; "),
+            });
+        };
+        let record = signed.record;
+        let addrs = self.holder_addrs(&record);
+        // Probe every holder once: the ones that do not answer are asked last while reading.
+        let probe_cids = [cap.cid];
+        let probes = join_all(
+            addrs
+                .iter()
+                .map(|a| tokio::time::timeout(PROBE_TIMEOUT, self.client.has(a, &probe_cids))),
+        )
+        .await;
+        let mut unreachable = HashSet::new();
+        let mut manifest_from = Vec::new();
+        for (a, p) in addrs.iter().zip(probes) {
+            match p {
+                Ok(Ok(has)) if has.first() == Some(&true) => manifest_from.push(a.clone()),
+                Ok(Ok(_)) => {}
+                _ => {
+                    unreachable.insert(a.id);
+                }
+            }
+        }
+        let mut manifest_bytes = None;
+        let mut why = Vec::new();
+        for a in manifest_from {
+            match self.client.get(&a, &cap.cid, None).await {
+                Ok(Some(b)) => {
+                    manifest_bytes = Some(b);
+                    break;
+                }
+                Ok(None) => why.push(format!("{} lost it", a.id.fmt_short())),
+                Err(e) => why.push(e.to_string()),
+            }
+        }
+        let Some(bytes) = manifest_bytes else {
+            return Err(Error::ArtifactUnknown {
+                artifact: cap.cid,
+                reasons: format!("no holder could send the manifest ({})", why.join("; ")),
+            });
+        };
+        let manifest = Manifest::decode(&bytes, &cap.cid.to_string())?;
+        let private = manifest.open(&cap.cid, &cap.key)?;
+        if record.holders.len() != manifest.chunks().len()
+            || record.k as usize != manifest.params().k()
+            || record.m as usize != manifest.params().m()
+        {
+            return Err(Error::Node(format!(
+                "the holder record of {} does not match its manifest",
+                cap.cid
+            )));
+        }
+        Ok(RemoteArtifact {
+            cid: cap.cid,
+            manifest,
+            private,
+            record,
+            unreachable,
+        })
+    }
+
+    fn holder_addrs(&self, record: &HolderRecord) -> Vec<EndpointAddr> {
+        record
+            .nodes
+            .iter()
+            .map(|(id, addrs)| {
+                // Addresses known now (announcements) first, then those recorded at publish.
+                let mut all: Vec<SocketAddr> = self
+                    .peers
+                    .iter()
+                    .filter(|p| p.addr.id == *id)
+                    .flat_map(|p| p.addr.addrs.clone())
+                    .collect();
+                all.extend(addrs.iter().copied());
+                all.dedup();
+                let a = PeerAddr {
+                    id: *id,
+                    addrs: all,
+                };
+                self.bound.lookup.add_endpoint_info(a.endpoint_addr());
+                a.endpoint_addr()
+            })
+            .collect()
+    }
+
+    /// A [`ShardSource`] reading `artifact` from its holders. Blocking: use it from threads
+    /// outside the runtime.
+    pub fn source<'a>(&'a self, artifact: &'a RemoteArtifact) -> impl ShardSource + 'a {
+        NetSource {
+            net: self,
+            art: artifact,
+            addrs: self.holder_addrs(&artifact.record),
+        }
+    }
+}
+
+struct NetSink<'a> {
+    net: &'a Network,
+    weights: Vec<(EndpointId, u64)>,
+    n: usize,
+    holders: Mutex<BTreeMap<usize, Vec<EndpointId>>>,
+    windows: Arc<Semaphore>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<Result<Vec<(usize, Vec<EndpointId>)>, Error>>>>,
+    sent: Arc<Mutex<(u64, u64)>>,
+}
+
+impl NetSink<'_> {
+    fn collect_done(&self, wait_all: bool) -> Result<(), Error> {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = std::mem::take(&mut *tasks);
+        for t in pending {
+            if !wait_all && !t.is_finished() {
+                tasks.push(t);
+                continue;
+            }
+            let placed = self
+                .net
+                .handle
+                .block_on(t)
+                .map_err(|e| Error::Node(format!("a publish task failed: {e}")))??;
+            let mut h = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+            for (chunk, ids) in placed {
+                h.insert(chunk, ids);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ShardSink for NetSink<'_> {
+    fn put_window(&self, chunks: Vec<EncodedChunk>) -> Result<(), StoreError> {
+        let sink_err = |e: Error| StoreError::Sink {
+            cid: chunks
+                .first()
+                .and_then(|c| c.shards.first())
+                .map(|s| s.0)
+                .unwrap_or_default(),
+            reason: e.to_string(),
+        };
+        self.collect_done(false).map_err(sink_err)?;
+        let permit = self
+            .net
+            .handle
+            .block_on(self.windows.clone().acquire_owned())
+            .map_err(|_| StoreError::Sink {
+                cid: Cid::default(),
+                reason: "publish cancelled".into(),
+            })?;
+        let client = self.net.client.clone();
+        let weights = self.weights.clone();
+        let addrs: HashMap<EndpointId, EndpointAddr> = self
+            .net
+            .peers
+            .iter()
+            .map(|p| (p.addr.id, p.addr.endpoint_addr()))
+            .collect();
+        let n = self.n;
+        let sent = self.sent.clone();
+        let task = self.net.handle.spawn(async move {
+            let _permit = permit;
+            send_window(&client, &weights, &addrs, n, chunks, &sent).await
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<(), StoreError> {
+        self.collect_done(true).map_err(|e| StoreError::Sink {
+            cid: Cid::default(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Sends one window: ranks holders per chunk, skips what targets already hold, PUTs the rest in
+/// parallel, and replaces a refusing target with the next in its chunk's ranking.
+async fn send_window(
+    client: &ShardClient,
+    weights: &[(EndpointId, u64)],
+    addrs: &HashMap<EndpointId, EndpointAddr>,
+    n: usize,
+    chunks: Vec<EncodedChunk>,
+    sent: &Mutex<(u64, u64)>,
+) -> Result<Vec<(usize, Vec<EndpointId>)>, Error> {
+    // Rank and assign: shard j of a chunk goes to the j-th peer of its ranking (wrapping around
+    // when durability is reduced).
+    let plans: Vec<(Vec<EndpointId>, Vec<EndpointId>)> = chunks
+        .iter()
+        .map(|c| {
+            let ranking = place(&c.shards[0].0.to_bytes(), weights, weights.len());
+            let assigned = (0..n).map(|j| ranking[j % ranking.len()]).collect();
+            (ranking, assigned)
+        })
+        .collect();
+    // Resume: ask each target once for everything assigned to it in this window.
+    let mut per_peer: HashMap<EndpointId, Vec<Cid>> = HashMap::new();
+    for (c, (_, assigned)) in chunks.iter().zip(&plans) {
+        for (j, id) in assigned.iter().enumerate() {
+            per_peer.entry(*id).or_default().push(c.shards[j].0);
+        }
+    }
+    let has_answers = join_all(
+        per_peer
+            .iter()
+            .map(|(id, cids)| async move { (*id, client.has(&addrs[id], cids).await) }),
+    )
+    .await;
+    let mut held: HashSet<(EndpointId, Cid)> = HashSet::new();
+    for (id, r) in has_answers {
+        if let Ok(flags) = r {
+            for (cid, f) in per_peer[&id].iter().zip(flags) {
+                if f {
+                    held.insert((id, *cid));
+                }
+            }
+        }
+    }
+    let mut jobs = Vec::new();
+    for (c, (ranking, assigned)) in chunks.iter().zip(&plans) {
+        for (j, (cid, data)) in c.shards.iter().enumerate() {
+            jobs.push(place_shard(
+                client, addrs, c.index, j, *cid, data, ranking, assigned, &held,
+            ));
+        }
+    }
+    let results = join_all(jobs).await;
+    let mut out: BTreeMap<usize, Vec<EndpointId>> = chunks
+        .iter()
+        .map(|c| (c.index, vec![assigned_placeholder(); n]))
+        .collect();
+    let (mut s, mut k) = (0, 0);
+    for r in results {
+        let (chunk, j, id, was_sent) = r?;
+        out.get_mut(&chunk).expect("every chunk has a slot")[j] = id;
+        if was_sent { s += 1 } else { k += 1 }
+    }
+    let mut t = sent.lock().unwrap_or_else(|p| p.into_inner());
+    t.0 += s;
+    t.1 += k;
+    Ok(out.into_iter().collect())
+}
+
+fn assigned_placeholder() -> EndpointId {
+    // Overwritten for every shard before use; any value of the right type serves.
+    EndpointId::from_bytes(&[0u8; 32]).unwrap_or_else(|_| generate_secret_key().public())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn place_shard(
+    client: &ShardClient,
+    addrs: &HashMap<EndpointId, EndpointAddr>,
+    chunk: usize,
+    j: usize,
+    cid: Cid,
+    data: &[u8],
+    ranking: &[EndpointId],
+    assigned: &[EndpointId],
+    held: &HashSet<(EndpointId, Cid)>,
+) -> Result<(usize, usize, EndpointId, bool), Error> {
+    let first = assigned[j];
+    if held.contains(&(first, cid)) {
+        return Ok((chunk, j, first, false));
+    }
+    // The assigned target, then peers outside this chunk's assignment, in ranking order.
+    let distinct = ranking.len() >= assigned.len();
+    let fallbacks = ranking
+        .iter()
+        .filter(|id| !distinct || !assigned.contains(id))
+        .copied();
+    let mut reasons = Vec::new();
+    for id in std::iter::once(first).chain(fallbacks) {
+        match client.put(&addrs[&id], &cid, data).await {
+            Ok(()) => return Ok((chunk, j, id, true)),
+            Err(e) => {
+                debug!("shard {cid} refused by {}: {e}", id.fmt_short());
+                reasons.push(e.to_string());
+            }
+        }
+    }
+    warn!("shard {cid} of chunk {chunk} could not be placed");
+    Err(Error::Placement {
+        cid,
+        chunk,
+        reasons: reasons.join("; "),
+    })
+}
+
+struct NetSource<'a> {
+    net: &'a Network,
+    art: &'a RemoteArtifact,
+    addrs: Vec<EndpointAddr>,
+}
+
+impl ShardSource for NetSource<'_> {
+    fn fetch(
+        &self,
+        artifact: &Cid,
+        index: usize,
+        chunk: &ChunkEntry,
+        params: Params,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let holders = &self.art.record.holders[index];
+        let mut locations: Vec<ShardLocation> = chunk
+            .shards
+            .iter()
+            .zip(holders)
+            .enumerate()
+            .map(|(j, (cid, h))| ShardLocation {
+                index: j,
+                cid: *cid,
+                holder: self.addrs[*h as usize].clone(),
+            })
+            .collect();
+        // Holders that did not answer the probe go only if the rest cannot make k.
+        let reachable = locations
+            .iter()
+            .filter(|l| !self.art.unreachable.contains(&l.holder.id))
+            .count();
+        if reachable >= params.k() {
+            locations.retain(|l| !self.art.unreachable.contains(&l.holder.id));
+        }
+        let got = self.net.handle.block_on(fetch_any_k(
+            &self.net.client,
+            locations,
+            params.k(),
+            HEDGE_AFTER,
+        ));
+        match got {
+            Ok(shards) => {
+                let mut slots = vec![None; params.n()];
+                for (j, b) in shards {
+                    slots[j] = Some(b);
+                }
+                Ok(slots)
+            }
+            Err(e) => {
+                let mut missing: Vec<(Cid, String)> = Vec::new();
+                for (j, cid) in chunk.shards.iter().enumerate() {
+                    let why: Vec<String> = e
+                        .missing
+                        .iter()
+                        .filter(|f| f.index == j)
+                        .map(|f| format!("{}: {}", f.peer, f.reason))
+                        .collect();
+                    if !why.is_empty() {
+                        missing.push((*cid, why.join("; ")));
+                    } else if self
+                        .art
+                        .unreachable
+                        .contains(&self.addrs[holders[j] as usize].id)
+                    {
+                        missing.push((
+                            *cid,
+                            format!(
+                                "holder {} unreachable",
+                                self.addrs[holders[j] as usize].id.fmt_short()
+                            ),
+                        ));
+                    }
+                }
+                Err(StoreError::ShardsUnavailable {
+                    artifact: *artifact,
+                    chunk: index,
+                    present: e.got,
+                    k: params.k(),
+                    missing,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addr_parses_and_prints() {
+        let id = generate_secret_key().public();
+        let s = format!("{id}@127.0.0.1:4000,[::1]:5");
+        let p: PeerAddr = s.parse().unwrap();
+        assert_eq!(p.addrs.len(), 2);
+        assert_eq!(p.to_string().parse::<PeerAddr>().unwrap(), p);
+        for bad in [
+            "",
+            "x@127.0.0.1:1",
+            &format!("{id}"),
+            &format!("{id}@nothing"),
+            &format!("{id}@"),
+        ] {
+            assert!(
+                matches!(bad.parse::<PeerAddr>(), Err(Error::BadPeerAddr { .. })),
+                "{bad}"
+            );
+        }
+    }
+}

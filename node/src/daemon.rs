@@ -1,0 +1,177 @@
+//! The node daemon: the store served over iroh, membership over gossip.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use cairn_store::Store;
+use cairn_swarm::{
+    BoundEndpoint, EndpointId, GOSSIP_ALPN, Gossip, Membership, MembershipConfig, PeerTable,
+    Router, SHARD_ALPN, ShardConfig, ShardServer, endpoint_offline, endpoint_online,
+    secret_key_from_bytes, topic_id,
+};
+use tracing::{info, warn};
+
+use crate::{Error, PeerAddr, StoreBackend};
+
+/// How often the peer table is saved and unreferenced data collected.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Settings of a node.
+pub struct NodeConfig {
+    /// The node's store.
+    pub store: Arc<Store>,
+    /// The node's ed25519 secret key (32 bytes).
+    pub secret_key: [u8; 32],
+    /// Where to listen. In offline mode this must be a loopback address (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Offline mode (tests, devnet): no relays, no address lookup, loopback only.
+    pub offline: bool,
+    /// Name of the network (its gossip topic).
+    pub network: String,
+    /// Peers to join through.
+    pub bootstrap: Vec<PeerAddr>,
+    /// File that keeps the peer table across restarts.
+    pub peer_table: Option<PathBuf>,
+}
+
+/// A running node.
+pub struct NodeHandle {
+    router: Router,
+    bound: BoundEndpoint,
+    membership: Arc<Membership>,
+    peer_table: Option<PathBuf>,
+    housekeeping: tokio::task::JoinHandle<()>,
+}
+
+impl NodeHandle {
+    /// The node's endpoint id.
+    pub fn id(&self) -> EndpointId {
+        self.bound.endpoint.id()
+    }
+
+    /// The socket addresses the node listens on.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.bound.endpoint.bound_sockets()
+    }
+
+    /// The node's address as `<id>@<ip:port>`, for bootstrap lists.
+    pub fn peer_addr(&self) -> PeerAddr {
+        PeerAddr {
+            id: self.id(),
+            addrs: self.addrs(),
+        }
+    }
+
+    /// Live peers this node knows.
+    pub fn live_peers(&self) -> usize {
+        self.membership.live_peers().len()
+    }
+
+    /// Saves the peer table, stops accepting, closes the endpoint.
+    pub async fn shutdown(self) {
+        self.housekeeping.abort();
+        save_table(&self.membership, self.peer_table.as_ref());
+        if let Err(e) = self.router.shutdown().await {
+            warn!("router shutdown: {e}");
+        }
+        self.bound.endpoint.close().await;
+    }
+}
+
+fn save_table(m: &Membership, path: Option<&PathBuf>) {
+    let Some(path) = path else { return };
+    let tmp = path.with_extension("tmp");
+    let res = std::fs::write(&tmp, m.table_bytes()).and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        warn!("saving the peer table to {}: {e}", path.display());
+    }
+}
+
+/// Starts a node; it runs until [`NodeHandle::shutdown`].
+pub async fn run_node(config: NodeConfig) -> Result<NodeHandle, Error> {
+    let secret = secret_key_from_bytes(&config.secret_key)?;
+    let bound = if config.offline {
+        endpoint_offline(secret.clone(), config.listen).await?
+    } else {
+        endpoint_online(secret.clone()).await?
+    };
+    let topic = topic_id(&config.network);
+    let table = match config
+        .peer_table
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+    {
+        Some(bytes) => PeerTable::from_bytes(&bytes, topic).unwrap_or_else(|e| {
+            warn!("ignoring the saved peer table: {e}");
+            PeerTable::new(topic)
+        }),
+        None => PeerTable::new(topic),
+    };
+    let backend = Arc::new(StoreBackend::new(config.store.clone()));
+    let gossip = Gossip::builder().spawn(bound.endpoint.clone());
+    let membership_slot: Arc<OnceLock<Arc<Membership>>> = Arc::new(OnceLock::new());
+    let slot = membership_slot.clone();
+    let server = ShardServer::new(backend.clone(), ShardConfig::default()).with_peer_source(
+        Arc::new(move || {
+            slot.get()
+                .map(|m| m.signed_announcements())
+                .unwrap_or_default()
+        }),
+    );
+    let router = Router::builder(bound.endpoint.clone())
+        .accept(SHARD_ALPN, server)
+        .accept(GOSSIP_ALPN, gossip.clone())
+        .spawn();
+    let bootstrap = config
+        .bootstrap
+        .iter()
+        .filter(|p| p.id != bound.endpoint.id())
+        .map(PeerAddr::endpoint_addr)
+        .collect();
+    let store = config.store.clone();
+    let membership = Membership::join(
+        &bound,
+        &gossip,
+        MembershipConfig::new(config.network.clone(), bootstrap),
+        table,
+        move || {
+            store
+                .stat()
+                .map(|s| s.quota.saturating_sub(s.used))
+                .unwrap_or(0)
+        },
+    )
+    .await?;
+    let membership = Arc::new(membership);
+    let _ = membership_slot.set(membership.clone());
+    info!(id = %bound.endpoint.id(), addrs = ?bound.endpoint.bound_sockets(), "node started");
+
+    let m = membership.clone();
+    let path = config.peer_table.clone();
+    let store = config.store.clone();
+    let housekeeping = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            save_table(&m, path.as_ref());
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.gc()).await {
+                Ok(Ok(r)) if r.shards + r.manifests > 0 => {
+                    info!(shards = r.shards, manifests = r.manifests, "gc")
+                }
+                Ok(Err(e)) => warn!("gc: {e}"),
+                _ => {}
+            }
+        }
+    });
+    Ok(NodeHandle {
+        router,
+        bound,
+        membership,
+        peer_table: config.peer_table,
+        housekeeping,
+    })
+}

@@ -1,0 +1,21 @@
+//! A Cairn node and the network client.
+//!
+//! - [`StoreBackend`] serves a [`cairn_store::Store`] to the peer layer, committing concurrent
+//!   PUTs from all peers in groups (one sync and one metadata commit per group).
+//! - [`run_node`] is the daemon: an iroh endpoint with the shard protocol and gossip membership,
+//!   a persisted peer table, periodic gc, graceful shutdown.
+//! - [`Network`] is the client side used by `cairn add/get` and the gateway: it learns the live
+//!   peers from a bootstrap node, publishes an artifact (placement, parallel PUTs with a bounded
+//!   number in flight, resume, holder record) and reads one back from any k shards per chunk.
+//!
+//! This crate knows the store and the peer layer; it knows neither HTTP nor the command line.
+
+mod backend;
+mod client;
+mod daemon;
+mod error;
+
+pub use backend::StoreBackend;
+pub use client::{Network, NetworkConfig, PeerAddr, PublishOptions, PublishReport, RemoteArtifact};
+pub use daemon::{NodeConfig, NodeHandle, run_node};
+pub use error::Error;

@@ -1,0 +1,285 @@
+//! `cairn devnet`: a local network of node processes on 127.0.0.1.
+//!
+//! Each node is a real `cairn node` process with its own data directory and a fixed port, so a
+//! node killed and started again comes back at the same address. The first node is everyone's
+//! bootstrap. Ctrl-C (or SIGTERM) stops every node with SIGTERM and waits for it.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cairn_erasure::Params;
+use cairn_node::{Network, NetworkConfig, PeerAddr, PublishOptions};
+use cairn_store::{AddOptions, KeyMode, read_artifact};
+
+use crate::config::DataDir;
+use crate::netcmd::runtime;
+use crate::units::human;
+
+/// Time allowed for a node to start and for the network to see every node.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct DevnetOptions {
+    pub nodes: usize,
+    pub dir: Option<PathBuf>,
+    pub quota: u64,
+    pub network: String,
+    pub demo: bool,
+    pub demo_mib: u64,
+    pub exit_after_demo: bool,
+}
+
+struct Nodes {
+    children: Vec<Child>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            // SAFETY: kill(2) on a child we spawned and have not reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for c in &mut self.children {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_addr(dir: &Path, child: &mut Child) -> anyhow::Result<PeerAddr> {
+    let file = dir.join("node.addr");
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&file)
+            && let Ok(a) = s.trim().parse::<PeerAddr>()
+        {
+            return Ok(a);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the node in {} exited ({status}) before it was up; see its log {}",
+                dir.display(),
+                dir.join("node.log").display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the node in {} did not come up in {:?}",
+                dir.display(),
+                START_TIMEOUT
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
+    if opts.nodes == 0 || opts.nodes > 64 {
+        bail!("--nodes must be between 1 and 64");
+    }
+    let (base, _tmp) = match &opts.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = std::env::temp_dir().join(format!("cairn-devnet-{}", std::process::id()));
+            (t.clone(), Some(TmpDir(t)))
+        }
+    };
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    let exe = std::env::current_exe().context("cannot find the cairn executable")?;
+    let mut nodes = Nodes {
+        children: Vec::new(),
+    };
+    let mut addrs: Vec<PeerAddr> = Vec::new();
+    for i in 0..opts.nodes {
+        let dir = base.join(format!("node-{i}"));
+        if !dir.join("config.toml").exists() {
+            DataDir::init(&dir, opts.quota)?;
+        }
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.join("node.log"))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--data-dir")
+            .arg(&dir)
+            .arg("--network")
+            .arg(&opts.network)
+            .arg("node")
+            .arg("--listen")
+            .arg(SocketAddr::from(([127, 0, 0, 1], port)).to_string());
+        if let Some(first) = addrs.first() {
+            cmd.arg("--bootstrap").arg(first.to_string());
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        let child = cmd.spawn().context("cannot start a node process")?;
+        nodes.children.push(child);
+        let addr = wait_addr(&dir, nodes.children.last_mut().expect("just pushed"))?;
+        addrs.push(addr);
+    }
+    let bootstrap = addrs[0].to_string();
+    std::fs::write(base.join("bootstrap"), format!("{bootstrap}\n"))?;
+
+    let rt = runtime()?;
+    // Wait until the bootstrap node sees every node, so that the first publish uses them all.
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let seen = rt.block_on(async {
+            let net = Network::connect(NetworkConfig::new(&opts.network, vec![addrs[0].clone()]))
+                .await
+                .ok()?;
+            let n = net.peer_count();
+            net.close().await;
+            Some(n)
+        });
+        if seen == Some(opts.nodes) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "after {:?} the bootstrap node sees {:?} of {} nodes",
+                START_TIMEOUT,
+                seen,
+                opts.nodes
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "cairn devnet: {} nodes on 127.0.0.1, data in {}",
+        opts.nodes,
+        base.display()
+    );
+    for (i, a) in addrs.iter().enumerate() {
+        println!("  node-{i}  {a}");
+    }
+    println!(
+        "talk to it with:\n  export CAIRN_PEER={bootstrap}\n  cairn add ./my-model        # publish across the nodes\n  cairn get '<capability>' -o ./out"
+    );
+
+    if opts.demo {
+        demo(&rt, &base, &opts, &addrs)?;
+    }
+    if opts.demo && opts.exit_after_demo {
+        println!("stopping the devnet");
+        return Ok(());
+    }
+    println!("press Ctrl-C to stop every node");
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    println!("stopping {} nodes", nodes.children.len());
+    Ok(())
+}
+
+struct TmpDir(PathBuf);
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn demo(
+    rt: &tokio::runtime::Runtime,
+    base: &Path,
+    opts: &DevnetOptions,
+    addrs: &[PeerAddr],
+) -> anyhow::Result<()> {
+    let publisher = base.join("publisher");
+    let dd = if publisher.join("config.toml").exists() {
+        DataDir::open(&publisher)?
+    } else {
+        DataDir::init(&publisher, 1 << 30)?
+    };
+    let model = base.join("sample-model");
+    if !model.exists() {
+        crate::commands::sample_model(&model, opts.demo_mib)?;
+    }
+    let mut config = NetworkConfig::new(&opts.network, vec![addrs[0].clone()]);
+    config.secret_key = Some(dd.publisher_key()?);
+    let net = rt.block_on(Network::connect(config))?;
+    let res = demo_with(rt, &net, &dd, &model, opts);
+    rt.block_on(net.close());
+    res
+}
+
+fn demo_with(
+    rt: &tokio::runtime::Runtime,
+    net: &Network,
+    dd: &DataDir,
+    model: &Path,
+    opts: &DevnetOptions,
+) -> anyhow::Result<()> {
+    let base = model
+        .parent()
+        .expect("the model is inside the devnet directory");
+    let add = AddOptions {
+        params: Params::DEFAULT,
+        key_mode: KeyMode::Convergent(dd.convergence_secret()?),
+        name: Some("demo/sample-model".into()),
+    };
+    let start = Instant::now();
+    let report = net.publish(
+        model,
+        &PublishOptions {
+            add,
+            allow_reduced_durability: false,
+        },
+        &|_| {},
+    )?;
+    let secs = start.elapsed().as_secs_f64();
+    let bytes = (opts.demo_mib << 20) + 200;
+    println!(
+        "published sample-model ({}) across {} nodes in {secs:.2} s ({}/s), 3-of-5 per chunk",
+        human(bytes),
+        report.nodes,
+        human((bytes as f64 / secs) as u64)
+    );
+    println!("  read capability: {}", report.cap);
+    let out = base.join("fetched");
+    let _ = std::fs::remove_dir_all(&out);
+    let start = Instant::now();
+    let art = rt.block_on(net.open(&report.cap))?;
+    read_artifact(
+        &report.cap.cid,
+        &art.manifest,
+        &art.private,
+        &net.source(&art),
+        &out,
+        &|_| {},
+    )?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "fetched it back from the network in {secs:.2} s ({}/s)",
+        human((bytes as f64 / secs) as u64)
+    );
+    for f in &art.private.files {
+        if std::fs::read(model.join(&f.path))? != std::fs::read(out.join(&f.path))? {
+            bail!("{} came back different; this is a bug", f.path);
+        }
+        println!("  {:<28} {:>10}  identical", f.path, human(f.size));
+    }
+    Ok(())
+}

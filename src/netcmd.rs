@@ -1,0 +1,255 @@
+//! The network side of the command line: `node`, `peers`, and `add`/`get`/`ls` with `--peer`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use cairn_node::{Network, NetworkConfig, NodeConfig, PeerAddr, PublishOptions, run_node};
+use cairn_store::{AddOptions, ReadCap, read_artifact, read_file};
+
+use crate::commands::{bar, write_one};
+use crate::config::DataDir;
+use crate::units::human;
+
+/// A runtime for the network: two workers, matching the machine this runs on by default.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn parse_peers(peers: &[String]) -> anyhow::Result<Vec<PeerAddr>> {
+    peers
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| p.parse::<PeerAddr>().map_err(anyhow::Error::from))
+        .collect()
+}
+
+async fn connect(
+    peers: &[String],
+    network: &str,
+    key: Option<[u8; 32]>,
+) -> anyhow::Result<Network> {
+    let mut config = NetworkConfig::new(network, parse_peers(peers)?);
+    config.secret_key = key;
+    Ok(Network::connect(config).await?)
+}
+
+pub fn node(
+    dd: &DataDir,
+    network: &str,
+    listen: SocketAddr,
+    bootstrap: &[String],
+) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let store = Arc::new(dd.open_store()?);
+    let config = NodeConfig {
+        store,
+        secret_key: dd.node_key()?,
+        listen,
+        offline: listen.ip().is_loopback(),
+        network: network.to_string(),
+        bootstrap: parse_peers(bootstrap)?,
+        peer_table: Some(dd.path.join("peers.bin")),
+    };
+    rt.block_on(async {
+        let handle = run_node(config).await?;
+        let addr = handle.peer_addr();
+        let addr_file = dd.path.join("node.addr");
+        let tmp = addr_file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{addr}\n"))
+            .and_then(|_| std::fs::rename(&tmp, &addr_file))
+            .with_context(|| format!("cannot write {}", addr_file.display()))?;
+        println!("node {addr}");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+        handle.shutdown().await;
+        let _ = std::fs::remove_file(&addr_file);
+        Ok(())
+    })
+}
+
+pub fn peers(peers: &[String], network: &str) -> anyhow::Result<()> {
+    if peers.is_empty() {
+        bail!("give a node with --peer <id>@<ip:port> (or set CAIRN_PEER)");
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        let net = connect(peers, network, None).await?;
+        println!("{} live nodes", net.peer_count());
+        net.close().await;
+        Ok(())
+    })
+}
+
+pub fn add(
+    peers: &[String],
+    network: &str,
+    dd: &DataDir,
+    path: &Path,
+    add: AddOptions,
+    allow_reduced_durability: bool,
+) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let net = rt.block_on(connect(peers, network, Some(dd.publisher_key()?)))?;
+    let total = dir_size(path);
+    let bar = bar(total);
+    let start = Instant::now();
+    let name = add.name.clone();
+    let res = net.publish(
+        path,
+        &PublishOptions {
+            add,
+            allow_reduced_durability,
+        },
+        &|done| bar.set_position(done),
+    );
+    bar.finish_and_clear();
+    rt.block_on(net.close());
+    let report = res.with_context(|| {
+        format!(
+            "publishing {} failed; nothing was published (run the same add again to resume)",
+            path.display()
+        )
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "published {} in {:.2} s ({}/s) to {} nodes: {} shards sent, {} already there",
+        human(total),
+        secs,
+        human((total as f64 / secs.max(1e-9)) as u64),
+        report.nodes,
+        report.sent,
+        report.skipped
+    );
+    if report.reduced_durability {
+        eprintln!(
+            "warning: reduced durability: fewer nodes than shards per chunk; losing one node may lose more than one shard of a chunk"
+        );
+    }
+    println!("artifact: {}", report.cap.cid);
+    if let Some(n) = name {
+        println!("name: {n}");
+    }
+    println!("read capability: {}", report.cap);
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(m) if m.is_dir() => std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+pub fn get(
+    peers: &[String],
+    network: &str,
+    cap: &str,
+    file: Option<&str>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let cap: ReadCap = cap.parse()?;
+    let rt = runtime()?;
+    let net = rt.block_on(connect(peers, network, None))?;
+    let res = (|| -> anyhow::Result<u64> {
+        let art = rt.block_on(net.open(&cap))?;
+        let source = net.source(&art);
+        let bar = bar(art.private.files.iter().map(|f| f.size).sum());
+        let progress = |n: u64| bar.inc(n);
+        match file {
+            None => read_artifact(
+                &cap.cid,
+                &art.manifest,
+                &art.private,
+                &source,
+                out,
+                &progress,
+            )?,
+            Some(path) => {
+                let f = art
+                    .private
+                    .files
+                    .iter()
+                    .find(|f| f.path == path)
+                    .ok_or_else(|| cairn_store::Error::FileNotFound {
+                        artifact: cap.cid,
+                        path: path.to_string(),
+                    })?;
+                bar.set_length(f.size);
+                if out.as_os_str() == "-" {
+                    let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+                    read_file(
+                        &cap.cid,
+                        &art.manifest,
+                        &art.private,
+                        &source,
+                        f,
+                        0..f.size,
+                        &mut stdout,
+                        &progress,
+                    )?;
+                    std::io::Write::flush(&mut stdout)?;
+                } else {
+                    write_one(
+                        &cap.cid,
+                        &art.manifest,
+                        &art.private,
+                        &source,
+                        f,
+                        out,
+                        &progress,
+                    )?;
+                }
+            }
+        }
+        bar.finish_and_clear();
+        Ok(bar.position())
+    })();
+    rt.block_on(net.close());
+    let start = Instant::now();
+    let bytes = res?;
+    let _ = start;
+    eprintln!("fetched and verified {}", human(bytes));
+    Ok(())
+}
+
+pub fn ls(peers: &[String], network: &str, cap: &str) -> anyhow::Result<()> {
+    let cap: ReadCap = cap.parse()?;
+    let rt = runtime()?;
+    let net = rt.block_on(connect(peers, network, None))?;
+    let res = rt.block_on(net.open(&cap));
+    rt.block_on(net.close());
+    let art = res?;
+    if let Some(n) = &art.private.name {
+        println!("# {n}");
+    }
+    println!(
+        "# {} chunks, {}-of-{} on {} nodes{}",
+        art.manifest.chunks().len(),
+        art.manifest.params().k(),
+        art.manifest.params().n(),
+        art.record.nodes.len(),
+        if art.record.reduced_durability {
+            " (reduced durability)"
+        } else {
+            ""
+        }
+    );
+    for f in &art.private.files {
+        println!("{:>14} {}", f.size, f.path);
+    }
+    Ok(())
+}
