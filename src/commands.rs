@@ -118,7 +118,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let bar = bar(private.files.iter().map(|f| f.size).sum());
             let progress = |n: u64| bar.inc(n);
             match file {
-                None => read_artifact(&cap.cid, &manifest, &private, &store, &out, &progress)?,
+                None => read_artifact(
+                    &cairn_store::Artifact {
+                        cid: cap.cid,
+                        manifest: &manifest,
+                        private: &private,
+                    },
+                    &store,
+                    &out,
+                    &progress,
+                )?,
                 Some(path) => {
                     let f = private
                         .files
@@ -133,9 +142,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         let mut stdout =
                             std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
                         read_file(
-                            &cap.cid,
-                            &manifest,
-                            &private,
+                            &cairn_store::Artifact {
+                                cid: cap.cid,
+                                manifest: &manifest,
+                                private: &private,
+                            },
                             &store,
                             f,
                             0..f.size,
@@ -369,9 +380,11 @@ pub fn write_one(
         std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
     );
     let res = read_file(
-        cid,
-        manifest,
-        private,
+        &cairn_store::Artifact {
+            cid: *(cid),
+            manifest,
+            private,
+        },
         store,
         f,
         0..f.size,
@@ -460,7 +473,16 @@ fn demo_in(tmp: &Path, size_mib: u64) -> anyhow::Result<()> {
     let out = tmp.join("fetched");
     let (manifest, private) = open(&store, &cap)?;
     let start = Instant::now();
-    read_artifact(&cap.cid, &manifest, &private, &store, &out, &|_| {})?;
+    read_artifact(
+        &cairn_store::Artifact {
+            cid: cap.cid,
+            manifest: &manifest,
+            private: &private,
+        },
+        &store,
+        &out,
+        &|_| {},
+    )?;
     let secs = start.elapsed().as_secs_f64();
     println!(
         "fetched it back in {secs:.2} s: {}/s",

@@ -263,9 +263,11 @@ fn demo_with(
     let start = Instant::now();
     let art = rt.block_on(net.open(&report.cap))?;
     read_artifact(
-        &report.cap.cid,
-        &art.manifest,
-        &art.private,
+        &cairn_store::Artifact {
+            cid: report.cap.cid,
+            manifest: &art.manifest,
+            private: &art.private,
+        },
         &net.source(&art),
         &out,
         &|_| {},

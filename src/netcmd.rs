@@ -171,9 +171,11 @@ pub fn get(
         let progress = |n: u64| bar.inc(n);
         match file {
             None => read_artifact(
-                &cap.cid,
-                &art.manifest,
-                &art.private,
+                &cairn_store::Artifact {
+                    cid: cap.cid,
+                    manifest: &art.manifest,
+                    private: &art.private,
+                },
                 &source,
                 out,
                 &progress,
@@ -192,9 +194,11 @@ pub fn get(
                 if out.as_os_str() == "-" {
                     let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
                     read_file(
-                        &cap.cid,
-                        &art.manifest,
-                        &art.private,
+                        &cairn_store::Artifact {
+                            cid: cap.cid,
+                            manifest: &art.manifest,
+                            private: &art.private,
+                        },
                         &source,
                         f,
                         0..f.size,

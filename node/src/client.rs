@@ -508,13 +508,16 @@ impl Network {
     }
 }
 
+/// Where each chunk of a window went: chunk index, holder of each shard.
+type Placed = Vec<(usize, Vec<EndpointId>)>;
+
 struct NetSink<'a> {
     net: &'a Network,
     weights: Vec<(EndpointId, u64)>,
     n: usize,
     holders: Mutex<BTreeMap<usize, Vec<EndpointId>>>,
     windows: Arc<Semaphore>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<Result<Vec<(usize, Vec<EndpointId>)>, Error>>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<Result<Placed, Error>>>>,
     sent: Arc<Mutex<(u64, u64)>>,
 }
 
@@ -598,7 +601,7 @@ async fn send_window(
     n: usize,
     chunks: Vec<EncodedChunk>,
     sent: &Mutex<(u64, u64)>,
-) -> Result<Vec<(usize, Vec<EndpointId>)>, Error> {
+) -> Result<Placed, Error> {
     // Rank and assign: shard j of a chunk goes to the j-th peer of its ranking (wrapping around
     // when durability is reduced).
     let plans: Vec<(Vec<EndpointId>, Vec<EndpointId>)> = chunks

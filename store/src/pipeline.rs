@@ -364,15 +364,22 @@ pub fn encode_artifact(
     Ok((manifest, ReadCap { cid, key }))
 }
 
-/// Opened state of an artifact for reading.
-struct Opened<'a> {
-    cid: Cid,
-    manifest: &'a Manifest,
-    private: &'a PrivatePart,
+/// An artifact opened for reading: its manifest and the private part its key opened.
+#[derive(Clone, Copy)]
+pub struct Artifact<'a> {
+    /// The manifest CID.
+    pub cid: Cid,
+    /// The decoded manifest.
+    pub manifest: &'a Manifest,
+    /// The opened private part.
+    pub private: &'a PrivatePart,
 }
 
+/// Chunks fetched and opened, each with its offset in the file.
+type Window = Vec<(Vec<u8>, u64)>;
+
 fn chunk_plain(
-    o: &Opened<'_>,
+    o: &Artifact<'_>,
     codec: &Codec,
     source: &dyn ShardSource,
     index: usize,
@@ -399,20 +406,14 @@ fn chunk_plain(
 /// Writes bytes `range` of `file` to `out`, fetching, checking and opening chunks a window at a
 /// time, in parallel, while the previous window is written.
 pub fn read_file(
-    cap_cid: &Cid,
-    manifest: &Manifest,
-    private: &PrivatePart,
+    art: &Artifact<'_>,
     source: &dyn ShardSource,
     file: &FileEntry,
     range: Range<u64>,
     out: &mut (dyn Write + Send),
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), Error> {
-    let o = Opened {
-        cid: *cap_cid,
-        manifest,
-        private,
-    };
+    let (o, manifest, private) = (art, art.manifest, art.private);
     let codec = Codec::new(manifest.params());
     let range = range.start.min(file.size)..range.end.min(file.size);
     // Find the chunks that cover the range.
@@ -431,14 +432,14 @@ pub fn read_file(
         path: PathBuf::from(&file.path),
         source: e,
     };
-    let mut pending: Option<Vec<(Vec<u8>, u64)>> = None;
+    let mut pending: Option<Window> = None;
     let windows: Vec<&[(usize, u64)]> = wanted.chunks(WINDOW_CHUNKS).collect();
     for w in windows.iter().map(Some).chain(std::iter::once(None)) {
         let (fetched, written) = rayon::join(
-            || -> Result<Option<Vec<(Vec<u8>, u64)>>, Error> {
+            || -> Result<Option<Window>, Error> {
                 let Some(w) = w else { return Ok(None) };
                 w.par_iter()
-                    .map(|&(i, off)| chunk_plain(&o, &codec, source, i).map(|p| (p, off)))
+                    .map(|&(i, off)| chunk_plain(o, &codec, source, i).map(|p| (p, off)))
                     .collect::<Result<Vec<_>, _>>()
                     .map(Some)
             },
@@ -464,14 +465,12 @@ pub fn read_file(
 /// Writes every file of the artifact under `out_dir`. Each file is written to a temporary name
 /// and renamed when complete and verified, so a failed read never leaves a file that looks whole.
 pub fn read_artifact(
-    cap_cid: &Cid,
-    manifest: &Manifest,
-    private: &PrivatePart,
+    art: &Artifact<'_>,
     source: &dyn ShardSource,
     out_dir: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), Error> {
-    for f in &private.files {
+    for f in &art.private.files {
         let dst = out_dir.join(&f.path);
         let parent = dst
             .parent()
@@ -485,17 +484,8 @@ pub fn read_artifact(
             1 << 20,
             File::create(&tmp).map_err(Error::io(&tmp))?,
         );
-        let res = read_file(
-            cap_cid,
-            manifest,
-            private,
-            source,
-            f,
-            0..f.size,
-            &mut w,
-            progress,
-        )
-        .and_then(|_| w.flush().map_err(Error::io(&tmp)));
+        let res = read_file(art, source, f, 0..f.size, &mut w, progress)
+            .and_then(|_| w.flush().map_err(Error::io(&tmp)));
         drop(w);
         if let Err(e) = res {
             let _ = std::fs::remove_file(&tmp);

@@ -801,6 +801,28 @@ impl Store {
     }
 }
 
+impl crate::ShardSink for Store {
+    fn put_window(&self, chunks: Vec<crate::EncodedChunk>) -> Result<(), Error> {
+        let batch: Vec<(Cid, &[u8])> = chunks
+            .iter()
+            .flat_map(|c| c.shards.iter().map(|(cid, b)| (*cid, b.as_slice())))
+            .collect();
+        self.put_shards(&batch).map(|_| ())
+    }
+}
+
+impl crate::ShardSource for Store {
+    fn fetch(
+        &self,
+        artifact: &Cid,
+        index: usize,
+        chunk: &crate::ChunkEntry,
+        params: cairn_erasure::Params,
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        crate::fetch_data_first(artifact, index, chunk, params, |c| self.get_shard(c))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -955,27 +977,5 @@ mod tests {
         assert!(p.is_live(99));
         assert!(!p.is_live(100));
         assert_eq!(Pin::decode(p.cid, &p.encode()).unwrap(), p);
-    }
-}
-
-impl crate::ShardSink for Store {
-    fn put_window(&self, chunks: Vec<crate::EncodedChunk>) -> Result<(), Error> {
-        let batch: Vec<(Cid, &[u8])> = chunks
-            .iter()
-            .flat_map(|c| c.shards.iter().map(|(cid, b)| (*cid, b.as_slice())))
-            .collect();
-        self.put_shards(&batch).map(|_| ())
-    }
-}
-
-impl crate::ShardSource for Store {
-    fn fetch(
-        &self,
-        artifact: &Cid,
-        index: usize,
-        chunk: &crate::ChunkEntry,
-        params: cairn_erasure::Params,
-    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
-        crate::fetch_data_first(artifact, index, chunk, params, |c| self.get_shard(c))
     }
 }

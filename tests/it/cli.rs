@@ -75,7 +75,7 @@ fn round_trip_100_mib_and_a_nested_folder_of_small_files() {
         for f in 0..40 {
             fs::write(
                 dir.join(format!("file-{f}.json")),
-                pseudo_random(d * 100 + f, (f * 37 + d as u64 * 11) as usize),
+                pseudo_random(d * 100 + f, (f * 37 + d * 11) as usize),
             )
             .unwrap();
         }
