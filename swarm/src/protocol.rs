@@ -443,6 +443,11 @@ async fn read_cid<R: AsyncRead + Unpin>(recv: &mut R) -> Result<Cid, FrameError>
             "CID length prefix does not match the CID",
         ));
     }
+    // Varints may be padded (`0xff 0x80 ...` and `0x7f` can mean the same number); only the
+    // minimal encoding is accepted, so every frame has one byte form (found by fuzzing).
+    if cid.to_bytes() != buf[..len] {
+        return Err(bad(Status::Malformed, "CID is not minimally encoded"));
+    }
     Ok(cid)
 }
 
@@ -1019,6 +1024,18 @@ mod tests {
         Kind::PutRecord,
         Kind::GetRecord,
     ];
+
+    /// A frame found by fuzzing: a CID whose bytes parse but are not its canonical encoding.
+    #[test]
+    fn decoded_frames_are_canonical() {
+        let frame = [
+            0x01, 0x00, 0x10, 0x01, 0xff, 0xff, 0xff, 0xff, 0x80, 0xac, 0xab, 0xff, 0xff, 0x55,
+            0xff, 0xff, 0xab, 0x11, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        if let Ok(again) = fuzzing::decode_request_frame(&frame) {
+            assert_eq!(again, frame, "a decoded frame must re-encode to its bytes");
+        }
+    }
 
     proptest! {
         #[test]
