@@ -711,8 +711,8 @@ struct NetSource<'a> {
     addrs: Vec<EndpointAddr>,
 }
 
-impl ShardSource for NetSource<'_> {
-    fn fetch(
+impl NetSource<'_> {
+    async fn fetch_one(
         &self,
         artifact: &Cid,
         index: usize,
@@ -739,13 +739,7 @@ impl ShardSource for NetSource<'_> {
         if reachable >= params.k() {
             locations.retain(|l| !self.art.unreachable.contains(&l.holder.id));
         }
-        let got = self.net.handle.block_on(fetch_any_k(
-            &self.net.client,
-            locations,
-            params.k(),
-            HEDGE_AFTER,
-        ));
-        match got {
+        match fetch_any_k(&self.net.client, locations, params.k(), HEDGE_AFTER).await {
             Ok(shards) => {
                 let mut slots = vec![None; params.n()];
                 for (j, b) in shards {
@@ -756,6 +750,7 @@ impl ShardSource for NetSource<'_> {
             Err(e) => {
                 let mut missing: Vec<(Cid, String)> = Vec::new();
                 for (j, cid) in chunk.shards.iter().enumerate() {
+                    let holder = self.addrs[holders[j] as usize].id;
                     let why: Vec<String> = e
                         .missing
                         .iter()
@@ -764,18 +759,8 @@ impl ShardSource for NetSource<'_> {
                         .collect();
                     if !why.is_empty() {
                         missing.push((*cid, why.join("; ")));
-                    } else if self
-                        .art
-                        .unreachable
-                        .contains(&self.addrs[holders[j] as usize].id)
-                    {
-                        missing.push((
-                            *cid,
-                            format!(
-                                "holder {} unreachable",
-                                self.addrs[holders[j] as usize].id.fmt_short()
-                            ),
-                        ));
+                    } else if self.art.unreachable.contains(&holder) {
+                        missing.push((*cid, format!("holder {} unreachable", holder.fmt_short())));
                     }
                 }
                 Err(StoreError::ShardsUnavailable {
@@ -787,6 +772,35 @@ impl ShardSource for NetSource<'_> {
                 })
             }
         }
+    }
+}
+
+impl ShardSource for NetSource<'_> {
+    fn fetch(
+        &self,
+        artifact: &Cid,
+        index: usize,
+        chunk: &ChunkEntry,
+        params: Params,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.net
+            .handle
+            .block_on(self.fetch_one(artifact, index, chunk, params))
+    }
+
+    /// Every chunk of the window in flight at once (bounded by the window size and the client's
+    /// per-peer in-flight cap).
+    fn fetch_window(
+        &self,
+        artifact: &Cid,
+        params: Params,
+        chunks: &[(usize, &ChunkEntry)],
+    ) -> Vec<Result<Vec<Option<Vec<u8>>>, StoreError>> {
+        self.net.handle.block_on(join_all(
+            chunks
+                .iter()
+                .map(|(i, c)| self.fetch_one(artifact, *i, c, params)),
+        ))
     }
 }
 

@@ -82,6 +82,22 @@ pub trait ShardSource: Sync {
         chunk: &ChunkEntry,
         params: Params,
     ) -> Result<Vec<Option<Vec<u8>>>, Error>;
+
+    /// Fetches the shards of a window of chunks, one result per chunk in order. The default asks
+    /// [`ShardSource::fetch`] for each chunk in parallel on the rayon pool; a network source
+    /// overrides it to have every chunk of the window in flight at once, which a pool with one
+    /// thread per core cannot do while its threads wait on the network.
+    fn fetch_window(
+        &self,
+        artifact: &Cid,
+        params: Params,
+        chunks: &[(usize, &ChunkEntry)],
+    ) -> Vec<Result<Vec<Option<Vec<u8>>>, Error>> {
+        chunks
+            .par_iter()
+            .map(|(i, c)| self.fetch(artifact, *i, c, params))
+            .collect()
+    }
 }
 
 /// Fetches a chunk's shards one by one through `get`, data shards first (so no decoding is
@@ -378,14 +394,14 @@ pub struct Artifact<'a> {
 /// Chunks fetched and opened, each with its offset in the file.
 type Window = Vec<(Vec<u8>, u64)>;
 
+/// Rebuilds, opens and checks one chunk from its shard slots.
 fn chunk_plain(
     o: &Artifact<'_>,
     codec: &Codec,
-    source: &dyn ShardSource,
     index: usize,
+    slots: Vec<Option<Vec<u8>>>,
 ) -> Result<Vec<u8>, Error> {
     let entry = &o.manifest.chunks()[index];
-    let slots = source.fetch(&o.cid, index, entry, o.manifest.params())?;
     let mut sealed = codec.decode(slots, entry.sealed_len as usize)?;
     open_chunk_in_place(&o.private.chunk_key(index), &mut sealed).map_err(|source| {
         Error::Crypto {
@@ -438,8 +454,12 @@ pub fn read_file(
         let (fetched, written) = rayon::join(
             || -> Result<Option<Window>, Error> {
                 let Some(w) = w else { return Ok(None) };
+                let wanted: Vec<(usize, &ChunkEntry)> =
+                    w.iter().map(|&(i, _)| (i, &manifest.chunks()[i])).collect();
+                let fetched = source.fetch_window(&o.cid, manifest.params(), &wanted);
                 w.par_iter()
-                    .map(|&(i, off)| chunk_plain(o, &codec, source, i).map(|p| (p, off)))
+                    .zip(fetched.into_par_iter())
+                    .map(|(&(i, off), slots)| chunk_plain(o, &codec, i, slots?).map(|p| (p, off)))
                     .collect::<Result<Vec<_>, _>>()
                     .map(Some)
             },

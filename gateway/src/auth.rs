@@ -1,0 +1,149 @@
+//! The authorization hook.
+//!
+//! Every request that would reveal an artifact (its file list or its bytes) is first checked:
+//! the gateway builds an [`AccessRequest`] (what is asked, by whom, from where) and asks its
+//! [`Authorizer`] for a [`Decision`] against the artifact's [`AccessPolicy`]. Nothing of the
+//! artifact is read before the answer is `Allow`.
+//!
+//! This milestone ships [`PublicOnly`], which serves public artifacts and denies every
+//! restricted one. The API-key store of the next milestone is another `Authorizer`; on-chain
+//! conditions (ERC-20/721/1155 balances checked over JSON-RPC) become further [`AccessPolicy`]
+//! variants, which is why the enum is `#[non_exhaustive]` and the check is asynchronous.
+//! Authorizers must fail closed: an error while checking is a denial, never a grant.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+/// Who may read an artifact. Stored with the artifact in the registry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AccessPolicy {
+    /// Anyone who can reach the gateway.
+    #[default]
+    Public,
+    /// Only callers presenting an API key that holds at least one of these scopes (scopes name
+    /// artifacts or name prefixes and operations; the key store interprets them).
+    ApiKeyScopes(Vec<String>),
+}
+
+impl AccessPolicy {
+    /// Whether the artifact is shown as `private` in Hugging Face repository info.
+    pub fn is_restricted(&self) -> bool {
+        !matches!(self, AccessPolicy::Public)
+    }
+}
+
+/// What a request wants to do with an artifact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Operation {
+    /// Read repository information or a file listing.
+    List,
+    /// Read file bytes (including `HEAD`, which reveals sizes and ETags).
+    Read,
+}
+
+/// Credentials presented with a request. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Credential {
+    /// `Authorization: Bearer <token>` (what `huggingface_hub` sends with `token=`).
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+/// One request for access, as an [`Authorizer`] sees it.
+#[derive(Clone, Debug)]
+pub struct AccessRequest<'a> {
+    /// `models/org/name` or `datasets/org/name` when asked by name; `None` when asked by CID.
+    pub repo: Option<&'a str>,
+    /// The artifact's manifest CID.
+    pub artifact: cairn_store::Cid,
+    /// What is asked.
+    pub operation: Operation,
+    /// The caller's address.
+    pub client_ip: Option<IpAddr>,
+    /// The credentials presented, if any.
+    pub credential: Option<&'a Credential>,
+}
+
+/// Why access was denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenialKind {
+    /// No or unknown credentials: 401.
+    Unauthenticated,
+    /// Valid credentials without the right: 403.
+    Forbidden,
+}
+
+impl DenialKind {
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            DenialKind::Unauthenticated => 401,
+            DenialKind::Forbidden => 403,
+        }
+    }
+}
+
+/// An authorizer's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Serve the request.
+    Allow,
+    /// Refuse it; the reason is shown to the caller, so it must not contain secrets.
+    Deny {
+        /// 401 or 403.
+        kind: DenialKind,
+        /// Shown to the caller in `X-Error-Message`.
+        reason: String,
+    },
+}
+
+/// A boxed future, as returned by the gateway's object-safe traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Decides whether a request may proceed. Implementations must fail closed.
+pub trait Authorizer: Send + Sync + 'static {
+    /// Checks `request` against `policy`.
+    fn authorize<'a>(
+        &'a self,
+        policy: &'a AccessPolicy,
+        request: &'a AccessRequest<'a>,
+    ) -> BoxFuture<'a, Decision>;
+}
+
+/// Serves public artifacts and denies every restricted one (there is no key store yet).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PublicOnly;
+
+impl Authorizer for PublicOnly {
+    fn authorize<'a>(
+        &'a self,
+        policy: &'a AccessPolicy,
+        request: &'a AccessRequest<'a>,
+    ) -> BoxFuture<'a, Decision> {
+        let d = match policy {
+            AccessPolicy::Public => Decision::Allow,
+            AccessPolicy::ApiKeyScopes(_) => Decision::Deny {
+                kind: if request.credential.is_some() {
+                    DenialKind::Forbidden
+                } else {
+                    DenialKind::Unauthenticated
+                },
+                reason: "this repository needs an API key with a matching scope".into(),
+            },
+        };
+        Box::pin(std::future::ready(d))
+    }
+}

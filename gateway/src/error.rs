@@ -1,0 +1,108 @@
+//! The gateway's one error type, and how each error becomes an HTTP answer.
+
+use std::path::PathBuf;
+
+/// Errors of the gateway.
+///
+/// Messages never contain a read capability or an API key: both are secrets, and error
+/// messages end up in logs and in `X-Error-Message` headers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No repository of that kind and id is registered in this gateway.
+    #[error("repository {repo} is not registered in this gateway")]
+    RepoNotFound {
+        /// `models/org/name` or `datasets/org/name`.
+        repo: String,
+    },
+    /// The repository exists but the revision (a branch name or a commit id) does not.
+    #[error("revision {revision} of {repo} is not registered; use `main` or a 40-hex commit id")]
+    RevisionNotFound {
+        /// The repository.
+        repo: String,
+        /// The revision asked for.
+        revision: String,
+    },
+    /// The artifact has no file or directory at that path.
+    #[error("{what} has no file {path}")]
+    EntryNotFound {
+        /// The repository revision or artifact CID.
+        what: String,
+        /// The path asked for.
+        path: String,
+    },
+    /// The gateway holds no capability for that artifact CID.
+    #[error("artifact {cid} is not served by this gateway")]
+    ArtifactNotFound {
+        /// The CID (or the string that was not a CID).
+        cid: String,
+    },
+    /// The caller may not read this repository or artifact.
+    #[error("access to {what} is denied: {reason}")]
+    Denied {
+        /// The repository or artifact.
+        what: String,
+        /// Why, in words safe to show to the caller.
+        reason: String,
+        /// Whether credentials were missing (401) or insufficient (403).
+        kind: crate::DenialKind,
+    },
+    /// A repository id is not `org/name` with allowed characters.
+    #[error("invalid repository id {id:?}: {reason}")]
+    BadRepoId {
+        /// The id given.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A request was malformed (a body that is not a form or JSON, a path that is too long).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The registry database failed or holds bytes it cannot read.
+    #[error("gateway registry {path}: {reason}")]
+    Registry {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The local store failed, or could not produce verified bytes.
+    #[error(transparent)]
+    Store(#[from] cairn_store::Error),
+    /// The network client failed to open an artifact.
+    #[error(transparent)]
+    Network(#[from] cairn_node::Error),
+    /// Binding, accepting or another socket operation failed.
+    #[error("IO error for {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// The Hugging Face error code and HTTP status of an error.
+pub(crate) struct HttpError {
+    pub status: u16,
+    pub code: Option<&'static str>,
+}
+
+impl Error {
+    pub(crate) fn http(&self) -> HttpError {
+        let (status, code) = match self {
+            Error::RepoNotFound { .. } | Error::ArtifactNotFound { .. } => {
+                (404, Some("RepoNotFound"))
+            }
+            Error::RevisionNotFound { .. } => (404, Some("RevisionNotFound")),
+            Error::EntryNotFound { .. } => (404, Some("EntryNotFound")),
+            Error::Denied { kind, .. } => (kind.status(), Some("GatedRepo")),
+            Error::BadRepoId { .. } | Error::BadRequest(_) => (400, None),
+            // Data that cannot be had or verified right now: the gateway is fine, upstream is not.
+            Error::Store(cairn_store::Error::ManifestNotFound(_)) => (404, Some("RepoNotFound")),
+            Error::Store(_) | Error::Network(_) => (502, None),
+            Error::Registry { .. } | Error::Io { .. } => (500, None),
+        };
+        HttpError { status, code }
+    }
+}

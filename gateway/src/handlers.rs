@@ -1,0 +1,877 @@
+//! Routes and handlers: the native endpoints and the Hugging Face-compatible surface.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cairn_store::{Artifact, Cid, FileEntry};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{AccessRequest, Credential, Decision, Operation};
+use crate::body::stream_file;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::range::{RangeRequest, parse_range};
+use crate::registry::{ArtifactEntry, CommitId, RepoId, RepoKind, Resolved};
+use crate::source::{ArtifactSource, OpenArtifact};
+use crate::{Authorizer, Error, GatewayConfig, Registry};
+
+/// The caller's socket address, put in request extensions by the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientAddr(pub SocketAddr);
+
+pub(crate) struct AppState {
+    pub registry: Arc<Registry>,
+    pub source: Arc<dyn ArtifactSource>,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub metrics: Arc<Metrics>,
+    pub config: GatewayConfig,
+    /// Opened artifacts by manifest CID, so `HEAD` and ranged reads do not fetch and decrypt the
+    /// manifest each time. Bounded: cleared when it reaches `config.open_cache_max`.
+    opened: Mutex<HashMap<Cid, Arc<dyn OpenArtifact>>>,
+}
+
+type St = State<Arc<AppState>>;
+
+impl AppState {
+    pub fn new(
+        registry: Arc<Registry>,
+        source: Arc<dyn ArtifactSource>,
+        authorizer: Arc<dyn Authorizer>,
+        config: GatewayConfig,
+    ) -> Self {
+        Self {
+            registry,
+            source,
+            authorizer,
+            metrics: Arc::new(Metrics::new()),
+            config,
+            opened: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn open(&self, entry: &ArtifactEntry) -> Result<Arc<dyn OpenArtifact>, Error> {
+        let cid = entry.cid();
+        if let Some(a) = self.lock().get(&cid) {
+            return Ok(a.clone());
+        }
+        let a = self.source.open(&entry.cap).await?;
+        let mut cache = self.lock();
+        if cache.len() >= self.config.open_cache_max {
+            cache.clear();
+        }
+        cache.insert(cid, a.clone());
+        Ok(a)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Cid, Arc<dyn OpenArtifact>>> {
+        self.opened.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn authorize(
+        &self,
+        entry: &ArtifactEntry,
+        repo: Option<&str>,
+        operation: Operation,
+        req: &RequestInfo,
+    ) -> Result<(), Error> {
+        let request = AccessRequest {
+            repo,
+            artifact: entry.cid(),
+            operation,
+            client_ip: req.client.map(|c| c.ip()),
+            credential: req.credential.as_ref(),
+        };
+        match self.authorizer.authorize(&entry.policy, &request).await {
+            Decision::Allow => Ok(()),
+            Decision::Deny { kind, reason } => {
+                tracing::info!(repo, artifact = %entry.cid(), ?operation, status = kind.status(), "access denied");
+                Err(Error::Denied {
+                    what: repo
+                        .map(str::to_string)
+                        .unwrap_or_else(|| entry.cid().to_string()),
+                    reason,
+                    kind,
+                })
+            }
+        }
+    }
+}
+
+/// What the handlers need from the request besides the path.
+struct RequestInfo {
+    client: Option<SocketAddr>,
+    credential: Option<Credential>,
+}
+
+impl RequestInfo {
+    fn from(headers: &HeaderMap, client: Option<ClientAddr>) -> Self {
+        let credential = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| Credential::Bearer(t.trim().to_string()));
+        Self {
+            client: client.map(|c| c.0),
+            credential,
+        }
+    }
+}
+
+/// An error answer: status, `X-Error-Code`, `X-Error-Message`, a JSON body, and the commit id
+/// when one is known (the HF client caches "file does not exist at this commit").
+struct ApiError {
+    error: Error,
+    commit: Option<CommitId>,
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            commit: None,
+        }
+    }
+}
+
+fn header_safe(s: &str) -> HeaderValue {
+    let clean: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                ' '
+            }
+        })
+        .take(512)
+        .collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("error"))
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let h = self.error.http();
+        let msg = self.error.to_string();
+        if h.status >= 500 {
+            tracing::warn!(error = %msg, "request failed");
+        }
+        let mut resp = (
+            StatusCode::from_u16(h.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            axum::Json(json!({ "error": msg })),
+        )
+            .into_response();
+        let hm = resp.headers_mut();
+        if let Some(code) = h.code {
+            hm.insert("x-error-code", HeaderValue::from_static(code));
+        }
+        hm.insert("x-error-message", header_safe(&msg));
+        if let Some(c) = self.commit {
+            hm.insert("x-repo-commit", header_safe(&c.to_string()));
+        }
+        resp
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Builds the router over `state`.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let body_max = state.config.body_bytes_max;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/artifacts/{cid}", get(artifact_info))
+        .route("/artifacts/{cid}/{*path}", get(artifact_file))
+        .route("/api/models/{org}/{name}", get(repo_info::<false>))
+        .route("/api/datasets/{org}/{name}", get(repo_info::<true>))
+        .route(
+            "/api/models/{org}/{name}/revision/{rev}",
+            get(repo_info_rev::<false>),
+        )
+        .route(
+            "/api/datasets/{org}/{name}/revision/{rev}",
+            get(repo_info_rev::<true>),
+        )
+        .route(
+            "/api/models/{org}/{name}/tree/{rev}",
+            get(tree_root::<false>),
+        )
+        .route(
+            "/api/datasets/{org}/{name}/tree/{rev}",
+            get(tree_root::<true>),
+        )
+        .route(
+            "/api/models/{org}/{name}/tree/{rev}/{*path}",
+            get(tree_path::<false>),
+        )
+        .route(
+            "/api/datasets/{org}/{name}/tree/{rev}/{*path}",
+            get(tree_path::<true>),
+        )
+        .route(
+            "/api/models/{org}/{name}/paths-info/{rev}",
+            post(paths_info::<false>),
+        )
+        .route(
+            "/api/datasets/{org}/{name}/paths-info/{rev}",
+            post(paths_info::<true>),
+        )
+        .route("/{org}/{name}/resolve/{rev}/{*path}", get(resolve::<false>))
+        .route(
+            "/datasets/{org}/{name}/resolve/{rev}/{*path}",
+            get(resolve::<true>),
+        )
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_max))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Metrics, the request timeout and one log line per request (method, route, status, time;
+/// never headers, so neither API keys nor anything else secret).
+async fn observe(State(st): St, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = match tokio::time::timeout(st.config.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let mut r = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the response could not be started within the request timeout",
+            )
+                .into_response();
+            r.headers_mut().insert(
+                "x-error-message",
+                HeaderValue::from_static("request timeout"),
+            );
+            r
+        }
+    };
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    st.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            method: method.to_string(),
+            status,
+        })
+        .inc();
+    st.metrics
+        .latency
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
+        .observe(elapsed.as_secs_f64());
+    tracing::debug!(%method, %route, status, elapsed_ms = elapsed.as_millis() as u64, "request");
+    resp
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(st): St) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    Error::BadRequest("no such endpoint".into()).into()
+}
+
+fn kind_of(dataset: bool) -> RepoKind {
+    if dataset {
+        RepoKind::Dataset
+    } else {
+        RepoKind::Model
+    }
+}
+
+/// Resolves and authorizes a repository revision and opens its artifact.
+async fn open_repo(
+    st: &AppState,
+    kind: RepoKind,
+    org: &str,
+    name: &str,
+    rev: &str,
+    op: Operation,
+    info: &RequestInfo,
+) -> ApiResult<(RepoId, Resolved, Arc<dyn OpenArtifact>)> {
+    let repo = RepoId::new(org, name).map_err(|_| Error::RepoNotFound {
+        repo: format!("{}/{org}/{name}", kind.plural()),
+    })?;
+    let resolved = st.registry.resolve(kind, &repo, rev)?;
+    let label = format!("{}/{repo}", kind.plural());
+    st.authorize(&resolved.entry, Some(&label), op, info)
+        .await?;
+    let art = st.open(&resolved.entry).await.map_err(|e| ApiError {
+        error: e,
+        commit: Some(resolved.commit),
+    })?;
+    Ok((repo, resolved, art))
+}
+
+async fn open_cid(
+    st: &AppState,
+    cid: &str,
+    op: Operation,
+    info: &RequestInfo,
+) -> ApiResult<(ArtifactEntry, Arc<dyn OpenArtifact>)> {
+    let not_found = || Error::ArtifactNotFound {
+        cid: cid.chars().take(100).collect(),
+    };
+    let parsed = Cid::try_from(cid).map_err(|_| not_found())?;
+    let entry = st.registry.artifact(&parsed)?.ok_or_else(not_found)?;
+    st.authorize(&entry, None, op, info).await?;
+    let art = st.open(&entry).await?;
+    Ok((entry, art))
+}
+
+/// The file's ETag value (unquoted): BLAKE3 over its size and its chunks' plaintext hashes,
+/// so equal bytes give equal tags whatever artifact they are in, and no byte needs reading.
+fn file_etag(art: &Artifact<'_>, f: &FileEntry) -> String {
+    let mut h = blake3::Hasher::new_derive_key("cairn-gateway 2025 file etag v1");
+    h.update(&f.size.to_le_bytes());
+    let first = f.first_chunk as usize;
+    for c in &art.private.chunks[first..first + f.chunk_count as usize] {
+        h.update(&c.hash);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+fn content_type(path: &str) -> &'static str {
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("json") => "application/json",
+        Some("jsonl") => "application/jsonl",
+        Some("txt") => "text/plain; charset=utf-8",
+        Some("md") => "text/markdown; charset=utf-8",
+        Some("csv") => "text/csv; charset=utf-8",
+        Some("parquet") => "application/vnd.apache.parquet",
+        _ => "application/octet-stream",
+    }
+}
+
+fn find_file<'a>(art: &'a Artifact<'_>, path: &str) -> Option<&'a FileEntry> {
+    art.private.files.iter().find(|f| f.path == path)
+}
+
+fn etag_matches(list: &str, etag: &str) -> bool {
+    list.split(',').any(|t| {
+        let t = t.trim();
+        t == "*" || t.trim_start_matches("W/").trim_matches('"') == etag
+    })
+}
+
+/// Answers `GET`/`HEAD` for one file: validators, ranges and the streamed body.
+fn serve_file(
+    st: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    art: Arc<dyn OpenArtifact>,
+    path: &str,
+    commit: Option<CommitId>,
+    immutable: bool,
+) -> ApiResult<Response> {
+    let a = art.artifact();
+    let file = find_file(&a, path)
+        .ok_or_else(|| ApiError {
+            error: Error::EntryNotFound {
+                what: commit.map_or_else(|| a.cid.to_string(), |c| c.to_string()),
+                path: path.chars().take(200).collect(),
+            },
+            commit,
+        })?
+        .clone();
+    let etag = file_etag(&a, &file);
+    let quoted = format!("\"{etag}\"");
+    let len = file.size;
+    let mut b = Response::builder()
+        .header(header::ETAG, &quoted)
+        .header("x-linked-etag", &quoted)
+        .header("x-linked-size", len)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, content_type(path))
+        .header(
+            header::CACHE_CONTROL,
+            if immutable {
+                "public, max-age=31536000, immutable"
+            } else {
+                "public, max-age=0, must-revalidate"
+            },
+        );
+    if let Some(c) = commit {
+        b = b.header("x-repo-commit", c.to_string());
+    }
+    let built = |b: axum::http::response::Builder, body: Body| {
+        b.body(body)
+            .expect("headers built from checked values are valid")
+    };
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        && etag_matches(inm, &etag)
+    {
+        return Ok(built(b.status(StatusCode::NOT_MODIFIED), Body::empty()));
+    }
+    // If-Range: a range only applies while the representation is the one the client has.
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == quoted);
+    let range = match headers.get(header::RANGE) {
+        Some(v) if if_range_ok => parse_range(v.as_bytes(), len),
+        _ => RangeRequest::Full,
+    };
+    let (status, range) = match range {
+        RangeRequest::Full => (StatusCode::OK, 0..len),
+        RangeRequest::Partial(r) => {
+            b = b.header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{len}", r.start, r.end - 1),
+            );
+            (StatusCode::PARTIAL_CONTENT, r)
+        }
+        RangeRequest::Unsatisfiable => {
+            return Ok(built(
+                b.status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                    .header(header::CONTENT_LENGTH, 0),
+                Body::empty(),
+            ));
+        }
+    };
+    b = b
+        .status(status)
+        .header(header::CONTENT_LENGTH, range.end - range.start);
+    if method == Method::HEAD {
+        return Ok(built(b, Body::empty()));
+    }
+    let body = stream_file(art, file, range, st.metrics.clone());
+    Ok(built(b, Body::new(body)))
+}
+
+async fn resolve<const DATASET: bool>(
+    State(st): St,
+    method: Method,
+    Path((org, name, rev, path)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientAddr>>,
+) -> ApiResult<Response> {
+    let info = RequestInfo::from(&headers, client.map(|c| c.0));
+    let (_, resolved, art) = open_repo(
+        &st,
+        kind_of(DATASET),
+        &org,
+        &name,
+        &rev,
+        Operation::Read,
+        &info,
+    )
+    .await?;
+    // A URL naming the commit id is immutable; `main` moves.
+    let immutable = CommitId::parse(&rev).is_some();
+    serve_file(
+        &st,
+        &method,
+        &headers,
+        art,
+        &path,
+        Some(resolved.commit),
+        immutable,
+    )
+}
+
+async fn artifact_file(
+    State(st): St,
+    method: Method,
+    Path((cid, path)): Path<(String, String)>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientAddr>>,
+) -> ApiResult<Response> {
+    let info = RequestInfo::from(&headers, client.map(|c| c.0));
+    let (entry, art) = open_cid(&st, &cid, Operation::Read, &info).await?;
+    let commit = CommitId::of(&entry.cid());
+    serve_file(&st, &method, &headers, art, &path, Some(commit), true)
+}
+
+async fn artifact_info(
+    State(st): St,
+    Path(cid): Path<String>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientAddr>>,
+) -> ApiResult<Response> {
+    let info = RequestInfo::from(&headers, client.map(|c| c.0));
+    let (entry, art) = open_cid(&st, &cid, Operation::List, &info).await?;
+    let a = art.artifact();
+    let files: Vec<Value> = a
+        .private
+        .files
+        .iter()
+        .map(|f| json!({ "path": f.path, "size": f.size, "etag": file_etag(&a, f) }))
+        .collect();
+    let body = json!({
+        "cid": entry.cid().to_string(),
+        "commit": CommitId::of(&entry.cid()).to_string(),
+        "name": a.private.name,
+        "size": a.private.files.iter().map(|f| f.size).sum::<u64>(),
+        "files": files,
+    });
+    Ok((
+        [(header::CACHE_CONTROL, "public, max-age=31536000, immutable")],
+        axum::Json(body),
+    )
+        .into_response())
+}
+
+/// `2024-11-16T00:27:02.000Z` from Unix seconds (the form `huggingface_hub` parses).
+fn iso8601(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+async fn repo_info_impl(
+    st: &AppState,
+    dataset: bool,
+    org: &str,
+    name: &str,
+    rev: &str,
+    headers: &HeaderMap,
+    client: Option<ClientAddr>,
+) -> ApiResult<Response> {
+    let info = RequestInfo::from(headers, client);
+    let kind = kind_of(dataset);
+    let (repo, resolved, art) = open_repo(st, kind, org, name, rev, Operation::List, &info).await?;
+    let a = art.artifact();
+    let siblings: Vec<Value> = a
+        .private
+        .files
+        .iter()
+        .map(|f| json!({ "rfilename": f.path, "size": f.size, "blobId": file_etag(&a, f) }))
+        .collect();
+    let when = iso8601(resolved.entry.registered_at);
+    let commit = resolved.commit.to_string();
+    let mut body = json!({
+        "_id": commit,
+        "id": repo.to_string(),
+        "author": repo.org(),
+        "sha": commit,
+        "lastModified": when,
+        "createdAt": when,
+        "private": resolved.entry.policy.is_restricted(),
+        "gated": false,
+        "disabled": false,
+        "downloads": 0,
+        "likes": 0,
+        "tags": [],
+        "siblings": siblings,
+        "usedStorage": a.private.files.iter().map(|f| f.size).sum::<u64>(),
+    });
+    if !dataset {
+        body["modelId"] = Value::String(repo.to_string());
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+async fn repo_info<const DATASET: bool>(
+    State(st): St,
+    Path((org, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientAddr>>,
+) -> ApiResult<Response> {
+    repo_info_impl(
+        &st,
+        DATASET,
+        &org,
+        &name,
+        "main",
+        &headers,
+        client.map(|c| c.0),
+    )
+    .await
+}
+
+async fn repo_info_rev<const DATASET: bool>(
+    State(st): St,
+    Path((org, name, rev)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientAddr>>,
+) -> ApiResult<Response> {
+    repo_info_impl(
+        &st,
+        DATASET,
+        &org,
+        &name,
+        &rev,
+        &headers,
+        client.map(|c| c.0),
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct TreeQuery {
+    recursive: Option<String>,
+}
+
+fn truthy(v: &Option<String>) -> bool {
+    v.as_deref()
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+fn dir_oid(cid: &Cid, path: &str) -> String {
+    let mut h = blake3::Hasher::new_derive_key("cairn-gateway 2025 directory oid v1");
+    h.update(&cid.to_bytes());
+    h.update(path.as_bytes());
+    h.finalize().to_hex()[..40].to_string()
+}
+
+fn file_json(a: &Artifact<'_>, f: &FileEntry) -> Value {
+    json!({ "type": "file", "path": f.path, "size": f.size, "oid": file_etag(a, f) })
+}
+
+fn dir_json(a: &Artifact<'_>, path: &str) -> Value {
+    json!({ "type": "directory", "path": path, "size": 0, "oid": dir_oid(&a.cid, path) })
+}
+
+/// The tree under `prefix` ("" for the root): direct children, or everything when `recursive`.
+/// `None` when `prefix` is not a directory.
+fn tree(a: &Artifact<'_>, prefix: &str, recursive: bool) -> Option<Vec<Value>> {
+    let prefix = prefix.trim_matches('/');
+    let mut dirs = BTreeMap::new();
+    let mut files = Vec::new();
+    let mut any = false;
+    for f in &a.private.files {
+        let rest = if prefix.is_empty() {
+            f.path.as_str()
+        } else {
+            match f
+                .path
+                .strip_prefix(prefix)
+                .and_then(|r| r.strip_prefix('/'))
+            {
+                Some(r) => r,
+                None => continue,
+            }
+        };
+        any = true;
+        let base = f.path.len() - rest.len();
+        if recursive {
+            for (i, _) in rest.match_indices('/') {
+                dirs.insert(f.path[..base + i].to_string(), ());
+            }
+            files.push(file_json(a, f));
+        } else if let Some(i) = rest.find('/') {
+            dirs.insert(f.path[..base + i].to_string(), ());
+        } else {
+            files.push(file_json(a, f));
+        }
+    }
+    if !any && !prefix.is_empty() {
+        return None;
+    }
+    let mut out: Vec<Value> = dirs.keys().map(|d| dir_json(a, d)).collect();
+    out.extend(files);
+    Some(out)
+}
+
+async fn tree_impl(
+    st: &AppState,
+    dataset: bool,
+    (org, name, rev): (&str, &str, &str),
+    path: &str,
+    q: &TreeQuery,
+    headers: &HeaderMap,
+    client: Option<ClientAddr>,
+) -> ApiResult<Response> {
+    let info = RequestInfo::from(headers, client);
+    let (_, resolved, art) =
+        open_repo(st, kind_of(dataset), org, name, rev, Operation::List, &info).await?;
+    let a = art.artifact();
+    let entries = tree(&a, path, truthy(&q.recursive)).ok_or_else(|| ApiError {
+        error: Error::EntryNotFound {
+            what: resolved.commit.to_string(),
+            path: path.chars().take(200).collect(),
+        },
+        commit: Some(resolved.commit),
+    })?;
+    Ok(axum::Json(entries).into_response())
+}
+
+async fn tree_root<const DATASET: bool>(
+    State(st): St,
+    Path((org, name, rev)): Path<(String, String, String)>,
+    Query(q): Query<TreeQuery>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientAddr>>,
+) -> ApiResult<Response> {
+    tree_impl(
+        &st,
+        DATASET,
+        (&org, &name, &rev),
+        "",
+        &q,
+        &headers,
+        client.map(|c| c.0),
+    )
+    .await
+}
+
+async fn tree_path<const DATASET: bool>(
+    State(st): St,
+    Path((org, name, rev, path)): Path<(String, String, String, String)>,
+    Query(q): Query<TreeQuery>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientAddr>>,
+) -> ApiResult<Response> {
+    tree_impl(
+        &st,
+        DATASET,
+        (&org, &name, &rev),
+        &path,
+        &q,
+        &headers,
+        client.map(|c| c.0),
+    )
+    .await
+}
+
+/// Most paths one `paths-info` request may ask about.
+const PATHS_INFO_MAX: usize = 10_000;
+
+/// The `paths` of a `paths-info` body: a form (`paths=a&paths=b`, as `huggingface_hub` sends)
+/// or JSON (`{"paths": ["a", "b"]}` or `{"paths": "a"}`).
+fn parse_paths(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, Error> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let paths: Vec<String> = if ct.starts_with("application/json") {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| Error::BadRequest(format!("paths-info body is not JSON: {e}")))?;
+        match v.get("paths") {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
+            _ => return Err(Error::BadRequest("paths-info body has no `paths`".into())),
+        }
+    } else {
+        form_urlencoded::parse(body)
+            .filter(|(k, _)| k == "paths" || k == "paths[]")
+            .map(|(_, v)| v.into_owned())
+            .collect()
+    };
+    if paths.len() > PATHS_INFO_MAX {
+        return Err(Error::BadRequest(format!(
+            "paths-info asks about {} paths; the limit is {PATHS_INFO_MAX}",
+            paths.len()
+        )));
+    }
+    Ok(paths)
+}
+
+async fn paths_info<const DATASET: bool>(
+    State(st): St,
+    Path((org, name, rev)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientAddr>>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let paths = parse_paths(&headers, &body)?;
+    let info = RequestInfo::from(&headers, client.map(|c| c.0));
+    let (_, _, art) = open_repo(
+        &st,
+        kind_of(DATASET),
+        &org,
+        &name,
+        &rev,
+        Operation::List,
+        &info,
+    )
+    .await?;
+    let a = art.artifact();
+    let mut out = Vec::new();
+    for p in paths {
+        let p = p.trim_matches('/');
+        if let Some(f) = find_file(&a, p) {
+            out.push(file_json(&a, f));
+        } else if !p.is_empty()
+            && a.private
+                .files
+                .iter()
+                .any(|f| f.path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+        {
+            out.push(dir_json(&a, p));
+        }
+    }
+    Ok(axum::Json(out).into_response())
+}
+
+/// A plain response for requests refused before routing (URI too long).
+pub(crate) fn refuse(status: StatusCode, message: &'static str) -> Response {
+    let mut r = (status, message).into_response();
+    r.headers_mut().insert(
+        HeaderName::from_static("x-error-message"),
+        HeaderValue::from_static(message),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(1_700_000_000), "2023-11-14T22:13:20.000Z");
+        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn etag_lists() {
+        assert!(etag_matches("\"abc\"", "abc"));
+        assert!(etag_matches("W/\"abc\", \"x\"", "abc"));
+        assert!(etag_matches("*", "abc"));
+        assert!(!etag_matches("\"abd\"", "abc"));
+    }
+}

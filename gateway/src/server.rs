@@ -1,0 +1,183 @@
+//! The accept loop: connection limits, hyper's HTTP/1.1 limits, graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+use crate::handlers::{AppState, ClientAddr, refuse, router};
+use crate::source::ArtifactSource;
+use crate::{Authorizer, Error, PublicOnly, Registry};
+
+/// Limits and settings of a gateway. `Default` gives values fit for a public deployment.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub connections_max: usize,
+    /// Bytes of request line and headers hyper buffers (at least 8192).
+    pub header_bytes_max: usize,
+    /// Longest request target; longer ones get `414`.
+    pub uri_len_max: usize,
+    /// Largest request body (only `paths-info` takes one); larger ones get `413`.
+    pub body_bytes_max: usize,
+    /// Time allowed to produce the response headers (resolving, authorizing, opening the
+    /// manifest); past it the answer is `503`. Streaming the body is bounded separately: the
+    /// reader gives up when the client takes no bytes for two minutes.
+    pub request_timeout: Duration,
+    /// Time a client has to send its request headers.
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for in-flight responses before closing their connections.
+    pub drain_timeout: Duration,
+    /// Opened manifests kept in memory.
+    pub open_cache_max: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            connections_max: 1024,
+            header_bytes_max: 64 * 1024,
+            uri_len_max: 8 * 1024,
+            body_bytes_max: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            open_cache_max: 256,
+        }
+    }
+}
+
+/// The HTTP gateway: a registry of repositories, a source of artifacts, an authorizer.
+pub struct Gateway {
+    state: Arc<AppState>,
+}
+
+impl Gateway {
+    /// A gateway serving the repositories of `registry` out of `source`, with the
+    /// [`PublicOnly`] authorizer.
+    pub fn new(
+        config: GatewayConfig,
+        registry: Arc<Registry>,
+        source: Arc<dyn ArtifactSource>,
+    ) -> Self {
+        Self::with_authorizer(config, registry, source, Arc::new(PublicOnly))
+    }
+
+    /// A gateway that asks `authorizer` before revealing any artifact.
+    pub fn with_authorizer(
+        config: GatewayConfig,
+        registry: Arc<Registry>,
+        source: Arc<dyn ArtifactSource>,
+        authorizer: Arc<dyn Authorizer>,
+    ) -> Self {
+        assert!(
+            config.header_bytes_max >= 8192,
+            "hyper needs at least 8192 bytes of header buffer"
+        );
+        assert!(config.connections_max > 0 && config.open_cache_max > 0);
+        Self {
+            state: Arc::new(AppState::new(registry, source, authorizer, config)),
+        }
+    }
+
+    /// The registry this gateway serves.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.state.registry
+    }
+
+    /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then stops accepting, lets
+    /// in-flight responses finish for up to `drain_timeout`, and returns.
+    ///
+    /// Cancel safety: dropping the returned future stops accepting at once; connections already
+    /// accepted keep running on their own tasks until they end.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
+        let cfg = self.state.config.clone();
+        let app = router(self.state.clone());
+        let permits = Arc::new(Semaphore::new(cfg.connections_max));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_read_timeout)
+            .max_buf_size(cfg.header_bytes_max)
+            .keep_alive(true);
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "gateway listening");
+        }
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let svc = service(app.clone(), peer, cfg.uri_len_max);
+            let conn = http.serve_connection(TokioIo::new(stream), svc);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    // Includes bodies aborted because a read failed mid-stream.
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        drop(listener);
+        tracing::info!("gateway shutting down");
+        if tokio::time::timeout(cfg.drain_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections were still busy at the end of the drain timeout");
+        }
+        Ok(())
+    }
+}
+
+fn service(
+    app: axum::Router,
+    peer: SocketAddr,
+    uri_len_max: usize,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let app = app.clone();
+        async move {
+            let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+            if uri_len > uri_len_max {
+                return Ok(refuse(
+                    StatusCode::URI_TOO_LONG,
+                    "the request URI is too long",
+                ));
+            }
+            req.extensions_mut().insert(ClientAddr(peer));
+            app.oneshot(req.map(axum::body::Body::new)).await
+        }
+    })
+}

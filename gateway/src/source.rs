@@ -1,0 +1,152 @@
+//! Where artifacts come from: the local store, or the network.
+//!
+//! [`ArtifactSource::open`] turns a read capability into an [`OpenArtifact`]: the manifest and
+//! its opened private part, plus whatever is needed to fetch shards. [`OpenArtifact::read`] is
+//! blocking (the store's read pipeline runs on threads); the gateway calls it from
+//! `spawn_blocking`, never from the runtime's worker threads.
+
+use std::io::Write;
+use std::ops::Range;
+use std::sync::Arc;
+
+use cairn_node::{Network, RemoteArtifact};
+use cairn_store::{Artifact, Cid, FileEntry, Manifest, PrivatePart, ReadCap, Store, read_file};
+
+use crate::{BoxFuture, Error};
+
+/// An artifact opened for reading.
+pub trait OpenArtifact: Send + Sync {
+    /// The manifest and its private part.
+    fn artifact(&self) -> Artifact<'_>;
+
+    /// Writes the verified bytes `range` of `file` to `out`. Blocking. An error may come after
+    /// some bytes were written; the caller must then not present the output as complete.
+    fn read(
+        &self,
+        file: &FileEntry,
+        range: Range<u64>,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), cairn_store::Error>;
+}
+
+/// Opens artifacts from read capabilities.
+pub trait ArtifactSource: Send + Sync + 'static {
+    /// Fetches and opens the manifest `cap` names. Cancel-safe: dropping the future abandons the
+    /// attempt and leaves nothing behind.
+    fn open<'a>(&'a self, cap: &'a ReadCap) -> BoxFuture<'a, Result<Arc<dyn OpenArtifact>, Error>>;
+}
+
+/// Artifacts held by a local [`Store`].
+#[derive(Clone)]
+pub struct LocalSource {
+    store: Arc<Store>,
+}
+
+impl LocalSource {
+    /// Serves artifacts out of `store`.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+}
+
+struct LocalArtifact {
+    store: Arc<Store>,
+    cid: Cid,
+    manifest: Manifest,
+    private: PrivatePart,
+}
+
+impl OpenArtifact for LocalArtifact {
+    fn artifact(&self) -> Artifact<'_> {
+        Artifact {
+            cid: self.cid,
+            manifest: &self.manifest,
+            private: &self.private,
+        }
+    }
+
+    fn read(
+        &self,
+        file: &FileEntry,
+        range: Range<u64>,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), cairn_store::Error> {
+        read_file(&self.artifact(), &*self.store, file, range, out, &|_| {})
+    }
+}
+
+impl ArtifactSource for LocalSource {
+    fn open<'a>(&'a self, cap: &'a ReadCap) -> BoxFuture<'a, Result<Arc<dyn OpenArtifact>, Error>> {
+        let store = self.store.clone();
+        let cap = cap.clone();
+        Box::pin(async move {
+            // Reading and decrypting a manifest touches the disk: keep it off the workers.
+            tokio::task::spawn_blocking(move || -> Result<Arc<dyn OpenArtifact>, Error> {
+                let bytes = store.get_manifest(&cap.cid)?;
+                let manifest = Manifest::decode(&bytes, &cap.cid.to_string())?;
+                let private = manifest.open(&cap.cid, &cap.key)?;
+                Ok(Arc::new(LocalArtifact {
+                    store,
+                    cid: cap.cid,
+                    manifest,
+                    private,
+                }))
+            })
+            .await
+            .map_err(|e| Error::Io {
+                what: "opening a manifest".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+        })
+    }
+}
+
+/// Artifacts read from their holders over the peer network.
+#[derive(Clone)]
+pub struct NetworkSource {
+    net: Arc<Network>,
+}
+
+impl NetworkSource {
+    /// Serves artifacts fetched through `net`.
+    pub fn new(net: Arc<Network>) -> Self {
+        Self { net }
+    }
+}
+
+struct NetArtifact {
+    net: Arc<Network>,
+    remote: RemoteArtifact,
+}
+
+impl OpenArtifact for NetArtifact {
+    fn artifact(&self) -> Artifact<'_> {
+        Artifact {
+            cid: self.remote.cid,
+            manifest: &self.remote.manifest,
+            private: &self.remote.private,
+        }
+    }
+
+    fn read(
+        &self,
+        file: &FileEntry,
+        range: Range<u64>,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), cairn_store::Error> {
+        let source = self.net.source(&self.remote);
+        read_file(&self.artifact(), &source, file, range, out, &|_| {})
+    }
+}
+
+impl ArtifactSource for NetworkSource {
+    fn open<'a>(&'a self, cap: &'a ReadCap) -> BoxFuture<'a, Result<Arc<dyn OpenArtifact>, Error>> {
+        Box::pin(async move {
+            let remote = self.net.open(cap).await?;
+            Ok(Arc::new(NetArtifact {
+                net: self.net.clone(),
+                remote,
+            }) as Arc<dyn OpenArtifact>)
+        })
+    }
+}
