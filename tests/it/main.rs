@@ -4,4 +4,6 @@
 //! results on disk, through the store library where it needs to look inside.
 
 mod cli;
+mod devnet;
+mod net;
 mod util;

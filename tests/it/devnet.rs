@@ -1,0 +1,359 @@
+//! A test network: real `cairn node` processes on 127.0.0.1, one data directory each.
+//!
+//! Every node has a fixed port picked once, so a node killed and started again (same data
+//! directory, same key) comes back at the same address; node 0 is everyone's bootstrap. Every
+//! wait is bounded. Dropping the [`Devnet`] SIGKILLs and reaps every child, so a failing test
+//! leaks no process; on a panic it prints the tail of each node's log.
+
+use std::io::Read;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// Time allowed for a node to write its address.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for node 0 to see every node. A node's first announcement is broadcast before
+/// its gossip neighbours are up and is lost, so the others hear of it only at its next one,
+/// `ANNOUNCE_INTERVAL` (30 s) later; the wait must cover that.
+pub const PEERS_TIMEOUT: Duration = Duration::from_secs(45);
+/// Time allowed for a node to exit after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time allowed for one `cairn add`/`get`/`ls`/`peers` run.
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct DevNode {
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+pub struct Devnet {
+    pub tmp: tempfile::TempDir,
+    pub nodes: Vec<DevNode>,
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `cairn` command with no data directory or peer from the environment.
+pub fn cairn() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("CAIRN_DIR")
+        .env_remove("CAIRN_PEER")
+        .env_remove("CAIRN_NETWORK")
+        .env_remove("CAIRN_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs `cmd` to completion within `limit` (killed and a panic past it).
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out.read_to_end(&mut b);
+        b
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err.read_to_end(&mut b);
+        b
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+/// Runs and asserts success; returns (stdout, stderr).
+pub fn ok(cmd: Command) -> (String, String) {
+    let what = format!("{cmd:?}");
+    let o = run_bounded(cmd, CMD_TIMEOUT);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(o.status.success(), "{what} failed ({}): {err}", o.status);
+    (out, err)
+}
+
+/// Runs and asserts exit code 2; returns stderr.
+pub fn fails(cmd: Command) -> String {
+    let what = format!("{cmd:?}");
+    let o = run_bounded(cmd, CMD_TIMEOUT);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{what} should exit 2: {}{err}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    err
+}
+
+/// Initializes a data directory at `dir` with `quota`.
+pub fn init(dir: &Path, quota: &str) {
+    let mut c = cairn();
+    c.arg("--data-dir")
+        .arg(dir)
+        .args(["init", "--quota", quota]);
+    ok(c);
+}
+
+impl Devnet {
+    /// Starts one node per quota and waits until node 0 sees them all.
+    pub fn start(quotas: &[&str]) -> Devnet {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes = quotas
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let dir = tmp.path().join(format!("node-{i}"));
+                init(&dir, q);
+                DevNode {
+                    dir,
+                    port: free_port(),
+                    child: None,
+                }
+            })
+            .collect();
+        let mut net = Devnet { tmp, nodes };
+        for i in 0..net.nodes.len() {
+            net.spawn(i);
+        }
+        net.wait_peers(0, net.nodes.len());
+        net
+    }
+
+    /// Starts `n` nodes of 1 GiB each.
+    pub fn with_nodes(n: usize) -> Devnet {
+        Devnet::start(&vec!["1GiB"; n])
+    }
+
+    /// `<id>@<ip:port>` of node `i` (from its `node.addr`; the node must be up).
+    pub fn addr(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].dir.join("node.addr"))
+            .unwrap_or_else(|e| panic!("node {i} has no node.addr: {e}"))
+            .trim()
+            .to_string()
+    }
+
+    /// Starts node `i`'s process and waits for its `node.addr`.
+    pub fn spawn(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "node {i} is already running");
+        let bootstrap = (i != 0).then(|| self.addr(0));
+        let node = &mut self.nodes[i];
+        let addr_file = node.dir.join("node.addr");
+        // A node killed with SIGKILL leaves its address file behind.
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.join("node.log"))
+            .unwrap();
+        let mut c = cairn();
+        c.arg("--data-dir")
+            .arg(&node.dir)
+            .args(["node", "--listen", &format!("127.0.0.1:{}", node.port)])
+            .env("CAIRN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(b) = bootstrap {
+            c.args(["--bootstrap", &b]);
+        }
+        node.child = Some(c.spawn().unwrap());
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&addr_file)
+                && s.trim().ends_with(&format!("127.0.0.1:{}", node.port))
+            {
+                return;
+            }
+            if let Some(st) = node.child.as_mut().unwrap().try_wait().unwrap() {
+                node.child = None;
+                panic!("node {i} exited ({st}) before it was up: {}", self.log(i));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not come up in {START_TIMEOUT:?}: {}",
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The live-node count `cairn peers` reports through node `via`.
+    pub fn peers_seen(&self, via: usize) -> Option<usize> {
+        let mut c = cairn();
+        c.args(["--peer", &self.addr(via), "peers"]);
+        let o = run_bounded(c, CMD_TIMEOUT);
+        let s = String::from_utf8_lossy(&o.stdout);
+        s.trim().strip_suffix(" live nodes")?.parse().ok()
+    }
+
+    /// Waits (bounded) until node `via` reports `want` live nodes.
+    pub fn wait_peers(&self, via: usize, want: usize) {
+        let deadline = Instant::now() + PEERS_TIMEOUT;
+        loop {
+            let seen = self.peers_seen(via);
+            if seen == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after {PEERS_TIMEOUT:?} node {via} sees {seen:?} of {want} nodes"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILLs node `i` and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        let mut c = self.nodes[i].child.take().expect("node is running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// SIGTERMs node `i` and waits (bounded) for a clean exit.
+    pub fn stop(&mut self, i: usize) {
+        let mut c = self.nodes[i].child.take().expect("node is running");
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let st = loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("node {i} did not stop in {STOP_TIMEOUT:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(st.success(), "node {i} exited with {st}: {}", self.log(i));
+        assert!(
+            !self.nodes[i].dir.join("node.addr").exists(),
+            "node {i} left node.addr after a clean stop"
+        );
+    }
+
+    /// Shard files in node `i`'s store.
+    pub fn shard_files(&self, i: usize) -> Vec<PathBuf> {
+        let d = self.nodes[i].dir.join("store/shards");
+        if d.exists() {
+            files_under(&d)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A `cairn` command talking to the network through node 0.
+    pub fn cli(&self) -> Command {
+        let mut c = cairn();
+        c.args(["--peer", &self.addr(0)]);
+        c
+    }
+
+    /// `cairn add` with the publisher data directory `publisher`.
+    pub fn add_cmd(&self, publisher: &Path, path: &Path, extra: &[&str]) -> Command {
+        let mut c = self.cli();
+        c.arg("--data-dir")
+            .arg(publisher)
+            .arg("add")
+            .arg(path)
+            .args(extra);
+        c
+    }
+
+    /// `cairn get <cap> -o out`.
+    pub fn get_cmd(&self, cap: &str, out: &Path) -> Command {
+        let mut c = self.cli();
+        c.args(["get", cap, "-o"]).arg(out);
+        c
+    }
+
+    fn log(&self, i: usize) -> String {
+        let s = std::fs::read_to_string(self.nodes[i].dir.join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for i in 0..self.nodes.len() {
+                eprintln!("--- node {i} log (tail) ---\n{}", self.log(i));
+            }
+        }
+    }
+}
+
+/// The capability a successful `cairn add` printed.
+pub fn cap_line(stdout: &str) -> String {
+    cap_of(stdout).to_string()
+}
+
+/// `N` from "..., S shards sent, N already there" in `cairn add`'s stderr.
+pub fn already_there(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(" already there"))
+        .unwrap_or_else(|| panic!("no publish summary in {stderr}"));
+    let before = line.rsplit_once(" already there").unwrap().0;
+    before.rsplit_once(' ').unwrap().1.parse().unwrap()
+}
+
+/// `S` from "S shards sent".
+pub fn shards_sent(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(" shards sent"))
+        .unwrap_or_else(|| panic!("no publish summary in {stderr}"));
+    let before = line.split_once(" shards sent").unwrap().0;
+    before.rsplit_once(' ').unwrap().1.parse().unwrap()
+}
+
+/// The chunk count `cairn ls` reports ("# N chunks, ...").
+pub fn chunks_of(ls: &str) -> usize {
+    ls.lines()
+        .find_map(|l| l.strip_prefix("# ")?.split_once(" chunks,"))
+        .unwrap_or_else(|| panic!("no chunk count in {ls}"))
+        .0
+        .parse()
+        .unwrap()
+}

@@ -1,0 +1,364 @@
+//! The network through the `cairn` command line: real node processes on loopback (see
+//! `devnet.rs`), publishers and readers as separate `cairn` runs.
+//!
+//! Goal: what a user of a small network relies on. An artifact survives the loss of any `m` node
+//! processes (SIGKILL, no goodbye) and reads back byte-identical; one loss too many is a clear
+//! error naming the artifact and leaves no output; a publisher killed mid-send resumes without
+//! resending and without duplicating shards; a node with a full quota refuses and the shard goes
+//! elsewhere; too few nodes is refused unless reduced durability is asked for; two publishers can
+//! share the network; a restarted node keeps its shards and its peer table; a corrupted shard is
+//! never served. Method: every claim is checked on real values (bytes compared with `diff -r`,
+//! shard files counted in the nodes' stores, exit codes and messages), every wait is bounded.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cairn_store::HEADER_LEN;
+
+use crate::devnet::*;
+use crate::util::*;
+
+/// A model folder: one large pseudo-random weights file and a couple of small files.
+fn model(dir: &Path, seed: u64, weights: usize) {
+    fs::create_dir_all(dir.join("small")).unwrap();
+    fs::write(dir.join("weights.bin"), pseudo_random(seed, weights)).unwrap();
+    fs::write(dir.join("small/config.json"), pseudo_random(seed + 1, 317)).unwrap();
+    fs::write(
+        dir.join("small/tokenizer.txt"),
+        pseudo_random(seed + 2, 70_001),
+    )
+    .unwrap();
+}
+
+fn publisher(net: &Devnet, name: &str) -> std::path::PathBuf {
+    let p = net.tmp.path().join(name);
+    init(&p, "1GiB");
+    p
+}
+
+/// `cairn get` of the whole artifact into a fresh directory, compared with `src`.
+fn get_identical(net: &Devnet, cap: &str, src: &Path, out_name: &str) {
+    let out = net.tmp.path().join(out_name);
+    ok(net.get_cmd(cap, &out));
+    assert_same_tree(src, &out);
+}
+
+fn total_shards(net: &Devnet) -> usize {
+    (0..net.nodes.len()).map(|i| net.shard_files(i).len()).sum()
+}
+
+#[test]
+fn survives_two_lost_nodes_fails_clearly_at_three_and_recovers() {
+    let mut net = Devnet::with_nodes(5);
+    let src = net.tmp.path().join("model");
+    model(&src, 1, 64 << 20);
+    let p = publisher(&net, "publisher");
+    let (out, err) = ok(net.add_cmd(&p, &src, &["-k", "3", "-m", "2"]));
+    let cap = cap_line(&out);
+    let cid = cap_of(&out).cid.to_string();
+    assert!(err.contains("to 5 nodes"), "{err}");
+    let mut ls = net.cli();
+    ls.args(["ls", &cap]);
+    let chunks = chunks_of(&ok(ls).0);
+    assert!(chunks >= 32, "64 MiB in only {chunks} chunks");
+    // Five nodes, five shards per chunk: one shard of every chunk on every node.
+    for i in 0..5 {
+        assert_eq!(net.shard_files(i).len(), chunks, "node {i}");
+    }
+
+    // Node 0 is the bootstrap; lose two others without a goodbye.
+    net.kill(3);
+    net.kill(4);
+    get_identical(&net, &cap, &src, "out-2-lost");
+
+    // A third loss is one more than a 3-of-5 code bears.
+    net.kill(2);
+    let out = net.tmp.path().join("out-3-lost");
+    let e = fails(net.get_cmd(&cap, &out));
+    assert!(
+        e.contains(&cid),
+        "the error does not name the artifact: {e}"
+    );
+    assert!(e.contains("missing"), "{e}");
+    assert!(
+        !out.exists() || files_under(&out).is_empty(),
+        "a failed get left {:?}",
+        files_under(&out)
+    );
+
+    // The same processes come back (same data, same port): everything reads again.
+    for i in [2, 3, 4] {
+        net.spawn(i);
+    }
+    get_identical(&net, &cap, &src, "out-restarted");
+}
+
+#[test]
+fn publisher_killed_mid_send_resumes_without_resending_or_duplicating() {
+    let mut net = Devnet::with_nodes(5);
+    let src = net.tmp.path().join("model");
+    model(&src, 2, 48 << 20);
+    let p = publisher(&net, "publisher");
+    let mut child = net
+        .add_cmd(&p, &src, &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + CMD_TIMEOUT;
+    let landed = loop {
+        let n = total_shards(&net);
+        if n > 0 {
+            break n;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "add finished before a shard was seen"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no shard landed in {CMD_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "add finished before it could be killed"
+    );
+    child.kill().unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL),
+        "add was not killed but exited: {st}"
+    );
+    // A killed publisher printed no capability.
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(!stdout.contains("read capability"), "{stdout}");
+    // Shards PUT before the kill may still be committing; let the stores settle.
+    let mut landed = landed;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let n = total_shards(&net);
+        if n == landed || Instant::now() > deadline {
+            landed = n;
+            break;
+        }
+        landed = n;
+    }
+
+    let (out, err) = ok(net.add_cmd(&p, &src, &[]));
+    let cap = cap_line(&out);
+    let skipped = already_there(&err);
+    let sent = shards_sent(&err);
+    let mut ls = net.cli();
+    ls.args(["ls", &cap]);
+    let chunks = chunks_of(&ok(ls).0);
+    assert!(skipped > 0, "nothing resumed: {err}");
+    assert!(
+        skipped as usize >= landed,
+        "{landed} shards had landed but only {skipped} were found there: {err}"
+    );
+    assert_eq!(
+        (sent + skipped) as usize,
+        chunks * 5,
+        "every shard is either sent or found: {err}"
+    );
+    get_identical(&net, &cap, &src, "out");
+
+    // After a clean stop, exactly one copy of every shard: nothing was placed twice.
+    for i in (0..5).rev() {
+        net.stop(i);
+    }
+    assert_eq!(total_shards(&net), chunks * 5);
+    for i in 0..5 {
+        assert_eq!(net.shard_files(i).len(), chunks, "node {i}");
+    }
+}
+
+#[test]
+fn a_node_with_a_full_quota_refuses_and_the_shard_goes_elsewhere() {
+    // Six nodes with the same quota announce the same free space, so the last one ranks among
+    // the five holders of most chunks; it is then filled to the brim behind the announcement's
+    // back (the next one is 30 s away), so every shard placed on it is refused.
+    let quota = 12 << 20;
+    let net = Devnet::start(&["12MiB"; 6]);
+    let tiny = 5;
+    let filler = fill(&net.addr(tiny), quota);
+    assert_eq!(net.shard_files(tiny).len(), filler.len());
+
+    let src = net.tmp.path().join("model");
+    model(&src, 3, 16 << 20);
+    let p = publisher(&net, "publisher");
+    let mut add = net.add_cmd(&p, &src, &["-k", "3", "-m", "2"]);
+    add.env("CAIRN_LOG", "cairn_node=debug");
+    let (out, err) = ok(add);
+    let cap = cap_line(&out);
+    assert!(
+        err.contains(&format!("refused by {}", &net.addr(tiny)[..10])),
+        "the full node refused no shard, the test proves nothing: {err}"
+    );
+    get_identical(&net, &cap, &src, "out");
+    // The full node took only what still fit (under 32 KiB): shards of the small files, none of
+    // the weights (every weights shard is at least a third of 256 KiB).
+    for f in net.shard_files(tiny) {
+        let name = f.file_name().unwrap().to_str().unwrap().to_string();
+        let len = fs::metadata(&f).unwrap().len();
+        assert!(
+            filler.contains(&name) || len < (HEADER_LEN as u64 + (32 << 10)),
+            "the full node took a {len}-byte shard"
+        );
+    }
+    // Every chunk still has five shards on five distinct nodes.
+    let mut ls = net.cli();
+    ls.args(["ls", &cap]);
+    let ls = ok(ls).0;
+    let chunks = chunks_of(&ls);
+    assert_eq!(total_shards(&net), filler.len() + chunks * 5);
+}
+
+/// PUTs pseudo-random shards straight to the node at `addr` until it refuses even a small one;
+/// returns the CIDs it took.
+fn fill(addr: &str, quota: u64) -> std::collections::HashSet<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let peer: cairn_node::PeerAddr = addr.parse().unwrap();
+        let bound = cairn_swarm::endpoint_offline(
+            cairn_swarm::generate_secret_key(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        bound.lookup.add_endpoint_info(peer.endpoint_addr());
+        let client = cairn_swarm::ShardClient::new(
+            bound.endpoint.clone(),
+            cairn_swarm::ShardConfig::default(),
+        );
+        let mut taken = std::collections::HashSet::new();
+        let mut seed = 1_000;
+        // Big shards first, then small ones: what is left is below the smallest real shard
+        // (a chunk of at least 256 KiB cut in three).
+        for size in [1 << 20, 32 << 10] {
+            for _ in 0..(quota / size as u64 + 2) {
+                seed += 1;
+                let data = pseudo_random(seed, size);
+                let cid = cairn_swarm::shard_cid(&data);
+                match client.put(&peer.endpoint_addr(), &cid, &data).await {
+                    Ok(()) => {
+                        taken.insert(cid.to_string());
+                    }
+                    Err(e) => {
+                        assert!(e.to_string().contains("has no room"), "{e}");
+                        break;
+                    }
+                }
+            }
+        }
+        client.close().await;
+        bound.endpoint.close().await;
+        assert!(!taken.is_empty());
+        taken
+    })
+}
+
+#[test]
+fn too_few_nodes_is_refused_unless_reduced_durability_is_asked_for() {
+    let net = Devnet::with_nodes(3);
+    let src = net.tmp.path().join("model");
+    model(&src, 4, 4 << 20);
+    let p = publisher(&net, "publisher");
+    let e = fails(net.add_cmd(&p, &src, &["-k", "3", "-m", "2"]));
+    assert!(e.contains("live nodes"), "{e}");
+    assert_eq!(total_shards(&net), 0, "a refused publish stored shards");
+
+    let (out, err) = ok(net.add_cmd(
+        &p,
+        &src,
+        &["-k", "3", "-m", "2", "--allow-reduced-durability"],
+    ));
+    assert!(err.contains("warning: reduced durability"), "{err}");
+    assert!(err.contains("to 3 nodes"), "{err}");
+    let cap = cap_line(&out);
+    let mut ls = net.cli();
+    ls.args(["ls", &cap]);
+    let ls = ok(ls).0;
+    assert!(ls.contains("(reduced durability)"), "{ls}");
+    assert_eq!(total_shards(&net), chunks_of(&ls) * 5);
+    get_identical(&net, &cap, &src, "out");
+}
+
+#[test]
+fn two_publishers_share_the_network_and_a_restarted_node_keeps_shards_and_peers() {
+    let mut net = Devnet::with_nodes(5);
+    let (a, b) = (net.tmp.path().join("a"), net.tmp.path().join("b"));
+    model(&a, 5, 8 << 20);
+    model(&b, 6, 8 << 20);
+    let (pa, pb) = (publisher(&net, "pub-a"), publisher(&net, "pub-b"));
+    let (ca, cb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| ok(net.add_cmd(&pa, &a, &[])).0);
+        let tb = s.spawn(|| ok(net.add_cmd(&pb, &b, &[])).0);
+        (cap_line(&ta.join().unwrap()), cap_line(&tb.join().unwrap()))
+    });
+    assert_ne!(ca, cb);
+    get_identical(&net, &ca, &a, "out-a");
+    get_identical(&net, &cb, &b, "out-b");
+
+    // Node 0 runs without a bootstrap: after a restart only its saved peer table brings the
+    // others back.
+    let before = net.shard_files(0).len();
+    assert!(before > 0);
+    net.stop(0);
+    assert!(net.nodes[0].dir.join("peers.bin").exists());
+    assert_eq!(net.shard_files(0).len(), before);
+    net.spawn(0);
+    assert_eq!(net.shard_files(0).len(), before);
+    net.wait_peers(0, 5);
+    get_identical(&net, &ca, &a, "out-a-again");
+    get_identical(&net, &cb, &b, "out-b-again");
+}
+
+#[test]
+fn a_corrupted_shard_is_never_served() {
+    let mut net = Devnet::with_nodes(5);
+    let src = net.tmp.path().join("model");
+    model(&src, 7, 8 << 20);
+    let p = publisher(&net, "publisher");
+    let (out, _) = ok(net.add_cmd(&p, &src, &[]));
+    let cap = cap_line(&out);
+    let cid = cap_of(&out).cid.to_string();
+
+    // Flip one byte of every shard node 2 holds (past the header), so every chunk has one bad
+    // shard; then lose node 4, so a reader of any chunk has exactly three good shards and one
+    // bad one to choose from.
+    net.stop(2);
+    let files = net.shard_files(2);
+    assert!(!files.is_empty());
+    for f in &files {
+        let mut b = fs::read(f).unwrap();
+        assert!(b.len() > HEADER_LEN + 1);
+        let at = HEADER_LEN + (b.len() - HEADER_LEN) / 3;
+        b[at] ^= 0x20;
+        fs::write(f, &b).unwrap();
+    }
+    net.spawn(2);
+    net.kill(4);
+    get_identical(&net, &cap, &src, "out");
+
+    // With node 3 gone too only two good shards are left: the bad one does not make a third.
+    net.kill(3);
+    let out = net.tmp.path().join("out-2-good");
+    let e = fails(net.get_cmd(&cap, &out));
+    assert!(e.contains(&cid), "{e}");
+    assert!(e.contains("missing"), "{e}");
+    assert!(
+        e.contains("corrupt"),
+        "the bad shard is not named as such: {e}"
+    );
+    assert!(!out.exists() || files_under(&out).is_empty());
+}
