@@ -31,7 +31,9 @@ use cairn_swarm::{
     ShardLocation, SignedRecord, endpoint_offline, endpoint_online, fetch_any_k,
     generate_secret_key, place, secret_key_from_bytes, topic_id,
 };
+use futures_util::StreamExt;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
@@ -42,8 +44,8 @@ use crate::Error;
 pub const WINDOWS_IN_FLIGHT: usize = 4;
 /// Time a reader waits for a shard before asking one more holder.
 pub const HEDGE_AFTER: Duration = Duration::from_millis(300);
-/// Time allowed for a probe of a holder before reading.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Once one holder record has arrived, how long other peers may still answer with a newer one.
+const RECORD_GRACE: Duration = Duration::from_millis(250);
 /// Most peers asked for a holder record at once.
 const RECORD_ASK_MAX: usize = 64;
 
@@ -381,30 +383,57 @@ impl Network {
 
     /// Finds the artifact's holder record and manifest, and opens it with the capability.
     pub async fn open(&self, cap: &ReadCap) -> Result<RemoteArtifact, Error> {
+        // Every known peer (up to RECORD_ASK_MAX) is asked at once. Once a valid record is in,
+        // the others get RECORD_GRACE more to offer a newer version; a peer that has not
+        // answered by then counts as unreachable for this read, so a dead node costs one grace
+        // period here instead of a connect timeout on every chunk.
         let asked: Vec<EndpointAddr> = self
             .peers
             .iter()
             .take(RECORD_ASK_MAX)
             .map(|p| p.addr.endpoint_addr())
             .collect();
-        let answers = join_all(asked.iter().map(|a| self.client.get_record(a, &cap.cid))).await;
+        let mut pending: FuturesUnordered<_> = asked
+            .iter()
+            .map(|a| async move { (a.id, self.client.get_record(a, &cap.cid).await) })
+            .collect();
         let mut best: Option<SignedRecord> = None;
         let mut reasons = Vec::new();
-        for (a, r) in asked.iter().zip(answers) {
-            match r {
+        let mut answered = HashSet::new();
+        let mut with_record = Vec::new();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, pending.next()).await {
+                    Ok(n) => n,
+                    Err(_) => break,
+                },
+                None => pending.next().await,
+            };
+            let Some((id, answer)) = next else { break };
+            match answer {
                 Ok(Some(rec)) if rec.record.artifact == cap.cid => {
+                    answered.insert(id);
+                    with_record.push(id);
                     if best
                         .as_ref()
                         .is_none_or(|b| rec.record.version > b.record.version)
                     {
                         best = Some(rec);
                     }
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + RECORD_GRACE);
                 }
-                Ok(Some(_)) => reasons.push(format!(
-                    "{} sent a record of another artifact",
-                    a.id.fmt_short()
-                )),
-                Ok(None) => reasons.push(format!("{} has none", a.id.fmt_short())),
+                Ok(Some(_)) => {
+                    answered.insert(id);
+                    reasons.push(format!(
+                        "{} sent a record of another artifact",
+                        id.fmt_short()
+                    ));
+                }
+                Ok(None) => {
+                    answered.insert(id);
+                    reasons.push(format!("{} has none", id.fmt_short()));
+                }
                 Err(e) => reasons.push(e.to_string()),
             }
         }
@@ -416,25 +445,19 @@ impl Network {
         };
         let record = signed.record;
         let addrs = self.holder_addrs(&record);
-        // Probe every holder once: the ones that do not answer are asked last while reading.
-        let probe_cids = [cap.cid];
-        let probes = join_all(
-            addrs
-                .iter()
-                .map(|a| tokio::time::timeout(PROBE_TIMEOUT, self.client.has(a, &probe_cids))),
-        )
-        .await;
-        let mut unreachable = HashSet::new();
-        let mut manifest_from = Vec::new();
-        for (a, p) in addrs.iter().zip(probes) {
-            match p {
-                Ok(Ok(has)) if has.first() == Some(&true) => manifest_from.push(a.clone()),
-                Ok(Ok(_)) => {}
-                _ => {
-                    unreachable.insert(a.id);
-                }
-            }
-        }
+        let asked_ids: HashSet<EndpointId> = asked.iter().map(|a| a.id).collect();
+        let unreachable: HashSet<EndpointId> = record
+            .nodes
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| asked_ids.contains(id) && !answered.contains(id))
+            .collect();
+        // Holders that had the record have the manifest too (both are stored together).
+        let manifest_from: Vec<EndpointAddr> = addrs
+            .iter()
+            .filter(|a| with_record.contains(&a.id))
+            .cloned()
+            .collect();
         let mut manifest_bytes = None;
         let mut why = Vec::new();
         for a in manifest_from {
@@ -602,21 +625,22 @@ async fn send_window(
     chunks: Vec<EncodedChunk>,
     sent: &Mutex<(u64, u64)>,
 ) -> Result<Placed, Error> {
-    // Rank and assign: shard j of a chunk goes to the j-th peer of its ranking (wrapping around
-    // when durability is reduced).
-    let plans: Vec<(Vec<EndpointId>, Vec<EndpointId>)> = chunks
+    // Rank: shard j of a chunk goes to the j-th peer of its ranking (wrapping around when
+    // durability is reduced).
+    let rankings: Vec<Vec<EndpointId>> = chunks
         .iter()
-        .map(|c| {
-            let ranking = place(&c.shards[0].0.to_bytes(), weights, weights.len());
-            let assigned = (0..n).map(|j| ranking[j % ranking.len()]).collect();
-            (ranking, assigned)
-        })
+        .map(|c| place(&c.shards[0].0.to_bytes(), weights, weights.len()))
         .collect();
-    // Resume: ask each target once for everything assigned to it in this window.
+    // Resume: the top 2n of each ranking are asked what they already hold. Asking beyond the n
+    // assigned peers finds the shards an interrupted run placed when free-space weights ranked
+    // the peers a little differently.
     let mut per_peer: HashMap<EndpointId, Vec<Cid>> = HashMap::new();
-    for (c, (_, assigned)) in chunks.iter().zip(&plans) {
-        for (j, id) in assigned.iter().enumerate() {
-            per_peer.entry(*id).or_default().push(c.shards[j].0);
+    for (c, ranking) in chunks.iter().zip(&rankings) {
+        for id in ranking.iter().take(2 * n) {
+            per_peer
+                .entry(*id)
+                .or_default()
+                .extend(c.shards.iter().map(|(cid, _)| *cid));
         }
     }
     let has_answers = join_all(
@@ -635,62 +659,105 @@ async fn send_window(
             }
         }
     }
+    let mut out: BTreeMap<usize, Vec<Option<EndpointId>>> = BTreeMap::new();
     let mut jobs = Vec::new();
-    for (c, (ranking, assigned)) in chunks.iter().zip(&plans) {
-        for (j, (cid, data)) in c.shards.iter().enumerate() {
-            jobs.push(place_shard(
-                client, addrs, c.index, j, *cid, data, ranking, assigned, &held,
+    let (mut skipped, mut was_sent) = (0u64, 0u64);
+    for (c, ranking) in chunks.iter().zip(&rankings) {
+        let distinct = ranking.len() >= n;
+        let assigned: Vec<EndpointId> = (0..n).map(|j| ranking[j % ranking.len()]).collect();
+        let mut holder: Vec<Option<EndpointId>> = vec![None; n];
+        let mut used: HashSet<EndpointId> = HashSet::new();
+        // Shards already on their assigned peer, then on another candidate not yet used by
+        // this chunk (so the chunk still spans n distinct peers).
+        for j in 0..n {
+            if held.contains(&(assigned[j], c.shards[j].0))
+                && (!distinct || used.insert(assigned[j]))
+            {
+                holder[j] = Some(assigned[j]);
+            }
+        }
+        for j in 0..n {
+            if holder[j].is_none()
+                && let Some(id) = ranking.iter().take(2 * n).find(|id| {
+                    held.contains(&(**id, c.shards[j].0)) && (!distinct || !used.contains(*id))
+                })
+            {
+                used.insert(*id);
+                holder[j] = Some(*id);
+            }
+        }
+        skipped += holder.iter().filter(|h| h.is_some()).count() as u64;
+        // The rest are sent: to the assigned peer if free, else to the next unused one.
+        let mut targets: Vec<(usize, EndpointId)> = Vec::new();
+        for j in 0..n {
+            if holder[j].is_some() {
+                continue;
+            }
+            let target = if !distinct || !used.contains(&assigned[j]) {
+                assigned[j]
+            } else {
+                *ranking
+                    .iter()
+                    .find(|id| !used.contains(*id))
+                    .expect("n distinct peers exist when distinct")
+            };
+            used.insert(target);
+            targets.push((j, target));
+        }
+        // A refused shard falls back to peers this chunk does not use, each shard starting at a
+        // different one so that two refusals rarely land on the same peer.
+        let spare: Vec<EndpointId> = ranking
+            .iter()
+            .filter(|id| !distinct || !used.contains(*id))
+            .copied()
+            .collect();
+        for (t, (j, target)) in targets.into_iter().enumerate() {
+            let mut order = vec![target];
+            if !spare.is_empty() {
+                order.extend((0..spare.len()).map(|x| spare[(x + t) % spare.len()]));
+            }
+            let (cid, data) = &c.shards[j];
+            jobs.push(put_first_accepting(
+                client, addrs, c.index, j, *cid, data, order,
             ));
         }
+        out.insert(c.index, holder);
     }
-    let results = join_all(jobs).await;
-    let mut out: BTreeMap<usize, Vec<EndpointId>> = chunks
-        .iter()
-        .map(|c| (c.index, vec![assigned_placeholder(); n]))
-        .collect();
-    let (mut s, mut k) = (0, 0);
-    for r in results {
-        let (chunk, j, id, was_sent) = r?;
-        out.get_mut(&chunk).expect("every chunk has a slot")[j] = id;
-        if was_sent { s += 1 } else { k += 1 }
+    for r in join_all(jobs).await {
+        let (chunk, j, id) = r?;
+        out.get_mut(&chunk).expect("every chunk has a slot")[j] = Some(id);
+        was_sent += 1;
     }
     let mut t = sent.lock().unwrap_or_else(|p| p.into_inner());
-    t.0 += s;
-    t.1 += k;
-    Ok(out.into_iter().collect())
+    t.0 += was_sent;
+    t.1 += skipped;
+    Ok(out
+        .into_iter()
+        .map(|(i, h)| {
+            (
+                i,
+                h.into_iter()
+                    .map(|x| x.expect("every shard placed or failed"))
+                    .collect(),
+            )
+        })
+        .collect())
 }
 
-fn assigned_placeholder() -> EndpointId {
-    // Overwritten for every shard before use; any value of the right type serves.
-    EndpointId::from_bytes(&[0u8; 32]).unwrap_or_else(|_| generate_secret_key().public())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn place_shard(
+/// PUTs a shard to the first peer of `order` that accepts it.
+async fn put_first_accepting(
     client: &ShardClient,
     addrs: &HashMap<EndpointId, EndpointAddr>,
     chunk: usize,
     j: usize,
     cid: Cid,
     data: &[u8],
-    ranking: &[EndpointId],
-    assigned: &[EndpointId],
-    held: &HashSet<(EndpointId, Cid)>,
-) -> Result<(usize, usize, EndpointId, bool), Error> {
-    let first = assigned[j];
-    if held.contains(&(first, cid)) {
-        return Ok((chunk, j, first, false));
-    }
-    // The assigned target, then peers outside this chunk's assignment, in ranking order.
-    let distinct = ranking.len() >= assigned.len();
-    let fallbacks = ranking
-        .iter()
-        .filter(|id| !distinct || !assigned.contains(id))
-        .copied();
+    order: Vec<EndpointId>,
+) -> Result<(usize, usize, EndpointId), Error> {
     let mut reasons = Vec::new();
-    for id in std::iter::once(first).chain(fallbacks) {
+    for id in order {
         match client.put(&addrs[&id], &cid, data).await {
-            Ok(()) => return Ok((chunk, j, id, true)),
+            Ok(()) => return Ok((chunk, j, id)),
             Err(e) => {
                 debug!("shard {cid} refused by {}: {e}", id.fmt_short());
                 reasons.push(e.to_string());

@@ -41,6 +41,7 @@ use iroh::{EndpointAddr, EndpointId, SecretKey, Signature};
 use iroh_gossip::api::{Event, GossipReceiver, GossipSender};
 use iroh_gossip::{Gossip, TopicId};
 use n0_future::StreamExt;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
@@ -642,6 +643,10 @@ impl Membership {
             &free_bytes,
         )));
 
+        // A new neighbour gets a fresh announcement at once: the one made at join was broadcast
+        // before anybody was connected, and waiting for the next tick would leave this node
+        // unknown to the network for a whole interval.
+        let neighbour_up = Arc::new(Notify::new());
         let listen = tokio::spawn(listen(
             gossip.clone(),
             topic,
@@ -649,6 +654,7 @@ impl Membership {
             table.clone(),
             sender.clone(),
             receiver,
+            neighbour_up.clone(),
         ));
         let announce = tokio::spawn(announce(
             bound.endpoint.clone(),
@@ -657,6 +663,7 @@ impl Membership {
             own.clone(),
             config.announce_interval,
             free_bytes,
+            neighbour_up,
         ));
         Ok(Self {
             topic,
@@ -731,6 +738,7 @@ async fn listen(
     table: Arc<Mutex<PeerTable>>,
     sender: Arc<Mutex<GossipSender>>,
     mut receiver: GossipReceiver,
+    neighbour_up: Arc<Notify>,
 ) {
     let me = bound.endpoint.id();
     loop {
@@ -756,7 +764,8 @@ async fn listen(
                     }
                 }
                 Event::NeighborUp(id) => {
-                    lock(&table).record_success(&id, unix_ms(SystemTime::now()))
+                    lock(&table).record_success(&id, unix_ms(SystemTime::now()));
+                    neighbour_up.notify_one();
                 }
                 Event::NeighborDown(_) | Event::Lagged => {}
             }
@@ -799,8 +808,8 @@ fn make_announcement(
     .sign(endpoint.secret_key(), topic)
 }
 
-/// Broadcasts the announcement made at join at once, then a fresh one every `interval` (kept in
-/// `own` for PEERS), until the task is aborted.
+/// Broadcasts the announcement made at join at once, then a fresh one every `interval` and
+/// whenever a neighbour comes up (kept in `own` for PEERS), until the task is aborted.
 async fn announce(
     endpoint: iroh::Endpoint,
     topic: TopicId,
@@ -808,11 +817,15 @@ async fn announce(
     own: Arc<Mutex<Vec<u8>>>,
     interval: Duration,
     free_bytes: impl Fn() -> u64 + Send + Sync + 'static,
+    neighbour_up: Arc<Notify>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     let mut seq = FIRST_SEQ;
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = neighbour_up.notified() => {}
+        }
         let signed = if seq == FIRST_SEQ {
             seq += 1;
             lock(&own).clone()
