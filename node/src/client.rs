@@ -676,14 +676,15 @@ async fn send_window(
                 holder[j] = Some(assigned[j]);
             }
         }
-        for j in 0..n {
-            if holder[j].is_none()
-                && let Some(id) = ranking.iter().take(2 * n).find(|id| {
-                    held.contains(&(**id, c.shards[j].0)) && (!distinct || !used.contains(*id))
-                })
+        for (slot, (cid, _)) in holder.iter_mut().zip(&c.shards) {
+            if slot.is_none()
+                && let Some(id) = ranking
+                    .iter()
+                    .take(2 * n)
+                    .find(|id| held.contains(&(**id, *cid)) && (!distinct || !used.contains(*id)))
             {
                 used.insert(*id);
-                holder[j] = Some(*id);
+                *slot = Some(*id);
             }
         }
         skipped += holder.iter().filter(|h| h.is_some()).count() as u64;
