@@ -147,7 +147,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("CAIRN_LOG"))
+        .with_env_filter(
+            // Quiet by default (warnings and errors). iroh's socket logs an error when a client
+            // closes its endpoint without waiting out connection attempts to dead peers (see
+            // `Network::close`), which is expected and not the user's concern.
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,iroh::socket=off")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match commands::run(cli) {

@@ -44,6 +44,10 @@ use crate::Error;
 pub const WINDOWS_IN_FLIGHT: usize = 4;
 /// Time a reader waits for a shard before asking one more holder.
 pub const HEDGE_AFTER: Duration = Duration::from_millis(300);
+/// Time allowed for closing the endpoint once the work is done.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Time a peer has to answer the probe at connect.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Once one holder record has arrived, how long other peers may still answer with a newer one.
 const RECORD_GRACE: Duration = Duration::from_millis(250);
 /// Most peers asked for a holder record at once.
@@ -147,6 +151,7 @@ pub struct Network {
     bound: BoundEndpoint,
     client: ShardClient,
     key: SecretKey,
+    /// Peers the bootstrap node listed as alive.
     peers: Vec<Peer>,
     handle: Handle,
 }
@@ -243,7 +248,42 @@ impl Network {
         })
     }
 
-    /// The live peers learnt at connect.
+    /// Probes every peer once, in parallel: a peer table lags behind reality (a node killed a
+    /// moment ago still looks alive), so a publisher places shards only on peers that answer.
+    /// A dead peer costs `PROBE_TIMEOUT` here, once, instead of a connect timeout on every PUT;
+    /// the probes' connections stay pooled for the work. Readers need no probe: the holder
+    /// record requests tell them who answers (see [`Network::open`]).
+    async fn probe(&self) -> (Vec<Peer>, HashSet<EndpointId>) {
+        let probe = [cairn_store::shard_cid(b"cairn probe")];
+        let addrs: Vec<EndpointAddr> = self.peers.iter().map(|p| p.addr.endpoint_addr()).collect();
+        let answers = join_all(
+            addrs
+                .iter()
+                .map(|a| tokio::time::timeout(PROBE_TIMEOUT, self.client.has(a, &probe))),
+        )
+        .await;
+        let mut unreachable = HashSet::new();
+        let mut live = Vec::new();
+        for (p, a) in self.peers.iter().zip(answers) {
+            match a {
+                Ok(Ok(_)) => live.push(p.clone()),
+                Ok(Err(e)) => {
+                    debug!("peer {} is not answering: {e}", p.addr.id.fmt_short());
+                    unreachable.insert(p.addr.id);
+                }
+                Err(_) => {
+                    debug!(
+                        "peer {} did not answer within {PROBE_TIMEOUT:?}",
+                        p.addr.id.fmt_short()
+                    );
+                    unreachable.insert(p.addr.id);
+                }
+            }
+        }
+        (live, unreachable)
+    }
+
+    /// The live peers learnt at connect (as the bootstrap node sees them).
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }
@@ -256,7 +296,14 @@ impl Network {
     /// Closes the endpoint.
     pub async fn close(&self) {
         self.client.close().await;
-        self.bound.endpoint.close().await;
+        // iroh waits about 3 s for connection attempts to peers that never answered; a client
+        // that has finished its work does not need to wait for them.
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.bound.endpoint.close())
+            .await
+            .is_err()
+        {
+            debug!("endpoint close took longer than {CLOSE_TIMEOUT:?}; leaving it");
+        }
     }
 
     /// Publishes `path`. Blocking: call it from a thread outside the runtime (it drives the
@@ -268,21 +315,19 @@ impl Network {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<PublishReport, Error> {
         let n = opts.add.params.n();
-        let reduced = self.peers.len() < n;
+        let (live, _) = self.handle.block_on(self.probe());
+        let reduced = live.len() < n;
         if reduced && !opts.allow_reduced_durability {
             return Err(Error::TooFewNodes {
-                live: self.peers.len(),
+                live: live.len(),
                 k: opts.add.params.k(),
                 n,
             });
         }
         let sink = NetSink {
             net: self,
-            weights: self
-                .peers
-                .iter()
-                .map(|p| (p.addr.id, p.free.max(1)))
-                .collect(),
+            weights: live.iter().map(|p| (p.addr.id, p.free.max(1))).collect(),
+            live,
             n,
             holders: Mutex::new(BTreeMap::new()),
             windows: Arc::new(Semaphore::new(WINDOWS_IN_FLIGHT)),
@@ -536,6 +581,8 @@ type Placed = Vec<(usize, Vec<EndpointId>)>;
 
 struct NetSink<'a> {
     net: &'a Network,
+    /// The peers that answered the probe: the only ones shards are placed on.
+    live: Vec<Peer>,
     weights: Vec<(EndpointId, u64)>,
     n: usize,
     holders: Mutex<BTreeMap<usize, Vec<EndpointId>>>,
@@ -589,8 +636,7 @@ impl ShardSink for NetSink<'_> {
         let client = self.net.client.clone();
         let weights = self.weights.clone();
         let addrs: HashMap<EndpointId, EndpointAddr> = self
-            .net
-            .peers
+            .live
             .iter()
             .map(|p| (p.addr.id, p.addr.endpoint_addr()))
             .collect();
