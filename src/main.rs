@@ -4,6 +4,7 @@
 mod commands;
 mod config;
 mod devnet;
+mod gatewaycmd;
 mod netcmd;
 mod units;
 
@@ -115,6 +116,35 @@ enum Command {
     },
     /// List the live nodes a network peer knows.
     Peers,
+    /// Serve artifacts over HTTP (native and Hugging Face-compatible endpoints) until SIGTERM or
+    /// Ctrl-C. With --peer, from the network; without, from this data directory's store.
+    Gateway {
+        /// Address of the HTTP endpoints.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Address of the admin API (`cairn register`, `cairn apikey`); loopback only.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        admin_listen: std::net::SocketAddr,
+    },
+    /// Name an artifact on the running gateway of this data directory: `org/name` at a new
+    /// revision, which becomes `main`.
+    Register {
+        /// Repository, `org/name`.
+        repo: String,
+        /// Read capability printed by `cairn add`.
+        cap: String,
+        /// Register it as a dataset (default: a model).
+        #[arg(long)]
+        dataset: bool,
+        /// Readable only with an API key whose scopes cover it.
+        #[arg(long)]
+        private: bool,
+    },
+    /// Manage the running gateway's API keys.
+    Apikey {
+        #[command(subcommand)]
+        action: ApikeyCmd,
+    },
     /// Start a local network of node processes on 127.0.0.1; Ctrl-C stops them all.
     Devnet {
         /// Number of nodes.
@@ -141,6 +171,49 @@ enum Command {
         /// Size of the sample weights file in MiB.
         #[arg(long, default_value_t = 64)]
         size_mib: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ApikeyCmd {
+    /// Create a key; it is printed once, only its hash is kept.
+    Create {
+        /// What the key may read: `read:repo:org/name`, `read:prefix:org/`, `read:artifact:<cid>` (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 30d (default: no expiry).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Client networks allowed, e.g. 10.0.0.0/8 (repeatable; default: any).
+        #[arg(long)]
+        allow_ip: Vec<String>,
+        /// Requests per minute (default: unlimited).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// A name for people.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key at once.
+    Revoke {
+        /// Key id (16 hex).
+        id: String,
+    },
+    /// Replace a key; the old one keeps working for the grace period.
+    Rotate {
+        /// Key id (16 hex).
+        id: String,
+        /// How long the old key keeps working, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        grace: String,
+    },
+    /// Show the latest uses of keys (allowed and denied), without secrets.
+    Audit {
+        /// Entries to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
 }
 

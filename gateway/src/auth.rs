@@ -24,8 +24,10 @@ pub enum AccessPolicy {
     /// Anyone who can reach the gateway.
     #[default]
     Public,
-    /// Only callers presenting an API key that holds at least one of these scopes (scopes name
-    /// artifacts or name prefixes and operations; the key store interprets them).
+    /// Only callers presenting an API key whose scopes cover the repository (or, when asked by
+    /// CID, the artifact) being requested. The strings are free-form labels kept with the
+    /// policy (e.g. a team name) for a later grouping feature; [`crate::ApiKeyAuthorizer`] does
+    /// not consult them today, it checks the key's own scopes.
     ApiKeyScopes(Vec<String>),
 }
 
@@ -71,8 +73,10 @@ pub struct AccessRequest<'a> {
     pub artifact: cairn_store::Cid,
     /// What is asked.
     pub operation: Operation,
-    /// The caller's address.
+    /// The caller's address (the peer socket address the gateway sees).
     pub client_ip: Option<IpAddr>,
+    /// `METHOD /path` of the request, without the query string (for audit logs).
+    pub route: &'a str,
     /// The credentials presented, if any.
     pub credential: Option<&'a Credential>,
 }
@@ -84,6 +88,8 @@ pub enum DenialKind {
     Unauthenticated,
     /// Valid credentials without the right: 403.
     Forbidden,
+    /// Valid credentials used too often: 429.
+    RateLimited,
 }
 
 impl DenialKind {
@@ -92,6 +98,7 @@ impl DenialKind {
         match self {
             DenialKind::Unauthenticated => 401,
             DenialKind::Forbidden => 403,
+            DenialKind::RateLimited => 429,
         }
     }
 }
@@ -103,7 +110,7 @@ pub enum Decision {
     Allow,
     /// Refuse it; the reason is shown to the caller, so it must not contain secrets.
     Deny {
-        /// 401 or 403.
+        /// 401, 403 or 429.
         kind: DenialKind,
         /// Shown to the caller in `X-Error-Message`.
         reason: String,

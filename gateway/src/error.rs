@@ -44,8 +44,32 @@ pub enum Error {
         what: String,
         /// Why, in words safe to show to the caller.
         reason: String,
-        /// Whether credentials were missing (401) or insufficient (403).
+        /// Whether credentials were missing (401), insufficient (403) or over their rate (429).
         kind: crate::DenialKind,
+    },
+    /// No API key with that id is stored.
+    #[error("API key {id} does not exist; `GET /admin/keys` lists the keys")]
+    KeyNotFound {
+        /// The key id asked for.
+        id: String,
+    },
+    /// An address that must be loopback (the admin API, the admin client's URL) is not.
+    #[error(
+        "{what} must be a loopback address (127.0.0.1 or ::1): the admin API speaks plain HTTP"
+    )]
+    NotLoopback {
+        /// The address or URL given.
+        what: String,
+    },
+    /// The admin API answered with an error, or its answer could not be read.
+    #[error("admin API {url} answered {status}: {message}")]
+    Admin {
+        /// The URL asked.
+        url: String,
+        /// The HTTP status (0 when there was no answer).
+        status: u16,
+        /// The server's error message, or what went wrong reading it.
+        message: String,
     },
     /// A repository id is not `org/name` with allowed characters.
     #[error("invalid repository id {id:?}: {reason}")]
@@ -98,6 +122,8 @@ impl Error {
             Error::EntryNotFound { .. } => (404, Some("EntryNotFound")),
             Error::Denied { kind, .. } => (kind.status(), Some("GatedRepo")),
             Error::BadRepoId { .. } | Error::BadRequest(_) => (400, None),
+            Error::KeyNotFound { .. } => (404, None),
+            Error::NotLoopback { .. } | Error::Admin { .. } => (500, None),
             // Data that cannot be had or verified right now: the gateway is fine, upstream is not.
             Error::Store(cairn_store::Error::ManifestNotFound(_)) => (404, Some("RepoNotFound")),
             Error::Store(_) | Error::Network(_) => (502, None),

@@ -24,9 +24,10 @@ use crate::registry::{ArtifactEntry, CommitId, RepoId, RepoKind, Resolved};
 use crate::source::{ArtifactSource, OpenArtifact};
 use crate::{Authorizer, Error, GatewayConfig, Registry};
 
-/// The caller's socket address, put in request extensions by the accept loop.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ClientAddr(pub SocketAddr);
+/// The caller's socket address and `METHOD /path` (no query string, clipped), put in request
+/// extensions by the accept loop.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientAddr(pub SocketAddr, pub Arc<str>);
 
 pub(crate) struct AppState {
     pub registry: Arc<Registry>,
@@ -88,6 +89,7 @@ impl AppState {
             artifact: entry.cid(),
             operation,
             client_ip: req.client.map(|c| c.ip()),
+            route: &req.route,
             credential: req.credential.as_ref(),
         };
         match self.authorizer.authorize(&entry.policy, &request).await {
@@ -109,6 +111,7 @@ impl AppState {
 /// What the handlers need from the request besides the path.
 struct RequestInfo {
     client: Option<SocketAddr>,
+    route: Arc<str>,
     credential: Option<Credential>,
 }
 
@@ -119,8 +122,12 @@ impl RequestInfo {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| Credential::Bearer(t.trim().to_string()));
+        let route = client
+            .as_ref()
+            .map_or_else(|| Arc::from("unknown"), |c| c.1.clone());
         Self {
             client: client.map(|c| c.0),
+            route,
             credential,
         }
     }
@@ -142,7 +149,7 @@ impl From<Error> for ApiError {
     }
 }
 
-fn header_safe(s: &str) -> HeaderValue {
+pub(crate) fn header_safe(s: &str) -> HeaderValue {
     let clean: String = s
         .chars()
         .map(|c| {
@@ -176,6 +183,10 @@ impl IntoResponse for ApiError {
         hm.insert("x-error-message", header_safe(&msg));
         if let Some(c) = self.commit {
             hm.insert("x-repo-commit", header_safe(&c.to_string()));
+        }
+        if h.status == 429 {
+            // A token comes back within a minute at the lowest rate.
+            hm.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
         }
         resp
     }

@@ -10,8 +10,13 @@
 //! - [`ArtifactSource`] opens an artifact from a capability: [`LocalSource`] out of a local
 //!   [`cairn_store::Store`], [`NetworkSource`] from peers through [`cairn_node::Network`].
 //! - [`Authorizer`] decides, against the artifact's [`AccessPolicy`], whether a request may see
-//!   it; [`PublicOnly`] is the default.
-//! - [`Gateway::serve`] runs the server until a shutdown future completes.
+//!   it; [`PublicOnly`] is the default, [`ApiKeyAuthorizer`] admits API keys (scoped, hashed,
+//!   revocable, rotatable, rate-limited, IP-restricted, audited; see [`ApiKeyStore`] and the
+//!   `apikey` module docs: key format `cairn_<16 hex>_<43 base64url>`, scopes such as
+//!   `read:repo:org/name`, `read:prefix:org/`, `read:artifact:<cid>`).
+//! - [`Gateway::serve`] runs the server until a shutdown future completes;
+//!   [`Gateway::serve_admin`] runs the admin API (JSON, loopback, bearer admin token) that
+//!   [`AdminClient`] talks to; [`run_gateway`] does both for the binary.
 //!
 //! # Endpoints
 //!
@@ -47,9 +52,18 @@
 //! had or verified mid-stream, the body ends with an error and the connection is aborted: the
 //! client sees a transfer shorter than `Content-Length`, never wrong or silently short data.
 //!
+//! **Access**: a restricted repository or artifact answers `401` (no, malformed, unknown,
+//! revoked or expired key), `403` (wrong scope or client address) or `429` (over the key's
+//! rate, with `Retry-After`), each with `X-Error-Code: GatedRepo`, `X-Error-Message` and a JSON
+//! error body, before any byte of the artifact is read. Keys come as
+//! `Authorization: Bearer <key>`, which is what `huggingface_hub` sends for `token=`.
+//!
 //! **Secrets**: read capabilities live only in the registry and in memory; no endpoint, log
-//! line or `Debug` output shows one. Logs never include request headers (API keys).
+//! line or `Debug` output shows one. API keys are stored as hashes only and the audit log
+//! holds key ids, never secrets. Logs never include request headers (API keys).
 
+mod admin;
+mod apikey;
 mod auth;
 mod body;
 mod error;
@@ -60,6 +74,18 @@ mod registry;
 mod server;
 mod source;
 
+pub use admin::{
+    ADMIN_ADDR_FILE, ADMIN_ANSWER_BYTES_MAX, ADMIN_BODY_BYTES_MAX, ADMIN_CLIENT_TIMEOUT,
+    ADMIN_CONNECTIONS_MAX, ADMIN_REQUEST_TIMEOUT, ADMIN_TOKEN_FILE, AUDIT_LIMIT_MAX, AdminAuth,
+    AdminClient, GATEWAY_ADDR_FILE, load_or_create_admin_token, run_gateway,
+};
+pub use apikey::{
+    ALLOW_IPS_PER_KEY_MAX, AUDIT_ENTRIES_MAX, AUDIT_SYNC_EVERY, ApiKey, ApiKeyAuthorizer,
+    ApiKeyStore, AuditDecision, AuditEntry, CreatedKey, IpNet, KEY_ID_LEN, KEY_LEN,
+    KEY_LIFETIME_MAX_SECS, KEY_PREFIX, KEY_SECRET_LEN, KeyId, KeyInfo, KeyParseError,
+    LABEL_LEN_MAX, NewKey, Op, RATE_BUCKETS_MAX, SCOPE_LEN_MAX, SCOPES_PER_KEY_MAX, Scope,
+    ScopeTarget, parse_api_key,
+};
 pub use auth::{
     AccessPolicy, AccessRequest, Authorizer, BoxFuture, Credential, Decision, DenialKind,
     Operation, PublicOnly,

@@ -21,6 +21,7 @@
 //! cannot be used to get around a repository's restriction.
 //! - `gateway-refs-1`: `"{kind}/{org}/{name}#{ref}"` → commit id (40 hex); `main` is the ref
 //!   every registration moves.
+//! - `gateway-apikeys-1` and `gateway-audit-1` belong to the API-key store (see `apikey.rs`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -230,7 +231,7 @@ pub struct Registry {
     db: Database,
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -264,7 +265,12 @@ impl Registry {
         Ok(reg)
     }
 
-    fn err(&self, e: impl fmt::Display) -> Error {
+    /// The database, shared with the API-key store (redb allows one open per file).
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub(crate) fn err(&self, e: impl fmt::Display) -> Error {
         Error::Registry {
             path: self.path.clone(),
             reason: e.to_string(),

@@ -12,9 +12,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+use crate::admin::AdminAuth;
 use crate::handlers::{AppState, ClientAddr, refuse, router};
 use crate::source::ArtifactSource;
-use crate::{Authorizer, Error, PublicOnly, Registry};
+use crate::{ApiKeyStore, Authorizer, Error, PublicOnly, Registry};
 
 /// Limits and settings of a gateway. `Default` gives values fit for a public deployment.
 #[derive(Clone, Debug)]
@@ -55,6 +56,8 @@ impl Default for GatewayConfig {
 }
 
 /// The HTTP gateway: a registry of repositories, a source of artifacts, an authorizer.
+/// Cloning is cheap and shares everything (to serve the admin API beside the public one).
+#[derive(Clone)]
 pub struct Gateway {
     state: Arc<AppState>,
 }
@@ -104,56 +107,108 @@ impl Gateway {
     ) -> Result<(), Error> {
         let cfg = self.state.config.clone();
         let app = router(self.state.clone());
-        let permits = Arc::new(Semaphore::new(cfg.connections_max));
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(cfg.header_read_timeout)
-            .max_buf_size(cfg.header_bytes_max)
-            .keep_alive(true);
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "gateway listening");
-        }
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            };
-            let (stream, peer) = tokio::select! {
-                _ = &mut shutdown => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let svc = service(app.clone(), peer, cfg.uri_len_max);
-            let conn = http.serve_connection(TokioIo::new(stream), svc);
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    // Includes bodies aborted because a read failed mid-stream.
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-                drop(permit);
-            });
-        }
-        drop(listener);
-        tracing::info!("gateway shutting down");
-        if tokio::time::timeout(cfg.drain_timeout, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some connections were still busy at the end of the drain timeout");
-        }
-        Ok(())
+        serve_app(
+            app,
+            listener,
+            &cfg,
+            cfg.connections_max,
+            "gateway",
+            shutdown,
+        )
+        .await
     }
+
+    /// Serves the admin API (see the `admin` module docs) on `listener`, which the caller binds,
+    /// normally on 127.0.0.1, until `shutdown` completes. Every request must carry
+    /// `Authorization: Bearer <auth.token>`. Keys are managed in `keys`, repositories are
+    /// registered in this gateway's registry; changes take effect for the next request.
+    ///
+    /// Cancel safety: as for [`Gateway::serve`].
+    pub async fn serve_admin(
+        &self,
+        listener: TcpListener,
+        keys: Arc<ApiKeyStore>,
+        auth: AdminAuth,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
+        let mut cfg = self.state.config.clone();
+        cfg.body_bytes_max = crate::admin::ADMIN_BODY_BYTES_MAX;
+        cfg.request_timeout = crate::admin::ADMIN_REQUEST_TIMEOUT;
+        let app = crate::admin::router(self.state.registry.clone(), keys, auth, &cfg);
+        serve_app(
+            app,
+            listener,
+            &cfg,
+            crate::admin::ADMIN_CONNECTIONS_MAX,
+            "admin API",
+            shutdown,
+        )
+        .await
+    }
+}
+
+/// The accept loop shared by the public and the admin listener: a connection limit, hyper's
+/// limits, graceful shutdown.
+async fn serve_app(
+    app: axum::Router,
+    listener: TcpListener,
+    cfg: &GatewayConfig,
+    connections_max: usize,
+    what: &'static str,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let permits = Arc::new(Semaphore::new(connections_max));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.header_bytes_max)
+        .keep_alive(true);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, what, "listening");
+    }
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = service(app.clone(), peer, cfg.uri_len_max);
+        let conn = http.serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                // Includes bodies aborted because a read failed mid-stream.
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!(what, "shutting down");
+    if tokio::time::timeout(cfg.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            what,
+            "some connections were still busy at the end of the drain timeout"
+        );
+    }
+    Ok(())
 }
 
 fn service(
@@ -176,7 +231,13 @@ fn service(
                     "the request URI is too long",
                 ));
             }
-            req.extensions_mut().insert(ClientAddr(peer));
+            // The route for audit logs: never the query string, bounded.
+            let route: String = format!("{} {}", req.method(), req.uri().path())
+                .chars()
+                .take(256)
+                .collect();
+            req.extensions_mut()
+                .insert(ClientAddr(peer, Arc::from(route)));
             app.oneshot(req.map(axum::body::Body::new)).await
         }
     })

@@ -11,6 +11,8 @@ Environment (set by gateway/tests/it/hf.rs, or by hand against any gateway):
   CAIRN_DATASET_REPO  org/name of a public dataset repo holding that folder
   CAIRN_PRIVATE_REPO  org/name of a model repo restricted to API keys
   CAIRN_COMMIT        the 40-hex commit id of the published folder
+  CAIRN_PRIVATE_TOKEN an API key (cairn_<id>_<secret>) with read:repo:<private repo>; optional,
+                      the private-repository read checks are skipped without it
 Prints one line per check and 'N passed, N failed'; exits 1 if any check failed.
 """
 
@@ -39,6 +41,7 @@ MODEL = os.environ["CAIRN_MODEL_REPO"]
 DATASET = os.environ["CAIRN_DATASET_REPO"]
 PRIVATE = os.environ["CAIRN_PRIVATE_REPO"]
 COMMIT = os.environ["CAIRN_COMMIT"]
+TOKEN = os.environ.get("CAIRN_PRIVATE_TOKEN")
 
 
 def fixture_files():
@@ -143,6 +146,30 @@ def check_errors():
     expect(EntryNotFoundError, lambda: hf_hub_download(MODEL, "no/such/file.bin"))
     expect(GatedRepoError, lambda: hf_hub_download(PRIVATE, "config.json"))
     expect(GatedRepoError, lambda: HfApi().model_info(PRIVATE))
+    if TOKEN:
+        # A well-formed key with a wrong secret is refused like no key.
+        wrong = TOKEN[:-1] + ("E" if TOKEN.endswith("A") else "A")
+        expect(GatedRepoError, lambda: hf_hub_download(PRIVATE, "config.json", token=wrong))
+        expect(GatedRepoError, lambda: HfApi().model_info(PRIVATE, token=wrong))
+
+
+def check_private_with_token():
+    if not TOKEN:
+        print("     (no CAIRN_PRIVATE_TOKEN: private reads not checked)")
+        return
+    info = HfApi().model_info(PRIVATE, token=TOKEN)
+    assert info.private is True, info.private
+    assert info.sha == COMMIT, info.sha
+    got = hf_hub_download(PRIVATE, "config.json", token=TOKEN)
+    assert read(got) == read(os.path.join(FIXTURE, "config.json"))
+    d = tempfile.mkdtemp()
+    snapshot_download(PRIVATE, token=TOKEN, local_dir=d)
+    same_tree(d)
+    fs = HfFileSystem(token=TOKEN)
+    src = read(os.path.join(FIXTURE, "model.safetensors"))
+    with fs.open(f"{PRIVATE}/model.safetensors", "rb", block_size=64 * 1024) as f:
+        f.seek(1_000_000)
+        assert f.read(1000) == src[1_000_000:1_001_000]
 
 
 CHECKS = [
@@ -154,6 +181,7 @@ CHECKS = [
     check_list_tree_and_paths_info,
     check_hffs_ranged_read,
     check_errors,
+    check_private_with_token,
 ]
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
 //! The real `huggingface_hub` client against the gateway: runs `tests/hf_client.py`.
 //!
+//! The gateway is started as the binary starts it (`run_gateway`, API keys on); the private
+//! repository is read with a real API key passed as `token`, and refused without one or with a
+//! wrong one.
+//!
 //! Fails (does not skip) when `huggingface_hub` is not importable: install it with
 //! `pip install huggingface_hub`.
 
+use crate::auth::Keyed;
 use crate::{DATASET, Fixture, MODEL, PRIVATE, fixture_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,11 +24,13 @@ async fn huggingface_hub_client() {
         String::from_utf8_lossy(&probe.stderr)
     );
     let fx = Fixture::start(2_500_000).await;
-    fx.add_private();
+    let kg = Keyed::start(&fx).await;
+    let key = kg.key(&["read:repo:cairn-test/private"]).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hf_client.py");
     let out = tokio::process::Command::new("python3")
         .arg(script)
-        .env("CAIRN_GATEWAY_URL", &fx.url)
+        .env("CAIRN_GATEWAY_URL", &kg.url)
+        .env("CAIRN_PRIVATE_TOKEN", &key.key)
         .env("CAIRN_FIXTURE_DIR", fixture_dir(&fx))
         .env("CAIRN_MODEL_REPO", MODEL)
         .env("CAIRN_DATASET_REPO", DATASET)
@@ -41,5 +48,9 @@ async fn huggingface_hub_client() {
         out.status.success(),
         "hf_client.py failed:\n{stdout}\n{stderr}"
     );
+    assert!(!stdout.contains(&key.key[23..]) && !stderr.contains(&key.key[23..]));
+    let audit = kg.admin.audit(1000).await.unwrap();
+    assert!(audit.iter().any(|e| e.key_id == key.id && e.status == 200));
+    kg.shutdown().await;
     fx.shutdown().await;
 }

@@ -5,6 +5,7 @@
 //! an ephemeral port and talk to it with reqwest (and, in `hf`, with the real
 //! `huggingface_hub`). Every byte received is compared with the source files.
 
+mod auth;
 mod hf;
 
 use std::collections::BTreeMap;

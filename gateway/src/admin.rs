@@ -1,0 +1,625 @@
+//! The admin API: lets the `cairn` CLI manage a running gateway (redb allows one process per
+//! database, so the CLI cannot open `gateway.redb` itself while the gateway runs).
+//!
+//! # Participants
+//! The gateway serves the admin API on its own listener, normally bound to 127.0.0.1 (
+//! [`run_gateway`] refuses anything but a loopback address); the CLI talks to it with
+//! [`AdminClient`], which refuses non-loopback URLs, since the API speaks plain HTTP.
+//!
+//! # Authentication
+//! Every request carries `Authorization: Bearer <admin token>`, compared in constant time. The
+//! token is 43 base64url characters (32 random bytes) created at first start in
+//! `<gateway dir>/admin.token`, mode 0600 ([`load_or_create_admin_token`]); whoever can read
+//! that file administers the gateway. Missing or wrong token: `401` with a JSON error.
+//!
+//! # Endpoints (JSON in and out; errors are `{"error": "..."}` with a 4xx/5xx status)
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | POST | `/admin/repos` | `{kind: "Model"\|"Dataset", repo: "org/name", cap: "<read capability>", policy: "Public"\|{"ApiKeyScopes": []}}` | `{commit}` |
+//! | POST | `/admin/keys` | [`NewKey`]: `{label, scopes: ["read:repo:org/name"], expires_in_secs?, allow_ips?: ["10.0.0.0/8"], rate_per_minute?}` | [`CreatedKey`] `{id, key, expires}`; the key is shown this once |
+//! | GET | `/admin/keys` | | `[`[`KeyInfo`]`]`: no secrets, no hashes |
+//! | POST | `/admin/keys/{id}/revoke` | | `{id, revoked: true}` |
+//! | POST | `/admin/keys/{id}/rotate` | `{grace_secs}` | [`CreatedKey`] of the new key |
+//! | GET | `/admin/audit?limit=N` | | the latest N (default 100, at most [`AUDIT_LIMIT_MAX`]) [`AuditEntry`]s, oldest first |
+//!
+//! Limits: bodies up to [`ADMIN_BODY_BYTES_MAX`], [`ADMIN_CONNECTIONS_MAX`] connections,
+//! [`ADMIN_REQUEST_TIMEOUT`] per request; the client reads answers up to
+//! [`ADMIN_ANSWER_BYTES_MAX`] and gives up after [`ADMIN_CLIENT_TIMEOUT`].
+//!
+//! The capability sent to `POST /admin/repos` is a secret: it travels over loopback only and is
+//! never logged or echoed.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use cairn_store::ReadCap;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rand::RngCore;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::apikey::{ApiKeyAuthorizer, ApiKeyStore, AuditEntry, CreatedKey, KeyInfo, NewKey};
+use crate::source::ArtifactSource;
+use crate::{AccessPolicy, CommitId, Error, Gateway, GatewayConfig, Registry, RepoId, RepoKind};
+
+/// Largest admin request body.
+pub const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Admin connections served at once.
+pub const ADMIN_CONNECTIONS_MAX: usize = 16;
+/// Time the admin API has to answer.
+pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most audit entries one `GET /admin/audit` returns.
+pub const AUDIT_LIMIT_MAX: usize = 10_000;
+/// Largest answer [`AdminClient`] reads.
+pub const ADMIN_ANSWER_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Time [`AdminClient`] waits for a whole answer.
+pub const ADMIN_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The admin token's file in the gateway directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The public URL's file in the gateway directory (written by [`run_gateway`]).
+pub const GATEWAY_ADDR_FILE: &str = "gateway.addr";
+/// The admin URL's file in the gateway directory (written by [`run_gateway`]).
+pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+
+/// The admin API's credentials. `Debug` hides the token.
+#[derive(Clone)]
+pub struct AdminAuth {
+    /// The bearer token every admin request must carry.
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminAuth(<redacted>)")
+    }
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { what, source }
+}
+
+/// Reads `<dir>/admin.token`, or creates it (32 random bytes, base64url, mode 0600) if absent.
+/// An existing file readable by group or others is refused: chmod it to 0600.
+pub fn load_or_create_admin_token(dir: &Path) -> Result<String, Error> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    let bad = |why: &str| Error::Io {
+        what: format!("reading the admin token {}", path.display()),
+        source: std::io::Error::other(why.to_string()),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            #[cfg(unix)]
+            {
+                let mode = std::fs::metadata(&path)
+                    .map_err(io(format!("reading {}", path.display())))?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    return Err(bad(
+                        "the file is readable by group or others; run chmod 600 on it",
+                    ));
+                }
+            }
+            let t = s.trim();
+            if t.len() < 32 || t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(bad(
+                    "the file does not hold a token (32 to 256 printable characters); delete it to make a new one",
+                ));
+            }
+            Ok(t.to_string())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut b = [0u8; 32];
+            rand::rng().fill_bytes(&mut b);
+            let token = data_encoding::BASE64URL_NOPAD.encode(&b);
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            #[cfg(unix)]
+            o.mode(0o600);
+            let mut f = o
+                .open(&path)
+                .map_err(io(format!("creating {}", path.display())))?;
+            f.write_all(format!("{token}\n").as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(io(format!("writing {}", path.display())))?;
+            tracing::info!(path = %path.display(), "created the admin token");
+            Ok(token)
+        }
+        Err(e) => Err(Error::Io {
+            what: format!("reading {}", path.display()),
+            source: e,
+        }),
+    }
+}
+
+struct AdminState {
+    registry: Arc<Registry>,
+    keys: Arc<ApiKeyStore>,
+    token: String,
+}
+
+type St = State<Arc<AdminState>>;
+
+/// An error answer of the admin API.
+struct AdminError(Error);
+
+impl From<Error> for AdminError {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.http().status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let msg = self.0.to_string();
+        if status.is_server_error() {
+            tracing::warn!(error = %msg, "admin request failed");
+        }
+        (status, axum::Json(json!({ "error": msg }))).into_response()
+    }
+}
+
+fn plain_error(status: StatusCode, msg: &str) -> Response {
+    let mut r = (status, axum::Json(json!({ "error": msg }))).into_response();
+    r.headers_mut()
+        .insert("x-error-message", crate::handlers::header_safe(msg));
+    r
+}
+
+pub(crate) fn router(
+    registry: Arc<Registry>,
+    keys: Arc<ApiKeyStore>,
+    auth: AdminAuth,
+    cfg: &GatewayConfig,
+) -> Router {
+    let st = Arc::new(AdminState {
+        registry,
+        keys,
+        token: auth.token,
+    });
+    let timeout = cfg.request_timeout;
+    Router::new()
+        .route("/admin/repos", post(register))
+        .route("/admin/keys", post(create_key).get(list_keys))
+        .route("/admin/keys/{id}/revoke", post(revoke_key))
+        .route("/admin/keys/{id}/rotate", post(rotate_key))
+        .route("/admin/audit", get(audit))
+        .fallback(|| async { plain_error(StatusCode::NOT_FOUND, "no such admin endpoint") })
+        .layer(DefaultBodyLimit::max(cfg.body_bytes_max))
+        .layer(middleware::from_fn_with_state(st.clone(), check_token))
+        .layer(middleware::from_fn(
+            move |req: Request, next: Next| async move {
+                match tokio::time::timeout(timeout, next.run(req)).await {
+                    Ok(r) => r,
+                    Err(_) => plain_error(StatusCode::SERVICE_UNAVAILABLE, "admin request timeout"),
+                }
+            },
+        ))
+        .with_state(st)
+}
+
+/// Refuses requests without the admin token, before any body is read.
+async fn check_token(State(st): St, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    if !bool::from(presented.as_bytes().ct_eq(st.token.as_bytes())) {
+        tracing::info!(route = %req.uri().path(), "admin request with a missing or wrong token");
+        let mut r = plain_error(
+            StatusCode::UNAUTHORIZED,
+            "the admin API needs Authorization: Bearer <the token in admin.token>",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    next.run(req).await
+}
+
+/// Runs blocking store work off the runtime's workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, AdminError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            AdminError(Error::Io {
+                what: "an admin task".into(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?
+        .map_err(AdminError)
+}
+
+/// `POST /admin/repos`.
+#[derive(Serialize, Deserialize)]
+struct RegisterBody {
+    kind: RepoKind,
+    repo: String,
+    cap: String,
+    #[serde(default)]
+    policy: AccessPolicy,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RegisterAnswer {
+    commit: String,
+}
+
+async fn register(
+    State(st): St,
+    axum::Json(b): axum::Json<RegisterBody>,
+) -> Result<Response, AdminError> {
+    let repo: RepoId = b.repo.parse()?;
+    // The parse error never echoes the capability (a secret).
+    let cap: ReadCap = b
+        .cap
+        .parse()
+        .map_err(|_| Error::BadRequest("`cap` is not a read capability".into()))?;
+    let reg = st.registry.clone();
+    let commit = blocking(move || reg.register(b.kind, &repo, &cap, b.policy)).await?;
+    Ok(axum::Json(RegisterAnswer {
+        commit: commit.to_string(),
+    })
+    .into_response())
+}
+
+async fn create_key(
+    State(st): St,
+    axum::Json(new): axum::Json<NewKey>,
+) -> Result<Response, AdminError> {
+    let keys = st.keys.clone();
+    let created = blocking(move || keys.create(new)).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+async fn list_keys(State(st): St) -> Result<Response, AdminError> {
+    let keys = st.keys.clone();
+    Ok(axum::Json(blocking(move || keys.list()).await?).into_response())
+}
+
+async fn revoke_key(State(st): St, UrlPath(id): UrlPath<String>) -> Result<Response, AdminError> {
+    let keys = st.keys.clone();
+    let id2 = id.clone();
+    blocking(move || keys.revoke(&id2)).await?;
+    Ok(axum::Json(json!({ "id": id, "revoked": true })).into_response())
+}
+
+#[derive(Serialize, Deserialize)]
+struct RotateBody {
+    grace_secs: u64,
+}
+
+async fn rotate_key(
+    State(st): St,
+    UrlPath(id): UrlPath<String>,
+    axum::Json(b): axum::Json<RotateBody>,
+) -> Result<Response, AdminError> {
+    let keys = st.keys.clone();
+    let created = blocking(move || keys.rotate(&id, Duration::from_secs(b.grace_secs))).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit(State(st): St, Query(q): Query<AuditQuery>) -> Result<Response, AdminError> {
+    let limit = q.limit.unwrap_or(100).min(AUDIT_LIMIT_MAX);
+    let keys = st.keys.clone();
+    Ok(axum::Json(blocking(move || keys.audit(limit)).await?).into_response())
+}
+
+/// A client of the admin API, for the CLI. Plain HTTP to loopback addresses only.
+#[derive(Clone)]
+pub struct AdminClient {
+    base: String,
+    token: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for AdminClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminClient({}, <token redacted>)", self.base)
+    }
+}
+
+impl AdminClient {
+    /// A client of the admin API at `base_url` (`http://127.0.0.1:port`, as in `admin.addr`),
+    /// authenticating with `token`. [`Error::NotLoopback`] for anything but `http://` to a
+    /// loopback address or `localhost`.
+    pub fn new(base_url: &str, token: String) -> Result<Self, Error> {
+        let base = base_url.trim().trim_end_matches('/').to_string();
+        let not = || Error::NotLoopback {
+            what: format!(
+                "the admin URL {:?}",
+                base.chars().take(200).collect::<String>()
+            ),
+        };
+        let uri: hyper::Uri = base.parse().map_err(|_| not())?;
+        if uri.scheme_str() != Some("http")
+            || uri
+                .path_and_query()
+                .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+        {
+            return Err(not());
+        }
+        let host = uri.host().ok_or_else(not)?;
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(not());
+        }
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build_http();
+        Ok(Self {
+            base,
+            token,
+            client,
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, Error> {
+        let url = format!("{}{path}", self.base);
+        let err = |status: u16, message: String| Error::Admin {
+            url: url.clone(),
+            status,
+            message,
+        };
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| err(0, e.to_string()))?;
+        let run = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| err(0, format!("no answer ({e}); is the gateway running?")))?;
+            let status = resp.status().as_u16();
+            let bytes = Limited::new(resp.into_body(), ADMIN_ANSWER_BYTES_MAX)
+                .collect()
+                .await
+                .map_err(|e| err(status, format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok::<_, Error>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(ADMIN_CLIENT_TIMEOUT, run)
+            .await
+            .map_err(|_| err(0, "no answer within the timeout".into()))??;
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(500).collect());
+            return Err(err(status, message));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| err(status, format!("unreadable answer: {e}")))
+    }
+
+    fn json(v: &impl Serialize) -> Result<Option<Vec<u8>>, Error> {
+        serde_json::to_vec(v)
+            .map(Some)
+            .map_err(|e| Error::BadRequest(e.to_string()))
+    }
+
+    /// Registers `cap` as a revision of `repo` with `policy` and moves `main` to it.
+    pub async fn register(
+        &self,
+        kind: RepoKind,
+        repo: &RepoId,
+        cap: &ReadCap,
+        policy: AccessPolicy,
+    ) -> Result<CommitId, Error> {
+        let body = Self::json(&RegisterBody {
+            kind,
+            repo: repo.to_string(),
+            cap: cap.to_string(),
+            policy,
+        })?;
+        let a: RegisterAnswer = self.call(hyper::Method::POST, "/admin/repos", body).await?;
+        CommitId::parse(&a.commit).ok_or_else(|| Error::Admin {
+            url: format!("{}/admin/repos", self.base),
+            status: 200,
+            message: "the answer's commit is not 40 hex digits".into(),
+        })
+    }
+
+    /// Creates a key; the answer holds the secret, shown this once.
+    pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey, Error> {
+        let body = Self::json(&new)?;
+        self.call(hyper::Method::POST, "/admin/keys", body).await
+    }
+
+    /// Every key, without secrets or hashes.
+    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, Error> {
+        self.call(hyper::Method::GET, "/admin/keys", None).await
+    }
+
+    /// Revokes key `id` (16 hex).
+    pub async fn revoke_key(&self, id: &str) -> Result<(), Error> {
+        check_id(id)?;
+        let _: serde_json::Value = self
+            .call(
+                hyper::Method::POST,
+                &format!("/admin/keys/{id}/revoke"),
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Rotates key `id`: a new key, and the old one expires after `grace`.
+    pub async fn rotate_key(&self, id: &str, grace: Duration) -> Result<CreatedKey, Error> {
+        check_id(id)?;
+        let body = Self::json(&RotateBody {
+            grace_secs: grace.as_secs(),
+        })?;
+        self.call(
+            hyper::Method::POST,
+            &format!("/admin/keys/{id}/rotate"),
+            body,
+        )
+        .await
+    }
+
+    /// The latest `limit` audit entries (at most [`AUDIT_LIMIT_MAX`]), oldest first.
+    pub async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, Error> {
+        self.call(
+            hyper::Method::GET,
+            &format!("/admin/audit?limit={}", limit.min(AUDIT_LIMIT_MAX)),
+            None,
+        )
+        .await
+    }
+}
+
+/// Key ids go into URL paths: only 16 lowercase hex digits.
+fn check_id(id: &str) -> Result<(), Error> {
+    if crate::apikey::KeyId::parse(id).is_none() {
+        return Err(Error::KeyNotFound {
+            id: id.chars().take(40).collect(),
+        });
+    }
+    Ok(())
+}
+
+/// `http://addr`, with an unspecified address (0.0.0.0, ::) replaced by loopback so that the URL
+/// can be used from this machine.
+fn url_of(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(io(format!("writing {}", path.display())))
+}
+
+/// Runs a gateway with API keys and its admin API until `shutdown` completes.
+///
+/// 1. Refuses an `admin_bind` that is not a loopback address ([`Error::NotLoopback`]).
+/// 2. Opens (creating) `<dir>/gateway.redb`: the [`Registry`] and the [`ApiKeyStore`].
+/// 3. Loads or creates `<dir>/admin.token` ([`load_or_create_admin_token`]).
+/// 4. Binds `bind` (public, [`ApiKeyAuthorizer`], [`GatewayConfig::default`]) and `admin_bind`
+///    (port 0 picks a free port for either).
+/// 5. Writes `<dir>/gateway.addr` and `<dir>/admin.addr`, each one line `http://ip:port` (an
+///    unspecified bind address is written as loopback), atomically.
+/// 6. Serves both until `shutdown` completes, drains in-flight requests (up to the drain
+///    timeout), removes the two `.addr` files and returns.
+///
+/// Errors: [`Error::Registry`] when the database cannot be opened (another gateway using `dir`),
+/// [`Error::Io`] when a listener cannot be bound or a file written.
+///
+/// Cancel safety: dropping the future stops accepting at once and leaves the `.addr` files
+/// behind; prefer completing `shutdown`.
+pub async fn run_gateway(
+    dir: &Path,
+    bind: SocketAddr,
+    admin_bind: SocketAddr,
+    source: Arc<dyn ArtifactSource>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    if !admin_bind.ip().is_loopback() {
+        return Err(Error::NotLoopback {
+            what: format!("the admin bind address {admin_bind}"),
+        });
+    }
+    let d = dir.to_path_buf();
+    let (registry, keys, token) = tokio::task::spawn_blocking(move || {
+        let registry = Arc::new(Registry::open(&d)?);
+        let keys = Arc::new(ApiKeyStore::open(registry.clone())?);
+        let token = load_or_create_admin_token(&d)?;
+        Ok::<_, Error>((registry, keys, token))
+    })
+    .await
+    .map_err(|e| Error::Io {
+        what: "opening the gateway database".into(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    let authorizer = Arc::new(ApiKeyAuthorizer::new(keys.clone()));
+    let gw = Gateway::with_authorizer(GatewayConfig::default(), registry, source, authorizer);
+    let public = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(io(format!("binding the gateway on {bind}")))?;
+    let admin = tokio::net::TcpListener::bind(admin_bind)
+        .await
+        .map_err(io(format!("binding the admin API on {admin_bind}")))?;
+    let public_addr = public
+        .local_addr()
+        .map_err(io("reading the gateway's address".into()))?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(io("reading the admin API's address".into()))?;
+    let (gw_file, admin_file) = (dir.join(GATEWAY_ADDR_FILE), dir.join(ADMIN_ADDR_FILE));
+    write_atomically(&gw_file, &format!("{}\n", url_of(public_addr)))?;
+    write_atomically(&admin_file, &format!("{}\n", url_of(admin_addr)))?;
+    tracing::info!(gateway = %url_of(public_addr), admin = %url_of(admin_addr), "gateway running");
+
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        // A dropped sender also means stop.
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let trigger = async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    };
+    let (_, a, b) = tokio::join!(
+        trigger,
+        gw.serve_admin(admin, keys, AdminAuth { token }, stopped(rx.clone())),
+        gw.clone().serve(public, stopped(rx)),
+    );
+    let _ = std::fs::remove_file(&gw_file);
+    let _ = std::fs::remove_file(&admin_file);
+    a.and(b)
+}

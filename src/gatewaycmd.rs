@@ -1,0 +1,132 @@
+//! `cairn gateway` (serve HTTP), `cairn register` (name an artifact on a running gateway) and
+//! `cairn apikey ...` (manage the gateway's API keys through its loopback-only admin API).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cairn_gateway::{
+    ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AccessPolicy, AdminClient, ArtifactSource, IpNet, LocalSource, NetworkSource,
+    NewKey, RepoId, RepoKind, Scope, run_gateway,
+};
+use cairn_node::{Network, NetworkConfig};
+use cairn_store::ReadCap;
+
+use crate::config::DataDir;
+use crate::netcmd::{parse_peers, runtime};
+use crate::units::parse_duration_secs;
+
+/// The gateway's state lives here, beside the node's.
+pub fn gateway_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("gateway")
+}
+
+/// Serves HTTP until SIGTERM or Ctrl-C. With `--peer`, artifacts come from the network;
+/// without, from this data directory's store.
+pub fn serve(data_dir: &Path, peers: &[String], network: &str, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let source: Arc<dyn ArtifactSource> = if peers.is_empty() {
+            let dd = DataDir::open(data_dir)?;
+            Arc::new(LocalSource::new(Arc::new(dd.open_store()?)))
+        } else {
+            let net = Network::connect(NetworkConfig::new(network, parse_peers(peers)?)).await?;
+            Arc::new(NetworkSource::new(Arc::new(net)))
+        };
+        let dir = gateway_dir(data_dir);
+        let shutdown = async {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        eprintln!("gateway state in {}; its URLs go to gateway.addr and admin.addr there", dir.display());
+        run_gateway(&dir, listen, admin_listen, source, shutdown).await.context("the gateway stopped with an error")
+    })
+}
+
+fn admin(data_dir: &Path) -> anyhow::Result<AdminClient> {
+    let dir = gateway_dir(data_dir);
+    let url = std::fs::read_to_string(dir.join(ADMIN_ADDR_FILE))
+        .with_context(|| format!("no running gateway found in {} (start one with `cairn gateway`)", dir.display()))?;
+    let token = std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE)).with_context(|| format!("cannot read the admin token in {}", dir.display()))?;
+    Ok(AdminClient::new(url.trim(), token.trim().to_string())?)
+}
+
+/// Registers a read capability as the newest revision of `org/name` on the running gateway.
+pub fn register(data_dir: &Path, repo: &str, cap: &str, dataset: bool, private: bool) -> anyhow::Result<()> {
+    let (org, name) = repo.split_once('/').context("the repository must look like org/name")?;
+    let repo = RepoId::new(org, name)?;
+    let cap: ReadCap = cap.parse()?;
+    let kind = if dataset { RepoKind::Dataset } else { RepoKind::Model };
+    let policy = if private { AccessPolicy::ApiKeyScopes(Vec::new()) } else { AccessPolicy::Public };
+    let client = admin(data_dir)?;
+    let commit = runtime()?.block_on(client.register(kind, &repo, &cap, policy))?;
+    println!("{repo} revision {commit} (main){}", if private { ", readable with an API key only" } else { "" });
+    Ok(())
+}
+
+/// What `cairn apikey` does.
+pub enum KeyAction {
+    Create { label: String, scopes: Vec<String>, expires: Option<String>, allow_ip: Vec<String>, rate: Option<u32> },
+    List,
+    Revoke { id: String },
+    Rotate { id: String, grace: String },
+    Audit { limit: usize },
+}
+
+pub fn apikey(data_dir: &Path, action: KeyAction) -> anyhow::Result<()> {
+    let client = admin(data_dir)?;
+    let rt = runtime()?;
+    match action {
+        KeyAction::Create { label, scopes, expires, allow_ip, rate } => {
+            if scopes.is_empty() {
+                bail!("give at least one --scope, e.g. read:repo:org/name or read:prefix:org/");
+            }
+            let scopes = scopes.iter().map(|s| s.parse::<Scope>()).collect::<Result<Vec<_>, _>>()?;
+            let allow_ips = allow_ip.iter().map(|s| s.parse::<IpNet>()).collect::<Result<Vec<_>, _>>()?;
+            let expires_in_secs = expires.as_deref().map(parse_duration_secs).transpose()?;
+            let created = rt.block_on(client.create_key(NewKey { label, scopes, expires_in_secs, allow_ips, rate_per_minute: rate }))?;
+            println!("id: {}", created.id);
+            println!("key: {}", created.key);
+            eprintln!("the key is shown this once; only its hash is stored");
+        }
+        KeyAction::List => {
+            for k in rt.block_on(client.list_keys())? {
+                let scopes: Vec<String> = k.scopes.iter().map(|s| s.to_string()).collect();
+                println!(
+                    "{} {:<20} {} expires={} revoked={} rate={}",
+                    k.id,
+                    k.label,
+                    scopes.join(","),
+                    k.expires.map(|e| e.to_string()).unwrap_or_else(|| "never".into()),
+                    k.revoked,
+                    k.rate_per_minute.map(|r| format!("{r}/min")).unwrap_or_else(|| "unlimited".into())
+                );
+            }
+        }
+        KeyAction::Revoke { id } => {
+            rt.block_on(client.revoke_key(&id))?;
+            println!("revoked {id}");
+        }
+        KeyAction::Rotate { id, grace } => {
+            let grace = Duration::from_secs(parse_duration_secs(&grace)?);
+            let created = rt.block_on(client.rotate_key(&id, grace))?;
+            println!("id: {}", created.id);
+            println!("key: {}", created.key);
+            eprintln!("the old key {id} keeps working for {grace:?}; the new key is shown this once");
+        }
+        KeyAction::Audit { limit } => {
+            for e in rt.block_on(client.audit(limit))? {
+                println!("{}", serde_json::to_string(&e)?);
+            }
+        }
+    }
+    Ok(())
+}
