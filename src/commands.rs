@@ -94,13 +94,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::netcmd::node(&DataDir::open(&dir)?, &cli.network, listen, &bootstrap)
         }
         Command::Peers => crate::netcmd::peers(&cli.peers, &cli.network),
-        Command::Gateway { listen, admin_listen } => crate::gatewaycmd::serve(&dir, &cli.peers, &cli.network, listen, admin_listen),
-        Command::Register { repo, cap, dataset, private } => crate::gatewaycmd::register(&dir, &repo, &cap, dataset, private),
+        Command::Gateway {
+            listen,
+            admin_listen,
+        } => crate::gatewaycmd::serve(&dir, &cli.peers, &cli.network, listen, admin_listen),
+        Command::Register {
+            repo,
+            cap,
+            dataset,
+            private,
+        } => crate::gatewaycmd::register(&dir, &repo, &cap, dataset, private),
         Command::Apikey { action } => {
             use crate::ApikeyCmd as A;
             use crate::gatewaycmd::KeyAction;
             let action = match action {
-                A::Create { scopes, expires, allow_ip, rate, label } => KeyAction::Create { label, scopes, expires, allow_ip, rate },
+                A::Create {
+                    scopes,
+                    expires,
+                    allow_ip,
+                    rate,
+                    label,
+                } => KeyAction::Create {
+                    label,
+                    scopes,
+                    expires,
+                    allow_ip,
+                    rate,
+                },
                 A::List => KeyAction::List,
                 A::Revoke { id } => KeyAction::Revoke { id },
                 A::Rotate { id, grace } => KeyAction::Rotate { id, grace },

@@ -15,8 +15,11 @@ use cairn_node::{Network, NetworkConfig, PeerAddr, PublishOptions};
 use cairn_store::{AddOptions, KeyMode, read_artifact};
 
 use crate::config::DataDir;
+use crate::gatewaycmd::gateway_dir;
 use crate::netcmd::runtime;
 use crate::units::human;
+use cairn_gateway::GATEWAY_ADDR_FILE;
+use cairn_store::ReadCap;
 
 /// Time allowed for a node to start and for the network to see every node.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -161,6 +164,37 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The HTTP gateway, reading from the network through node 0.
+    let gw_data = base.join("gateway-node");
+    let gw_log = std::fs::File::create(base.join("gateway.log"))?;
+    let gw_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut cmd = Command::new(&exe);
+    cmd.arg("--data-dir")
+        .arg(&gw_data)
+        .arg("--network")
+        .arg(&opts.network)
+        .arg("--peer")
+        .arg(&bootstrap)
+        .arg("gateway")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{gw_port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(gw_log)
+        .env(
+            "CAIRN_LOG",
+            std::env::var("CAIRN_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    nodes
+        .children
+        .push(cmd.spawn().context("cannot start the gateway process")?);
+    let gw_url = wait_file(
+        &gateway_dir(&gw_data).join(GATEWAY_ADDR_FILE),
+        nodes.children.last_mut().expect("just pushed"),
+        &base.join("gateway.log"),
+    )?;
     println!(
         "cairn devnet: {} nodes on 127.0.0.1, data in {}",
         opts.nodes,
@@ -170,11 +204,34 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
         println!("  node-{i}  {a}");
     }
     println!(
-        "talk to it with:\n  export CAIRN_PEER={bootstrap}\n  cairn add ./my-model        # publish across the nodes\n  cairn get '<capability>' -o ./out"
+        "  gateway {gw_url}  (state in {})",
+        gateway_dir(&gw_data).display()
+    );
+    println!(
+        "talk to it with:\n  export CAIRN_PEER={bootstrap}\n  cairn add ./my-model        # publish across the nodes\n  cairn get '<capability>' -o ./out\n  cairn --data-dir {} register org/my-model '<capability>'   # serve it over HTTP",
+        gw_data.display()
     );
 
     if opts.demo {
-        demo(&rt, &base, &opts, &addrs)?;
+        let cap = demo(&rt, &base, &opts, &addrs)?;
+        crate::gatewaycmd::register(
+            &gw_data,
+            "demo/sample-model",
+            &cap.to_string(),
+            false,
+            false,
+        )?;
+        println!("served over HTTP, Hugging Face-compatible:");
+        println!("  curl -s {gw_url}/api/models/demo/sample-model");
+        println!("  curl -s {gw_url}/demo/sample-model/resolve/main/config.json");
+        println!(
+            "  HF_ENDPOINT={gw_url} python3 -c \"from huggingface_hub import snapshot_download; print(snapshot_download('demo/sample-model'))\""
+        );
+        let body = fetch_http(&gw_url, "/demo/sample-model/resolve/main/config.json")?;
+        if body != std::fs::read(base.join("sample-model/config.json"))? {
+            bail!("the gateway served config.json differently; this is a bug");
+        }
+        println!("  (checked: the gateway serves config.json byte for byte)");
     }
     if opts.demo && opts.exit_after_demo {
         println!("stopping the devnet");
@@ -206,7 +263,7 @@ fn demo(
     base: &Path,
     opts: &DevnetOptions,
     addrs: &[PeerAddr],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ReadCap> {
     let publisher = base.join("publisher");
     let dd = if publisher.join("config.toml").exists() {
         DataDir::open(&publisher)?
@@ -231,7 +288,7 @@ fn demo_with(
     dd: &DataDir,
     model: &Path,
     opts: &DevnetOptions,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ReadCap> {
     let base = model
         .parent()
         .expect("the model is inside the devnet directory");
@@ -283,5 +340,65 @@ fn demo_with(
         }
         println!("  {:<28} {:>10}  identical", f.path, human(f.size));
     }
-    Ok(())
+    Ok(report.cap)
+}
+
+/// Waits for a process to write a one-line file (its address), or to die.
+fn wait_file(file: &Path, child: &mut Child, log: &Path) -> anyhow::Result<String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(file)
+            && !s.trim().is_empty()
+        {
+            return Ok(s.trim().to_string());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "a devnet process exited ({status}) before it was up; see {}",
+                log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not appear within {:?}; see {}",
+                file.display(),
+                START_TIMEOUT,
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A plain HTTP/1.1 GET over loopback (the demo's own check of the gateway), bounded in time
+/// and size.
+fn fetch_http(base: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let addr = base
+        .strip_prefix("http://")
+        .context("the gateway URL is not http://")?;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.take(16 << 20).read_to_end(&mut buf)?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no HTTP header end")?;
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("the gateway answered {}", head.lines().next().unwrap_or(""));
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        bail!("unexpected chunked answer for a small file");
+    }
+    Ok(buf[split + 4..].to_vec())
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cairn_gateway::{
-    ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AccessPolicy, AdminClient, ArtifactSource, IpNet, LocalSource, NetworkSource,
-    NewKey, RepoId, RepoKind, Scope, run_gateway,
+    ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AccessPolicy, AdminClient, ArtifactSource, IpNet,
+    LocalSource, NetworkSource, NewKey, RepoId, RepoKind, Scope, run_gateway,
 };
 use cairn_node::{Network, NetworkConfig};
 use cairn_store::ReadCap;
@@ -25,7 +25,13 @@ pub fn gateway_dir(data_dir: &Path) -> PathBuf {
 
 /// Serves HTTP until SIGTERM or Ctrl-C. With `--peer`, artifacts come from the network;
 /// without, from this data directory's store.
-pub fn serve(data_dir: &Path, peers: &[String], network: &str, listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
+pub fn serve(
+    data_dir: &Path,
+    peers: &[String],
+    network: &str,
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let source: Arc<dyn ArtifactSource> = if peers.is_empty() {
@@ -37,7 +43,9 @@ pub fn serve(data_dir: &Path, peers: &[String], network: &str, listen: SocketAdd
         };
         let dir = gateway_dir(data_dir);
         let shutdown = async {
-            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
                 let _ = tokio::signal::ctrl_c().await;
                 return;
             };
@@ -46,53 +54,117 @@ pub fn serve(data_dir: &Path, peers: &[String], network: &str, listen: SocketAdd
                 _ = term.recv() => {}
             }
         };
-        eprintln!("gateway state in {}; its URLs go to gateway.addr and admin.addr there", dir.display());
-        run_gateway(&dir, listen, admin_listen, source, shutdown).await.context("the gateway stopped with an error")
+        eprintln!(
+            "gateway state in {}; its URLs go to gateway.addr and admin.addr there",
+            dir.display()
+        );
+        run_gateway(&dir, listen, admin_listen, source, shutdown)
+            .await
+            .context("the gateway stopped with an error")
     })
 }
 
 fn admin(data_dir: &Path) -> anyhow::Result<AdminClient> {
     let dir = gateway_dir(data_dir);
-    let url = std::fs::read_to_string(dir.join(ADMIN_ADDR_FILE))
-        .with_context(|| format!("no running gateway found in {} (start one with `cairn gateway`)", dir.display()))?;
-    let token = std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE)).with_context(|| format!("cannot read the admin token in {}", dir.display()))?;
+    let url = std::fs::read_to_string(dir.join(ADMIN_ADDR_FILE)).with_context(|| {
+        format!(
+            "no running gateway found in {} (start one with `cairn gateway`)",
+            dir.display()
+        )
+    })?;
+    let token = std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE))
+        .with_context(|| format!("cannot read the admin token in {}", dir.display()))?;
     Ok(AdminClient::new(url.trim(), token.trim().to_string())?)
 }
 
 /// Registers a read capability as the newest revision of `org/name` on the running gateway.
-pub fn register(data_dir: &Path, repo: &str, cap: &str, dataset: bool, private: bool) -> anyhow::Result<()> {
-    let (org, name) = repo.split_once('/').context("the repository must look like org/name")?;
+pub fn register(
+    data_dir: &Path,
+    repo: &str,
+    cap: &str,
+    dataset: bool,
+    private: bool,
+) -> anyhow::Result<()> {
+    let (org, name) = repo
+        .split_once('/')
+        .context("the repository must look like org/name")?;
     let repo = RepoId::new(org, name)?;
     let cap: ReadCap = cap.parse()?;
-    let kind = if dataset { RepoKind::Dataset } else { RepoKind::Model };
-    let policy = if private { AccessPolicy::ApiKeyScopes(Vec::new()) } else { AccessPolicy::Public };
+    let kind = if dataset {
+        RepoKind::Dataset
+    } else {
+        RepoKind::Model
+    };
+    let policy = if private {
+        AccessPolicy::ApiKeyScopes(Vec::new())
+    } else {
+        AccessPolicy::Public
+    };
     let client = admin(data_dir)?;
     let commit = runtime()?.block_on(client.register(kind, &repo, &cap, policy))?;
-    println!("{repo} revision {commit} (main){}", if private { ", readable with an API key only" } else { "" });
+    println!(
+        "{repo} revision {commit} (main){}",
+        if private {
+            ", readable with an API key only"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 
 /// What `cairn apikey` does.
 pub enum KeyAction {
-    Create { label: String, scopes: Vec<String>, expires: Option<String>, allow_ip: Vec<String>, rate: Option<u32> },
+    Create {
+        label: String,
+        scopes: Vec<String>,
+        expires: Option<String>,
+        allow_ip: Vec<String>,
+        rate: Option<u32>,
+    },
     List,
-    Revoke { id: String },
-    Rotate { id: String, grace: String },
-    Audit { limit: usize },
+    Revoke {
+        id: String,
+    },
+    Rotate {
+        id: String,
+        grace: String,
+    },
+    Audit {
+        limit: usize,
+    },
 }
 
 pub fn apikey(data_dir: &Path, action: KeyAction) -> anyhow::Result<()> {
     let client = admin(data_dir)?;
     let rt = runtime()?;
     match action {
-        KeyAction::Create { label, scopes, expires, allow_ip, rate } => {
+        KeyAction::Create {
+            label,
+            scopes,
+            expires,
+            allow_ip,
+            rate,
+        } => {
             if scopes.is_empty() {
                 bail!("give at least one --scope, e.g. read:repo:org/name or read:prefix:org/");
             }
-            let scopes = scopes.iter().map(|s| s.parse::<Scope>()).collect::<Result<Vec<_>, _>>()?;
-            let allow_ips = allow_ip.iter().map(|s| s.parse::<IpNet>()).collect::<Result<Vec<_>, _>>()?;
+            let scopes = scopes
+                .iter()
+                .map(|s| s.parse::<Scope>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let allow_ips = allow_ip
+                .iter()
+                .map(|s| s.parse::<IpNet>())
+                .collect::<Result<Vec<_>, _>>()?;
             let expires_in_secs = expires.as_deref().map(parse_duration_secs).transpose()?;
-            let created = rt.block_on(client.create_key(NewKey { label, scopes, expires_in_secs, allow_ips, rate_per_minute: rate }))?;
+            let created = rt.block_on(client.create_key(NewKey {
+                label,
+                scopes,
+                expires_in_secs,
+                allow_ips,
+                rate_per_minute: rate,
+            }))?;
             println!("id: {}", created.id);
             println!("key: {}", created.key);
             eprintln!("the key is shown this once; only its hash is stored");
@@ -105,9 +177,13 @@ pub fn apikey(data_dir: &Path, action: KeyAction) -> anyhow::Result<()> {
                     k.id,
                     k.label,
                     scopes.join(","),
-                    k.expires.map(|e| e.to_string()).unwrap_or_else(|| "never".into()),
+                    k.expires
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "never".into()),
                     k.revoked,
-                    k.rate_per_minute.map(|r| format!("{r}/min")).unwrap_or_else(|| "unlimited".into())
+                    k.rate_per_minute
+                        .map(|r| format!("{r}/min"))
+                        .unwrap_or_else(|| "unlimited".into())
                 );
             }
         }
@@ -120,7 +196,9 @@ pub fn apikey(data_dir: &Path, action: KeyAction) -> anyhow::Result<()> {
             let created = rt.block_on(client.rotate_key(&id, grace))?;
             println!("id: {}", created.id);
             println!("key: {}", created.key);
-            eprintln!("the old key {id} keeps working for {grace:?}; the new key is shown this once");
+            eprintln!(
+                "the old key {id} keeps working for {grace:?}; the new key is shown this once"
+            );
         }
         KeyAction::Audit { limit } => {
             for e in rt.block_on(client.audit(limit))? {
