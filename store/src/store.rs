@@ -502,20 +502,7 @@ impl Store {
         let tx = self.db.begin_write()?;
         {
             let key = cid.to_bytes();
-            let used = self.used(&tx)?;
-            let mut mt = tx.open_table(MANIFESTS)?;
-            if mt.get(key.as_slice())?.is_none() {
-                let needed = manifest.len() as u64;
-                if used + needed > self.quota {
-                    return Err(Error::QuotaExceeded {
-                        needed,
-                        free: self.quota.saturating_sub(used),
-                        quota: self.quota,
-                    });
-                }
-                mt.insert(key.as_slice(), manifest)?;
-                tx.open_table(META)?.insert(META_USED, used + needed)?;
-            }
+            self.insert_manifest(&tx, &key, manifest)?;
             tx.open_multimap_table(OWNERS)?
                 .insert(key.as_slice(), owner)?;
         }
@@ -556,6 +543,30 @@ impl Store {
             .collect())
     }
 
+    /// Inserts manifest bytes under `key` unless present, charging them to the quota.
+    fn insert_manifest(
+        &self,
+        tx: &redb::WriteTransaction,
+        key: &[u8],
+        manifest: &[u8],
+    ) -> Result<(), Error> {
+        let used = self.used(tx)?;
+        let mut mt = tx.open_table(MANIFESTS)?;
+        if mt.get(key)?.is_none() {
+            let needed = manifest.len() as u64;
+            if used + needed > self.quota {
+                return Err(Error::QuotaExceeded {
+                    needed,
+                    free: self.quota.saturating_sub(used),
+                    quota: self.quota,
+                });
+            }
+            mt.insert(key, manifest)?;
+            tx.open_table(META)?.insert(META_USED, used + needed)?;
+        }
+        Ok(())
+    }
+
     /// Stores a manifest and pins it (and names it) in one transaction: this is the moment an
     /// artifact becomes visible. Call it only after every shard is stored.
     pub fn commit_artifact(
@@ -569,20 +580,7 @@ impl Store {
         let tx = self.db.begin_write()?;
         {
             let key = cid.to_bytes();
-            let used = self.used(&tx)?;
-            let mut mt = tx.open_table(MANIFESTS)?;
-            if mt.get(key.as_slice())?.is_none() {
-                let needed = manifest.len() as u64;
-                if used + needed > self.quota {
-                    return Err(Error::QuotaExceeded {
-                        needed,
-                        free: self.quota.saturating_sub(used),
-                        quota: self.quota,
-                    });
-                }
-                mt.insert(key.as_slice(), manifest)?;
-                tx.open_table(META)?.insert(META_USED, used + needed)?;
-            }
+            self.insert_manifest(&tx, &key, manifest)?;
             let pin = Pin {
                 cid: *cid,
                 expires_at,
