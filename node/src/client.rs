@@ -46,6 +46,26 @@ pub const WINDOWS_IN_FLIGHT: usize = 4;
 pub const HEDGE_AFTER: Duration = Duration::from_millis(300);
 /// Time allowed for closing the endpoint once the work is done.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Fails unless at least `need` of `results` succeeded, naming why the others did not.
+fn enough(
+    results: Vec<Result<(), cairn_swarm::Error>>,
+    need: usize,
+    what: &str,
+) -> Result<(), Error> {
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    if ok >= need {
+        return Ok(());
+    }
+    let why: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| e.to_string()))
+        .collect();
+    Err(Error::Node(format!(
+        "{what} reached only {ok} holders, {need} needed: {}",
+        why.join("; ")
+    )))
+}
+
 /// Time a peer has to answer the probe at connect.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Once one holder record has arrived, how long other peers may still answer with a newer one.
@@ -390,30 +410,13 @@ impl Network {
             })
             .collect();
         self.handle.block_on(async {
+            // Readers need the manifest and the record from at least one holder; k copies keep
+            // them available through the same losses the shards survive.
+            let need = opts.add.params.k().min(targets.len());
             let puts = join_all(targets.iter().map(|t| self.client.put(t, &cid, &bytes))).await;
-            let ok = puts.iter().filter(|r| r.is_ok()).count();
-            if ok < opts.add.params.k().min(targets.len()) {
-                let why: Vec<String> = puts
-                    .into_iter()
-                    .filter_map(|r| r.err().map(|e| e.to_string()))
-                    .collect();
-                return Err(Error::Node(format!(
-                    "the manifest reached only {ok} holders: {}",
-                    why.join("; ")
-                )));
-            }
+            enough(puts, need, "the manifest")?;
             let recs = join_all(targets.iter().map(|t| self.client.put_record(t, &signed))).await;
-            let ok = recs.iter().filter(|r| r.is_ok()).count();
-            if ok < opts.add.params.k().min(targets.len()) {
-                let why: Vec<String> = recs
-                    .into_iter()
-                    .filter_map(|r| r.err().map(|e| e.to_string()))
-                    .collect();
-                return Err(Error::Node(format!(
-                    "the holder record reached only {ok} holders: {}",
-                    why.join("; ")
-                )));
-            }
+            enough(recs, need, "the holder record")?;
             Ok(())
         })?;
         let (sent, skipped) = *sink.sent.lock().unwrap_or_else(|p| p.into_inner());
