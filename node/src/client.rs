@@ -417,7 +417,7 @@ impl Network {
             enough(puts, need, "the manifest")?;
             let recs = join_all(targets.iter().map(|t| self.client.put_record(t, &signed))).await;
             enough(recs, need, "the holder record")?;
-            Ok(())
+            Ok::<(), Error>(())
         })?;
         let (sent, skipped) = *sink.sent.lock().unwrap_or_else(|p| p.into_inner());
         Ok(PublishReport {
