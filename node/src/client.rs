@@ -1,16 +1,18 @@
 //! The network client: publish an artifact across the nodes, read one back.
 //!
-//! Publishing: the live peers come from a bootstrap node (PEERS). Each chunk's `n` shards go to
-//! the first `n` peers of a weighted rendezvous ranking keyed by the chunk's first shard CID
-//! (weight = free quota), so they land on `n` distinct nodes; a node that refuses (quota,
-//! timeout) is replaced by the next one in the ranking. Before sending a window, the client asks
-//! each target which shards it already has (HAS), so a publish that was interrupted resumes
-//! without resending what landed. At most [`WINDOWS_IN_FLIGHT`] windows are on the wire while
+//! Publishing: the live peers come from a bootstrap node (PEERS), and each is probed once; only
+//! the ones that answer take shards. Each chunk's `n` shards go to the first `n` peers of a
+//! weighted rendezvous ranking keyed by the chunk's first shard CID (weight = free quota), so
+//! they land on `n` distinct nodes; a node that refuses (quota, timeout) is replaced by a peer
+//! the chunk does not use yet. Before sending a window, the client asks the top `2n` peers of
+//! each ranking which shards they already have (HAS), so a publish that was interrupted resumes
+//! without resending what landed, even if free-space weights moved the ranking a little. At most [`WINDOWS_IN_FLIGHT`] windows are on the wire while
 //! the next is coded. Only when every shard of every chunk is acknowledged are the manifest and
 //! the signed holder record stored on the holders: before that, no reader can find the artifact.
 //!
 //! Reading: the holder record (highest valid version any holder returns) says who holds which
-//! shard. Holders that do not answer a probe are asked last. Each chunk is fetched from any `k`
+//! shard. Holders that did not answer the record request within a short grace are asked only when
+//! the others cannot make `k`. Each chunk is fetched from any `k`
 //! holders with hedging, every shard verified against its CID.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -211,7 +213,7 @@ pub struct RemoteArtifact {
     pub private: PrivatePart,
     /// The holder record.
     pub record: HolderRecord,
-    /// Holders that did not answer the probe: asked last.
+    /// Holders that did not answer the record request: asked only if the rest cannot make `k`.
     unreachable: HashSet<EndpointId>,
 }
 
@@ -848,7 +850,7 @@ impl NetSource<'_> {
                 holder: self.addrs[*h as usize].clone(),
             })
             .collect();
-        // Holders that did not answer the probe go only if the rest cannot make k.
+        // Holders that did not answer the record request go only if the rest cannot make k.
         let reachable = locations
             .iter()
             .filter(|l| !self.art.unreachable.contains(&l.holder.id))
