@@ -357,3 +357,119 @@ pub fn chunks_of(ls: &str) -> usize {
         .parse()
         .unwrap()
 }
+
+/// Time allowed for the gateway to write its URL.
+pub const GATEWAY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A `cairn gateway` process reading from the network through node 0. Dropping it SIGKILLs and
+/// reaps the process; on a panic it prints the tail of the gateway's log.
+pub struct DevGateway {
+    /// The gateway's data directory (`cairn --data-dir` for `register` and `apikey`).
+    pub dir: PathBuf,
+    /// `http://127.0.0.1:PORT`, from `gateway.addr`.
+    pub url: String,
+    child: Option<Child>,
+}
+
+impl Devnet {
+    /// Starts a gateway on an ephemeral port, peered with node 0, and waits (bounded) for its
+    /// `gateway.addr`.
+    pub fn start_gateway(&self) -> DevGateway {
+        let dir = self.tmp.path().join("gateway-node");
+        std::fs::create_dir_all(&dir).unwrap();
+        let addr_file = dir.join("gateway/gateway.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("gateway.log"))
+            .unwrap();
+        let mut c = cairn();
+        c.arg("--data-dir")
+            .arg(&dir)
+            .args(["--peer", &self.addr(0)])
+            .args(["gateway", "--listen", "127.0.0.1:0"])
+            .env("CAIRN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut gw = DevGateway {
+            dir,
+            url: String::new(),
+            child: Some(c.spawn().unwrap()),
+        };
+        let deadline = Instant::now() + GATEWAY_TIMEOUT;
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&addr_file)
+                && s.trim().starts_with("http://")
+            {
+                gw.url = s.trim().to_string();
+                return gw;
+            }
+            if let Some(st) = gw.child.as_mut().unwrap().try_wait().unwrap() {
+                gw.child = None;
+                panic!("the gateway exited ({st}) before it was up: {}", gw.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not come up in {GATEWAY_TIMEOUT:?}: {}",
+                gw.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl DevGateway {
+    /// `cairn register org/name <cap> [extra]` on this gateway; returns the 40-hex revision.
+    pub fn register(&self, repo: &str, cap: &str, extra: &[&str]) -> String {
+        let mut c = cairn();
+        c.arg("--data-dir")
+            .arg(&self.dir)
+            .args(["register", repo, cap])
+            .args(extra);
+        let (out, _) = ok(c);
+        let rev = out
+            .split_whitespace()
+            .skip_while(|w| *w != "revision")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no revision in {out}"))
+            .to_string();
+        assert!(
+            rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{out}"
+        );
+        rev
+    }
+
+    /// `cairn apikey create --scope <scope>`; returns the key.
+    pub fn apikey(&self, scope: &str) -> String {
+        let mut c = cairn();
+        c.arg("--data-dir")
+            .arg(&self.dir)
+            .args(["apikey", "create", "--scope", scope]);
+        let (out, _) = ok(c);
+        out.lines()
+            .find_map(|l| l.strip_prefix("key: "))
+            .unwrap_or_else(|| panic!("no key in {out}"))
+            .trim()
+            .to_string()
+    }
+
+    pub fn log(&self) -> String {
+        let s = std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for DevGateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- gateway log (tail) ---\n{}", self.log());
+        }
+    }
+}

@@ -5,5 +5,6 @@
 
 mod cli;
 mod devnet;
+mod gateway;
 mod net;
 mod util;

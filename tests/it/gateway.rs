@@ -1,0 +1,486 @@
+//! The HTTP gateway over a real devnet: `cairn node` processes on loopback, a `cairn gateway`
+//! process reading from them through node 0, artifacts published with `cairn add` and named with
+//! `cairn register`.
+//!
+//! Goal: what a backend or a Hugging Face client relies on when it reads through the gateway.
+//! A thousand concurrent range requests all get exactly their bytes; a download survives losing
+//! two nodes midway and completes intact; a corrupted shard never reaches a client (and when too
+//! few good shards are left the download fails visibly instead of completing with wrong bytes);
+//! the real `datasets` library loads a dataset; a private repository serves nothing without a key
+//! and everything with one. Method: every byte received is compared with the published source
+//! (directly or by BLAKE3), every wait is bounded (the harness's, and a timeout around every
+//! HTTP phase), and every process is killed when the test ends, pass or fail.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_store::{Chunker, HEADER_LEN};
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, RANGE};
+
+use crate::devnet::*;
+use crate::util::*;
+
+/// Bound on every HTTP phase of a test (setup waits are bounded by the harness).
+const HTTP_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `fut` on a fresh runtime, failing the test if it takes longer than `HTTP_TIMEOUT`.
+fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    runtime()
+        .block_on(async { tokio::time::timeout(HTTP_TIMEOUT, fut).await })
+        .unwrap_or_else(|_| panic!("{what} did not finish in {HTTP_TIMEOUT:?}"))
+}
+
+fn client() -> reqwest::Client {
+    // reqwest is built without a default TLS provider (plain HTTP is all we use).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(usize::MAX)
+        .connect_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A thousand concurrent connections need more descriptors than a default soft limit of 1024
+/// (in this process and in the gateway, which inherits it): raise the soft limit to the hard one.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a valid, initialized struct.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max.min(16_384);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// Publishes folder `src` with a fresh publisher; returns the read capability.
+fn publish(net: &Devnet, src: &Path) -> String {
+    let p = net.tmp.path().join("publisher");
+    init(&p, "1GiB");
+    let (out, _) = ok(net.add_cmd(&p, src, &[]));
+    cap_line(&out)
+}
+
+/// A folder holding one pseudo-random `weights.bin` of `len` bytes; returns (folder, bytes).
+fn weights(net: &Devnet, seed: u64, len: usize) -> (PathBuf, Vec<u8>) {
+    let src = net.tmp.path().join("model");
+    fs::create_dir_all(&src).unwrap();
+    let data = pseudo_random(seed, len);
+    fs::write(src.join("weights.bin"), &data).unwrap();
+    (src, data)
+}
+
+fn resolve(gw: &DevGateway, repo: &str, path: &str) -> String {
+    format!("{}/{repo}/resolve/main/{path}", gw.url)
+}
+
+/// Reads a whole response body chunk by chunk: (bytes read, BLAKE3) or the transport error.
+async fn drain(
+    resp: &mut reqwest::Response,
+    hasher: &mut blake3::Hasher,
+) -> Result<u64, reqwest::Error> {
+    let mut n = 0;
+    while let Some(b) = resp.chunk().await? {
+        hasher.update(&b);
+        n += b.len() as u64;
+    }
+    Ok(n)
+}
+
+/// GET of the whole file: (status, body length, BLAKE3 of the body), or the transport error
+/// (an aborted body).
+async fn get_hashed(
+    c: &reqwest::Client,
+    url: &str,
+) -> Result<(StatusCode, u64, blake3::Hash), reqwest::Error> {
+    let mut resp = c.get(url).send().await?;
+    let status = resp.status();
+    let mut h = blake3::Hasher::new();
+    let n = drain(&mut resp, &mut h).await?;
+    Ok((status, n, h.finalize()))
+}
+
+/// Byte offsets where the chunks of `data` end, as the store cuts a file.
+fn chunk_ends(data: &[u8]) -> Vec<u64> {
+    let mut at = 0u64;
+    Chunker::new(data)
+        .map(|c| {
+            at += c.unwrap().len() as u64;
+            at
+        })
+        .collect()
+}
+
+#[test]
+fn a_thousand_concurrent_ranges_over_a_devnet() {
+    raise_fd_limit();
+    let net = Devnet::with_nodes(5);
+    let (src, data) = weights(&net, 11, (24 << 20) + 4321);
+    let cap = publish(&net, &src);
+    let gw = net.start_gateway();
+    gw.register("org/ranges", &cap, &[]);
+
+    // The real cut points, checked against the chunk count the network reports.
+    let ends = chunk_ends(&data);
+    let mut ls = net.cli();
+    ls.args(["ls", &cap]);
+    assert_eq!(chunks_of(&ok(ls).0), ends.len(), "chunk cut points");
+    assert!(ends.len() >= 12, "24 MiB in only {} chunks", ends.len());
+
+    let len = data.len() as u64;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xCA1A);
+    // (Range header, first byte, end exclusive)
+    let mut cases: Vec<(String, u64, u64)> = vec![
+        ("bytes=0-0".into(), 0, 1),
+        (format!("bytes={}-{}", len - 1, len - 1), len - 1, len),
+        ("bytes=-1".into(), len - 1, len),
+        ("bytes=0-".into(), 0, len),
+    ];
+    while cases.len() < 1000 {
+        let (a, b) = match cases.len() % 4 {
+            // Across a chunk boundary: up to 64 KiB either side of a real cut.
+            0 => {
+                let cut = ends[rng.random_range(0..ends.len() - 1)];
+                let a = cut - rng.random_range(1..=65_536u64.min(cut));
+                (a, (cut + rng.random_range(1..=65_536)).min(len))
+            }
+            // Spanning several chunks (up to 3 MiB).
+            1 => {
+                let a = rng.random_range(0..len);
+                (a, (a + rng.random_range(1..=3 << 20)).min(len))
+            }
+            // Small, anywhere.
+            2 => {
+                let a = rng.random_range(0..len);
+                (a, (a + rng.random_range(1..=4096)).min(len))
+            }
+            // Suffix.
+            _ => {
+                let n = rng.random_range(1..=2 << 20);
+                cases.push((format!("bytes=-{n}"), len - n, len));
+                continue;
+            }
+        };
+        cases.push((format!("bytes={a}-{}", b - 1), a, b));
+    }
+
+    let url = resolve(&gw, "org/ranges", "weights.bin");
+    let data = Arc::new(data);
+    let started = Instant::now();
+    let failures = bounded("1000 concurrent ranges", async {
+        let c = client();
+        let tasks: Vec<_> = cases
+            .into_iter()
+            .map(|(range, a, b)| {
+                let (c, url, data) = (c.clone(), url.clone(), data.clone());
+                tokio::spawn(async move {
+                    let r = c
+                        .get(&url)
+                        .header(RANGE, &range)
+                        .send()
+                        .await
+                        .map_err(|e| format!("{range}: {e:?}"))?;
+                    let status = r.status();
+                    let cr = r
+                        .headers()
+                        .get(CONTENT_RANGE)
+                        .map(|v| v.to_str().unwrap().to_string());
+                    let body = r.bytes().await.map_err(|e| format!("{range}: {e:?}"))?;
+                    if status != StatusCode::PARTIAL_CONTENT {
+                        return Err(format!("{range}: {status}"));
+                    }
+                    let want_cr = format!("bytes {a}-{}/{}", b - 1, data.len());
+                    if cr.as_deref() != Some(want_cr.as_str()) {
+                        return Err(format!("{range}: Content-Range {cr:?}, not {want_cr}"));
+                    }
+                    if body[..] != data[a as usize..b as usize] {
+                        return Err(format!(
+                            "{range}: {} bytes, not the expected {}",
+                            body.len(),
+                            b - a
+                        ));
+                    }
+                    Ok::<_, String>(())
+                })
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for t in tasks {
+            if let Err(e) = t.await.unwrap() {
+                failures.push(e);
+            }
+        }
+        failures
+    });
+    eprintln!("1000 ranges in {:.2?}", started.elapsed());
+    assert!(
+        failures.is_empty(),
+        "{} of 1000 ranges failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
+#[test]
+fn two_nodes_killed_mid_download_still_complete_intact() {
+    let mut net = Devnet::with_nodes(5);
+    let (src, data) = weights(&net, 12, (48 << 20) + 777);
+    let want = blake3::hash(&data);
+    let len = data.len() as u64;
+    drop(data);
+    let cap = publish(&net, &src);
+    let gw = net.start_gateway();
+    gw.register("org/big", &cap, &[]);
+    let url = resolve(&gw, "org/big", "weights.bin");
+
+    let (got, n, read_at_kill) = bounded("the download", async {
+        let c = client();
+        let mut resp = c.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            resp.headers()
+                .get(CONTENT_LENGTH)
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            len.to_string()
+        );
+        let mut h = blake3::Hasher::new();
+        let mut n = 0u64;
+        while n < 4 << 20 {
+            let b = resp.chunk().await.unwrap().expect("the body ended early");
+            h.update(&b);
+            n += b.len() as u64;
+        }
+        // Node 0 is the gateway's way into the network; lose two of the others without a
+        // goodbye. Three nodes are left: exactly enough for a 3-of-5 code, so every chunk still
+        // to come must be rebuilt from the survivors.
+        let read_at_kill = n;
+        net.kill(3);
+        net.kill(4);
+        n += drain(&mut resp, &mut h)
+            .await
+            .unwrap_or_else(|e| panic!("the download broke after {n} bytes: {e:?}"));
+        (h.finalize(), n, read_at_kill)
+    });
+    assert!(
+        read_at_kill < len / 2,
+        "{read_at_kill} of {len} bytes read before the kill"
+    );
+    assert_eq!(n, len, "body length");
+    assert_eq!(got, want, "the body differs from the published file");
+}
+
+#[test]
+fn corrupted_shard_is_never_served_through_the_gateway() {
+    let mut net = Devnet::with_nodes(5);
+    let (src, data) = weights(&net, 13, (8 << 20) + 99);
+    let want = blake3::hash(&data);
+    let len = data.len() as u64;
+    let cap = publish(&net, &src);
+
+    // Flip bytes past the header of every shard node 2 holds: every chunk has one bad shard.
+    net.stop(2);
+    let files = net.shard_files(2);
+    assert!(!files.is_empty());
+    for f in &files {
+        let mut b = fs::read(f).unwrap();
+        assert!(b.len() > HEADER_LEN + 64, "{}", f.display());
+        for at in (HEADER_LEN..b.len()).step_by(4099) {
+            b[at] ^= 0x5A;
+        }
+        let last = b.len() - 1;
+        b[last] ^= 0x01;
+        fs::write(f, &b).unwrap();
+    }
+    net.spawn(2);
+    let gw = net.start_gateway();
+    gw.register("org/corrupt", &cap, &[]);
+    let url = resolve(&gw, "org/corrupt", "weights.bin");
+
+    // With node 4 gone a reader of any chunk has three good shards and the bad one to choose
+    // from: whatever it picks, only the right bytes may come out.
+    net.kill(4);
+    let started = Instant::now();
+    let (status, n, got) = bounded("the download", async {
+        get_hashed(&client(), &url).await.unwrap()
+    });
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(n, len);
+    assert_eq!(
+        got, want,
+        "the gateway served bytes that differ from the file"
+    );
+    let refusals = fs::read_to_string(net.nodes[2].dir.join("node.log"))
+        .unwrap_or_default()
+        .matches("corrupt")
+        .count();
+    eprintln!(
+        "8 MiB with one bad shard per chunk in {:.2?}; node 2 logged {refusals} refusals",
+        started.elapsed()
+    );
+
+    // With node 3 gone too only two good shards are left: the bad one does not make a third, so
+    // the download must fail visibly (an error status or an aborted body), never complete.
+    net.kill(3);
+    let started = Instant::now();
+    let res = bounded("the failing download", async {
+        get_hashed(&client(), &url).await
+    });
+    eprintln!(
+        "with two good shards per chunk, after {:.2?}: {:?}",
+        started.elapsed(),
+        res.as_ref()
+            .map(|(s, n, _)| (s, n))
+            .map_err(|e| e.to_string())
+    );
+    if let Ok((status, n, got)) = res {
+        assert!(
+            !status.is_success(),
+            "a {status} body of {n} bytes (blake3 {got}) with two good shards per chunk"
+        );
+    }
+}
+
+#[test]
+fn datasets_library_reads_a_dataset_through_the_gateway() {
+    const ROWS: usize = 321;
+    let net = Devnet::with_nodes(5);
+    let src = net.tmp.path().join("ds");
+    fs::create_dir_all(src.join("data")).unwrap();
+    let mut lines = String::new();
+    for i in 0..ROWS {
+        lines.push_str(&format!(
+            "{{\"id\": {i}, \"text\": \"row number {i}\", \"label\": {}}}\n",
+            i % 3
+        ));
+    }
+    fs::write(src.join("data/train.jsonl"), lines).unwrap();
+    fs::write(
+        src.join("README.md"),
+        "# demo/ds\n\nA small dataset published on Cairn.\n",
+    )
+    .unwrap();
+    let cap = publish(&net, &src);
+    let gw = net.start_gateway();
+    gw.register("demo/ds", &cap, &["--dataset"]);
+
+    let hf_home = net.tmp.path().join("hf-home");
+    let script = r#"
+import sys
+try:
+    import datasets
+except ImportError as e:
+    print(f"the datasets package is missing ({e}): pip install datasets", file=sys.stderr)
+    sys.exit(3)
+from datasets import load_dataset
+ds = load_dataset("demo/ds", split="train")
+print(len(ds))
+print(ds[7]["text"])
+"#;
+    let mut py = std::process::Command::new("python3");
+    py.args(["-c", script])
+        .env("HF_ENDPOINT", &gw.url)
+        .env("HF_HOME", &hf_home)
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .env("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_DATASETS_OFFLINE")
+        .env_remove("HF_TOKEN")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdin(std::process::Stdio::null());
+    let o = run_bounded(py, HTTP_TIMEOUT);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_ne!(
+        o.status.code(),
+        Some(3),
+        "python3 cannot import datasets: pip install datasets (CI installs it)\n{err}"
+    );
+    assert!(
+        o.status.success(),
+        "load_dataset through the gateway failed ({}):\n{out}\n{err}",
+        o.status
+    );
+    let mut got = out.lines();
+    assert_eq!(got.next(), Some(ROWS.to_string().as_str()), "{out}\n{err}");
+    assert_eq!(got.next(), Some("row number 7"), "{out}\n{err}");
+}
+
+/// The 8-byte windows of `body` that also occur in `data`.
+fn shared_windows(body: &[u8], data: &[u8]) -> usize {
+    let want: HashSet<&[u8]> = body.windows(8).collect();
+    if want.is_empty() {
+        return 0;
+    }
+    data.windows(8).filter(|w| want.contains(w)).count()
+}
+
+#[test]
+fn private_repo_needs_a_key_over_the_devnet() {
+    let net = Devnet::with_nodes(5);
+    let (src, data) = weights(&net, 14, (2 << 20) + 5);
+    let cap = publish(&net, &src);
+    let gw = net.start_gateway();
+    gw.register("org/secret", &cap, &["--private"]);
+    let key = gw.apikey("read:repo:org/secret");
+    assert!(key.starts_with("cairn_"), "{key}");
+    let url = resolve(&gw, "org/secret", "weights.bin");
+
+    let (denied, allowed) = bounded("the private reads", async {
+        let c = client();
+        let r = c.get(&url).send().await.unwrap();
+        let denied = (
+            r.status(),
+            r.headers()
+                .get("x-error-code")
+                .map(|v| v.to_str().unwrap().to_string()),
+            r.bytes().await.unwrap(),
+        );
+        let r = c
+            .get(&url)
+            .header(AUTHORIZATION, format!("Bearer {key}"))
+            .send()
+            .await
+            .unwrap();
+        let allowed = (r.status(), r.bytes().await.unwrap());
+        (denied, allowed)
+    });
+    let (status, code, body) = denied;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(code.as_deref(), Some("GatedRepo"));
+    assert!(
+        body.len() < 64 * 1024,
+        "a {}-byte body on a denied request",
+        body.len()
+    );
+    assert_eq!(
+        shared_windows(&body, &data),
+        0,
+        "the denied body holds bytes of the file: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, body) = allowed;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), data.len());
+    assert!(body[..] == data[..], "the key read different bytes");
+}
