@@ -33,6 +33,7 @@ trap cleanup EXIT
 
 bytes=$((mib * 1024 * 1024))
 mkdir -p "$work/model" "$work/www"
+chmod 755 "$work" "$work/www"   # nginx's workers run as an unprivileged user
 head -c "$bytes" /dev/urandom > "$work/model/weights.bin"
 cp "$work/model/weights.bin" "$work/www/weights.bin"
 
@@ -59,7 +60,7 @@ cap=$("$bin" --data-dir "$work/pub" --peer "$peer" add "$work/model" 2>/dev/null
 get_rate() { # url -> MB/s of a full GET (best of 3)
   best=0
   for _ in 1 2 3; do
-    r=$(curl -s -o /dev/null -w '%{speed_download}' "$1")
+    r=$(curl -sf -o /dev/null -w '%{speed_download}' "$1")
     best=$(python3 -c "print(max($best, $r))")
   done
   python3 -c "print(f'{$best/1e6:.1f}')"
@@ -67,14 +68,15 @@ get_rate() { # url -> MB/s of a full GET (best of 3)
 lat() { # url -> "median p90" ms of 100 1-MiB range requests in the middle of the file
   mid=$((bytes / 2))
   for _ in $(seq 1 100); do
-    curl -s -o /dev/null -H "Range: bytes=$mid-$((mid + 1048575))" -w '%{time_total}\n' "$1"
+    curl -sf -o /dev/null -H "Range: bytes=$mid-$((mid + 1048575))" -w '%{time_total}\n' "$1"
   done | sort -n | awk '{a[NR]=$1} END {printf "%.2f %.2f", a[int(NR/2)]*1000, a[int(NR*0.9)]*1000}'
 }
 g_rate=$(get_rate "$gw/bench/model/resolve/main/weights.bin")
 n_rate=$(get_rate "$base_url/weights.bin")
 read g_med g_p90 <<<"$(lat "$gw/bench/model/resolve/main/weights.bin")"
 read n_med n_p90 <<<"$(lat "$base_url/weights.bin")"
-curl -s "$gw/bench/model/resolve/main/weights.bin" | cmp - "$work/model/weights.bin"
+curl -sf "$gw/bench/model/resolve/main/weights.bin" | cmp - "$work/model/weights.bin"
+curl -sf "$base_url/weights.bin" | cmp - "$work/model/weights.bin"
 
 echo "hardware: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "file: $mib MiB random; gateway over 5 node processes, 3-of-5; baseline nginx from disk"
