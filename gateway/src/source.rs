@@ -101,16 +101,31 @@ impl ArtifactSource for LocalSource {
     }
 }
 
+/// How long an opened network artifact (holder record, manifest, private part) is reused before
+/// it is looked up again: long enough that a burst of range requests pays the lookup once, short
+/// enough that a repaired holder record or a holder that came back is noticed soon.
+pub const OPEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most opened network artifacts kept; the oldest goes first.
+pub const OPEN_CACHE_MAX: usize = 256;
+
+type OpenCache = std::collections::HashMap<[u8; 32], (std::time::Instant, Arc<dyn OpenArtifact>)>;
+
 /// Artifacts read from their holders over the peer network.
 #[derive(Clone)]
 pub struct NetworkSource {
     net: Arc<Network>,
+    /// Opened artifacts by a hash of the whole capability (CID and key: a request can never be
+    /// served with an artifact opened under another key).
+    cache: Arc<std::sync::Mutex<OpenCache>>,
 }
 
 impl NetworkSource {
     /// Serves artifacts fetched through `net`.
     pub fn new(net: Arc<Network>) -> Self {
-        Self { net }
+        Self {
+            net,
+            cache: Arc::default(),
+        }
     }
 }
 
@@ -142,11 +157,30 @@ impl OpenArtifact for NetArtifact {
 impl ArtifactSource for NetworkSource {
     fn open<'a>(&'a self, cap: &'a ReadCap) -> BoxFuture<'a, Result<Arc<dyn OpenArtifact>, Error>> {
         Box::pin(async move {
+            let key = *blake3::hash(cap.to_string().as_bytes()).as_bytes();
+            let now = std::time::Instant::now();
+            {
+                let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((at, open)) = cache.get(&key)
+                    && now.duration_since(*at) < OPEN_CACHE_TTL
+                {
+                    return Ok(open.clone());
+                }
+            }
             let remote = self.net.open(cap).await?;
-            Ok(Arc::new(NetArtifact {
+            let open = Arc::new(NetArtifact {
                 net: self.net.clone(),
                 remote,
-            }) as Arc<dyn OpenArtifact>)
+            }) as Arc<dyn OpenArtifact>;
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.retain(|_, (at, _)| now.duration_since(*at) < OPEN_CACHE_TTL);
+            if cache.len() >= OPEN_CACHE_MAX
+                && let Some(oldest) = cache.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| *k)
+            {
+                cache.remove(&oldest);
+            }
+            cache.insert(key, (now, open.clone()));
+            Ok(open)
         })
     }
 }
