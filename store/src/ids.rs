@@ -21,7 +21,12 @@ fn cid_of(codec: u64, hash: &blake3::Hash) -> Cid {
 
 /// The CID of a shard: CIDv1, raw, BLAKE3 of the bytes.
 pub fn shard_cid(bytes: &[u8]) -> Cid {
-    cid_of(CODEC_RAW, &blake3::hash(bytes))
+    shard_cid_from_hash(&blake3::hash(bytes))
+}
+
+/// The CID of a shard whose BLAKE3 hash (or bao root, the same value) is `hash`.
+pub(crate) fn shard_cid_from_hash(hash: &blake3::Hash) -> Cid {
+    cid_of(CODEC_RAW, hash)
 }
 
 /// The CID of an encoded manifest: CIDv1, dag-cbor, BLAKE3 of the bytes.

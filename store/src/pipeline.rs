@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use serde_bytes::ByteBuf;
 
 use crate::manifest::{ChunkEntry, ChunkSecret, FileEntry, PrivatePart};
-use crate::{Chunker, Cid, Error, Manifest, ReadCap, shard_cid, validate_path};
+use crate::{Chunker, Cid, Error, Manifest, ReadCap, validate_path};
 
 /// Chunks processed together: with 1 MiB average chunks two windows in flight hold about 40 MiB
 /// (plaintext, sealed copy and shards); with every chunk at the 4 MiB maximum, about 160 MiB.
@@ -56,6 +56,9 @@ pub struct EncodedChunk {
     pub sealed_len: u64,
     /// The `n` shards with their CIDs, data shards first.
     pub shards: Vec<(Cid, Vec<u8>)>,
+    /// The bao outboard of each shard, same order. Computing it is how the CID was computed
+    /// (its root is the BLAKE3 hash), so a local store can keep it without hashing again.
+    pub outboards: Vec<Vec<u8>>,
 }
 
 /// Where the publish pipeline puts shards: the local store, or holders on the network.
@@ -235,16 +238,21 @@ fn seal_and_code(index: usize, plain: Plain, mode: &KeyMode, codec: &Codec) -> S
     let mut buf = plain.data;
     seal_chunk_in_place(&key, &mut buf);
     let sealed_len = buf.len() as u64;
-    let shards = codec
+    // One BLAKE3 pass per shard gives both its CID (the root) and its outboard.
+    let (shards, outboards) = codec
         .encode(&buf)
         .into_iter()
-        .map(|s| (shard_cid(&s), s))
-        .collect();
+        .map(|s| {
+            let (root, outboard) = crate::bao::outboard(&s);
+            ((crate::ids::shard_cid_from_hash(&root), s), outboard)
+        })
+        .unzip();
     Sealed {
         chunk: EncodedChunk {
             index,
             sealed_len,
             shards,
+            outboards,
         },
         secret: ChunkSecret {
             key: ByteBuf::from(key.as_bytes().to_vec()),
