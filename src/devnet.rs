@@ -246,7 +246,10 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
-    println!("stopping {} nodes", nodes.children.len());
+    println!(
+        "stopping {} processes (nodes and gateway)",
+        nodes.children.len()
+    );
     Ok(())
 }
 
