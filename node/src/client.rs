@@ -597,25 +597,40 @@ struct NetSink<'a> {
 }
 
 impl NetSink<'_> {
+    /// Records where finished windows went (all of them when `wait_all`). The lock is not held
+    /// while waiting; after the first failure the windows still in flight are aborted, since
+    /// the publish has failed and nothing of it becomes visible.
     fn collect_done(&self, wait_all: bool) -> Result<(), Error> {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = std::mem::take(&mut *tasks);
+        let pending = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut keep = Vec::new();
+        let mut result = Ok(());
         for t in pending {
-            if !wait_all && !t.is_finished() {
-                tasks.push(t);
+            if result.is_err() {
+                t.abort();
                 continue;
             }
-            let placed = self
-                .net
-                .handle
-                .block_on(t)
-                .map_err(|e| Error::Node(format!("a publish task failed: {e}")))??;
-            let mut h = self.holders.lock().unwrap_or_else(|p| p.into_inner());
-            for (chunk, ids) in placed {
-                h.insert(chunk, ids);
+            if !wait_all && !t.is_finished() {
+                keep.push(t);
+                continue;
+            }
+            match self.net.handle.block_on(t) {
+                Ok(Ok(placed)) => {
+                    let mut h = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+                    h.extend(placed);
+                }
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(Error::Node(format!("a publish task failed: {e}"))),
             }
         }
-        Ok(())
+        if result.is_err() {
+            keep.iter().for_each(|t| t.abort());
+        } else {
+            self.tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(keep);
+        }
+        result
     }
 }
 
