@@ -170,17 +170,7 @@ impl Announcement {
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.push(self.addrs.len() as u8);
         for addr in &self.addrs {
-            match addr.ip() {
-                IpAddr::V4(ip) => {
-                    out.push(4);
-                    out.extend_from_slice(&ip.octets());
-                }
-                IpAddr::V6(ip) => {
-                    out.push(6);
-                    out.extend_from_slice(&ip.octets());
-                }
-            }
-            out.extend_from_slice(&addr.port().to_be_bytes());
+            put_socket_addr(&mut out, addr);
         }
         let signature = key.sign(&out);
         out.extend_from_slice(&signature.to_bytes());
@@ -785,6 +775,22 @@ async fn listen(
             Err(err) => debug!(%err, "rejoining the membership topic failed"),
         }
     }
+}
+
+/// Appends a socket address as announcements and holder records carry it: `u8` family (4 or 6),
+/// the 4 or 16 address bytes, `u16` big-endian port.
+pub(crate) fn put_socket_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
 }
 
 /// Sequence number of the announcement made at join.

@@ -36,7 +36,7 @@ use iroh::{EndpointId, SecretKey, Signature};
 
 use crate::cids::manifest_digest;
 use crate::error::{Error, Result};
-use crate::membership::ADDRS_MAX;
+use crate::membership::{ADDRS_MAX, put_socket_addr};
 use crate::protocol::{CID_LEN_MAX, RECORD_LEN_MAX};
 
 /// Most distinct nodes in one holder record.
@@ -228,17 +228,7 @@ impl HolderRecord {
             out.extend_from_slice(id.as_bytes());
             out.push(addrs.len() as u8);
             for addr in addrs {
-                match addr.ip() {
-                    IpAddr::V4(ip) => {
-                        out.push(4);
-                        out.extend_from_slice(&ip.octets());
-                    }
-                    IpAddr::V6(ip) => {
-                        out.push(6);
-                        out.extend_from_slice(&ip.octets());
-                    }
-                }
-                out.extend_from_slice(&addr.port().to_be_bytes());
+                put_socket_addr(&mut out, addr);
             }
         }
         out.extend_from_slice(&(self.holders.len() as u32).to_be_bytes());
