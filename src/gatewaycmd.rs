@@ -18,6 +18,9 @@ use crate::config::DataDir;
 use crate::netcmd::{parse_peers, runtime};
 use crate::units::parse_duration_secs;
 
+/// How often a gateway reading from the network asks for the live peers again.
+const PEER_REFRESH_EVERY: Duration = Duration::from_secs(30);
+
 /// The gateway's state lives here, beside the node's.
 pub fn gateway_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("gateway")
@@ -39,7 +42,10 @@ pub fn serve(
             Arc::new(LocalSource::new(Arc::new(dd.open_store()?)))
         } else {
             let net = Network::connect(NetworkConfig::new(network, parse_peers(peers)?)).await?;
-            Arc::new(NetworkSource::new(Arc::new(net)))
+            let net = Arc::new(net);
+            // Nodes that join later must be asked for holder records too.
+            net.spawn_peer_refresh(PEER_REFRESH_EVERY);
+            Arc::new(NetworkSource::new(net))
         };
         let dir = gateway_dir(data_dir);
         let shutdown = async {

@@ -1,21 +1,21 @@
 //! Streaming a file out of an artifact with bounded read-ahead.
 //!
-//! The store's read pipeline runs in `spawn_blocking` and writes into a [`ChannelWriter`]: a
-//! bounded channel of [`READ_AHEAD_BLOCKS`] blocks of [`BLOCK_LEN`] bytes, so a slow client
-//! holds back the reader instead of filling memory. The HTTP body is the channel's receiving
+//! The store's read pipeline runs in `spawn_blocking` and hands its pieces of opened chunks to
+//! a bounded channel of [`READ_AHEAD_BLOCKS`] frames of at most [`BLOCK_LEN`] bytes (slices of
+//! the chunks, not copies), so a slow client holds back the reader instead of filling memory. The HTTP body is the channel's receiving
 //! end. When the read fails part-way, the body ends with an error, and hyper aborts the
 //! connection: the client sees a truncated transfer (shorter than `Content-Length`), never a
 //! short body that looks complete.
 
-use std::io::{self, Write};
+use std::io;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use cairn_store::FileEntry;
+use bytes::Bytes;
+use cairn_store::{ChunkCache, FileEntry};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
@@ -31,14 +31,14 @@ pub const CLIENT_STALL_MAX: Duration = Duration::from_secs(120);
 
 type Item = Result<Bytes, io::Error>;
 
-struct ChannelWriter {
+/// The reader's end of the channel.
+struct Sender {
     tx: mpsc::Sender<Item>,
     rt: tokio::runtime::Handle,
-    buf: BytesMut,
 }
 
-impl ChannelWriter {
-    fn send(&mut self, item: Item) -> io::Result<()> {
+impl Sender {
+    fn send(&self, item: Item) -> io::Result<()> {
         let tx = &self.tx;
         // The timer is created inside `block_on`, which enters the runtime: this thread may be
         // a rayon worker that has no runtime context of its own.
@@ -57,24 +57,13 @@ impl ChannelWriter {
             )),
         }
     }
-}
 
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let take = data.len().min(BLOCK_LEN - self.buf.len());
-        self.buf.extend_from_slice(&data[..take]);
-        if self.buf.len() == BLOCK_LEN {
-            let block = self.buf.split().freeze();
-            self.buf.reserve(BLOCK_LEN);
-            self.send(Ok(block))?;
-        }
-        Ok(take)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            let block = self.buf.split().freeze();
-            self.send(Ok(block))?;
+    /// Sends a piece of an opened chunk as frames of at most [`BLOCK_LEN`] bytes. The frames
+    /// share the chunk's memory: nothing is copied.
+    fn send_piece(&self, mut piece: Bytes) -> io::Result<()> {
+        while !piece.is_empty() {
+            let frame = piece.split_to(piece.len().min(BLOCK_LEN));
+            self.send(Ok(frame))?;
         }
         Ok(())
     }
@@ -134,6 +123,7 @@ pub(crate) fn stream_file(
     art: Arc<dyn OpenArtifact>,
     file: FileEntry,
     range: Range<u64>,
+    cache: Arc<dyn ChunkCache + Send>,
     metrics: Arc<Metrics>,
 ) -> ChannelBody {
     let (tx, rx) = mpsc::channel(READ_AHEAD_BLOCKS);
@@ -142,15 +132,22 @@ pub(crate) fn stream_file(
         let rt = tokio::runtime::Handle::current();
         let m = metrics.clone();
         tokio::task::spawn_blocking(move || {
-            let mut w = ChannelWriter {
-                tx,
-                rt,
-                buf: BytesMut::with_capacity(BLOCK_LEN),
-            };
+            let sender = Sender { tx, rt };
             let res = art
-                .read(&file, range.clone(), &mut w)
-                .map_err(|e| io::Error::other(e.to_string()))
-                .and_then(|()| w.flush());
+                .read(&file, range.clone(), &*cache, &mut |piece| {
+                    sender.send_piece(piece)
+                })
+                .map_err(|e| {
+                    // The client's going away surfaces as an I/O error of the output.
+                    match e {
+                        cairn_store::Error::Io { source, .. }
+                            if source.kind() == io::ErrorKind::BrokenPipe =>
+                        {
+                            source
+                        }
+                        other => io::Error::other(other.to_string()),
+                    }
+                });
             if let Err(e) = res {
                 if e.kind() != io::ErrorKind::BrokenPipe {
                     m.read_errors.inc();
@@ -163,7 +160,7 @@ pub(crate) fn stream_file(
                     );
                 }
                 // Tell the body why; if the client is gone this fails, which is fine.
-                let _ = w.send(Err(e));
+                let _ = sender.send(Err(e));
             }
         });
     }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -12,12 +12,13 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cairn_store::{Artifact, Cid, FileEntry};
+use cairn_store::{Artifact, ChunkCache, Cid, FileEntry};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{AccessRequest, Credential, Decision, Operation};
 use crate::body::stream_file;
+use crate::cache::ChunkLru;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::range::{RangeRequest, parse_range};
 use crate::registry::{ArtifactEntry, CommitId, RepoId, RepoKind, Resolved};
@@ -36,11 +37,20 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     pub config: GatewayConfig,
     /// Opened artifacts by manifest CID, so `HEAD` and ranged reads do not fetch and decrypt the
-    /// manifest each time. Bounded: cleared when it reaches `config.open_cache_max`.
-    opened: Mutex<HashMap<Cid, Arc<dyn OpenArtifact>>>,
+    /// manifest each time. Bounded (the oldest goes when `config.open_cache_max` is reached)
+    /// and short-lived ([`OPEN_CACHE_TTL`]): a holder record replaced after a repair, or a
+    /// holder that came back, is noticed soon.
+    opened: Mutex<OpenedMap>,
+    /// Opened chunks shared by every request.
+    pub chunks: Arc<ChunkLru>,
 }
 
+/// How long an opened artifact (manifest, private part, holder record) is reused before it is
+/// opened again: long enough that a burst of range requests pays the lookup once.
+pub const OPEN_CACHE_TTL: Duration = Duration::from_secs(30);
+
 type St = State<Arc<AppState>>;
+type OpenedMap = HashMap<Cid, (Instant, Arc<dyn OpenArtifact>)>;
 
 impl AppState {
     pub fn new(
@@ -49,31 +59,39 @@ impl AppState {
         authorizer: Arc<dyn Authorizer>,
         config: GatewayConfig,
     ) -> Self {
+        let chunks = Arc::new(ChunkLru::new(config.chunk_cache_bytes));
         Self {
             registry,
+            metrics: Arc::new(Metrics::new(&chunks, source.clone())),
             source,
             authorizer,
-            metrics: Arc::new(Metrics::new()),
             config,
             opened: Mutex::new(HashMap::new()),
+            chunks,
         }
     }
 
     async fn open(&self, entry: &ArtifactEntry) -> Result<Arc<dyn OpenArtifact>, Error> {
         let cid = entry.cid();
-        if let Some(a) = self.lock().get(&cid) {
+        if let Some((at, a)) = self.lock().get(&cid)
+            && at.elapsed() < OPEN_CACHE_TTL
+        {
             return Ok(a.clone());
         }
         let a = self.source.open(&entry.cap).await?;
+        let now = Instant::now();
         let mut cache = self.lock();
-        if cache.len() >= self.config.open_cache_max {
-            cache.clear();
+        cache.retain(|_, (at, _)| now.duration_since(*at) < OPEN_CACHE_TTL);
+        if cache.len() >= self.config.open_cache_max
+            && let Some(oldest) = cache.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| *k)
+        {
+            cache.remove(&oldest);
         }
-        cache.insert(cid, a.clone());
+        cache.insert(cid, (now, a.clone()));
         Ok(a)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Cid, Arc<dyn OpenArtifact>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenedMap> {
         self.opened.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -479,7 +497,13 @@ fn serve_file(
     if method == Method::HEAD {
         return Ok(built(b, Body::empty()));
     }
-    let body = stream_file(art, file, range, st.metrics.clone());
+    // Ranged reads fill the chunk cache; whole-file reads only look in it (see `cache`).
+    let cache: Arc<dyn ChunkCache + Send> = if status == StatusCode::PARTIAL_CONTENT {
+        st.chunks.clone()
+    } else {
+        Arc::new(st.chunks.lookup_only())
+    };
+    let body = stream_file(art, file, range, cache, st.metrics.clone());
     Ok(built(b, Body::new(body)))
 }
 

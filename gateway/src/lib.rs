@@ -66,6 +66,7 @@ mod admin;
 mod apikey;
 mod auth;
 mod body;
+mod cache;
 mod error;
 mod handlers;
 mod metrics;
@@ -91,10 +92,12 @@ pub use auth::{
     Operation, PublicOnly,
 };
 pub use body::{BLOCK_LEN, CLIENT_STALL_MAX, READ_AHEAD_BLOCKS};
+pub use cache::CHUNK_CACHE_BYTES;
 pub use error::Error;
+pub use handlers::OPEN_CACHE_TTL;
 pub use range::{RANGE_HEADER_LEN_MAX, RangeRequest, parse_range};
 pub use registry::{
     ArtifactEntry, CommitId, REPO_PART_LEN_MAX, Registry, RepoId, RepoKind, Resolved,
 };
 pub use server::{Gateway, GatewayConfig};
-pub use source::{ArtifactSource, LocalSource, NetworkSource, OpenArtifact};
+pub use source::{ArtifactSource, Emit, LocalSource, NetworkSource, OpenArtifact};

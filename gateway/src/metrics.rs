@@ -1,10 +1,17 @@
 //! Prometheus metrics, served at `/metrics` in the OpenMetrics text format.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::cache::ChunkLru;
+use crate::source::ArtifactSource;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
@@ -33,8 +40,52 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// Shard request counts of the artifact source, read at each scrape.
+struct SourceCollector(Arc<dyn ArtifactSource>);
+
+impl std::fmt::Debug for SourceCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceCollector")
+    }
+}
+
+impl Collector for SourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(s) = self.0.stats() else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "shard_requests",
+                "Requests sent to peers (shards, manifests, holder records)",
+                s.requests,
+            ),
+            (
+                "shard_fetch_errors",
+                "Peer requests that failed: no connection, timeout, peer skipped, refusal, not held, or bytes that did not match their CID",
+                s.failures,
+            ),
+            (
+                "shard_fetch_timeouts",
+                "Peer requests that ran out of time (the peer is then skipped for a while)",
+                s.timeouts,
+            ),
+            (
+                "shard_bytes_received",
+                "Bytes of verified shards and manifests received from peers",
+                s.shard_bytes,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new(chunks: &ChunkLru, source: Arc<dyn ArtifactSource>) -> Self {
         let mut registry = Registry::with_prefix("cairn_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
@@ -60,6 +111,17 @@ impl Metrics {
             "File reads that failed (shards unavailable or not verifiable) after headers were sent or before",
             read_errors.clone(),
         );
+        registry.register(
+            "chunk_cache_hits",
+            "Opened chunks served from the chunk cache",
+            chunks.hits.clone(),
+        );
+        registry.register(
+            "chunk_cache_misses",
+            "Opened chunks looked for in the chunk cache and fetched from the source",
+            chunks.misses.clone(),
+        );
+        registry.register_collector(Box::new(SourceCollector(source)));
         Self {
             registry,
             requests,

@@ -38,6 +38,8 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// Opened manifests kept in memory.
     pub open_cache_max: usize,
+    /// Bytes of opened chunks kept in memory for ranged reads (0 turns the cache off).
+    pub chunk_cache_bytes: u64,
 }
 
 impl Default for GatewayConfig {
@@ -51,6 +53,7 @@ impl Default for GatewayConfig {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             open_cache_max: 256,
+            chunk_cache_bytes: crate::cache::CHUNK_CACHE_BYTES,
         }
     }
 }

@@ -5,12 +5,14 @@
 //! blocking (the store's read pipeline runs on threads); the gateway calls it from
 //! `spawn_blocking`, never from the runtime's worker threads.
 
-use std::io::Write;
 use std::ops::Range;
 use std::sync::Arc;
 
-use cairn_node::{Network, RemoteArtifact};
-use cairn_store::{Artifact, Cid, FileEntry, Manifest, PrivatePart, ReadCap, Store, read_file};
+use bytes::Bytes;
+use cairn_node::{ClientStats, Network, RemoteArtifact};
+use cairn_store::{
+    Artifact, ChunkCache, Cid, FileEntry, Manifest, PrivatePart, ReadCap, Store, read_file_pieces,
+};
 
 use crate::{BoxFuture, Error};
 
@@ -19,21 +21,31 @@ pub trait OpenArtifact: Send + Sync {
     /// The manifest and its private part.
     fn artifact(&self) -> Artifact<'_>;
 
-    /// Writes the verified bytes `range` of `file` to `out`. Blocking. An error may come after
-    /// some bytes were written; the caller must then not present the output as complete.
+    /// Hands the verified bytes `range` of `file` to `emit`, in order, taking opened chunks from
+    /// `cache` where it holds them and offering it the others. Blocking. An error may come after
+    /// some bytes were emitted; the caller must then not present the output as complete.
     fn read(
         &self,
         file: &FileEntry,
         range: Range<u64>,
-        out: &mut (dyn Write + Send),
+        cache: &dyn ChunkCache,
+        emit: &mut Emit<'_>,
     ) -> Result<(), cairn_store::Error>;
 }
+
+/// Where [`OpenArtifact::read`] puts the bytes it read: pieces sharing the opened chunks' memory.
+pub type Emit<'a> = dyn FnMut(Bytes) -> std::io::Result<()> + Send + 'a;
 
 /// Opens artifacts from read capabilities.
 pub trait ArtifactSource: Send + Sync + 'static {
     /// Fetches and opens the manifest `cap` names. Cancel-safe: dropping the future abandons the
     /// attempt and leaves nothing behind.
     fn open<'a>(&'a self, cap: &'a ReadCap) -> BoxFuture<'a, Result<Arc<dyn OpenArtifact>, Error>>;
+
+    /// Counts of shard requests and their failures, for a source that fetches over a network.
+    fn stats(&self) -> Option<ClientStats> {
+        None
+    }
 }
 
 /// Artifacts held by a local [`Store`].
@@ -69,9 +81,10 @@ impl OpenArtifact for LocalArtifact {
         &self,
         file: &FileEntry,
         range: Range<u64>,
-        out: &mut (dyn Write + Send),
+        cache: &dyn ChunkCache,
+        emit: &mut Emit<'_>,
     ) -> Result<(), cairn_store::Error> {
-        read_file(&self.artifact(), &*self.store, file, range, out, &|_| {})
+        read_file_pieces(&self.artifact(), &*self.store, cache, file, range, emit)
     }
 }
 
@@ -101,31 +114,16 @@ impl ArtifactSource for LocalSource {
     }
 }
 
-/// How long an opened network artifact (holder record, manifest, private part) is reused before
-/// it is looked up again: long enough that a burst of range requests pays the lookup once, short
-/// enough that a repaired holder record or a holder that came back is noticed soon.
-pub const OPEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
-/// Most opened network artifacts kept; the oldest goes first.
-pub const OPEN_CACHE_MAX: usize = 256;
-
-type OpenCache = std::collections::HashMap<[u8; 32], (std::time::Instant, Arc<dyn OpenArtifact>)>;
-
 /// Artifacts read from their holders over the peer network.
 #[derive(Clone)]
 pub struct NetworkSource {
     net: Arc<Network>,
-    /// Opened artifacts by a hash of the whole capability (CID and key: a request can never be
-    /// served with an artifact opened under another key).
-    cache: Arc<std::sync::Mutex<OpenCache>>,
 }
 
 impl NetworkSource {
     /// Serves artifacts fetched through `net`.
     pub fn new(net: Arc<Network>) -> Self {
-        Self {
-            net,
-            cache: Arc::default(),
-        }
+        Self { net }
     }
 }
 
@@ -147,40 +145,26 @@ impl OpenArtifact for NetArtifact {
         &self,
         file: &FileEntry,
         range: Range<u64>,
-        out: &mut (dyn Write + Send),
+        cache: &dyn ChunkCache,
+        emit: &mut Emit<'_>,
     ) -> Result<(), cairn_store::Error> {
         let source = self.net.source(&self.remote);
-        read_file(&self.artifact(), &source, file, range, out, &|_| {})
+        read_file_pieces(&self.artifact(), &source, cache, file, range, emit)
     }
 }
 
 impl ArtifactSource for NetworkSource {
     fn open<'a>(&'a self, cap: &'a ReadCap) -> BoxFuture<'a, Result<Arc<dyn OpenArtifact>, Error>> {
         Box::pin(async move {
-            let key = *blake3::hash(cap.to_string().as_bytes()).as_bytes();
-            let now = std::time::Instant::now();
-            {
-                let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((at, open)) = cache.get(&key)
-                    && now.duration_since(*at) < OPEN_CACHE_TTL
-                {
-                    return Ok(open.clone());
-                }
-            }
             let remote = self.net.open(cap).await?;
-            let open = Arc::new(NetArtifact {
+            Ok(Arc::new(NetArtifact {
                 net: self.net.clone(),
                 remote,
-            }) as Arc<dyn OpenArtifact>;
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache.retain(|_, (at, _)| now.duration_since(*at) < OPEN_CACHE_TTL);
-            if cache.len() >= OPEN_CACHE_MAX
-                && let Some(oldest) = cache.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| *k)
-            {
-                cache.remove(&oldest);
-            }
-            cache.insert(key, (now, open.clone()));
-            Ok(open)
+            }) as Arc<dyn OpenArtifact>)
         })
+    }
+
+    fn stats(&self) -> Option<ClientStats> {
+        Some(self.net.stats())
     }
 }

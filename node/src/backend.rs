@@ -170,6 +170,11 @@ impl ShardBackend for StoreBackend {
         }))
     }
 
+    /// `Store::get_shard` and `Store::get_manifest` hash what they read against the CID.
+    fn verifies_reads(&self) -> bool {
+        true
+    }
+
     fn has(&self, cid: &Cid) -> bool {
         if cid.codec() == CODEC_DAG_CBOR {
             self.store.has_manifest(cid).unwrap_or(false)

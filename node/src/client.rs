@@ -29,9 +29,9 @@ use cairn_store::{
     ShardSink, ShardSource, encode_artifact,
 };
 use cairn_swarm::{
-    BoundEndpoint, EndpointAddr, EndpointId, HolderRecord, SecretKey, ShardClient, ShardConfig,
-    ShardLocation, SignedRecord, endpoint_offline, endpoint_online, fetch_any_k,
-    generate_secret_key, place, secret_key_from_bytes, topic_id,
+    BoundEndpoint, ClientStats, EndpointAddr, EndpointId, HolderRecord, SecretKey, ShardClient,
+    ShardConfig, ShardLocation, SignedRecord, TopicId, endpoint_offline, endpoint_online,
+    fetch_any_k, generate_secret_key, place, secret_key_from_bytes, topic_id,
 };
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -173,8 +173,10 @@ pub struct Network {
     bound: BoundEndpoint,
     client: ShardClient,
     key: SecretKey,
-    /// Peers the bootstrap node listed as alive.
-    peers: Vec<Peer>,
+    /// Peers a bootstrap node listed as alive, replaced by [`Network::refresh_peers`].
+    peers: std::sync::RwLock<Vec<Peer>>,
+    bootstrap: Vec<PeerAddr>,
+    topic: TopicId,
     handle: Handle,
 }
 
@@ -231,43 +233,57 @@ impl Network {
         };
         let client = ShardClient::new(bound.endpoint.clone(), config.shard.clone());
         let topic = topic_id(&config.network);
-        let mut reasons = Vec::new();
-        let mut peers = Vec::new();
-        for b in &config.bootstrap {
-            bound.lookup.add_endpoint_info(b.endpoint_addr());
-            match client.peers(&b.endpoint_addr(), &topic).await {
-                Ok(anns) if !anns.is_empty() => {
-                    for a in anns {
-                        let addr = PeerAddr {
-                            id: a.endpoint_id(),
-                            addrs: a.addrs().to_vec(),
-                        };
-                        bound.lookup.add_endpoint_info(addr.endpoint_addr());
-                        peers.push(Peer {
-                            addr,
-                            free: a.free_bytes(),
-                        });
-                    }
-                    break;
-                }
-                Ok(_) => reasons.push(format!("{} knows no peers yet", b.id.fmt_short())),
-                Err(e) => reasons.push(e.to_string()),
-            }
-        }
-        if peers.is_empty() {
-            return Err(Error::NoPeers {
-                reasons: reasons.join("; "),
-            });
-        }
-        peers.sort_by_key(|p| p.addr.id);
-        peers.dedup_by_key(|p| p.addr.id);
+        let peers = ask_peers(&client, &bound, &topic, &config.bootstrap).await?;
         Ok(Self {
             bound,
             client,
             key,
-            peers,
+            peers: std::sync::RwLock::new(peers),
+            bootstrap: config.bootstrap,
+            topic,
             handle: Handle::current(),
         })
+    }
+
+    /// Asks the bootstrap nodes again, then the peers known now, for the live peers, and
+    /// replaces the list with the first non-empty answer; returns how many peers are known. A
+    /// long-running reader (a gateway) calls this now and then, so that nodes that joined
+    /// after it started are asked for holder records too. On failure the old list stays.
+    pub async fn refresh_peers(&self) -> Result<usize, Error> {
+        let mut sources = self.bootstrap.clone();
+        sources.extend(self.peers().into_iter().map(|p| p.addr));
+        sources.truncate(PEERS_ASK_MAX);
+        let fresh = ask_peers(&self.client, &self.bound, &self.topic, &sources).await?;
+        let n = fresh.len();
+        *self.peers.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(n)
+    }
+
+    /// Calls [`Network::refresh_peers`] every `every` until the network is dropped. Failures
+    /// are logged and the old list kept.
+    pub fn spawn_peer_refresh(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        self.handle.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(net) = weak.upgrade() else { return };
+                match tokio::time::timeout(PEERS_REFRESH_TIMEOUT, net.refresh_peers()).await {
+                    Ok(Ok(n)) => tracing::debug!(peers = n, "peer list refreshed"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "peer list refresh failed; keeping the old list")
+                    }
+                    Err(_) => tracing::warn!("peer list refresh timed out; keeping the old list"),
+                }
+            }
+        })
+    }
+
+    /// A snapshot of the peers known now.
+    fn peers(&self) -> Vec<Peer> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Probes every peer once, in parallel: a peer table lags behind reality (a node killed a
@@ -277,7 +293,8 @@ impl Network {
     /// record requests tell them who answers (see [`Network::open`]).
     async fn probe(&self) -> (Vec<Peer>, HashSet<EndpointId>) {
         let probe = [cairn_store::shard_cid(b"cairn probe")];
-        let addrs: Vec<EndpointAddr> = self.peers.iter().map(|p| p.addr.endpoint_addr()).collect();
+        let peers = self.peers();
+        let addrs: Vec<EndpointAddr> = peers.iter().map(|p| p.addr.endpoint_addr()).collect();
         let answers = join_all(
             addrs
                 .iter()
@@ -286,7 +303,7 @@ impl Network {
         .await;
         let mut unreachable = HashSet::new();
         let mut live = Vec::new();
-        for (p, a) in self.peers.iter().zip(answers) {
+        for (p, a) in peers.iter().zip(answers) {
             match a {
                 Ok(Ok(_)) => live.push(p.clone()),
                 Ok(Err(e)) => {
@@ -305,9 +322,14 @@ impl Network {
         (live, unreachable)
     }
 
-    /// The live peers learnt at connect (as the bootstrap node sees them).
+    /// The live peers known (learnt at connect, or at the last refresh).
     pub fn peer_count(&self) -> usize {
-        self.peers.len()
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Counts of shard requests and failures since this client connected.
+    pub fn stats(&self) -> ClientStats {
+        self.client.stats()
     }
 
     /// This client's endpoint id (the publisher identity).
@@ -358,6 +380,7 @@ impl Network {
         };
         let (manifest, cap) = encode_artifact(path, &opts.add, &sink, progress)?;
         let holders = sink.holders.into_inner().unwrap_or_else(|p| p.into_inner());
+        let known = self.peers();
         // Nodes in first-use order, holders as indices into them.
         let mut index: HashMap<EndpointId, u16> = HashMap::new();
         let mut nodes: Vec<(EndpointId, Vec<SocketAddr>)> = Vec::new();
@@ -367,8 +390,7 @@ impl Network {
                 ids.into_iter()
                     .map(|id| {
                         *index.entry(id).or_insert_with(|| {
-                            let addrs = self
-                                .peers
+                            let addrs = known
                                 .iter()
                                 .find(|p| p.addr.id == id)
                                 .map(|p| p.addr.addrs.clone())
@@ -438,7 +460,7 @@ impl Network {
         // answered by then counts as unreachable for this read, so a dead node costs one grace
         // period here instead of a connect timeout on every chunk.
         let asked: Vec<EndpointAddr> = self
-            .peers
+            .peers()
             .iter()
             .take(RECORD_ASK_MAX)
             .map(|p| p.addr.endpoint_addr())
@@ -547,13 +569,13 @@ impl Network {
     }
 
     fn holder_addrs(&self, record: &HolderRecord) -> Vec<EndpointAddr> {
+        let known = self.peers();
         record
             .nodes
             .iter()
             .map(|(id, addrs)| {
                 // Addresses known now (announcements) first, then those recorded at publish.
-                let mut all: Vec<SocketAddr> = self
-                    .peers
+                let mut all: Vec<SocketAddr> = known
                     .iter()
                     .filter(|p| p.addr.id == *id)
                     .flat_map(|p| p.addr.addrs.clone())
@@ -936,6 +958,52 @@ impl ShardSource for NetSource<'_> {
                 .map(|(i, c)| self.fetch_one(artifact, *i, c, params)),
         ))
     }
+}
+
+/// Most peers asked for the peer list in one refresh.
+const PEERS_ASK_MAX: usize = 8;
+/// Time one refresh of the peer list may take.
+const PEERS_REFRESH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The live peers as the first of `sources` that knows any lists them (sorted, deduplicated);
+/// each source's address goes into the endpoint's address book.
+async fn ask_peers(
+    client: &ShardClient,
+    bound: &BoundEndpoint,
+    topic: &TopicId,
+    sources: &[PeerAddr],
+) -> Result<Vec<Peer>, Error> {
+    let mut reasons = Vec::new();
+    let mut peers = Vec::new();
+    for b in sources {
+        bound.lookup.add_endpoint_info(b.endpoint_addr());
+        match client.peers(&b.endpoint_addr(), topic).await {
+            Ok(anns) if !anns.is_empty() => {
+                for a in anns {
+                    let addr = PeerAddr {
+                        id: a.endpoint_id(),
+                        addrs: a.addrs().to_vec(),
+                    };
+                    bound.lookup.add_endpoint_info(addr.endpoint_addr());
+                    peers.push(Peer {
+                        addr,
+                        free: a.free_bytes(),
+                    });
+                }
+                break;
+            }
+            Ok(_) => reasons.push(format!("{} knows no peers yet", b.id.fmt_short())),
+            Err(e) => reasons.push(e.to_string()),
+        }
+    }
+    if peers.is_empty() {
+        return Err(Error::NoPeers {
+            reasons: reasons.join("; "),
+        });
+    }
+    peers.sort_by_key(|p| p.addr.id);
+    peers.dedup_by_key(|p| p.addr.id);
+    Ok(peers)
 }
 
 #[cfg(test)]

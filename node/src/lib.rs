@@ -16,6 +16,7 @@ mod daemon;
 mod error;
 
 pub use backend::StoreBackend;
+pub use cairn_swarm::ClientStats;
 pub use client::{Network, NetworkConfig, PeerAddr, PublishOptions, PublishReport, RemoteArtifact};
 pub use daemon::{NodeConfig, NodeHandle, run_node};
 pub use error::Error;

@@ -13,6 +13,7 @@ use std::io::{BufReader, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use cairn_encryption::{
     ArtifactKey, ChunkKey, ConvergenceSecret, open_chunk_in_place, seal_chunk_in_place,
 };
@@ -400,7 +401,7 @@ pub struct Artifact<'a> {
 }
 
 /// Chunks fetched and opened, each with its offset in the file.
-type Window = Vec<(Vec<u8>, u64)>;
+type Window = Vec<(Bytes, u64)>;
 
 /// Rebuilds, opens and checks one chunk from its shard slots.
 fn chunk_plain(
@@ -427,6 +428,27 @@ fn chunk_plain(
     Ok(sealed)
 }
 
+/// Opened chunks kept between reads, for a reader that serves many ranges of the same files (a
+/// gateway). Keys are the artifact's CID and the chunk's index in its manifest; values are
+/// plaintext that has already been rebuilt, authenticated and checked against its hash, so a hit
+/// is as good as a fresh read. An implementation bounds its own size.
+pub trait ChunkCache: Sync {
+    /// The opened chunk `index` of `artifact`, if held.
+    fn get(&self, artifact: &Cid, index: usize) -> Option<Bytes>;
+    /// Offers an opened chunk; the cache may keep it or not.
+    fn insert(&self, artifact: &Cid, index: usize, plain: Bytes);
+}
+
+/// A [`ChunkCache`] that keeps nothing (one-shot reads: `cairn get`).
+pub struct NoCache;
+
+impl ChunkCache for NoCache {
+    fn get(&self, _: &Cid, _: usize) -> Option<Bytes> {
+        None
+    }
+    fn insert(&self, _: &Cid, _: usize, _: Bytes) {}
+}
+
 /// Writes bytes `range` of `file` to `out`, fetching, checking and opening chunks a window at a
 /// time, in parallel, while the previous window is written.
 pub fn read_file(
@@ -436,6 +458,26 @@ pub fn read_file(
     range: Range<u64>,
     out: &mut (dyn Write + Send),
     progress: &(dyn Fn(u64) + Sync),
+) -> Result<(), Error> {
+    read_file_pieces(art, source, &NoCache, file, range, &mut |piece: Bytes| {
+        out.write_all(&piece)?;
+        progress(piece.len() as u64);
+        Ok(())
+    })
+}
+
+/// Hands bytes `range` of `file` to `emit`, in order, as pieces that share the opened chunks'
+/// memory (no copy). Chunks are taken from `cache` when it holds them; the rest are fetched a
+/// window at a time, in parallel, while the previous window is emitted, and offered to `cache`.
+/// Nothing reaches `emit` that was not verified; an error may come after some pieces were
+/// emitted, and the caller must then not present the output as complete.
+pub fn read_file_pieces(
+    art: &Artifact<'_>,
+    source: &dyn ShardSource,
+    cache: &dyn ChunkCache,
+    file: &FileEntry,
+    range: Range<u64>,
+    emit: &mut (dyn FnMut(Bytes) -> std::io::Result<()> + Send),
 ) -> Result<(), Error> {
     let (o, manifest, private) = (art, art.manifest, art.private);
     let codec = Codec::new(manifest.params());
@@ -462,23 +504,39 @@ pub fn read_file(
         let (fetched, written) = rayon::join(
             || -> Result<Option<Window>, Error> {
                 let Some(w) = w else { return Ok(None) };
-                let wanted: Vec<(usize, &ChunkEntry)> =
-                    w.iter().map(|&(i, _)| (i, &manifest.chunks()[i])).collect();
-                let fetched = source.fetch_window(&o.cid, manifest.params(), &wanted);
-                w.par_iter()
-                    .zip(fetched.into_par_iter())
-                    .map(|(&(i, off), slots)| chunk_plain(o, &codec, i, slots?).map(|p| (p, off)))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Some)
+                let mut window: Vec<Option<Bytes>> =
+                    w.iter().map(|&(i, _)| cache.get(&o.cid, i)).collect();
+                let missing: Vec<usize> = (0..w.len()).filter(|&j| window[j].is_none()).collect();
+                if !missing.is_empty() {
+                    let asked: Vec<(usize, &ChunkEntry)> = missing
+                        .iter()
+                        .map(|&j| (w[j].0, &manifest.chunks()[w[j].0]))
+                        .collect();
+                    let fetched = source.fetch_window(&o.cid, manifest.params(), &asked);
+                    let opened = asked
+                        .par_iter()
+                        .zip(fetched.into_par_iter())
+                        .map(|(&(i, _), slots)| chunk_plain(o, &codec, i, slots?).map(Bytes::from))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    for (j, plain) in missing.into_iter().zip(opened) {
+                        cache.insert(&o.cid, w[j].0, plain.clone());
+                        window[j] = Some(plain);
+                    }
+                }
+                Ok(Some(
+                    window
+                        .into_iter()
+                        .zip(w.iter())
+                        .map(|(plain, &(_, off))| (plain.expect("every slot filled"), off))
+                        .collect(),
+                ))
             },
             || -> Result<(), Error> {
                 if let Some(ready) = pending.take() {
                     for (plain, off) in ready {
                         let lo = range.start.max(off) - off;
                         let hi = range.end.min(off + plain.len() as u64) - off;
-                        out.write_all(&plain[lo as usize..hi as usize])
-                            .map_err(io_err)?;
-                        progress(hi - lo);
+                        emit(plain.slice(lo as usize..hi as usize)).map_err(io_err)?;
                     }
                 }
                 Ok(())

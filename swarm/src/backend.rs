@@ -42,6 +42,12 @@ pub trait ShardBackend: Send + Sync + 'static {
     /// Verified bytes of a shard (or of a byte range of it, clamped to the shard's length),
     /// None if not held.
     fn get(&self, cid: &Cid, range: Option<Range<u64>>) -> Result<Option<Vec<u8>>, BackendError>;
+    /// True if [`ShardBackend::get`] has itself checked every whole shard it returns against
+    /// its CID (a store that hashes on read). The server then sends it without hashing it a
+    /// second time; otherwise (the default) the server checks before sending.
+    fn verifies_reads(&self) -> bool {
+        false
+    }
     /// Whether the shard is held.
     fn has(&self, cid: &Cid) -> bool;
     /// Deletes if `requester` is an owner; Ok(false) if not held.

@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cid::Cid;
 use iroh::endpoint::Connection;
@@ -16,9 +17,9 @@ use crate::cids::{content_digest, manifest_digest, matches};
 use crate::error::{Error, Result};
 use crate::membership::Announcement;
 use crate::protocol::{
-    CONNECT_TIMEOUT, FrameError, HAS_BATCH_MAX, Head, Kind, PEER_INFLIGHT_MAX, POOL_PEERS_MAX,
-    RECORD_LEN_MAX, REQUEST_TIMEOUT, Reply, SHARD_ALPN, SHARD_LEN_MAX, Status, encode_head,
-    read_reply,
+    CONNECT_TIMEOUT, FrameError, HAS_BATCH_MAX, Head, Kind, PEER_DOWN_FOR, PEER_INFLIGHT_MAX,
+    POOL_PEERS_MAX, RECORD_LEN_MAX, REPLY_START_TIMEOUT, REQUEST_TIMEOUT, Reply, SHARD_ALPN,
+    SHARD_LEN_MAX, Status, encode_head, read_reply,
 };
 use crate::record::{HolderRecord, SignedRecord};
 
@@ -30,6 +31,11 @@ pub struct ShardConfig {
     pub connect_timeout: Duration,
     /// Time allowed for one request, from waiting for a slot to the end of the reply.
     pub request_timeout: Duration,
+    /// Time a peer has to start answering a read (GET, HAS, PEERS, GET_RECORD) once it is sent.
+    pub reply_start_timeout: Duration,
+    /// How long a peer that timed out (connecting, or starting a reply) is skipped: requests to
+    /// it fail at once with [`Error::PeerDown`]. Zero never skips.
+    pub peer_down_for: Duration,
     /// Requests in flight per peer (values below 1 count as 1).
     pub peer_inflight_max: usize,
     /// Peers whose connections the client keeps open (values below 1 count as 1).
@@ -41,6 +47,8 @@ impl Default for ShardConfig {
         Self {
             connect_timeout: CONNECT_TIMEOUT,
             request_timeout: REQUEST_TIMEOUT,
+            reply_start_timeout: REPLY_START_TIMEOUT,
+            peer_down_for: PEER_DOWN_FOR,
             peer_inflight_max: PEER_INFLIGHT_MAX,
             pool_peers_max: POOL_PEERS_MAX,
         }
@@ -59,6 +67,34 @@ struct Inner {
     endpoint: Endpoint,
     config: ShardConfig,
     pool: Mutex<HashMap<EndpointId, Arc<PeerSlot>>>,
+    /// Peers that timed out, with the time they are tried again.
+    down: Mutex<HashMap<EndpointId, Instant>>,
+    stats: Counters,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    failures: AtomicU64,
+    timeouts: AtomicU64,
+    skipped: AtomicU64,
+    shard_bytes: AtomicU64,
+}
+
+/// What a [`ShardClient`] has done since it was made (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Requests sent (or attempted).
+    pub requests: u64,
+    /// Requests that failed: no connection, a broken stream, a refusal, a timeout, a peer
+    /// skipped, a shard that was not held or did not match its CID.
+    pub failures: u64,
+    /// Of the failures, those that ran out of time.
+    pub timeouts: u64,
+    /// Of the failures, requests not sent because their peer was skipped after a timeout.
+    pub skipped: u64,
+    /// Bytes of verified shards and manifests received.
+    pub shard_bytes: u64,
 }
 
 /// Sends shard requests to peers, reusing one connection per peer.
@@ -88,7 +124,21 @@ impl ShardClient {
                 endpoint,
                 config,
                 pool: Mutex::new(HashMap::new()),
+                down: Mutex::new(HashMap::new()),
+                stats: Counters::default(),
             }),
+        }
+    }
+
+    /// Counts of requests and failures so far.
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.inner.stats;
+        ClientStats {
+            requests: c.requests.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
+            shard_bytes: c.shard_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -155,7 +205,7 @@ impl ShardClient {
             peer: peer_name(&addr.id),
             cid: cid.to_string(),
         };
-        match self.request(addr, head, None, 0, Some(cid)).await? {
+        let result = match self.request(addr, head, None, 0, Some(cid)).await? {
             Reply::NotFound => Ok(None),
             Reply::Data(data) => {
                 let ok = match &range {
@@ -165,7 +215,20 @@ impl ShardClient {
                 if ok { Ok(Some(data)) } else { Err(corrupt()) }
             }
             other => Err(unexpected(addr, other)),
+        };
+        // Transport failures were counted by `request`; these are the answers that are no use.
+        let stats = &self.inner.stats;
+        match &result {
+            Ok(Some(data)) => {
+                stats
+                    .shard_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            Ok(None) | Err(_) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        result
     }
 
     /// Asks the peer at `addr` which of `cids` it holds (at most [`HAS_BATCH_MAX`]); the answer
@@ -311,6 +374,38 @@ impl ShardClient {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Time left before a peer that timed out is tried again; None if it is not skipped.
+    fn down_for(&self, id: &EndpointId) -> Option<Duration> {
+        let mut down = self.inner.down.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *down.get(id)?;
+        let left = until.checked_duration_since(Instant::now());
+        if left.is_none() {
+            down.remove(id);
+        }
+        left
+    }
+
+    /// Skips `id` for `peer_down_for` and drops its pooled connection (a peer that died without
+    /// closing it leaves it looking open), so that the next try after the pause reconnects.
+    async fn mark_down(&self, id: EndpointId, slot: &PeerSlot) {
+        let pause = self.inner.config.peer_down_for;
+        if !pause.is_zero() {
+            let mut down = self.inner.down.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded like the pool: forget expired entries first, then the oldest.
+            if down.len() >= self.inner.config.pool_peers_max.max(1) {
+                let now = Instant::now();
+                down.retain(|_, until| *until > now);
+                if let Some(oldest) = down.iter().min_by_key(|(_, u)| **u).map(|(k, _)| *k) {
+                    down.remove(&oldest);
+                }
+            }
+            down.insert(id, Instant::now() + pause);
+        }
+        if let Some(conn) = slot.conn.lock().await.take() {
+            conn.close(0u32.into(), b"timed out");
+        }
+    }
+
     fn slot(&self, id: EndpointId) -> Arc<PeerSlot> {
         let mut pool = self.lock_pool();
         if let Some(slot) = pool.get(&id) {
@@ -367,16 +462,30 @@ impl ShardClient {
         cid: Option<&Cid>,
     ) -> Result<Reply> {
         let kind = head.kind();
+        let stats = &self.inner.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(left) = self.down_for(&addr.id) {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::PeerDown {
+                peer: peer_name(&addr.id),
+                left,
+            });
+        }
         let limit = self.inner.config.request_timeout;
+        let start_limit = match kind {
+            Kind::Put | Kind::PutRecord => None,
+            _ => Some(self.inner.config.reply_start_timeout),
+        };
+        let slot = self.slot(addr.id);
         let exchange = async {
-            let slot = self.slot(addr.id);
             let _permit = slot
                 .inflight
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
             let conn = self.connection(&slot, addr).await?;
-            exchange(&conn, addr, kind, &head, payload, has_count).await
+            exchange(&conn, addr, kind, &head, payload, has_count, start_limit).await
         };
         let reply = tokio::time::timeout(limit, exchange)
             .await
@@ -384,7 +493,19 @@ impl ShardClient {
                 peer: peer_name(&addr.id),
                 operation: kind.name(),
                 limit,
-            })??;
+            })
+            .and_then(|r| r);
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(err) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                if matches!(err, Error::Timeout { .. }) {
+                    stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    self.mark_down(addr.id, &slot).await;
+                }
+                return Err(err);
+            }
+        };
         match reply {
             Reply::Error {
                 status,
@@ -419,6 +540,7 @@ async fn exchange(
     head: &Head,
     payload: Option<&[u8]>,
     has_count: usize,
+    start_limit: Option<Duration>,
 ) -> Result<Reply> {
     let stream_error = |reason: String| Error::Stream {
         peer: peer_name(&addr.id),
@@ -440,7 +562,29 @@ async fn exchange(
     .await;
     // The server may answer before reading everything (an over-quota or oversized PUT) and stop
     // our send side, so its reply is read even when writing failed.
-    let reply = read_reply(&mut recv, kind, has_count).await;
+    let reply = match start_limit {
+        None => read_reply(&mut recv, kind, has_count).await,
+        Some(limit) => {
+            // The first byte (the reply's version) must come within `limit`; the rest within
+            // the request timeout around this call.
+            let mut first = [0u8; 1];
+            let started = tokio::io::AsyncReadExt::read_exact(&mut recv, &mut first);
+            match tokio::time::timeout(limit, started).await {
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        peer: peer_name(&addr.id),
+                        operation: kind.name(),
+                        limit,
+                    });
+                }
+                Ok(Err(err)) => Err(FrameError::Io(err)),
+                Ok(Ok(_)) => {
+                    let mut rest = tokio::io::AsyncReadExt::chain(&first[..], &mut recv);
+                    read_reply(&mut rest, kind, has_count).await
+                }
+            }
+        }
+    };
     match (written, reply) {
         (_, Ok(reply)) => Ok(reply),
         (Err(err), Err(_)) => Err(stream_error(err.to_string())),

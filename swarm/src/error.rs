@@ -46,6 +46,14 @@ pub enum Error {
         /// The limit that was exceeded.
         limit: Duration,
     },
+    /// The peer timed out recently and is skipped for a while.
+    #[error("peer {peer} is skipped for {left:?} more: it timed out recently")]
+    PeerDown {
+        /// The peer skipped.
+        peer: String,
+        /// Time until it is tried again.
+        left: Duration,
+    },
     /// A stream to a peer broke in the middle of a request.
     #[error("stream to peer {peer} failed during {operation}: {reason}")]
     Stream {

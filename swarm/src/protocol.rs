@@ -169,6 +169,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for one request, from opening its stream to the end of the reply. 8 MiB at a
 /// slow 1 MB/s takes 8 s, so 30 s leaves room without letting a stalled peer hold a slot long.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a peer has to start answering a request that reads (GET, HAS, PEERS, GET_RECORD), from
+/// the moment it is sent. A live peer answers from its disk in milliseconds; a peer that died
+/// without closing its connection never does, and without this limit a read would wait out the
+/// whole [`REQUEST_TIMEOUT`] before trying elsewhere. Writes (PUT, PUT_RECORD) are answered
+/// only once stored, so they get the request timeout alone.
+pub const REPLY_START_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a peer that timed out is skipped (its requests fail at once), so that a dead holder
+/// costs one timeout rather than one per shard.
+pub const PEER_DOWN_FOR: Duration = Duration::from_secs(10);
 /// Requests in flight per peer, on either side.
 pub const PEER_INFLIGHT_MAX: usize = 16;
 /// Peers whose connections a client keeps open at once.
@@ -183,6 +192,7 @@ const _: () = assert!(PEERS_REPLY_MAX * (ANNOUNCEMENT_LEN_MAX + 2) <= 256 * 1024
 const _: () = assert!(RECORD_LEN_MAX as usize <= usize::MAX / 2);
 const _: () = assert!(MESSAGE_LEN_MAX <= u16::MAX as usize);
 const _: () = assert!(CONNECT_TIMEOUT.as_millis() < REQUEST_TIMEOUT.as_millis());
+const _: () = assert!(REPLY_START_TIMEOUT.as_millis() < REQUEST_TIMEOUT.as_millis());
 
 /// Request type byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -243,15 +243,20 @@ async fn answer(
                 return Ok(Answer::error(Status::InvalidCid, err.to_string()));
             }
             let asked = range.clone();
-            let data = match blocking(backend, move |b| b.get(&cid, range)).await? {
-                Ok(Some(data)) => data,
-                Ok(None) => return Ok(Answer::frame(encode_not_found())),
+            let (data, checked) = match blocking(backend, move |b| {
+                b.get(&cid, range).map(|d| (d, b.verifies_reads()))
+            })
+            .await?
+            {
+                Ok((Some(data), checked)) => (data, checked),
+                Ok((None, _)) => return Ok(Answer::frame(encode_not_found())),
                 Err(err) => return Ok(backend_error(&cid, err)),
             };
-            // Never pass on bytes we cannot vouch for: a whole shard is checked against its CID,
-            // a range at least against the length asked for.
+            // Never pass on bytes we cannot vouch for: a whole shard is checked against its CID
+            // (here, unless the backend's read already did), a range at least against the
+            // length asked for.
             let fits = match &asked {
-                None => data.len() <= SHARD_LEN_MAX as usize && matches(&cid, &data),
+                None => data.len() <= SHARD_LEN_MAX as usize && (checked || matches(&cid, &data)),
                 Some(range) => data.len() as u64 <= range.end - range.start,
             };
             if !fits {
