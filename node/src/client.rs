@@ -26,7 +26,7 @@ use std::time::Duration;
 use cairn_erasure::Params;
 use cairn_store::{
     AddOptions, ChunkEntry, Cid, EncodedChunk, Error as StoreError, Manifest, PrivatePart, ReadCap,
-    ShardSink, ShardSource, encode_artifact,
+    ShardSink, ShardSlots, ShardSource, encode_artifact,
 };
 use cairn_swarm::{
     BoundEndpoint, ClientStats, EndpointAddr, EndpointId, HolderRecord, SecretKey, ShardClient,
@@ -942,6 +942,29 @@ impl ShardSource for NetSource<'_> {
         self.net
             .handle
             .block_on(self.fetch_one(artifact, index, chunk, params))
+    }
+
+    /// A new chunk starts as soon as one is done, so `in_flight` chunks are always on the way;
+    /// results come out in order. `deliver` may block (a full queue): the shard requests are
+    /// tasks on the runtime and go on meanwhile, and at most `in_flight` chunks wait for it.
+    fn fetch_ordered(
+        &self,
+        artifact: &Cid,
+        params: Params,
+        chunks: &[(usize, &ChunkEntry)],
+        in_flight: usize,
+        deliver: &mut dyn FnMut(Result<ShardSlots, StoreError>) -> bool,
+    ) {
+        self.net.handle.block_on(async {
+            let mut results = futures_util::stream::iter(chunks)
+                .map(|(i, c)| self.fetch_one(artifact, *i, c, params))
+                .buffered(in_flight.max(1));
+            while let Some(r) = results.next().await {
+                if !deliver(r) {
+                    return;
+                }
+            }
+        });
     }
 
     /// Every chunk of the window in flight at once (bounded by the window size and the client's

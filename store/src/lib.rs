@@ -38,8 +38,9 @@ pub use manifest::{
     ChunkEntry, ChunkSecret, FileEntry, MANIFEST_LEN_MAX, Manifest, PrivatePart, validate_path,
 };
 pub use pipeline::{
-    AddOptions, Artifact, ChunkCache, EncodedChunk, KeyMode, NoCache, ShardSink, ShardSource,
-    WINDOW_CHUNKS, encode_artifact, fetch_data_first, read_artifact, read_file, read_file_pieces,
+    AddOptions, Artifact, ChunkCache, EncodedChunk, KeyMode, NoCache, ShardSink, ShardSlots,
+    ShardSource, WINDOW_CHUNKS, encode_artifact, fetch_data_first, read_artifact, read_file,
+    read_file_pieces,
 };
 pub use shardfile::{HEADER_LEN, SHARD_LEN_MAX, ShardHeader};
 pub use store::{GcReport, Pin, PutOutcome, Stat, Store, StoreConfig};

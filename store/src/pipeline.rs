@@ -75,6 +75,9 @@ pub trait ShardSink: Sync {
     }
 }
 
+/// A chunk's `n` shard slots, at least `k` of them filled (see [`ShardSource::fetch`]).
+pub type ShardSlots = Vec<Option<Vec<u8>>>;
+
 /// Where the read pipeline gets shards.
 pub trait ShardSource: Sync {
     /// Returns `n` slots with at least `k` shards present, each already checked against its CID,
@@ -101,6 +104,28 @@ pub trait ShardSource: Sync {
             .par_iter()
             .map(|(i, c)| self.fetch(artifact, *i, c, params))
             .collect()
+    }
+
+    /// Fetches the shards of `chunks`, keeping about `in_flight` chunks in flight, and hands
+    /// each result to `deliver` in order; stops when `deliver` returns false. The default
+    /// fetches [`ShardSource::fetch_window`]s of `in_flight` chunks one after the other; a
+    /// network source overrides it to keep the pipe full (a new chunk starts as soon as one
+    /// ends, rather than when the slowest of a window ends).
+    fn fetch_ordered(
+        &self,
+        artifact: &Cid,
+        params: Params,
+        chunks: &[(usize, &ChunkEntry)],
+        in_flight: usize,
+        deliver: &mut dyn FnMut(Result<ShardSlots, Error>) -> bool,
+    ) {
+        for w in chunks.chunks(in_flight.max(1)) {
+            for r in self.fetch_window(artifact, params, w) {
+                if !deliver(r) {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -400,9 +425,6 @@ pub struct Artifact<'a> {
     pub private: &'a PrivatePart,
 }
 
-/// Chunks fetched and opened, each with its offset in the file.
-type Window = Vec<(Bytes, u64)>;
-
 /// Rebuilds, opens and checks one chunk from its shard slots.
 fn chunk_plain(
     o: &Artifact<'_>,
@@ -466,11 +488,20 @@ pub fn read_file(
     })
 }
 
+/// Chunks a multi-window read keeps in flight at the source.
+pub const READ_IN_FLIGHT: usize = 12;
+
 /// Hands bytes `range` of `file` to `emit`, in order, as pieces that share the opened chunks'
-/// memory (no copy). Chunks are taken from `cache` when it holds them; the rest are fetched a
-/// window at a time, in parallel, while the previous window is emitted, and offered to `cache`.
-/// Nothing reaches `emit` that was not verified; an error may come after some pieces were
-/// emitted, and the caller must then not present the output as complete.
+/// memory (no copy). Chunks are taken from `cache` when it holds them; the rest are fetched and
+/// offered to `cache`. Nothing reaches `emit` that was not verified; an error may come after
+/// some pieces were emitted, and the caller must then not present the output as complete.
+///
+/// A read of one window ([`WINDOW_CHUNKS`]) fetches it, opens its chunks in parallel and emits
+/// them. A longer read runs as a pipeline: a fetcher thread keeps [`READ_IN_FLIGHT`] chunks in
+/// flight at the source (mostly waiting on the network) and queues what arrives, in order, while
+/// this thread takes up to a window of queued chunks at a time, rebuilds and opens them on the
+/// rayon pool and emits them, so neither the network nor the CPU waits for the other. Held at
+/// most: the chunks in flight, a window queued, a window being opened.
 pub fn read_file_pieces(
     art: &Artifact<'_>,
     source: &dyn ShardSource,
@@ -494,58 +525,144 @@ pub fn read_file_pieces(
         }
         offset += len;
     }
+    // What the cache holds now; the rest is fetched.
+    let cached: Vec<Option<Bytes>> = wanted.iter().map(|&(i, _)| cache.get(&o.cid, i)).collect();
+    let asked: Vec<(usize, &ChunkEntry)> = wanted
+        .iter()
+        .zip(&cached)
+        .filter(|(_, c)| c.is_none())
+        .map(|(&(i, _), _)| (i, &manifest.chunks()[i]))
+        .collect();
+
     let io_err = |e: std::io::Error| Error::Io {
         path: PathBuf::from(&file.path),
         source: e,
     };
-    let mut pending: Option<Window> = None;
-    let windows: Vec<&[(usize, u64)]> = wanted.chunks(WINDOW_CHUNKS).collect();
-    for w in windows.iter().map(Some).chain(std::iter::once(None)) {
-        let (fetched, written) = rayon::join(
-            || -> Result<Option<Window>, Error> {
-                let Some(w) = w else { return Ok(None) };
-                let mut window: Vec<Option<Bytes>> =
-                    w.iter().map(|&(i, _)| cache.get(&o.cid, i)).collect();
-                let missing: Vec<usize> = (0..w.len()).filter(|&j| window[j].is_none()).collect();
-                if !missing.is_empty() {
-                    let asked: Vec<(usize, &ChunkEntry)> = missing
-                        .iter()
-                        .map(|&j| (w[j].0, &manifest.chunks()[w[j].0]))
-                        .collect();
-                    let fetched = source.fetch_window(&o.cid, manifest.params(), &asked);
-                    let opened = asked
-                        .par_iter()
-                        .zip(fetched.into_par_iter())
-                        .map(|(&(i, _), slots)| chunk_plain(o, &codec, i, slots?).map(Bytes::from))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    for (j, plain) in missing.into_iter().zip(opened) {
-                        cache.insert(&o.cid, w[j].0, plain.clone());
-                        window[j] = Some(plain);
-                    }
+    // Rebuilds and opens a run of chunks in parallel, then emits them in order.
+    let mut open_and_emit = |run: Vec<Piece>| -> Result<(), Error> {
+        let opened: Vec<(Bytes, u64)> = run
+            .into_par_iter()
+            .map(|(i, off, f)| match f {
+                Fetched::Open(plain) => Ok((plain, off)),
+                Fetched::Shards(slots) => {
+                    let plain = Bytes::from(chunk_plain(o, &codec, i, slots?)?);
+                    cache.insert(&o.cid, i, plain.clone());
+                    Ok((plain, off))
                 }
-                Ok(Some(
-                    window
-                        .into_iter()
-                        .zip(w.iter())
-                        .map(|(plain, &(_, off))| (plain.expect("every slot filled"), off))
-                        .collect(),
-                ))
-            },
-            || -> Result<(), Error> {
-                if let Some(ready) = pending.take() {
-                    for (plain, off) in ready {
-                        let lo = range.start.max(off) - off;
-                        let hi = range.end.min(off + plain.len() as u64) - off;
-                        emit(plain.slice(lo as usize..hi as usize)).map_err(io_err)?;
-                    }
+            })
+            .collect::<Result<_, Error>>()?;
+        for (plain, off) in opened {
+            let lo = range.start.max(off) - off;
+            let hi = range.end.min(off + plain.len() as u64) - off;
+            emit(plain.slice(lo as usize..hi as usize)).map_err(io_err)?;
+        }
+        Ok(())
+    };
+    // Hands every wanted chunk to `put` in file order: cached ones as they are, the others as
+    // the source delivers them. Stops when `put` returns false.
+    let produce = |put: &mut dyn FnMut(Piece) -> bool| {
+        let mut slots = cached.into_iter().zip(wanted.iter().copied());
+        // Puts the cached chunks up to the next missing one, which it returns.
+        let mut advance = |put: &mut dyn FnMut(Piece) -> bool| -> Step {
+            for (c, (i, off)) in slots.by_ref() {
+                let Some(plain) = c else {
+                    return Step::Missing(i, off);
+                };
+                if !put((i, off, Fetched::Open(plain))) {
+                    return Step::Stop;
                 }
-                Ok(())
+            }
+            Step::End
+        };
+        let mut pending = match advance(put) {
+            Step::Missing(i, off) => (i, off),
+            Step::Stop | Step::End => return,
+        };
+        source.fetch_ordered(
+            &o.cid,
+            manifest.params(),
+            &asked,
+            READ_IN_FLIGHT,
+            &mut |shards| {
+                let (i, off) = pending;
+                if !put((i, off, Fetched::Shards(shards))) {
+                    return false;
+                }
+                match advance(put) {
+                    Step::Missing(i, off) => {
+                        pending = (i, off);
+                        true
+                    }
+                    Step::Stop | Step::End => false,
+                }
             },
         );
-        written?;
-        pending = fetched?;
+    };
+
+    let total = wanted.len();
+    if total <= WINDOW_CHUNKS {
+        let mut run = Vec::with_capacity(total);
+        produce(&mut |piece| {
+            run.push(piece);
+            true
+        });
+        if run.len() != total {
+            return Err(Error::Io {
+                path: PathBuf::from(&file.path),
+                source: std::io::Error::other("the source delivered fewer chunks than asked"),
+            });
+        }
+        return open_and_emit(run);
     }
-    Ok(())
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(WINDOW_CHUNKS);
+        std::thread::Builder::new()
+            .name("cairn-fetch".into())
+            .spawn_scoped(scope, move || {
+                // `send` fails once the reader has gone (an error, or the client left).
+                produce(&mut |piece| tx.send(piece).is_ok());
+            })
+            .map_err(io_err)?;
+        let mut done = 0;
+        while let Ok(first) = rx.recv() {
+            let mut run = vec![first];
+            while run.len() < WINDOW_CHUNKS
+                && let Ok(more) = rx.try_recv()
+            {
+                run.push(more);
+            }
+            done += run.len();
+            open_and_emit(run)?;
+        }
+        if done != total {
+            return Err(Error::Io {
+                path: PathBuf::from(&file.path),
+                source: std::io::Error::other("the chunk fetcher stopped early"),
+            });
+        }
+        Ok(())
+    })
+}
+
+/// A chunk on its way from the source to the output: index, offset in the file, content.
+type Piece = (usize, u64, Fetched);
+
+/// Where [`read_file_pieces`]'s producer stopped.
+enum Step {
+    /// At a chunk the cache did not hold.
+    Missing(usize, u64),
+    /// The consumer has gone.
+    Stop,
+    /// Past the last chunk.
+    End,
+}
+
+/// A chunk as the fetching stage of a read leaves it.
+enum Fetched {
+    /// Opened already (from the cache).
+    Open(Bytes),
+    /// Its shards, or why they could not be had.
+    Shards(Result<Vec<Option<Vec<u8>>>, Error>),
 }
 
 /// Writes every file of the artifact under `out_dir`. Each file is written to a temporary name
@@ -580,4 +697,232 @@ pub fn read_artifact(
         std::fs::rename(&tmp, &dst).map_err(Error::io(&dst))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use rand::RngCore;
+
+    use super::*;
+    use crate::{Store, StoreConfig};
+
+    /// A cache that keeps everything (the gateway's bounded one is tested in the gateway).
+    #[derive(Default)]
+    struct MapCache(Mutex<HashMap<(Cid, usize), Bytes>>);
+
+    impl ChunkCache for MapCache {
+        fn get(&self, artifact: &Cid, index: usize) -> Option<Bytes> {
+            self.0.lock().unwrap().get(&(*artifact, index)).cloned()
+        }
+        fn insert(&self, artifact: &Cid, index: usize, plain: Bytes) {
+            self.0.lock().unwrap().insert((*artifact, index), plain);
+        }
+    }
+
+    /// The store, except that chunks in `broken` cannot be had; counts the chunks asked for.
+    struct Flaky<'a> {
+        store: &'a Store,
+        broken: Vec<usize>,
+        asked: AtomicUsize,
+    }
+
+    impl ShardSource for Flaky<'_> {
+        fn fetch(
+            &self,
+            artifact: &Cid,
+            index: usize,
+            chunk: &ChunkEntry,
+            params: Params,
+        ) -> Result<ShardSlots, Error> {
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            if self.broken.contains(&index) {
+                return Err(Error::ShardsUnavailable {
+                    artifact: *artifact,
+                    chunk: index,
+                    present: 0,
+                    k: params.k(),
+                    missing: Vec::new(),
+                });
+            }
+            self.store.fetch(artifact, index, chunk, params)
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        data: Vec<u8>,
+        cid: Cid,
+        manifest: Manifest,
+        private: PrivatePart,
+    }
+
+    impl Fixture {
+        /// One file of `len` random bytes, added to a fresh store.
+        fn new(len: usize) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let input = dir.path().join("in");
+            std::fs::create_dir_all(&input).unwrap();
+            let mut data = vec![0u8; len];
+            rand::rng().fill_bytes(&mut data);
+            std::fs::write(input.join("f.bin"), &data).unwrap();
+            let store =
+                Store::open(&dir.path().join("store"), StoreConfig { quota: 1 << 32 }).unwrap();
+            let opts = AddOptions {
+                params: Params::DEFAULT,
+                key_mode: KeyMode::Random,
+                name: None,
+            };
+            let (manifest, cap) = encode_artifact(&input, &opts, &store, &|_| {}).unwrap();
+            let private = manifest.open(&cap.cid, &cap.key).unwrap();
+            Self {
+                _dir: dir,
+                store,
+                data,
+                cid: cap.cid,
+                manifest,
+                private,
+            }
+        }
+
+        fn art(&self) -> Artifact<'_> {
+            Artifact {
+                cid: self.cid,
+                manifest: &self.manifest,
+                private: &self.private,
+            }
+        }
+
+        /// Reads `range` through `source` and `cache`: the bytes emitted, and the result.
+        fn read(
+            &self,
+            source: &dyn ShardSource,
+            cache: &dyn ChunkCache,
+            range: Range<u64>,
+        ) -> (Vec<u8>, Result<(), Error>) {
+            let file = &self.private.files[0];
+            let mut out = Vec::new();
+            let r = read_file_pieces(&self.art(), source, cache, file, range, &mut |p| {
+                out.extend_from_slice(&p);
+                Ok(())
+            });
+            (out, r)
+        }
+    }
+
+    #[test]
+    fn pieces_match_the_file_for_every_kind_of_range() {
+        // About 24 chunks: three read windows, so the pipelined path runs.
+        let fx = Fixture::new(24 << 20);
+        assert!(fx.manifest.chunks().len() > 2 * WINDOW_CHUNKS);
+        let len = fx.data.len() as u64;
+        let mut ranges = vec![
+            0..len,
+            0..1,
+            len - 1..len,
+            1..len - 1,
+            len / 3..len / 3 + (1 << 20),
+        ];
+        // Around every chunk boundary.
+        let mut off = 0;
+        for c in &fx.private.chunks {
+            off += c.len;
+            if off < len {
+                ranges.push(off - 1..off + 1);
+            }
+        }
+        for r in ranges {
+            let (out, res) = fx.read(&fx.store, &NoCache, r.clone());
+            res.unwrap();
+            assert!(out == fx.data[r.start as usize..r.end as usize], "{r:?}");
+        }
+        // Past the end is clamped; an empty range emits nothing.
+        let (out, res) = fx.read(&fx.store, &NoCache, len - 10..len + 100);
+        res.unwrap();
+        assert_eq!(out, fx.data[len as usize - 10..]);
+        let (out, res) = fx.read(&fx.store, &NoCache, 5..5);
+        res.unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn cached_chunks_are_not_fetched_again() {
+        let fx = Fixture::new(24 << 20);
+        let len = fx.data.len() as u64;
+        let cache = MapCache::default();
+        let source = Flaky {
+            store: &fx.store,
+            broken: Vec::new(),
+            asked: AtomicUsize::new(0),
+        };
+        // A ranged read fills the cache with the chunks it touched.
+        let (out, res) = fx.read(&source, &cache, len / 2..len / 2 + (3 << 20));
+        res.unwrap();
+        assert!(out == fx.data[(len / 2) as usize..(len / 2 + (3 << 20)) as usize]);
+        let touched = source.asked.load(Ordering::Relaxed);
+        assert!(touched >= 3);
+        assert_eq!(cache.0.lock().unwrap().len(), touched);
+        // The same range again: nothing fetched.
+        let (again, res) = fx.read(&source, &cache, len / 2..len / 2 + (3 << 20));
+        res.unwrap();
+        assert_eq!(again, out);
+        assert_eq!(source.asked.load(Ordering::Relaxed), touched);
+        // The whole file: only the chunks not cached are fetched, and cached and fetched chunks
+        // come out in order.
+        let (all, res) = fx.read(&source, &cache, 0..len);
+        res.unwrap();
+        assert!(all == fx.data);
+        assert_eq!(
+            source.asked.load(Ordering::Relaxed),
+            touched + fx.manifest.chunks().len() - touched
+        );
+    }
+
+    #[test]
+    fn a_chunk_that_cannot_be_had_stops_the_read_after_only_good_bytes() {
+        let fx = Fixture::new(24 << 20);
+        let len = fx.data.len() as u64;
+        let n = fx.manifest.chunks().len();
+        for broken in [0, n / 2, n - 1] {
+            let source = Flaky {
+                store: &fx.store,
+                broken: vec![broken],
+                asked: AtomicUsize::new(0),
+            };
+            let (out, res) = fx.read(&source, &NoCache, 0..len);
+            assert!(
+                matches!(res, Err(Error::ShardsUnavailable { chunk, .. }) if chunk == broken),
+                "chunk {broken}: {res:?}"
+            );
+            // Whatever came out is the start of the file and stops before the broken chunk.
+            let before: u64 = fx.private.chunks[..broken].iter().map(|c| c.len).sum();
+            assert!(out.len() as u64 <= before, "chunk {broken}");
+            assert!(out == fx.data[..out.len()], "chunk {broken}");
+        }
+        // A consumer that fails stops the read with its error.
+        let mut taken = 0usize;
+        let res = read_file_pieces(
+            &fx.art(),
+            &fx.store,
+            &NoCache,
+            &fx.private.files[0],
+            0..len,
+            &mut |p| {
+                taken += p.len();
+                if taken > (4 << 20) {
+                    Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "gone"))
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        assert!(
+            matches!(&res, Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe),
+            "{res:?}"
+        );
+    }
 }
