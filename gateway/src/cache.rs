@@ -9,19 +9,47 @@
 //! Only ranged reads fill it: a whole-file download streams more than the cache holds and
 //! would only push out the chunks that ranged readers share. Every read looks in it.
 //!
+//! Concurrent ranged reads of a chunk nobody holds yet share one fetch: the first reader claims
+//! it, the others wait (at most [`FLIGHT_WAIT`]) for it to be inserted; if the first reader
+//! fails, the claim is abandoned and each waiter fetches for itself. A thousand clients asking
+//! for the same new range at once cost one fetch per chunk, not a thousand.
+//!
 //! The key is the artifact's CID, which names the manifest and so every chunk's content and
 //! key; a request reaches the cache only after it was authorized for that artifact.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_store::{ChunkCache, Cid};
+use cairn_store::{ChunkCache, Cid, Claim};
 use prometheus_client::metrics::counter::Counter;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
 /// Default size of the opened-chunk cache.
 pub const CHUNK_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest a reader waits for a chunk another reader is opening before it fetches it itself.
+pub const FLIGHT_WAIT: Duration = Duration::from_secs(30);
+/// Most chunks being opened under a claim at once; past it readers fetch without claiming.
+const FLIGHTS_MAX: usize = 4096;
+
+/// A chunk being opened by one reader, waited for by others.
+#[derive(Default)]
+struct Flight {
+    /// None while under way; then the chunk, or None if the claim was abandoned.
+    done: Mutex<Option<Option<Bytes>>>,
+    ready: Condvar,
+}
+
+impl Flight {
+    fn settle(&self, plain: Option<Bytes>) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(plain);
+        self.ready.notify_all();
+    }
+}
+
+type Key = (Cid, usize);
 
 #[derive(Clone)]
 struct ByLen;
@@ -34,7 +62,8 @@ impl Weighter<(Cid, usize), Bytes> for ByLen {
 
 /// A byte-bounded cache of opened chunks, shared by every request of a gateway.
 pub(crate) struct ChunkLru {
-    chunks: Option<Cache<(Cid, usize), Bytes, ByLen>>,
+    chunks: Option<Cache<Key, Bytes, ByLen>>,
+    flights: Mutex<HashMap<Key, Arc<Flight>>>,
     pub hits: Counter,
     pub misses: Counter,
 }
@@ -46,9 +75,14 @@ impl ChunkLru {
         Self {
             chunks: (bytes > 0)
                 .then(|| Cache::with_weighter((bytes / avg).max(1) as usize, bytes, ByLen)),
+            flights: Mutex::default(),
             hits: Counter::default(),
             misses: Counter::default(),
         }
+    }
+
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Flight>>> {
+        self.flights.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Bytes held now.
@@ -74,8 +108,64 @@ impl ChunkCache for ChunkLru {
     }
 
     fn insert(&self, artifact: &Cid, index: usize, plain: Bytes) {
-        if let Some(c) = &self.chunks {
-            c.insert((*artifact, index), plain);
+        let Some(c) = &self.chunks else { return };
+        let key = (*artifact, index);
+        c.insert(key, plain.clone());
+        if let Some(f) = self.flights().remove(&key) {
+            f.settle(Some(plain));
+        }
+    }
+
+    fn claim(&self, artifact: &Cid, index: usize) -> Claim {
+        let Some(c) = &self.chunks else {
+            return Claim::Mine;
+        };
+        let key = (*artifact, index);
+        if let Some(plain) = c.get(&key) {
+            self.hits.inc();
+            return Claim::Hit(plain);
+        }
+        let mut flights = self.flights();
+        // Inserted since the look above? (Inserts settle flights under this lock.)
+        if let Some(plain) = c.get(&key) {
+            self.hits.inc();
+            return Claim::Hit(plain);
+        }
+        if flights.contains_key(&key) {
+            return Claim::Theirs;
+        }
+        self.misses.inc();
+        if flights.len() < FLIGHTS_MAX {
+            flights.insert(key, Arc::default());
+        }
+        Claim::Mine
+    }
+
+    fn wait(&self, artifact: &Cid, index: usize) -> Option<Bytes> {
+        let key = (*artifact, index);
+        let flight = self.flights().get(&key).cloned();
+        let got = match flight {
+            // Settled between the claim and now: the cache has it, or it was abandoned.
+            None => self.chunks.as_ref().and_then(|c| c.get(&key)),
+            Some(f) => {
+                let done = f.done.lock().unwrap_or_else(|p| p.into_inner());
+                let (done, _) = f
+                    .ready
+                    .wait_timeout_while(done, FLIGHT_WAIT, |d| d.is_none())
+                    .unwrap_or_else(|p| p.into_inner());
+                done.clone().flatten()
+            }
+        };
+        match got {
+            Some(_) => self.hits.inc(),
+            None => self.misses.inc(),
+        };
+        got
+    }
+
+    fn abandon(&self, artifact: &Cid, index: usize) {
+        if let Some(f) = self.flights().remove(&(*artifact, index)) {
+            f.settle(None);
         }
     }
 }
@@ -133,9 +223,43 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_readers_share_one_opening() {
+        let lru = Arc::new(ChunkLru::new(4 << 20));
+        let chunk = Bytes::from(vec![9u8; 1000]);
+        assert!(matches!(lru.claim(&cid(1), 0), Claim::Mine));
+        assert!(matches!(lru.claim(&cid(1), 0), Claim::Theirs));
+        // Waiters are released by the insert.
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let lru = lru.clone();
+                std::thread::spawn(move || lru.wait(&cid(1), 0))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        lru.insert(&cid(1), 0, chunk.clone());
+        for w in waiters {
+            assert_eq!(w.join().unwrap().as_deref(), Some(&chunk[..]));
+        }
+        assert!(matches!(lru.claim(&cid(1), 0), Claim::Hit(_)));
+        // An abandoned claim releases its waiters empty-handed, and the next reader claims it.
+        assert!(matches!(lru.claim(&cid(2), 0), Claim::Mine));
+        let waiter = {
+            let lru = lru.clone();
+            std::thread::spawn(move || lru.wait(&cid(2), 0))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        lru.abandon(&cid(2), 0);
+        assert!(waiter.join().unwrap().is_none());
+        assert!(matches!(lru.claim(&cid(2), 0), Claim::Mine));
+    }
+
+    #[test]
     fn zero_bytes_caches_nothing() {
         let lru = ChunkLru::new(0);
         lru.insert(&cid(1), 0, Bytes::from_static(b"x"));
         assert!(lru.get(&cid(1), 0).is_none());
+        // And never makes anyone wait.
+        assert!(matches!(lru.claim(&cid(1), 0), Claim::Mine));
+        assert!(matches!(lru.claim(&cid(1), 0), Claim::Mine));
     }
 }

@@ -38,7 +38,7 @@ pub use manifest::{
     ChunkEntry, ChunkSecret, FileEntry, MANIFEST_LEN_MAX, Manifest, PrivatePart, validate_path,
 };
 pub use pipeline::{
-    AddOptions, Artifact, ChunkCache, EncodedChunk, KeyMode, NoCache, ShardSink, ShardSlots,
+    AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, ShardSink, ShardSlots,
     ShardSource, WINDOW_CHUNKS, encode_artifact, fetch_data_first, read_artifact, read_file,
     read_file_pieces,
 };

@@ -454,11 +454,44 @@ fn chunk_plain(
 /// gateway). Keys are the artifact's CID and the chunk's index in its manifest; values are
 /// plaintext that has already been rebuilt, authenticated and checked against its hash, so a hit
 /// is as good as a fresh read. An implementation bounds its own size.
+///
+/// A cache may also let concurrent readers share the work of opening a chunk: a reader that
+/// [`claim`](ChunkCache::claim)s a chunk nobody holds is expected to open it and
+/// [`insert`](ChunkCache::insert) it (or [`abandon`](ChunkCache::abandon) the claim), and
+/// readers that find it claimed may [`wait`](ChunkCache::wait) for it instead of fetching it a
+/// second time. The read pipeline waits only once its own claims are settled, so two readers
+/// can never wait for each other.
 pub trait ChunkCache: Sync {
     /// The opened chunk `index` of `artifact`, if held.
     fn get(&self, artifact: &Cid, index: usize) -> Option<Bytes>;
-    /// Offers an opened chunk; the cache may keep it or not.
+    /// Offers an opened chunk (settling a claim on it); the cache may keep it or not.
     fn insert(&self, artifact: &Cid, index: usize, plain: Bytes);
+    /// Looks chunk `index` up, claiming it if nobody holds or opens it. The default never
+    /// shares work: a hit, or [`Claim::Mine`].
+    fn claim(&self, artifact: &Cid, index: usize) -> Claim {
+        match self.get(artifact, index) {
+            Some(plain) => Claim::Hit(plain),
+            None => Claim::Mine,
+        }
+    }
+    /// Waits (bounded) for a chunk another reader claimed; None if it gave up or time ran out,
+    /// and the caller then opens the chunk itself.
+    fn wait(&self, _artifact: &Cid, _index: usize) -> Option<Bytes> {
+        None
+    }
+    /// Gives up a claim without a chunk (the read failed or stopped): waiters stop waiting.
+    fn abandon(&self, _artifact: &Cid, _index: usize) {}
+}
+
+/// What [`ChunkCache::claim`] found.
+#[derive(Debug)]
+pub enum Claim {
+    /// The chunk, opened.
+    Hit(Bytes),
+    /// Nobody holds it: the caller opens it, then inserts it or abandons the claim.
+    Mine,
+    /// Another reader is opening it: [`ChunkCache::wait`] for it.
+    Theirs,
 }
 
 /// A [`ChunkCache`] that keeps nothing (one-shot reads: `cairn get`).
@@ -525,14 +558,6 @@ pub fn read_file_pieces(
         }
         offset += len;
     }
-    // What the cache holds now; the rest is fetched.
-    let cached: Vec<Option<Bytes>> = wanted.iter().map(|&(i, _)| cache.get(&o.cid, i)).collect();
-    let asked: Vec<(usize, &ChunkEntry)> = wanted
-        .iter()
-        .zip(&cached)
-        .filter(|(_, c)| c.is_none())
-        .map(|(&(i, _), _)| (i, &manifest.chunks()[i]))
-        .collect();
 
     let io_err = |e: std::io::Error| Error::Io {
         path: PathBuf::from(&file.path),
@@ -558,6 +583,14 @@ pub fn read_file_pieces(
         }
         Ok(())
     };
+    // What the cache holds now; the rest is fetched.
+    let cached: Vec<Option<Bytes>> = wanted.iter().map(|&(i, _)| cache.get(&o.cid, i)).collect();
+    let asked: Vec<(usize, &ChunkEntry)> = wanted
+        .iter()
+        .zip(&cached)
+        .filter(|(_, c)| c.is_none())
+        .map(|(&(i, _), _)| (i, &manifest.chunks()[i]))
+        .collect();
     // Hands every wanted chunk to `put` in file order: cached ones as they are, the others as
     // the source delivers them. Stops when `put` returns false.
     let produce = |put: &mut dyn FnMut(Piece) -> bool| {
@@ -601,18 +634,14 @@ pub fn read_file_pieces(
 
     let total = wanted.len();
     if total <= WINDOW_CHUNKS {
-        let mut run = Vec::with_capacity(total);
-        produce(&mut |piece| {
-            run.push(piece);
-            true
-        });
-        if run.len() != total {
-            return Err(Error::Io {
-                path: PathBuf::from(&file.path),
-                source: std::io::Error::other("the source delivered fewer chunks than asked"),
-            });
+        // One window (a typical ranged read): concurrent readers of the same chunks share them.
+        let opened = open_window_shared(o, source, cache, &codec, &wanted)?;
+        for (plain, &(_, off)) in opened.into_iter().zip(&wanted) {
+            let lo = range.start.max(off) - off;
+            let hi = range.end.min(off + plain.len() as u64) - off;
+            emit(plain.slice(lo as usize..hi as usize)).map_err(io_err)?;
         }
-        return open_and_emit(run);
+        return Ok(());
     }
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(WINDOW_CHUNKS);
@@ -642,6 +671,83 @@ pub fn read_file_pieces(
         }
         Ok(())
     })
+}
+
+/// Opens the chunks of one window (index, offset), sharing work with concurrent readers through
+/// `cache`: first the chunks this reader claimed are fetched, opened and inserted (never
+/// waiting for anyone), then the chunks others claimed are waited for, and whatever a wait did
+/// not deliver is fetched here after all. Claims not settled on the way out (an error) are
+/// abandoned, so no reader waits for a chunk that will not come.
+fn open_window_shared(
+    o: &Artifact<'_>,
+    source: &dyn ShardSource,
+    cache: &dyn ChunkCache,
+    codec: &Codec,
+    w: &[(usize, u64)],
+) -> Result<Vec<Bytes>, Error> {
+    struct Abandon<'a> {
+        cache: &'a dyn ChunkCache,
+        cid: Cid,
+        claimed: Vec<usize>,
+    }
+    impl Drop for Abandon<'_> {
+        fn drop(&mut self) {
+            // After an insert the claim is settled and this does nothing to it.
+            for &i in &self.claimed {
+                self.cache.abandon(&self.cid, i);
+            }
+        }
+    }
+    let mut out: Vec<Option<Bytes>> = vec![None; w.len()];
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+    for (j, &(i, _)) in w.iter().enumerate() {
+        match cache.claim(&o.cid, i) {
+            Claim::Hit(plain) => out[j] = Some(plain),
+            Claim::Mine => mine.push(j),
+            Claim::Theirs => theirs.push(j),
+        }
+    }
+    let _settle = Abandon {
+        cache,
+        cid: o.cid,
+        claimed: mine.iter().map(|&j| w[j].0).collect(),
+    };
+    let fetch_and_open = |which: &[usize]| -> Result<Vec<(usize, Bytes)>, Error> {
+        if which.is_empty() {
+            return Ok(Vec::new());
+        }
+        let asked: Vec<(usize, &ChunkEntry)> = which
+            .iter()
+            .map(|&j| (w[j].0, &o.manifest.chunks()[w[j].0]))
+            .collect();
+        let fetched = source.fetch_window(&o.cid, o.manifest.params(), &asked);
+        which
+            .par_iter()
+            .zip(fetched.into_par_iter())
+            .map(|(&j, slots)| {
+                let plain = Bytes::from(chunk_plain(o, codec, w[j].0, slots?)?);
+                cache.insert(&o.cid, w[j].0, plain.clone());
+                Ok((j, plain))
+            })
+            .collect()
+    };
+    for (j, plain) in fetch_and_open(&mine)? {
+        out[j] = Some(plain);
+    }
+    let mut left = Vec::new();
+    for j in theirs {
+        match cache.wait(&o.cid, w[j].0) {
+            Some(plain) => out[j] = Some(plain),
+            None => left.push(j),
+        }
+    }
+    for (j, plain) in fetch_and_open(&left)? {
+        out[j] = Some(plain);
+    }
+    Ok(out
+        .into_iter()
+        .map(|p| p.expect("every chunk was found, fetched or waited for"))
+        .collect())
 }
 
 /// A chunk on its way from the source to the output: index, offset in the file, content.

@@ -410,6 +410,84 @@ async fn silent_peers_time_out() {
         ),
         "{result:?}"
     );
+    // Both peers timed out, so both are skipped for a while: the next requests fail at once.
+    let results = [
+        (
+            &addr,
+            step(client.get(&addr, &shard_cid(b"y"), None))
+                .await
+                .map(|_| ()),
+        ),
+        (
+            &nowhere,
+            step(client.has(&nowhere, &[shard_cid(b"x")]))
+                .await
+                .map(|_| ()),
+        ),
+    ];
+    for (peer, result) in results {
+        match result {
+            Err(Error::PeerDown { peer: named, left }) => {
+                assert_eq!(named, peer.id.fmt_short().to_string());
+                assert!(left <= PEER_DOWN_FOR, "{left:?}");
+            }
+            other => panic!("expected PeerDown, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        client.stats(),
+        ClientStats {
+            requests: 4,
+            failures: 4,
+            timeouts: 2,
+            skipped: 2,
+            shard_bytes: 0,
+        }
+    );
+    bound.endpoint.close().await;
+    router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_read_that_gets_no_reply_start_fails_early_and_a_write_does_not() {
+    let (router, addr) = serve(Evil::Hang).await;
+    let bound = bind().await;
+    let start = Duration::from_millis(300);
+    let config = ShardConfig {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(3),
+        reply_start_timeout: start,
+        peer_down_for: Duration::ZERO,
+        ..ShardConfig::default()
+    };
+    let client = ShardClient::new(bound.endpoint.clone(), config);
+    // A read: the reply-start limit applies.
+    match step(client.get(&addr, &shard_cid(b"x"), None)).await {
+        Err(Error::Timeout {
+            operation: "GET",
+            limit,
+            ..
+        }) => assert_eq!(limit, start),
+        other => panic!("expected a GET timeout, got {other:?}"),
+    }
+    // With no pause configured the peer is asked again (and times out again), not skipped.
+    assert!(matches!(
+        step(client.has(&addr, &[shard_cid(b"x")])).await,
+        Err(Error::Timeout {
+            operation: "HAS",
+            ..
+        })
+    ));
+    // A write is answered only once stored: it gets the whole request timeout.
+    let bytes = data(3, 100);
+    match step(client.put(&addr, &shard_cid(&bytes), &bytes)).await {
+        Err(Error::Timeout {
+            operation: "PUT",
+            limit,
+            ..
+        }) => assert_eq!(limit, Duration::from_secs(3)),
+        other => panic!("expected a PUT timeout, got {other:?}"),
+    }
     bound.endpoint.close().await;
     router.shutdown().await.unwrap();
 }

@@ -157,6 +157,20 @@ impl Devnet {
         Devnet::start(&vec!["1GiB"; n])
     }
 
+    /// Adds a node of `quota` to the devnet, not started (see [`Devnet::spawn`]); returns its
+    /// index.
+    pub fn add_node(&mut self, quota: &str) -> usize {
+        let i = self.nodes.len();
+        let dir = self.tmp.path().join(format!("node-{i}"));
+        init(&dir, quota);
+        self.nodes.push(DevNode {
+            dir,
+            port: free_port(),
+            child: None,
+        });
+        i
+    }
+
     /// `<id>@<ip:port>` of node `i` (from its `node.addr`; the node must be up).
     pub fn addr(&self, i: usize) -> String {
         std::fs::read_to_string(self.nodes[i].dir.join("node.addr"))

@@ -236,6 +236,109 @@ fn a_thousand_concurrent_ranges_over_a_devnet() {
         failures.len(),
         &failures[..failures.len().min(5)]
     );
+    // A thousand ranges over a couple of dozen chunks: most chunks came out of the cache of
+    // opened chunks (and every byte above was still compared with the source). On a healthy
+    // network no shard request failed.
+    let m = metrics(&gw);
+    let (hits, misses) = (
+        metric(&m, "cairn_gateway_chunk_cache_hits_total"),
+        metric(&m, "cairn_gateway_chunk_cache_misses_total"),
+    );
+    assert!(hits > misses, "cache hits {hits}, misses {misses}");
+    assert!(metric(&m, "cairn_gateway_shard_requests_total") > 0);
+    assert_eq!(
+        metric(&m, "cairn_gateway_shard_fetch_errors_total"),
+        0,
+        "{m}"
+    );
+}
+
+/// The gateway's `/metrics` text.
+fn metrics(gw: &DevGateway) -> String {
+    bounded("a metrics scrape", async {
+        client()
+            .get(format!("{}/metrics", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}
+
+/// The value of the unlabelled sample `name` in a metrics text (0 if absent).
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn data_gone_fails_within_seconds_and_is_counted() {
+    let mut net = Devnet::with_nodes(5);
+    let (src, data) = weights(&net, 14, (12 << 20) + 99);
+    let cap = publish(&net, &src);
+    let gw = net.start_gateway();
+    gw.register("org/gone", &cap, &[]);
+    let url = resolve(&gw, "org/gone", "weights.bin");
+    let len = data.len();
+
+    // A ranged read opens the artifact and fills the cache with the chunks it touched.
+    let head = bounded("a first range", async {
+        let r = client()
+            .get(&url)
+            .header(RANGE, "bytes=0-99999")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        r.bytes().await.unwrap()
+    });
+    assert_eq!(head[..], data[..100_000]);
+
+    // Three of five nodes die without a goodbye (node 0, the gateway's way in, stays): two
+    // shards of every chunk are left, one short of the three a chunk needs.
+    for n in [2, 3, 4] {
+        net.kill(n);
+    }
+    // The download fails: the dead holders are given REPLY_START_TIMEOUT (5 s) to start
+    // answering, not the 30 s a whole request may take. 20 s is far from both.
+    let limit = Duration::from_secs(20);
+    let outcome = bounded("a read of lost data", async {
+        tokio::time::timeout(limit, get_hashed(&client(), &url)).await
+    });
+    match outcome {
+        Err(_) => panic!("a read of lost data was still going after {limit:?}"),
+        Ok(Ok((status, n, _))) => panic!("{status} with {n} bytes of {len} for lost data"),
+        Ok(Err(_)) => {}
+    }
+    // The holders that timed out are skipped for a while: the next read fails at once.
+    let outcome = bounded("a second read of lost data", async {
+        tokio::time::timeout(limit, get_hashed(&client(), &url)).await
+    });
+    assert!(matches!(outcome, Ok(Err(_))), "{outcome:?}");
+    // What was already opened and cached is still served, verified.
+    let again = bounded("a cached range", async {
+        let r = client()
+            .get(&url)
+            .header(RANGE, "bytes=0-99999")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        r.bytes().await.unwrap()
+    });
+    assert_eq!(again[..], data[..100_000]);
+
+    let m = metrics(&gw);
+    for name in [
+        "cairn_gateway_shard_fetch_errors_total",
+        "cairn_gateway_shard_fetch_timeouts_total",
+        "cairn_gateway_read_errors_total",
+    ] {
+        assert!(metric(&m, name) > 0, "{name} is 0:\n{m}");
+    }
 }
 
 #[test]

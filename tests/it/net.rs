@@ -7,13 +7,15 @@
 //! resending and without duplicating shards; a node with a full quota refuses and the shard goes
 //! elsewhere; too few nodes is refused unless reduced durability is asked for; two publishers can
 //! share the network; a restarted node keeps its shards and its peer table; a corrupted shard is
-//! never served. Method: every claim is checked on real values (bytes compared with `diff -r`,
+//! never served; a long-running reader learns nodes that joined after it started. Method: every
+//! claim is checked on real values (bytes compared with `diff -r`,
 //! shard files counted in the nodes' stores, exit codes and messages), every wait is bounded.
 
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cairn_node::{Network, NetworkConfig, PeerAddr};
 use cairn_store::HEADER_LEN;
 
 use crate::devnet::*;
@@ -361,4 +363,41 @@ fn a_corrupted_shard_is_never_served() {
         "the bad shard is not named as such: {e}"
     );
     assert!(!out.exists() || files_under(&out).is_empty());
+}
+
+#[test]
+fn a_long_running_reader_learns_nodes_that_joined_later() {
+    let mut net = Devnet::with_nodes(3);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let boot: PeerAddr = net.addr(0).parse().unwrap();
+    let reader = rt
+        .block_on(Network::connect(NetworkConfig::new("cairn", vec![boot])))
+        .unwrap();
+    assert_eq!(reader.peer_count(), 3);
+
+    let i = net.add_node("1GiB");
+    net.spawn(i);
+    net.wait_peers(0, 4);
+    let bounded = |what: &str| {
+        let f = reader.refresh_peers();
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), f).await })
+            .unwrap_or_else(|_| panic!("{what} did not finish in 60 s"))
+    };
+    assert_eq!(bounded("a refresh").unwrap(), 4);
+    assert_eq!(reader.peer_count(), 4);
+
+    // With every node gone a refresh fails, says why, and the list it had stays.
+    for n in 0..4 {
+        net.kill(n);
+    }
+    match bounded("a refresh with no node up") {
+        Err(cairn_node::Error::NoPeers { reasons }) => assert!(!reasons.is_empty()),
+        other => panic!("expected NoPeers, got {other:?}"),
+    }
+    assert_eq!(reader.peer_count(), 4);
+    rt.block_on(reader.close());
 }
