@@ -27,8 +27,9 @@ use prometheus_client::metrics::counter::Counter;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
-/// Default size of the opened-chunk cache.
-pub const CHUNK_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Default size of the opened-chunk cache: room for the chunks of a few dozen concurrent
+/// ranged readers, while a gateway streaming a large file stays well under 150 MiB in all.
+pub const CHUNK_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// Longest a reader waits for a chunk another reader is opening before it fetches it itself.
 pub const FLIGHT_WAIT: Duration = Duration::from_secs(30);
 /// Most chunks being opened under a claim at once; past it readers fetch without claiming.

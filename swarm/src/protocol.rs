@@ -113,7 +113,8 @@
 //!
 //! The server reads, handles and answers one request within [`REQUEST_TIMEOUT`], then resets the
 //! stream; the client applies [`CONNECT_TIMEOUT`] to connecting and [`REQUEST_TIMEOUT`] to each
-//! request. At most [`PEER_INFLIGHT_MAX`] requests per connection are handled at once by the
+//! request, and expects the first byte of the reply to a read (GET, HAS, PEERS, GET_RECORD)
+//! within [`REPLY_START_TIMEOUT`]; a peer that times out is skipped for [`PEER_DOWN_FOR`]. At most [`PEER_INFLIGHT_MAX`] requests per connection are handled at once by the
 //! server and at most as many per peer are sent by a client.
 //!
 //! # Cancellation
