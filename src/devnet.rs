@@ -21,6 +21,12 @@ use crate::units::human;
 use cairn_gateway::GATEWAY_ADDR_FILE;
 use cairn_store::ReadCap;
 
+/// Log filter of the devnet's processes (unless `CAIRN_LOG` says otherwise): Cairn's own events
+/// at info, its dependencies at warn. iroh's info-level spans, created for every datagram sent,
+/// cost several percent of a node's CPU.
+const DEVNET_LOG: &str =
+    "warn,cairn=info,cairn_node=info,cairn_swarm=info,cairn_gateway=info,cairn_store=info";
+
 /// Time allowed for a node to start and for the network to see every node.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -129,7 +135,7 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
             .stderr(log)
             .env(
                 "CAIRN_LOG",
-                std::env::var("CAIRN_LOG").unwrap_or_else(|_| "info".into()),
+                std::env::var("CAIRN_LOG").unwrap_or_else(|_| DEVNET_LOG.into()),
             );
         let child = cmd.spawn().context("cannot start a node process")?;
         nodes.children.push(child);
@@ -185,7 +191,7 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
         .stderr(gw_log)
         .env(
             "CAIRN_LOG",
-            std::env::var("CAIRN_LOG").unwrap_or_else(|_| "info".into()),
+            std::env::var("CAIRN_LOG").unwrap_or_else(|_| DEVNET_LOG.into()),
         );
     nodes
         .children

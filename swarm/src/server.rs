@@ -159,7 +159,10 @@ async fn serve(
         .await
         .map_err(|err| err.to_string())?;
     if let Some(data) = answer.data {
-        send.write_all(&data).await.map_err(|err| err.to_string())?;
+        // Handed over whole: the stream keeps the buffer instead of copying it.
+        send.write_chunk(bytes::Bytes::from(data))
+            .await
+            .map_err(|err| err.to_string())?;
     }
     send.finish().map_err(|err| err.to_string())?;
     Ok(())

@@ -196,7 +196,7 @@ impl Devnet {
         c.arg("--data-dir")
             .arg(&node.dir)
             .args(["node", "--listen", &format!("127.0.0.1:{}", node.port)])
-            .env("CAIRN_LOG", "info")
+            .env("CAIRN_LOG", "info,iroh=warn,noq=warn")
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(b) = bootstrap {
@@ -403,7 +403,7 @@ impl Devnet {
             .arg(&dir)
             .args(["--peer", &self.addr(0)])
             .args(["gateway", "--listen", "127.0.0.1:0"])
-            .env("CAIRN_LOG", "info")
+            .env("CAIRN_LOG", "info,iroh=warn,noq=warn")
             .stdout(Stdio::null())
             .stderr(log);
         let mut gw = DevGateway {
