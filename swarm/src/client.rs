@@ -69,6 +69,9 @@ struct Inner {
     pool: Mutex<HashMap<EndpointId, Arc<PeerSlot>>>,
     /// Peers that timed out, with the time they are tried again.
     down: Mutex<HashMap<EndpointId, Instant>>,
+    /// Peers that left a request unanswered for [`SLOW_AFTER`] until it was given up, with the
+    /// time that stops counting against them (an answer clears it at once).
+    slow: Mutex<HashMap<EndpointId, Instant>>,
     stats: Counters,
 }
 
@@ -125,9 +128,46 @@ impl ShardClient {
                 config,
                 pool: Mutex::new(HashMap::new()),
                 down: Mutex::new(HashMap::new()),
+                slow: Mutex::new(HashMap::new()),
                 stats: Counters::default(),
             }),
         }
+    }
+
+    /// Whether `id` recently left a request unanswered for [`SLOW_AFTER`] until the request was
+    /// given up (typically a hedged request, cancelled because other holders answered first),
+    /// and has not answered anything since. Readers ask such a peer last: a holder that died
+    /// without closing its connection never times out if every request to it is cancelled, so
+    /// without this every chunk would wait for a hedge.
+    pub fn is_slow(&self, id: &EndpointId) -> bool {
+        let mut slow = self.inner.slow.lock().unwrap_or_else(|p| p.into_inner());
+        match slow.get(id) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                slow.remove(id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn set_slow(&self, id: EndpointId, slow: bool) {
+        let mut map = self.inner.slow.lock().unwrap_or_else(|p| p.into_inner());
+        if !slow {
+            map.remove(&id);
+            return;
+        }
+        if map.len() >= self.inner.config.pool_peers_max.max(1) {
+            let now = Instant::now();
+            map.retain(|_, until| *until > now);
+            if let Some(oldest) = map.iter().min_by_key(|(_, u)| **u).map(|(k, _)| *k) {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(
+            id,
+            Instant::now() + self.inner.config.peer_down_for.max(SLOW_FOR_MIN),
+        );
     }
 
     /// Counts of requests and failures so far.
@@ -485,7 +525,21 @@ impl ShardClient {
                 .await
                 .expect("the semaphore is never closed");
             let conn = self.connection(&slot, addr).await?;
-            exchange(&conn, addr, kind, &head, payload, has_count, start_limit).await
+            // From here until the peer answers (or the request fails), a cancellation counts
+            // against the peer once it has waited SLOW_AFTER.
+            let mut watch = SlowWatch {
+                client: self,
+                id: addr.id,
+                sent: Instant::now(),
+                settled: false,
+            };
+            let result = exchange(&conn, addr, kind, &head, payload, has_count, start_limit).await;
+            watch.settled = true;
+            // Any answer, even a refusal, shows the peer is alive.
+            if !matches!(result, Err(Error::Timeout { .. } | Error::Stream { .. })) {
+                self.set_slow(addr.id, false);
+            }
+            result
         };
         let reply = tokio::time::timeout(limit, exchange)
             .await
@@ -529,6 +583,29 @@ impl ShardClient {
                 },
             }),
             reply => Ok(reply),
+        }
+    }
+}
+
+/// How long a request waits for its answer before its cancellation makes the peer slow (see
+/// [`ShardClient::is_slow`]): well above a healthy reply on loopback or a LAN (about 1 ms), at
+/// the hedging delay of readers.
+pub const SLOW_AFTER: Duration = Duration::from_millis(300);
+/// Shortest time a slow peer stays slow (when `peer_down_for` is shorter).
+const SLOW_FOR_MIN: Duration = Duration::from_secs(1);
+
+/// Marks the peer slow if dropped before the request settled, after `SLOW_AFTER`.
+struct SlowWatch<'a> {
+    client: &'a ShardClient,
+    id: EndpointId,
+    sent: Instant,
+    settled: bool,
+}
+
+impl Drop for SlowWatch<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.sent.elapsed() >= SLOW_AFTER {
+            self.client.set_slow(self.id, true);
         }
     }
 }

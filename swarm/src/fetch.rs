@@ -79,8 +79,9 @@ pub async fn fetch_any_k(
     k: usize,
     hedge_after: Duration,
 ) -> Result<Vec<(usize, Vec<u8>)>, FetchError> {
-    // Data shards first, then parity, each group in index order.
-    shards.sort_by_key(|s| (s.index >= k, s.index));
+    // Data shards first, then parity, each group in index order; holders that were slow to
+    // answer lately after everyone else (see `ShardClient::is_slow`).
+    shards.sort_by_cached_key(|s| (client.is_slow(&s.holder.id), s.index >= k, s.index));
     let mut fetch = Fetch {
         client,
         queue: shards.into(),
@@ -135,7 +136,9 @@ pub async fn fetch_any_k(
             }
         }
     }
-    fetch.running.abort_all();
+    // Cancel what is still running and wait until it is gone, so that its peers' bookkeeping
+    // (slow peers) is up to date for the next chunk.
+    fetch.running.shutdown().await;
     let Fetch { got, .. } = fetch;
     if got.len() >= k {
         return Ok(got.into_iter().take(k).collect());

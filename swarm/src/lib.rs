@@ -36,7 +36,7 @@ pub use backend::{BackendError, MemoryBackend, ShardBackend};
 pub use cids::{
     CODEC_DAG_CBOR, CODEC_RAW, Cid, MULTIHASH_BLAKE3, content_digest, manifest_cid, shard_cid,
 };
-pub use client::{ClientStats, ShardClient, ShardConfig};
+pub use client::{ClientStats, SLOW_AFTER, ShardClient, ShardConfig};
 pub use endpoint::{
     BoundEndpoint, SECRET_KEY_LEN, endpoint_offline, endpoint_online, generate_secret_key,
     secret_key_from_bytes, secret_key_to_bytes,

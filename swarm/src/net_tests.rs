@@ -493,6 +493,51 @@ async fn a_read_that_gets_no_reply_start_fails_early_and_a_write_does_not() {
 }
 
 #[tokio::test]
+async fn a_holder_left_waiting_on_is_asked_last_until_it_answers() {
+    let shards: Vec<Vec<u8>> = (0..5).map(|i| data(40 + i, 3000)).collect();
+    let (hang_router, hang_addr) = serve(Evil::Hang).await;
+    let mut routers = vec![hang_router];
+    let mut locations = vec![ShardLocation {
+        index: 0,
+        cid: shard_cid(&shards[0]),
+        holder: hang_addr.clone(),
+    }];
+    let (client, bound) = client().await;
+    for (index, bytes) in shards.iter().enumerate().skip(1) {
+        let (router, addr) = serve(memory_server(1 << 20)).await;
+        step(client.put(&addr, &shard_cid(bytes), bytes))
+            .await
+            .unwrap();
+        locations.push(ShardLocation {
+            index,
+            cid: shard_cid(bytes),
+            holder: addr,
+        });
+        routers.push(router);
+    }
+    // The silent holder of data shard 0 is asked first, the hedge (past SLOW_AFTER) gets a
+    // parity shard instead, and the request left waiting is cancelled: the peer is now slow.
+    let hedge = SLOW_AFTER + Duration::from_millis(100);
+    let got = step(fetch_any_k(&client, locations.clone(), 3, hedge))
+        .await
+        .unwrap();
+    assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(client.is_slow(&hang_addr.id));
+    assert!(locations[1..].iter().all(|l| !client.is_slow(&l.holder.id)));
+    // The next chunk asks it last: three requests, three shards, no wait for a hedge.
+    let before = client.stats().requests;
+    let got = step(fetch_any_k(&client, locations, 3, hedge))
+        .await
+        .unwrap();
+    assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(client.stats().requests - before, 3);
+    bound.endpoint.close().await;
+    for r in routers {
+        r.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn fetch_any_k_survives_hanging_and_lying_holders() {
     let k = 3;
     let shards: Vec<Vec<u8>> = (0..5).map(|i| data(20 + i, 4000)).collect();
