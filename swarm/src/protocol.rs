@@ -464,8 +464,14 @@ async fn read_cid<R: AsyncRead + Unpin>(recv: &mut R) -> Result<Cid, FrameError>
 
 /// Reads exactly `len` bytes, `len` having been checked against its limit by the caller.
 async fn read_vec<R: AsyncRead + Unpin>(recv: &mut R, len: usize) -> Result<Vec<u8>, FrameError> {
-    let mut buf = vec![0u8; len];
-    recv.read_exact(&mut buf).await?;
+    // Filled from uninitialized capacity: zeroing a shard's worth first costs as much as a copy.
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let want = (len - buf.len()) as u64;
+        if (&mut *recv).take(want).read_buf(&mut buf).await? == 0 {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
     Ok(buf)
 }
 
