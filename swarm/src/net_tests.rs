@@ -492,18 +492,16 @@ async fn a_read_that_gets_no_reply_start_fails_early_and_a_write_does_not() {
     router.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_holder_left_waiting_on_is_asked_last_until_it_answers() {
-    let shards: Vec<Vec<u8>> = (0..5).map(|i| data(40 + i, 3000)).collect();
-    let (hang_router, hang_addr) = serve(Evil::Hang).await;
-    let mut routers = vec![hang_router];
-    let mut locations = vec![ShardLocation {
-        index: 0,
-        cid: shard_cid(&shards[0]),
-        holder: hang_addr.clone(),
-    }];
-    let (client, bound) = client().await;
-    for (index, bytes) in shards.iter().enumerate().skip(1) {
+/// Serves `shards[from..]` from one honest server each (stored through `client`), adding their
+/// locations; returns the routers.
+async fn serve_shards(
+    client: &ShardClient,
+    shards: &[Vec<u8>],
+    from: usize,
+    locations: &mut Vec<ShardLocation>,
+) -> Vec<Router> {
+    let mut routers = Vec::new();
+    for (index, bytes) in shards.iter().enumerate().skip(from) {
         let (router, addr) = serve(memory_server(1 << 20)).await;
         step(client.put(&addr, &shard_cid(bytes), bytes))
             .await
@@ -515,6 +513,21 @@ async fn a_holder_left_waiting_on_is_asked_last_until_it_answers() {
         });
         routers.push(router);
     }
+    routers
+}
+
+#[tokio::test]
+async fn a_holder_left_waiting_on_is_asked_last_until_it_answers() {
+    let shards: Vec<Vec<u8>> = (0..5).map(|i| data(40 + i, 3000)).collect();
+    let (hang_router, hang_addr) = serve(Evil::Hang).await;
+    let mut routers = vec![hang_router];
+    let mut locations = vec![ShardLocation {
+        index: 0,
+        cid: shard_cid(&shards[0]),
+        holder: hang_addr.clone(),
+    }];
+    let (client, bound) = client().await;
+    routers.extend(serve_shards(&client, &shards, 1, &mut locations).await);
     // The silent holder of data shard 0 is asked first, the hedge (past SLOW_AFTER) gets a
     // parity shard instead, and the request left waiting is cancelled: the peer is now slow.
     let hedge = SLOW_AFTER + Duration::from_millis(100);
@@ -557,18 +570,7 @@ async fn fetch_any_k_survives_hanging_and_lying_holders() {
         },
     ];
     let (client, bound) = client().await;
-    for (index, bytes) in shards.iter().enumerate().skip(2) {
-        let (router, addr) = serve(memory_server(1 << 20)).await;
-        step(client.put(&addr, &shard_cid(bytes), bytes))
-            .await
-            .unwrap();
-        locations.push(ShardLocation {
-            index,
-            cid: shard_cid(bytes),
-            holder: addr,
-        });
-        routers.push(router);
-    }
+    routers.extend(serve_shards(&client, &shards, 2, &mut locations).await);
 
     let got = step(fetch_any_k(
         &client,

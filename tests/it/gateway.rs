@@ -284,18 +284,22 @@ fn data_gone_fails_within_seconds_and_is_counted() {
     let url = resolve(&gw, "org/gone", "weights.bin");
     let len = data.len();
 
+    // The first 100 000 bytes, which must come back exactly.
+    let first_range = |what: &str| {
+        let got = bounded(what, async {
+            let r = client()
+                .get(&url)
+                .header(RANGE, "bytes=0-99999")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+            r.bytes().await.unwrap()
+        });
+        assert_eq!(got[..], data[..100_000], "{what}");
+    };
     // A ranged read opens the artifact and fills the cache with the chunks it touched.
-    let head = bounded("a first range", async {
-        let r = client()
-            .get(&url)
-            .header(RANGE, "bytes=0-99999")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-        r.bytes().await.unwrap()
-    });
-    assert_eq!(head[..], data[..100_000]);
+    first_range("a first range");
 
     // Three of five nodes die without a goodbye (node 0, the gateway's way in, stays): two
     // shards of every chunk are left, one short of the three a chunk needs.
@@ -319,17 +323,7 @@ fn data_gone_fails_within_seconds_and_is_counted() {
     });
     assert!(matches!(outcome, Ok(Err(_))), "{outcome:?}");
     // What was already opened and cached is still served, verified.
-    let again = bounded("a cached range", async {
-        let r = client()
-            .get(&url)
-            .header(RANGE, "bytes=0-99999")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-        r.bytes().await.unwrap()
-    });
-    assert_eq!(again[..], data[..100_000]);
+    first_range("a cached range");
 
     let m = metrics(&gw);
     for name in [
