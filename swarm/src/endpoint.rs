@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use iroh::address_lookup::memory::MemoryLookup;
-use iroh::endpoint::presets;
+use iroh::endpoint::{QuicTransportConfig, presets};
 use iroh::{Endpoint, RelayMode, SecretKey};
 
 use crate::error::{Error, Result};
@@ -34,6 +34,7 @@ pub async fn endpoint_offline(secret_key: SecretKey, bind: SocketAddr) -> Result
     // Without clear_ip_transports the builder also binds [::] and advertises every local address.
     let endpoint = Endpoint::builder(presets::Minimal)
         .secret_key(secret_key)
+        .transport_config(transport())
         .relay_mode(RelayMode::Disabled)
         .clear_address_lookup()
         .address_lookup(lookup.clone())
@@ -52,6 +53,7 @@ pub async fn endpoint_online(secret_key: SecretKey) -> Result<BoundEndpoint> {
     let lookup = MemoryLookup::new();
     let endpoint = Endpoint::builder(presets::N0)
         .secret_key(secret_key)
+        .transport_config(transport())
         .address_lookup(lookup.clone())
         .bind()
         .await
@@ -60,6 +62,15 @@ pub async fn endpoint_online(secret_key: SecretKey) -> Result<BoundEndpoint> {
             reason: err.to_string(),
         })?;
     Ok(BoundEndpoint { endpoint, lookup })
+}
+
+/// QUIC settings of every Cairn endpoint: iroh's, with streams of a connection sent one after
+/// the other rather than interleaved. A reader has several shard requests in flight to one
+/// peer; sent in turn, the first shard arrives whole as early as it can (and its chunk can be
+/// opened) instead of all of them arriving at the end together, and packets carry fewer stream
+/// frames.
+fn transport() -> QuicTransportConfig {
+    QuicTransportConfig::builder().send_fairness(false).build()
 }
 
 /// A fresh random node secret key.
