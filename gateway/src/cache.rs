@@ -24,8 +24,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use cairn_store::{ChunkCache, Cid, Claim};
 use prometheus_client::metrics::counter::Counter;
-use quick_cache::Weighter;
 use quick_cache::sync::Cache;
+use quick_cache::{OptionsBuilder, Weighter};
 
 /// Default size of the opened-chunk cache: room for the chunks of a few dozen concurrent
 /// ranged readers, while a gateway streaming a large file stays well under 150 MiB in all.
@@ -74,8 +74,18 @@ impl ChunkLru {
     pub fn new(bytes: u64) -> Self {
         let avg = cairn_store::CHUNK_AVG as u64;
         Self {
-            chunks: (bytes > 0)
-                .then(|| Cache::with_weighter((bytes / avg).max(1) as usize, bytes, ByLen)),
+            chunks: (bytes > 0).then(|| {
+                // Half the space for chunks seen once: with the default (3 %) a new chunk of a
+                // few dozen in the cache is pushed out by the next one before a second reader
+                // can hit it. Ranged readers come back soon or not at all.
+                let options = OptionsBuilder::new()
+                    .estimated_items_capacity((bytes / avg).max(1) as usize)
+                    .weight_capacity(bytes)
+                    .hot_allocation(0.5)
+                    .build()
+                    .expect("both capacities are set");
+                Cache::with_options(options, ByLen, Default::default(), Default::default())
+            }),
             flights: Mutex::default(),
             hits: Counter::default(),
             misses: Counter::default(),

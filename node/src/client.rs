@@ -874,7 +874,7 @@ impl NetSource<'_> {
         index: usize,
         chunk: &ChunkEntry,
         params: Params,
-    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    ) -> Result<ShardSlots, StoreError> {
         let holders = &self.art.record.holders[index];
         let mut locations: Vec<ShardLocation> = chunk
             .shards
@@ -938,7 +938,7 @@ impl ShardSource for NetSource<'_> {
         index: usize,
         chunk: &ChunkEntry,
         params: Params,
-    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    ) -> Result<ShardSlots, StoreError> {
         self.net
             .handle
             .block_on(self.fetch_one(artifact, index, chunk, params))
@@ -974,7 +974,7 @@ impl ShardSource for NetSource<'_> {
         artifact: &Cid,
         params: Params,
         chunks: &[(usize, &ChunkEntry)],
-    ) -> Vec<Result<Vec<Option<Vec<u8>>>, StoreError>> {
+    ) -> Vec<Result<ShardSlots, StoreError>> {
         self.net.handle.block_on(join_all(
             chunks
                 .iter()

@@ -88,7 +88,7 @@ pub trait ShardSource: Sync {
         index: usize,
         chunk: &ChunkEntry,
         params: Params,
-    ) -> Result<Vec<Option<Vec<u8>>>, Error>;
+    ) -> Result<ShardSlots, Error>;
 
     /// Fetches the shards of a window of chunks, one result per chunk in order. The default asks
     /// [`ShardSource::fetch`] for each chunk in parallel on the rayon pool; a network source
@@ -99,7 +99,7 @@ pub trait ShardSource: Sync {
         artifact: &Cid,
         params: Params,
         chunks: &[(usize, &ChunkEntry)],
-    ) -> Vec<Result<Vec<Option<Vec<u8>>>, Error>> {
+    ) -> Vec<Result<ShardSlots, Error>> {
         chunks
             .par_iter()
             .map(|(i, c)| self.fetch(artifact, *i, c, params))
@@ -138,8 +138,8 @@ pub fn fetch_data_first(
     chunk: &ChunkEntry,
     params: Params,
     get: impl Fn(&Cid) -> Result<Vec<u8>, Error>,
-) -> Result<Vec<Option<Vec<u8>>>, Error> {
-    let mut slots: Vec<Option<Vec<u8>>> = vec![None; params.n()];
+) -> Result<ShardSlots, Error> {
+    let mut slots: ShardSlots = vec![None; params.n()];
     let mut present = 0;
     let mut missing = Vec::new();
     for (i, cid) in chunk.shards.iter().enumerate() {
@@ -430,7 +430,7 @@ fn chunk_plain(
     o: &Artifact<'_>,
     codec: &Codec,
     index: usize,
-    slots: Vec<Option<Vec<u8>>>,
+    slots: ShardSlots,
 ) -> Result<Vec<u8>, Error> {
     let entry = &o.manifest.chunks()[index];
     let mut sealed = codec.decode(slots, entry.sealed_len as usize)?;
@@ -586,17 +586,18 @@ pub fn read_file_pieces(
         }
         Ok(())
     };
-    // What the cache holds now; the rest is fetched.
-    let cached: Vec<Option<Bytes>> = wanted.iter().map(|&(i, _)| cache.get(&o.cid, i)).collect();
-    let asked: Vec<(usize, &ChunkEntry)> = wanted
-        .iter()
-        .zip(&cached)
-        .filter(|(_, c)| c.is_none())
-        .map(|(&(i, _), _)| (i, &manifest.chunks()[i]))
-        .collect();
     // Hands every wanted chunk to `put` in file order: cached ones as they are, the others as
     // the source delivers them. Stops when `put` returns false.
     let produce = |put: &mut dyn FnMut(Piece) -> bool| {
+        // What the cache holds now; the rest is fetched.
+        let cached: Vec<Option<Bytes>> =
+            wanted.iter().map(|&(i, _)| cache.get(&o.cid, i)).collect();
+        let asked: Vec<(usize, &ChunkEntry)> = wanted
+            .iter()
+            .zip(&cached)
+            .filter(|(_, c)| c.is_none())
+            .map(|(&(i, _), _)| (i, &manifest.chunks()[i]))
+            .collect();
         let mut slots = cached.into_iter().zip(wanted.iter().copied());
         // Puts the cached chunks up to the next missing one, which it returns.
         let mut advance = |put: &mut dyn FnMut(Piece) -> bool| -> Step {
@@ -771,7 +772,7 @@ enum Fetched {
     /// Opened already (from the cache).
     Open(Bytes),
     /// Its shards, or why they could not be had.
-    Shards(Result<Vec<Option<Vec<u8>>>, Error>),
+    Shards(Result<ShardSlots, Error>),
 }
 
 /// Writes every file of the artifact under `out_dir`. Each file is written to a temporary name

@@ -29,7 +29,7 @@ use redb::{
 
 use crate::ids::blake3_digest;
 use crate::shardfile::{HEADER_LEN, SHARD_LEN_MAX, ShardHeader};
-use crate::{Cid, Error, Manifest, bao};
+use crate::{Cid, Error, Manifest, ShardSlots, bao};
 
 /// Format of the data directory; bumped on any incompatible change to tables or files.
 const STORE_FORMAT: u64 = 1;
@@ -851,7 +851,7 @@ impl crate::ShardSource for Store {
         index: usize,
         chunk: &crate::ChunkEntry,
         params: cairn_erasure::Params,
-    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    ) -> Result<ShardSlots, Error> {
         crate::fetch_data_first(artifact, index, chunk, params, |c| self.get_shard(c))
     }
 }

@@ -244,6 +244,10 @@ fn a_thousand_concurrent_ranges_over_a_devnet() {
         metric(&m, "cairn_gateway_chunk_cache_hits_total"),
         metric(&m, "cairn_gateway_chunk_cache_misses_total"),
     );
+    eprintln!(
+        "chunk cache: {hits} hits, {misses} misses ({} chunks)",
+        ends.len()
+    );
     assert!(hits > misses, "cache hits {hits}, misses {misses}");
     assert!(metric(&m, "cairn_gateway_shard_requests_total") > 0);
     assert_eq!(
