@@ -566,7 +566,8 @@ pub fn read_file_pieces(
         path: PathBuf::from(&file.path),
         source: e,
     };
-    // Rebuilds and opens a run of chunks in parallel, then emits them in order.
+    // Rebuilds and opens a run of chunks in parallel (those not open yet), then emits the part
+    // of each that the range covers, in order.
     let mut open_and_emit = |run: Vec<Piece>| -> Result<(), Error> {
         let opened: Vec<(Bytes, u64)> = run
             .into_par_iter()
@@ -640,12 +641,13 @@ pub fn read_file_pieces(
     if total <= WINDOW_CHUNKS {
         // One window (a typical ranged read): concurrent readers of the same chunks share them.
         let opened = open_window_shared(o, source, cache, &codec, &wanted)?;
-        for (plain, &(_, off)) in opened.into_iter().zip(&wanted) {
-            let lo = range.start.max(off) - off;
-            let hi = range.end.min(off + plain.len() as u64) - off;
-            emit(plain.slice(lo as usize..hi as usize)).map_err(io_err)?;
-        }
-        return Ok(());
+        return open_and_emit(
+            opened
+                .into_iter()
+                .zip(&wanted)
+                .map(|(plain, &(i, off))| (i, off, Fetched::Open(plain)))
+                .collect(),
+        );
     }
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(READ_QUEUED);
