@@ -16,14 +16,19 @@ Environment (set by gateway/tests/it/hf.rs, or by hand against any gateway):
 Prints one line per check and 'N passed, N failed'; exits 1 if any check failed.
 """
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import traceback
 
 URL = os.environ["CAIRN_GATEWAY_URL"].rstrip("/")
 os.environ["HF_ENDPOINT"] = URL  # must be set before huggingface_hub is imported
-os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="cairn-hf-home-")
+# The client's cache goes to a folder of this run only, removed when the run ends.
+_HF_HOME = tempfile.mkdtemp(prefix="cairn-hf-home-", dir=os.environ.get("CAIRN_TMP_DIR"))
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.pop("HF_TOKEN", None)
@@ -77,7 +82,7 @@ def check_snapshot_dataset():
 
 
 def check_snapshot_by_commit_to_local_dir():
-    d = tempfile.mkdtemp()
+    d = tempfile.mkdtemp(dir=_HF_HOME)
     snapshot_download(MODEL, revision=COMMIT, local_dir=d)
     same_tree(d)
 
@@ -162,7 +167,7 @@ def check_private_with_token():
     assert info.sha == COMMIT, info.sha
     got = hf_hub_download(PRIVATE, "config.json", token=TOKEN)
     assert read(got) == read(os.path.join(FIXTURE, "config.json"))
-    d = tempfile.mkdtemp()
+    d = tempfile.mkdtemp(dir=_HF_HOME)
     snapshot_download(PRIVATE, token=TOKEN, local_dir=d)
     same_tree(d)
     fs = HfFileSystem(token=TOKEN)
