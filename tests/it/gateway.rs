@@ -496,22 +496,7 @@ ds = load_dataset("demo/ds", split="train")
 print(len(ds))
 print(ds[7]["text"])
 "#;
-    let mut py = std::process::Command::new("python3");
-    py.args(["-c", script])
-        .env("HF_ENDPOINT", &gw.url)
-        .env("HF_HOME", &hf_home)
-        .env("HF_HUB_DISABLE_TELEMETRY", "1")
-        .env("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-        .env_remove("HF_HUB_OFFLINE")
-        .env_remove("HF_DATASETS_OFFLINE")
-        .env_remove("HF_TOKEN")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .stdin(std::process::Stdio::null());
-    let o = run_bounded(py, HTTP_TIMEOUT);
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
+    let (o, out, err) = python_against(&gw, &hf_home, script);
     assert_ne!(
         o.status.code(),
         Some(3),
@@ -525,6 +510,128 @@ print(ds[7]["text"])
     let mut got = out.lines();
     assert_eq!(got.next(), Some(ROWS.to_string().as_str()), "{out}\n{err}");
     assert_eq!(got.next(), Some("row number 7"), "{out}\n{err}");
+}
+
+/// Runs a Python `script` with the Hugging Face libraries pointed at the gateway (`HF_ENDPOINT`),
+/// its cache in `hf_home`, no token and no offline mode; bounded by `HTTP_TIMEOUT`.
+fn python_against(
+    gw: &DevGateway,
+    hf_home: &Path,
+    script: &str,
+) -> (std::process::Output, String, String) {
+    let mut py = std::process::Command::new("python3");
+    py.args(["-c", script])
+        .env("HF_ENDPOINT", &gw.url)
+        .env("HF_HOME", hf_home)
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .env("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_DATASETS_OFFLINE")
+        .env_remove("TRANSFORMERS_OFFLINE")
+        .env_remove("HF_TOKEN")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdin(std::process::Stdio::null());
+    let o = run_bounded(py, HTTP_TIMEOUT);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    (o, out, err)
+}
+
+/// `transformers` (no PyTorch needed) loads a model's configuration and tokenizer from the
+/// gateway by name, then by the commit id the gateway gave, and `cached_file` fetches the
+/// weights file byte-identical.
+#[test]
+fn transformers_loads_config_and_tokenizer_through_the_gateway() {
+    let net = Devnet::with_nodes(5);
+    let src = net.tmp.path().join("tiny-bert");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(
+        src.join("config.json"),
+        r#"{"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96,
+            "vocab_size": 6}"#,
+    )
+    .unwrap();
+    fs::write(
+        src.join("tokenizer.json"),
+        r#"{"version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [{"id": 0, "content": "[UNK]", "single_word": false, "lstrip": false,
+                              "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "unk_token": "[UNK]",
+                      "vocab": {"[UNK]": 0, "cairn": 1, "stores": 2, "models": 3, "and": 4,
+                                "datasets": 5}}}"#,
+    )
+    .unwrap();
+    fs::write(
+        src.join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]"}"#,
+    )
+    .unwrap();
+    let weights = pseudo_random(21, (3 << 20) + 17);
+    fs::write(src.join("model.safetensors"), &weights).unwrap();
+    let cap = publish(&net, &src);
+    let gw = net.start_gateway();
+    gw.register("demo/tiny-bert", &cap, &[]);
+
+    let hf_home = net.tmp.path().join("hf-home");
+    let script = r#"
+import sys
+try:
+    import transformers
+except ImportError as e:
+    print(f"the transformers package is missing ({e}): pip install transformers", file=sys.stderr)
+    sys.exit(3)
+from transformers import AutoConfig, AutoTokenizer
+from transformers.utils import cached_file
+from huggingface_hub import HfApi
+cfg = AutoConfig.from_pretrained("demo/tiny-bert")
+print(type(cfg).__name__, cfg.hidden_size, cfg.num_hidden_layers)
+tok = AutoTokenizer.from_pretrained("demo/tiny-bert")
+print(tok("cairn stores models and datasets")["input_ids"], tok("cairn stores weights")["input_ids"])
+sha = HfApi().model_info("demo/tiny-bert").sha
+again = AutoConfig.from_pretrained("demo/tiny-bert", revision=sha)
+print(again.hidden_size)
+print(cached_file("demo/tiny-bert", "model.safetensors"))
+try:
+    AutoConfig.from_pretrained("demo/no-such-model")
+    print("missing repo loaded")
+except OSError:
+    print("missing repo refused")
+"#;
+    let (o, out, err) = python_against(&gw, &hf_home, script);
+    assert_ne!(
+        o.status.code(),
+        Some(3),
+        "python3 cannot import transformers: pip install transformers (CI installs it)\n{err}"
+    );
+    assert!(
+        o.status.success(),
+        "transformers through the gateway failed ({}):\n{out}\n{err}",
+        o.status
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    let cached = lines.get(3).copied().unwrap_or("");
+    assert_eq!(
+        lines,
+        [
+            "BertConfig 48 2",
+            "[1, 2, 3, 4, 5] [1, 2, 0]",
+            "48",
+            cached,
+            "missing repo refused",
+        ],
+        "{out}\n{err}"
+    );
+    let got = fs::read(cached).unwrap();
+    assert!(
+        got == weights,
+        "cached_file gave {} bytes, not the {} published",
+        got.len(),
+        weights.len()
+    );
 }
 
 /// The 8-byte windows of `body` that also occur in `data`.
