@@ -17,8 +17,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 root="$(cd "$(dirname "$0")/.." && pwd)"
-cargo build --release -q -p cairn --manifest-path "$root/Cargo.toml"
-bin="$root/target/release/cairn"
+# CAIRN_BIN=<path> measures a binary built elsewhere (an A/B of two builds in one session).
+if [ -n "${CAIRN_BIN:-}" ]; then
+  bin="$CAIRN_BIN"
+else
+  cargo build --release -q -p cairn --manifest-path "$root/Cargo.toml"
+  bin="$root/target/release/cairn"
+fi
 work="$(mktemp -d /tmp/cairn-bench-devnet.XXXXXX)"
 devnet_pid=""
 cleanup() {

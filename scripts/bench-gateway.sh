@@ -20,8 +20,13 @@ done
 command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
 root="$(cd "$(dirname "$0")/.." && pwd)"
-cargo build --release -q -p cairn --manifest-path "$root/Cargo.toml"
-bin="$root/target/release/cairn"
+# CAIRN_BIN=<path> measures a binary built elsewhere (an A/B of two builds in one session).
+if [ -n "${CAIRN_BIN:-}" ]; then
+  bin="$CAIRN_BIN"
+else
+  cargo build --release -q -p cairn --manifest-path "$root/Cargo.toml"
+  bin="$root/target/release/cairn"
+fi
 work="$(mktemp -d /tmp/cairn-bench-gw.XXXXXX)"
 devnet_pid=""; nginx_conf=""
 cleanup() {

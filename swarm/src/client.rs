@@ -36,7 +36,10 @@ pub struct ShardConfig {
     /// How long a peer that timed out (connecting, or starting a reply) is skipped: requests to
     /// it fail at once with [`Error::PeerDown`]. Zero never skips.
     pub peer_down_for: Duration,
-    /// Requests in flight per peer (values below 1 count as 1).
+    /// Requests in flight per peer (values below 1 count as 1). A server handles at least
+    /// [`PEER_INFLIGHT_MAX`] at once whatever this says: that is the number of streams a peer
+    /// may open on a Cairn endpoint, and a stream opened but not handled could hold the
+    /// connection's flow-control credit (see `endpoint::LOOPBACK_RECEIVE_WINDOW`).
     pub peer_inflight_max: usize,
     /// Peers whose connections the client keeps open (values below 1 count as 1).
     pub pool_peers_max: usize,

@@ -3,13 +3,30 @@
 use std::net::SocketAddr;
 
 use iroh::address_lookup::memory::MemoryLookup;
-use iroh::endpoint::{QuicTransportConfig, presets};
+use iroh::endpoint::{QuicTransportConfig, VarInt, presets};
 use iroh::{Endpoint, RelayMode, SecretKey};
 
 use crate::error::{Error, Result};
+use crate::protocol::PEER_INFLIGHT_MAX;
 
 /// Length of a node secret key in bytes (an ed25519 seed).
 pub const SECRET_KEY_LEN: usize = 32;
+
+/// How many bytes one peer may have sent on a connection beyond what we have read, on an
+/// endpoint that only talks over loopback (tests, the devnet): QUIC's connection-level flow
+/// control window. On loopback the round trip is about 0.1 ms, so 1 MiB is many times what
+/// keeps a connection busy; without this bound (iroh's default is unlimited, each stream being
+/// capped at 1.25 MB) five nodes answering a reader's 24 shard requests at once overflowed its
+/// UDP receive buffer (8 MiB) whenever the reader's CPU fell behind: hundreds of dropped
+/// datagrams per GiB, each a retransmission and a congestion-window cut. With it: no drops,
+/// and full gateway GETs over a 5-node devnet measured as fast or faster
+/// (`scripts/bench-gateway.sh`).
+pub const LOOPBACK_RECEIVE_WINDOW: u32 = 1 << 20;
+
+/// The same bound on an endpoint facing real networks: about the bandwidth-delay product of
+/// 1 Gbit/s at a 130 ms round trip, so one peer can still fill a fast long link, while what
+/// one peer can push at us unread stays bounded.
+pub const RECEIVE_WINDOW: u32 = 16 << 20;
 
 /// An endpoint together with the address book it dials from.
 ///
@@ -34,7 +51,7 @@ pub async fn endpoint_offline(secret_key: SecretKey, bind: SocketAddr) -> Result
     // Without clear_ip_transports the builder also binds [::] and advertises every local address.
     let endpoint = Endpoint::builder(presets::Minimal)
         .secret_key(secret_key)
-        .transport_config(transport())
+        .transport_config(transport(LOOPBACK_RECEIVE_WINDOW))
         .relay_mode(RelayMode::Disabled)
         .clear_address_lookup()
         .address_lookup(lookup.clone())
@@ -53,7 +70,7 @@ pub async fn endpoint_online(secret_key: SecretKey) -> Result<BoundEndpoint> {
     let lookup = MemoryLookup::new();
     let endpoint = Endpoint::builder(presets::N0)
         .secret_key(secret_key)
-        .transport_config(transport())
+        .transport_config(transport(RECEIVE_WINDOW))
         .address_lookup(lookup.clone())
         .bind()
         .await
@@ -68,9 +85,20 @@ pub async fn endpoint_online(secret_key: SecretKey) -> Result<BoundEndpoint> {
 /// the other rather than interleaved. A reader has several shard requests in flight to one
 /// peer; sent in turn, the first shard arrives whole as early as it can (and its chunk can be
 /// opened) instead of all of them arriving at the end together, and packets carry fewer stream
-/// frames.
-fn transport() -> QuicTransportConfig {
-    QuicTransportConfig::builder().send_fairness(false).build()
+/// frames. `receive_window` bounds what a peer may send on a connection ahead of our reading
+/// (see [`LOOPBACK_RECEIVE_WINDOW`]).
+///
+/// A connection window asks that every stream a peer opens be read as its data comes, or a
+/// stream left unread could hold credit the others need. Cairn's readers read each reply in its
+/// own task, and its server reads each request it accepts; so that a peer cannot open streams
+/// the server has not accepted (whose data would sit in the window), a peer may have at most
+/// [`PEER_INFLIGHT_MAX`] bidirectional streams open, as many as the server handles at once.
+fn transport(receive_window: u32) -> QuicTransportConfig {
+    QuicTransportConfig::builder()
+        .send_fairness(false)
+        .receive_window(VarInt::from_u32(receive_window))
+        .max_concurrent_bidi_streams(VarInt::from_u32(PEER_INFLIGHT_MAX as u32))
+        .build()
 }
 
 /// A fresh random node secret key.

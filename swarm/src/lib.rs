@@ -38,8 +38,8 @@ pub use cids::{
 };
 pub use client::{ClientStats, SLOW_AFTER, ShardClient, ShardConfig};
 pub use endpoint::{
-    BoundEndpoint, SECRET_KEY_LEN, endpoint_offline, endpoint_online, generate_secret_key,
-    secret_key_from_bytes, secret_key_to_bytes,
+    BoundEndpoint, LOOPBACK_RECEIVE_WINDOW, RECEIVE_WINDOW, SECRET_KEY_LEN, endpoint_offline,
+    endpoint_online, generate_secret_key, secret_key_from_bytes, secret_key_to_bytes,
 };
 pub use error::{Error, Result};
 pub use fetch::{FetchError, ShardFailure, ShardLocation, fetch_any_k};

@@ -1086,3 +1086,114 @@ async fn peers_hands_a_client_without_gossip_every_member() {
         router.shutdown().await.unwrap();
     }
 }
+
+/// Answers each of the first `FLOOD_STREAMS` bi streams with `FLOOD_LEN` bytes, then keeps the
+/// connection open.
+#[derive(Debug, Clone)]
+struct Flood;
+
+const FLOOD_ALPN: &[u8] = b"/cairn-test/flood/1";
+const FLOOD_STREAMS: u8 = 3;
+const FLOOD_LEN: usize = 2 << 20;
+
+impl ProtocolHandler for Flood {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        for seed in 0..FLOOD_STREAMS {
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+                return Ok(());
+            };
+            tokio::spawn(async move {
+                let _ = recv.read_to_end(16).await;
+                let _ = send.write_all(&data(seed, FLOOD_LEN)).await;
+                let _ = send.finish();
+                let _ = send.stopped().await;
+            });
+        }
+        conn.closed().await;
+        Ok(())
+    }
+}
+
+/// Several streams, each within its own window (1.25 MB), together may not get more than the
+/// connection's receive window ahead of a reader that reads nothing: what five busy nodes can
+/// pile into a reader's UDP receive buffer stays bounded.
+#[tokio::test]
+async fn a_peer_cannot_push_more_than_the_receive_window_at_a_reader_that_does_not_read() {
+    let server = bind().await;
+    let server_addr = addr_of(&server);
+    let router = Router::builder(server.endpoint)
+        .accept(FLOOD_ALPN, Flood)
+        .spawn();
+    let reader = bind().await;
+    let conn = step(reader.endpoint.connect(server_addr, FLOOD_ALPN))
+        .await
+        .unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..FLOOD_STREAMS {
+        let (mut send, recv) = step(conn.open_bi()).await.unwrap();
+        send.write_all(b"go").await.unwrap();
+        send.finish().unwrap();
+        streams.push(recv);
+    }
+    // The reader reads nothing for a while: the sender may only get one window ahead.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = conn.stats().udp_rx.bytes;
+    let window = u64::from(LOOPBACK_RECEIVE_WINDOW);
+    assert!(
+        received <= window + window / 4,
+        "{received} bytes arrived unread, the window is {window}"
+    );
+    assert!(
+        received >= window / 2,
+        "only {received} bytes arrived: the sender should fill the window"
+    );
+    // Reading releases the rest, all of it intact. The streams are read concurrently, as every
+    // Cairn reader reads its replies: under a connection window, a stream left unread could
+    // hold credit the others need.
+    let mut reads = tokio::task::JoinSet::new();
+    for (seed, mut recv) in (0..FLOOD_STREAMS).zip(streams) {
+        reads.spawn(async move {
+            let got = step(recv.read_to_end(FLOOD_LEN)).await.unwrap();
+            assert!(
+                got == data(seed, FLOOD_LEN),
+                "stream {seed}: the bytes differ"
+            );
+        });
+    }
+    while let Some(done) = reads.join_next().await {
+        done.unwrap();
+    }
+    conn.close(0u32.into(), b"done");
+    reader.endpoint.close().await;
+    router.shutdown().await.unwrap();
+}
+
+/// A peer may have at most `PEER_INFLIGHT_MAX` bidirectional streams open with a Cairn endpoint,
+/// as many as its server handles at once: no stream can wait unaccepted with data in the
+/// connection's window.
+#[tokio::test]
+async fn a_peer_cannot_open_more_streams_than_the_server_handles() {
+    let server = bind().await;
+    let server_addr = addr_of(&server);
+    let router = Router::builder(server.endpoint)
+        .accept(FLOOD_ALPN, Flood)
+        .spawn();
+    let reader = bind().await;
+    let conn = step(reader.endpoint.connect(server_addr, FLOOD_ALPN))
+        .await
+        .unwrap();
+    let mut open = Vec::new();
+    for _ in 0..crate::protocol::PEER_INFLIGHT_MAX {
+        open.push(step(conn.open_bi()).await.unwrap());
+    }
+    let one_more = tokio::time::timeout(Duration::from_millis(300), conn.open_bi()).await;
+    assert!(
+        one_more.is_err(),
+        "a stream beyond the limit of {} was opened",
+        crate::protocol::PEER_INFLIGHT_MAX
+    );
+    drop(open);
+    conn.close(0u32.into(), b"done");
+    reader.endpoint.close().await;
+    router.shutdown().await.unwrap();
+}

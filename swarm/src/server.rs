@@ -13,8 +13,9 @@ use crate::backend::{BackendError, ShardBackend};
 use crate::cids::{content_digest, manifest_digest, matches};
 use crate::client::ShardConfig;
 use crate::protocol::{
-    FrameError, Head, SHARD_LEN_MAX, Status, encode_data_head, encode_error, encode_not_found,
-    encode_ok, encode_peers, read_end, read_head, read_payload, read_record_payload,
+    FrameError, Head, PEER_INFLIGHT_MAX, SHARD_LEN_MAX, Status, encode_data_head, encode_error,
+    encode_not_found, encode_ok, encode_peers, read_end, read_head, read_payload,
+    read_record_payload,
 };
 use crate::record::HolderRecord;
 
@@ -28,7 +29,8 @@ const STREAM_ABANDONED: VarInt = VarInt::from_u32(1);
 ///
 /// Register it on a [`Router`](iroh::protocol::Router) under
 /// [`SHARD_ALPN`](crate::SHARD_ALPN). Each connection handles at most
-/// `config.peer_inflight_max` requests at once; further streams wait in QUIC flow control.
+/// `config.peer_inflight_max` requests at once, and never fewer than [`PEER_INFLIGHT_MAX`], the
+/// number of streams the endpoint lets a peer open: every stream a peer can open is read.
 #[derive(Clone)]
 pub struct ShardServer {
     backend: Arc<dyn ShardBackend>,
@@ -78,11 +80,14 @@ impl ProtocolHandler for ShardServer {
     /// aborts requests still running.
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = conn.remote_id();
-        let permits = Arc::new(Semaphore::new(self.config.peer_inflight_max.max(1)));
+        let permits = Arc::new(Semaphore::new(
+            self.config.peer_inflight_max.max(PEER_INFLIGHT_MAX),
+        ));
         let mut tasks = JoinSet::new();
         loop {
-            // Waiting for a permit before accepting leaves further streams in QUIC flow control,
-            // which bounds what one peer can make us hold.
+            // Waiting for a permit before accepting bounds what one peer can make us hold; the
+            // endpoint's stream limit (also PEER_INFLIGHT_MAX) keeps it from opening streams
+            // that would wait here unread.
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
