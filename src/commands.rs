@@ -446,20 +446,32 @@ fn demo(size_mib: u64) -> anyhow::Result<()> {
     result
 }
 
-/// Writes a small sample model folder (config, tokenizer, README, `size_mib` MiB of weights).
+/// Writes a small sample model folder laid out as on the Hugging Face hub, so that
+/// `transformers` loads its configuration and tokenizer from a gateway (`AutoConfig`,
+/// `AutoTokenizer`): `config.json` (a GPT-2 shape), `tokenizer.json` and
+/// `tokenizer_config.json`, a README, a nested file, and `size_mib` MiB of weights in
+/// `model.safetensors` (random, not loadable as tensors).
 pub fn sample_model(model: &Path, size_mib: u64) -> anyhow::Result<()> {
-    std::fs::create_dir_all(model.join("tokenizer"))?;
+    std::fs::create_dir_all(model.join("extra"))?;
     std::fs::write(
         model.join("config.json"),
-        br#"{"architectures":["CairnDemoModel"],"hidden_size":1024,"num_layers":8}"#,
+        br#"{"model_type":"gpt2","architectures":["GPT2LMHeadModel"],"n_embd":256,"n_layer":4,"n_head":4,"n_positions":512,"vocab_size":8}"#,
     )?;
     std::fs::write(
-        model.join("tokenizer/tokenizer.json"),
-        br#"{"version":"1.0","model":{"type":"BPE"}}"#,
+        model.join("tokenizer.json"),
+        br#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[{"id":0,"content":"<unk>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,"model":{"type":"WordLevel","unk_token":"<unk>","vocab":{"<unk>":0,"cairn":1,"stores":2,"models":3,"and":4,"datasets":5,"on":6,"peers":7}}}"#,
+    )?;
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        br#"{"tokenizer_class":"PreTrainedTokenizerFast","unk_token":"<unk>"}"#,
     )?;
     std::fs::write(
         model.join("README.md"),
         b"# sample-model\nA demo artifact made by `cairn demo`.\n",
+    )?;
+    std::fs::write(
+        model.join("extra/notes.txt"),
+        b"Nested folders keep their paths.\n",
     )?;
     let mut weights =
         std::io::BufWriter::new(std::fs::File::create(model.join("model.safetensors"))?);

@@ -233,6 +233,9 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
         println!(
             "  HF_ENDPOINT={gw_url} python3 -c \"from huggingface_hub import snapshot_download; print(snapshot_download('demo/sample-model'))\""
         );
+        println!(
+            "  HF_ENDPOINT={gw_url} python3 -c \"from transformers import AutoTokenizer; print(AutoTokenizer.from_pretrained('demo/sample-model')('cairn stores models'))\""
+        );
         let body = fetch_http(&gw_url, "/demo/sample-model/resolve/main/config.json")?;
         if body != std::fs::read(base.join("sample-model/config.json"))? {
             bail!("the gateway served config.json differently; this is a bug");

@@ -6,8 +6,9 @@
 //! A thousand concurrent range requests all get exactly their bytes; a download survives losing
 //! two nodes midway and completes intact; a corrupted shard never reaches a client (and when too
 //! few good shards are left the download fails visibly instead of completing with wrong bytes);
-//! the real `datasets` library loads a dataset; a private repository serves nothing without a key
-//! and everything with one. Method: every byte received is compared with the published source
+//! the real `datasets` library loads a dataset and `transformers` a configuration and tokenizer;
+//! a private repository serves nothing without a key and everything with one; the README's
+//! `cairn devnet --demo` serves its sample model and stops every process on Ctrl-C. Method: every byte received is compared with the published source
 //! (directly or by BLAKE3), every wait is bounded (the harness's, and a timeout around every
 //! HTTP phase), and every process is killed when the test ends, pass or fail.
 
@@ -496,7 +497,7 @@ ds = load_dataset("demo/ds", split="train")
 print(len(ds))
 print(ds[7]["text"])
 "#;
-    let (o, out, err) = python_against(&gw, &hf_home, script);
+    let (o, out, err) = python_against(&gw.url, &hf_home, script);
     assert_ne!(
         o.status.code(),
         Some(3),
@@ -515,13 +516,13 @@ print(ds[7]["text"])
 /// Runs a Python `script` with the Hugging Face libraries pointed at the gateway (`HF_ENDPOINT`),
 /// its cache in `hf_home`, no token and no offline mode; bounded by `HTTP_TIMEOUT`.
 fn python_against(
-    gw: &DevGateway,
+    gateway_url: &str,
     hf_home: &Path,
     script: &str,
 ) -> (std::process::Output, String, String) {
     let mut py = std::process::Command::new("python3");
     py.args(["-c", script])
-        .env("HF_ENDPOINT", &gw.url)
+        .env("HF_ENDPOINT", gateway_url)
         .env("HF_HOME", hf_home)
         .env("HF_HUB_DISABLE_TELEMETRY", "1")
         .env("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -601,7 +602,7 @@ try:
 except OSError:
     print("missing repo refused")
 "#;
-    let (o, out, err) = python_against(&gw, &hf_home, script);
+    let (o, out, err) = python_against(&gw.url, &hf_home, script);
     assert_ne!(
         o.status.code(),
         Some(3),
@@ -691,4 +692,130 @@ fn private_repo_needs_a_key_over_the_devnet() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.len(), data.len());
     assert!(body[..] == data[..], "the key read different bytes");
+}
+
+/// The README's first command: `cairn devnet --demo` publishes the sample model across five node
+/// processes, fetches it back identical and serves it through its gateway, where `transformers`
+/// loads its configuration and tokenizer; Ctrl-C then stops every process and removes the
+/// temporary data directory.
+#[test]
+fn the_readme_devnet_demo_serves_transformers_and_ctrl_c_stops_everything() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let child = cairn()
+        .args(["devnet", "--demo", "--demo-mib", "8"])
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = tmp.path().join(format!("cairn-devnet-{}", child.id()));
+    let mut child = StopOnDrop(child);
+    let child = &mut child.0;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut out = Vec::new();
+    while !out.iter().any(|l: &String| l.contains("press Ctrl-C")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => out.push(line),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("the devnet did not get ready ({e}):\n{}", out.join("\n"));
+            }
+        }
+    }
+    let text = out.join("\n");
+    let identical = out.iter().filter(|l| l.ends_with("identical")).count();
+    assert_eq!(
+        identical, 6,
+        "every sample file comes back identical:\n{text}"
+    );
+    assert!(
+        text.contains("(checked: the gateway serves config.json byte for byte)"),
+        "{text}"
+    );
+    let url = out
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("gateway "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no gateway URL in:\n{text}"))
+        .to_string();
+
+    let script = r#"
+from transformers import AutoConfig, AutoTokenizer
+cfg = AutoConfig.from_pretrained("demo/sample-model")
+print(cfg.model_type, cfg.n_layer)
+print(AutoTokenizer.from_pretrained("demo/sample-model")("cairn stores models on peers")["input_ids"])
+"#;
+    let (o, py_out, py_err) = python_against(&url, &tmp.path().join("hf-home"), script);
+    assert!(
+        o.status.success(),
+        "transformers against the devnet's gateway failed:\n{py_out}\n{py_err}"
+    );
+    assert_eq!(
+        py_out.lines().collect::<Vec<_>>(),
+        ["gpt2 4", "[1, 2, 3, 6, 7]"]
+    );
+
+    // Ctrl-C: every process stops, nothing is left behind.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let stop_deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > stop_deadline {
+            let _ = child.kill();
+            panic!("the devnet did not stop within 30 s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the devnet exited with {status}");
+    // The rest of its output, up to the end of its stdout.
+    let mut rest = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        rest.push(line);
+    }
+    assert!(
+        rest.iter().any(|l| l.contains("stopping 6 processes")),
+        "{rest:?}"
+    );
+    let base_text = base.to_string_lossy().into_owned();
+    let left: Vec<String> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&base_text))
+        .collect();
+    assert!(left.is_empty(), "processes left after Ctrl-C: {left:?}");
+    assert!(!base.exists(), "{} was not removed", base.display());
+}
+
+/// A `cairn devnet` process that is stopped (Ctrl-C, then killed after 10 s) when the test ends,
+/// pass or fail, so that a failed assertion leaves no node running.
+struct StopOnDrop(std::process::Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
