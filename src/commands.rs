@@ -455,7 +455,7 @@ pub fn sample_model(model: &Path, size_mib: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(model.join("extra"))?;
     std::fs::write(
         model.join("config.json"),
-        br#"{"model_type":"gpt2","architectures":["GPT2LMHeadModel"],"n_embd":256,"n_layer":4,"n_head":4,"n_positions":512,"vocab_size":8}"#,
+        br#"{"model_type":"gpt2","architectures":["GPT2LMHeadModel"],"n_embd":256,"n_layer":4,"n_head":4,"n_positions":512,"vocab_size":8,"bos_token_id":0,"eos_token_id":0}"#,
     )?;
     std::fs::write(
         model.join("tokenizer.json"),
