@@ -17,10 +17,10 @@ pub const SECRET_KEY_LEN: usize = 32;
 /// control window. On loopback the round trip is about 0.1 ms, so 1 MiB is many times what
 /// keeps a connection busy; without this bound (iroh's default is unlimited, each stream being
 /// capped at 1.25 MB) five nodes answering a reader's 24 shard requests at once overflowed its
-/// UDP receive buffer (8 MiB) whenever the reader's CPU fell behind: hundreds of dropped
-/// datagrams per GiB, each a retransmission and a congestion-window cut. With it: no drops,
-/// and full gateway GETs over a 5-node devnet measured as fast or faster
-/// (`scripts/bench-gateway.sh`).
+/// UDP receive buffer (8 MiB) whenever the reader's CPU fell behind: 500 to 700 dropped
+/// datagrams per GiB, so retransmissions and congestion-window cuts. With it: no drops, and
+/// full gateway GETs over a 5-node devnet about 12 % faster (`scripts/bench-gateway.sh`,
+/// builds with and without it alternated).
 pub const LOOPBACK_RECEIVE_WINDOW: u32 = 1 << 20;
 
 /// The same bound on an endpoint facing real networks: about the bandwidth-delay product of
