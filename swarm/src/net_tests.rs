@@ -1114,11 +1114,8 @@ impl ProtocolHandler for Flood {
     }
 }
 
-/// Several streams, each within its own window (1.25 MB), together may not get more than the
-/// connection's receive window ahead of a reader that reads nothing: what five busy nodes can
-/// pile into a reader's UDP receive buffer stays bounded.
-#[tokio::test]
-async fn a_peer_cannot_push_more_than_the_receive_window_at_a_reader_that_does_not_read() {
+/// A `Flood` server, a reader endpoint and the reader's connection to it.
+async fn flood_connection() -> (Router, BoundEndpoint, Connection) {
     let server = bind().await;
     let server_addr = addr_of(&server);
     let router = Router::builder(server.endpoint)
@@ -1128,6 +1125,15 @@ async fn a_peer_cannot_push_more_than_the_receive_window_at_a_reader_that_does_n
     let conn = step(reader.endpoint.connect(server_addr, FLOOD_ALPN))
         .await
         .unwrap();
+    (router, reader, conn)
+}
+
+/// Several streams, each within its own window (1.25 MB), together may not get more than the
+/// connection's receive window ahead of a reader that reads nothing: what five busy nodes can
+/// pile into a reader's UDP receive buffer stays bounded.
+#[tokio::test]
+async fn a_peer_cannot_push_more_than_the_receive_window_at_a_reader_that_does_not_read() {
+    let (router, reader, conn) = flood_connection().await;
     let mut streams = Vec::new();
     for _ in 0..FLOOD_STREAMS {
         let (mut send, recv) = step(conn.open_bi()).await.unwrap();
@@ -1173,15 +1179,7 @@ async fn a_peer_cannot_push_more_than_the_receive_window_at_a_reader_that_does_n
 /// connection's window.
 #[tokio::test]
 async fn a_peer_cannot_open_more_streams_than_the_server_handles() {
-    let server = bind().await;
-    let server_addr = addr_of(&server);
-    let router = Router::builder(server.endpoint)
-        .accept(FLOOD_ALPN, Flood)
-        .spawn();
-    let reader = bind().await;
-    let conn = step(reader.endpoint.connect(server_addr, FLOOD_ALPN))
-        .await
-        .unwrap();
+    let (router, reader, conn) = flood_connection().await;
     let mut open = Vec::new();
     for _ in 0..crate::protocol::PEER_INFLIGHT_MAX {
         open.push(step(conn.open_bi()).await.unwrap());
