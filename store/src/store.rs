@@ -436,8 +436,16 @@ impl Store {
         if Some(header.hash) != blake3_digest(cid) {
             return Err(corrupted("header hash differs from the CID".into()));
         }
-        let mut data = vec![0u8; header.data_len as usize];
-        f.read_exact(&mut data).map_err(Error::io(&path))?;
+        // Read into fresh capacity (no zeroing pass over every shard served); the header's length
+        // was checked against the file's above, so a short read means the file changed under us.
+        let mut data = Vec::with_capacity(header.data_len as usize);
+        (&mut f)
+            .take(header.data_len)
+            .read_to_end(&mut data)
+            .map_err(Error::io(&path))?;
+        if data.len() != header.data_len as usize {
+            return Err(corrupted("file is shorter than its header says".into()));
+        }
         if blake3::hash(&data).as_bytes() != &header.hash {
             return Err(corrupted("BLAKE3 hash mismatch".into()));
         }
