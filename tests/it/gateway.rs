@@ -486,42 +486,28 @@ fn datasets_library_reads_a_dataset_through_the_gateway() {
 
     let hf_home = net.tmp.path().join("hf-home");
     let script = r#"
-import sys
-try:
-    import datasets
-except ImportError as e:
-    print(f"the datasets package is missing ({e}): pip install datasets", file=sys.stderr)
-    sys.exit(3)
 from datasets import load_dataset
 ds = load_dataset("demo/ds", split="train")
 print(len(ds))
 print(ds[7]["text"])
 "#;
-    let (o, out, err) = python_against(&gw.url, &hf_home, script);
-    assert_ne!(
-        o.status.code(),
-        Some(3),
-        "python3 cannot import datasets: pip install datasets (CI installs it)\n{err}"
-    );
-    assert!(
-        o.status.success(),
-        "load_dataset through the gateway failed ({}):\n{out}\n{err}",
-        o.status
-    );
+    let out = python_against(&gw.url, &hf_home, "datasets", script);
     let mut got = out.lines();
-    assert_eq!(got.next(), Some(ROWS.to_string().as_str()), "{out}\n{err}");
-    assert_eq!(got.next(), Some("row number 7"), "{out}\n{err}");
+    assert_eq!(got.next(), Some(ROWS.to_string().as_str()), "{out}");
+    assert_eq!(got.next(), Some("row number 7"), "{out}");
 }
 
 /// Runs a Python `script` with the Hugging Face libraries pointed at the gateway (`HF_ENDPOINT`),
-/// its cache in `hf_home`, no token and no offline mode; bounded by `HTTP_TIMEOUT`.
-fn python_against(
-    gateway_url: &str,
-    hf_home: &Path,
-    script: &str,
-) -> (std::process::Output, String, String) {
+/// its cache in `hf_home`, no token and no offline mode, bounded by `HTTP_TIMEOUT`; returns its
+/// standard output. Fails the test, naming the pip package, when `package` cannot be imported
+/// (the test must not be skipped), and with the script's output when it fails.
+fn python_against(gateway_url: &str, hf_home: &Path, package: &str, script: &str) -> String {
+    let guarded = format!(
+        "import sys\ntry:\n    import {package}\nexcept ImportError as e:\n    \
+         print(f'cannot import {package}: {{e}}', file=sys.stderr)\n    sys.exit(3)\n{script}"
+    );
     let mut py = std::process::Command::new("python3");
-    py.args(["-c", script])
+    py.args(["-c", &guarded])
         .env("HF_ENDPOINT", gateway_url)
         .env("HF_HOME", hf_home)
         .env("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -536,7 +522,17 @@ fn python_against(
     let o = run_bounded(py, HTTP_TIMEOUT);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    (o, out, err)
+    assert_ne!(
+        o.status.code(),
+        Some(3),
+        "python3 cannot import {package}: pip install {package} (CI installs it)\n{err}"
+    );
+    assert!(
+        o.status.success(),
+        "{package} against the gateway failed ({}):\n{out}\n{err}",
+        o.status
+    );
+    out
 }
 
 /// `transformers` (no PyTorch needed) loads a model's configuration and tokenizer from the
@@ -579,12 +575,6 @@ fn transformers_loads_config_and_tokenizer_through_the_gateway() {
 
     let hf_home = net.tmp.path().join("hf-home");
     let script = r#"
-import sys
-try:
-    import transformers
-except ImportError as e:
-    print(f"the transformers package is missing ({e}): pip install transformers", file=sys.stderr)
-    sys.exit(3)
 from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import cached_file
 from huggingface_hub import HfApi
@@ -602,17 +592,7 @@ try:
 except OSError:
     print("missing repo refused")
 "#;
-    let (o, out, err) = python_against(&gw.url, &hf_home, script);
-    assert_ne!(
-        o.status.code(),
-        Some(3),
-        "python3 cannot import transformers: pip install transformers (CI installs it)\n{err}"
-    );
-    assert!(
-        o.status.success(),
-        "transformers through the gateway failed ({}):\n{out}\n{err}",
-        o.status
-    );
+    let out = python_against(&gw.url, &hf_home, "transformers", script);
     let lines: Vec<&str> = out.lines().collect();
     let cached = lines.get(3).copied().unwrap_or("");
     assert_eq!(
@@ -624,7 +604,7 @@ except OSError:
             cached,
             "missing repo refused",
         ],
-        "{out}\n{err}"
+        "{out}"
     );
     let got = fs::read(cached).unwrap();
     assert!(
@@ -757,11 +737,7 @@ cfg = AutoConfig.from_pretrained("demo/sample-model")
 print(cfg.model_type, cfg.n_layer)
 print(AutoTokenizer.from_pretrained("demo/sample-model")("cairn stores models on peers")["input_ids"])
 "#;
-    let (o, py_out, py_err) = python_against(&url, &tmp.path().join("hf-home"), script);
-    assert!(
-        o.status.success(),
-        "transformers against the devnet's gateway failed:\n{py_out}\n{py_err}"
-    );
+    let py_out = python_against(&url, &tmp.path().join("hf-home"), "transformers", script);
     assert_eq!(
         py_out.lines().collect::<Vec<_>>(),
         ["gpt2 4", "[1, 2, 3, 6, 7]"]
