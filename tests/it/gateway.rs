@@ -525,7 +525,7 @@ fn python_against(gateway_url: &str, hf_home: &Path, package: &str, script: &str
     assert_ne!(
         o.status.code(),
         Some(3),
-        "python3 cannot import {package}: pip install {package} (CI installs it)\n{err}"
+        "python3 cannot import {package}: run the tests with scripts/test.sh, which installs it\n{err}"
     );
     assert!(
         o.status.success(),

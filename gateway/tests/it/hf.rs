@@ -5,7 +5,7 @@
 //! wrong one.
 //!
 //! Fails (does not skip) when `huggingface_hub` is not importable: install it with
-//! `pip install huggingface_hub`.
+//! `scripts/test.sh`, which puts the pinned clients of `tests/requirements.txt` first on `PATH`.
 
 use crate::auth::Keyed;
 use crate::{DATASET, Fixture, MODEL, PRIVATE, fixture_dir};
@@ -19,7 +19,7 @@ async fn huggingface_hub_client() {
         .expect("python3 must be installed to run the Hugging Face client test");
     assert!(
         probe.status.success(),
-        "huggingface_hub is not importable by python3; run `pip install huggingface_hub` \
+        "huggingface_hub is not importable by python3; run the tests with scripts/test.sh, which installs it \
          (this test runs the real client and must not be skipped): {}",
         String::from_utf8_lossy(&probe.stderr)
     );
