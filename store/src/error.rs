@@ -110,10 +110,10 @@ pub enum Error {
     FormatVersion {
         /// The data directory.
         path: PathBuf,
-        /// Version found.
-        found: u32,
+        /// Version found (as stored: a u64, never truncated for the message).
+        found: u64,
         /// Version supported.
-        expected: u32,
+        expected: u64,
     },
     /// An erasure parameter or decoding error.
     #[error(transparent)]

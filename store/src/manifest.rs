@@ -131,6 +131,17 @@ impl Manifest {
         }
     }
 
+    /// A manifest around an already sealed private part, whatever it holds: for fuzzers, which
+    /// play a publisher sealing bytes of their choosing. Not a stable API.
+    #[doc(hidden)]
+    pub fn from_sealed(params: Params, chunks: Vec<ChunkEntry>, sealed: SealedPrivate) -> Self {
+        Self {
+            params,
+            chunks,
+            sealed_private: sealed,
+        }
+    }
+
     /// Erasure parameters of every chunk.
     pub fn params(&self) -> Params {
         self.params
@@ -252,7 +263,9 @@ impl Manifest {
             if s.key.len() != 32 || s.hash.len() != 32 {
                 return Err(bad(format!("chunk {i} key or hash has the wrong length")));
             }
-            if s.len + cairn_encryption::TAG_LEN as u64 != c.sealed_len {
+            // `len` comes from the publisher: a sum that overflows must fail, not wrap into a
+            // match (hardening item 15).
+            if s.len.checked_add(cairn_encryption::TAG_LEN as u64) != Some(c.sealed_len) {
                 return Err(bad(format!(
                     "chunk {i} length {} does not match its sealed length {}",
                     s.len, c.sealed_len
@@ -279,10 +292,17 @@ impl Manifest {
                     f.path
                 )));
             };
-            let sum: u64 = p.chunks[f.first_chunk as usize..end as usize]
+            // Each length was checked against its sealed length above, so a sum that overflows
+            // needs billions of chunks; it is checked all the same rather than trusted to wrap.
+            let sum = p.chunks[f.first_chunk as usize..end as usize]
                 .iter()
-                .map(|c| c.len)
-                .sum();
+                .try_fold(0u64, |sum, c| sum.checked_add(c.len));
+            let Some(sum) = sum else {
+                return Err(bad(format!(
+                    "file {:?} chunk lengths add up past 2^64",
+                    f.path
+                )));
+            };
             if sum != f.size {
                 return Err(bad(format!(
                     "file {:?} size {} does not match its chunks ({sum})",
@@ -290,15 +310,14 @@ impl Manifest {
                 )));
             }
         }
-        // A file path may not also be a directory of another file ("a" and "a/b").
-        for w in p.files.windows(2) {
-            if w[1].path.starts_with(&w[0].path)
-                && w[1].path.as_bytes().get(w[0].path.len()) == Some(&b'/')
-            {
-                return Err(bad(format!(
-                    "{:?} is both a file and a directory",
-                    w[0].path
-                )));
+        // A file path may not also be a directory of another file ("a" and "a/b"). Neighbours
+        // in sorted order are not enough: "a" < "a-b" < "a/b" puts a file between the two.
+        let paths: std::collections::HashSet<&str> =
+            p.files.iter().map(|f| f.path.as_str()).collect();
+        for f in &p.files {
+            let mut dirs = f.path.match_indices('/').map(|(i, _)| &f.path[..i]);
+            if let Some(dir) = dirs.find(|d| paths.contains(d)) {
+                return Err(bad(format!("{dir:?} is both a file and a directory")));
             }
         }
         Ok(p)
@@ -381,6 +400,82 @@ pub(crate) mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("past the end")
+        );
+    }
+
+    /// Lengths chosen so that unchecked sums wrap: `len + TAG_LEN` of the first chunk is 0, its
+    /// sealed length, and the file's size is what the wrapped sum of its chunks gives. With
+    /// overflow checks these panicked; without them (release builds) the manifest opened.
+    #[test]
+    fn overflowing_lengths_are_refused_not_wrapped() {
+        let tag = cairn_encryption::TAG_LEN as u64;
+        let (m, mut p, key) = sample(2);
+        let mut chunks = m.chunks().to_vec();
+        chunks[0].sealed_len = 0;
+        p.chunks[0].len = u64::MAX - (tag - 1);
+        p.files[0].size = p.chunks[0].len.wrapping_add(p.chunks[1].len);
+        let hostile = Manifest::seal(m.params(), chunks, &p, &key);
+        let (cid, bytes) = hostile.encode();
+        let decoded = Manifest::decode(&bytes, "t").unwrap();
+        let e = decoded.open(&cid, &key).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("chunk 0 length 18446744073709551600 does not match its sealed length 0"),
+            "{e}"
+        );
+    }
+
+    /// A file that is also a directory of another is refused even when a third path sorts
+    /// between them ('-' < '/'), which a check of sorted neighbours let through.
+    #[test]
+    fn a_file_is_never_also_a_directory() {
+        for paths in [
+            &["a", "a/b"][..],
+            &["a", "a-b", "a/b"],
+            &["a", "a.x", "a/b/c"],
+            &["d/a", "d/a-b", "d/a/b"],
+        ] {
+            let (m, mut p, key) = sample(0);
+            p.files = paths
+                .iter()
+                .map(|path| FileEntry {
+                    path: path.to_string(),
+                    size: 0,
+                    first_chunk: 0,
+                    chunk_count: 0,
+                })
+                .collect();
+            let m2 = Manifest::seal(m.params(), m.chunks().to_vec(), &p, &key);
+            let (cid, _) = m2.encode();
+            let e = m2.open(&cid, &key).unwrap_err();
+            assert!(
+                e.to_string().contains("both a file and a directory"),
+                "{paths:?}: {e}"
+            );
+        }
+    }
+
+    /// Manifests of another format version, public or private part, are refused by name.
+    #[test]
+    fn unknown_manifest_formats_are_refused() {
+        let (m, mut p, key) = sample(1);
+        let (_, bytes) = m.encode();
+        let mut wire: PublicWire = serde_ipld_dagcbor::from_slice(&bytes).unwrap();
+        wire.format = FORMAT + 1;
+        let other = serde_ipld_dagcbor::to_vec(&wire).unwrap();
+        let e = Manifest::decode(&other, "t").unwrap_err();
+        assert!(
+            e.to_string().contains("format version 2 is not supported"),
+            "{e}"
+        );
+
+        p.format = FORMAT + 1;
+        let m2 = Manifest::seal(m.params(), m.chunks().to_vec(), &p, &key);
+        let (cid, _) = m2.encode();
+        let e = m2.open(&cid, &key).unwrap_err();
+        assert!(
+            e.to_string().contains("format version 2 is not supported"),
+            "{e}"
         );
     }
 

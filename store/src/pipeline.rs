@@ -940,14 +940,37 @@ mod tests {
             1..len - 1,
             len / 3..len / 3 + (1 << 20),
         ];
-        // Around every chunk boundary.
+        // Around every chunk boundary. The data is fresh random bytes, so the cut points differ
+        // from run to run: they are checked against the chunker's own, and counted, so a loop
+        // that silently saw no boundary cannot pass.
         let mut off = 0;
+        let before = ranges.len();
         for c in &fx.private.chunks {
             off += c.len;
             if off < len {
                 ranges.push(off - 1..off + 1);
             }
         }
+        let cuts: Vec<u64> = Chunker::new(&fx.data[..])
+            .scan(0u64, |at, c| {
+                *at += c.unwrap().len() as u64;
+                Some(*at)
+            })
+            .filter(|at| *at < len)
+            .collect();
+        assert_eq!(
+            ranges[before..]
+                .iter()
+                .map(|r| r.end - 1)
+                .collect::<Vec<_>>(),
+            cuts,
+            "the manifest's chunk boundaries are the chunker's"
+        );
+        assert_eq!(ranges.len() - before, fx.private.chunks.len() - 1);
+        assert!(
+            ranges.len() - before >= 9,
+            "40 MiB in chunks of at most 4 MiB"
+        );
         for r in ranges {
             let (out, res) = fx.read(&fx.store, &NoCache, r.clone());
             res.unwrap();
@@ -995,6 +1018,52 @@ mod tests {
             source.asked.load(Ordering::Relaxed),
             touched + fx.manifest.chunks().len() - touched
         );
+    }
+
+    /// A chunk that opens under its key (AES-GCM authenticates it) but whose plaintext does not
+    /// hash to what the private part says, as a publisher's bug or a forged private part would
+    /// give: the read stops at that chunk with the mismatch, after only bytes before it. Without
+    /// the hash check after decryption this read would succeed.
+    #[test]
+    fn a_chunk_whose_plaintext_hash_differs_is_refused() {
+        let fx = Fixture::new(12 << 20);
+        let len = fx.data.len() as u64;
+        let n = fx.manifest.chunks().len();
+        assert!(n >= 3, "12 MiB in {n} chunks");
+        for bad in [0, n / 2, n - 1] {
+            let mut private = fx.private.clone();
+            private.chunks[bad].hash[0] ^= 1;
+            let art = Artifact {
+                cid: fx.cid,
+                manifest: &fx.manifest,
+                private: &private,
+            };
+            let mut out = Vec::new();
+            let res = read_file_pieces(
+                &art,
+                &fx.store,
+                &NoCache,
+                &private.files[0],
+                0..len,
+                &mut |p| {
+                    out.extend_from_slice(&p);
+                    Ok(())
+                },
+            );
+            match res {
+                Err(Error::BadManifest { what, reason }) => {
+                    assert_eq!(reason, "plaintext hash mismatch");
+                    assert_eq!(what, format!("{} chunk {bad}", fx.cid));
+                }
+                other => panic!("chunk {bad}: {other:?}"),
+            }
+            let before: u64 = private.chunks[..bad].iter().map(|c| c.len).sum();
+            assert!(
+                out.len() as u64 <= before,
+                "chunk {bad}: bytes of the bad chunk came out"
+            );
+            assert!(out == fx.data[..out.len()], "chunk {bad}");
+        }
     }
 
     #[test]
