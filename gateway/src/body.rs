@@ -1,24 +1,42 @@
-//! Streaming a file out of an artifact with bounded read-ahead.
+//! Streaming a file out of an artifact with bounded read-ahead, on a bounded set of readers.
 //!
 //! The store's read pipeline runs in `spawn_blocking` and hands its pieces of opened chunks to
 //! a bounded channel of [`READ_AHEAD_BLOCKS`] frames of at most [`BLOCK_LEN`] bytes (slices of
-//! the chunks, not copies), so a slow client holds back the reader instead of filling memory. The HTTP body is the channel's receiving
-//! end. When the read fails part-way, the body ends with an error, and hyper aborts the
-//! connection: the client sees a truncated transfer (shorter than `Content-Length`), never a
-//! short body that looks complete.
+//! the chunks, not copies), so a slow client holds back the reader instead of filling memory.
+//! The HTTP body is the channel's receiving end. When the read fails part-way, the body ends
+//! with an error, and hyper aborts the connection: the client sees a truncated transfer (shorter
+//! than `Content-Length`), never a short body that looks complete.
+//!
+//! A streaming reader holds a blocking thread (two for reads longer than a window: the store's
+//! fetcher runs beside it) and its read-ahead: the frames in the channel plus the chunks the
+//! pipeline has in flight, queued and being opened (about 24 chunks, some 25 MiB with 1 MiB
+//! chunks). So the number of streams is bounded ([`StreamLimits`]): at most `streams_max` in
+//! all and `streams_per_client_max` per client address; a request that finds none free within
+//! `stream_wait` gets `503`. A client that stops reading is cut off by the connection's write
+//! timeout (see `server`), which ends its stream. Bodies of at most [`SMALL_BODY_MAX`] bytes
+//! (configuration files, JSON, ranges of a few pages) are read before the answer and copied out
+//! of their chunks, so they take no stream and a stalled client keeps only those bytes.
+//! Authorization and manifest opening run in `spawn_blocking` too; the tokio pool (512 threads)
+//! always has room for them beside the bounded streams.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_store::{ChunkCache, FileEntry};
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::mpsc;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 
+use crate::Error;
 use crate::metrics::Metrics;
 use crate::source::OpenArtifact;
 
@@ -26,8 +44,133 @@ use crate::source::OpenArtifact;
 pub const BLOCK_LEN: usize = 1 << 20;
 /// Frames buffered between the reader and the client.
 pub const READ_AHEAD_BLOCKS: usize = 4;
-/// How long the reader waits for a client that does not take bytes before giving up.
+/// How long the reader waits for a client that does not take bytes before giving up. The
+/// connection's write timeout normally ends such a stream first.
 pub const CLIENT_STALL_MAX: Duration = Duration::from_secs(120);
+/// Bodies up to this many bytes are read whole, copied out of their chunks, before the answer
+/// starts: they take no stream, and a client that never reads them holds only these bytes.
+pub const SMALL_BODY_MAX: u64 = 64 * 1024;
+/// Small bodies being read at once (each holds a blocking thread while its chunks arrive).
+pub const SMALL_READS_MAX: usize = 64;
+
+/// The bounds on body readers: streams in all, streams per client address, small reads.
+pub(crate) struct StreamLimits {
+    /// Streams open now (exported as a metric).
+    pub open: Gauge,
+    streams: Arc<Semaphore>,
+    streams_max: usize,
+    per_client_max: usize,
+    per_client: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+    small: Arc<Semaphore>,
+    wait: Duration,
+}
+
+/// A client's share of the streams, removed from the map when its last holder or waiter goes.
+struct ClientShare {
+    limits: Arc<StreamLimits>,
+    ip: IpAddr,
+    sem: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut map = self.limits.clients();
+        // Under the lock nobody else can clone it: the map and this share are the last two.
+        if Arc::strong_count(&self.sem) == 2
+            && self.sem.available_permits() == self.limits.per_client_max
+        {
+            map.remove(&self.ip);
+        }
+    }
+}
+
+/// One stream slot, held by the body and its reader until both are gone.
+pub(crate) struct StreamPermit {
+    _global: OwnedSemaphorePermit,
+    _client: Option<ClientShare>,
+    open: Gauge,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl StreamLimits {
+    pub fn new(streams_max: usize, per_client_max: usize, wait: Duration) -> Self {
+        assert!(streams_max > 0 && per_client_max > 0);
+        Self {
+            open: Gauge::default(),
+            streams: Arc::new(Semaphore::new(streams_max)),
+            streams_max,
+            per_client_max,
+            per_client: Mutex::default(),
+            small: Arc::new(Semaphore::new(SMALL_READS_MAX)),
+            wait,
+        }
+    }
+
+    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Arc<Semaphore>>> {
+        self.per_client.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (at most the configured stream wait) for a stream slot for `client`: first the
+    /// client's own share, then one of the gateway's.
+    pub async fn stream(self: &Arc<Self>, client: Option<IpAddr>) -> Result<StreamPermit, Error> {
+        let deadline = Instant::now() + self.wait;
+        let share = match client {
+            None => None,
+            Some(ip) => {
+                let sem = self
+                    .clients()
+                    .entry(ip)
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_client_max)))
+                    .clone();
+                let mut share = ClientShare {
+                    limits: self.clone(),
+                    ip,
+                    sem: sem.clone(),
+                    permit: None,
+                };
+                let p = tokio::time::timeout_at(deadline, sem.acquire_owned())
+                    .await
+                    .map_err(|_| Error::Busy {
+                        what: "response streams of this client address",
+                        limit: self.per_client_max,
+                    })?
+                    .expect("the semaphore is never closed");
+                share.permit = Some(p);
+                Some(share)
+            }
+        };
+        let global = tokio::time::timeout_at(deadline, self.streams.clone().acquire_owned())
+            .await
+            .map_err(|_| Error::Busy {
+                what: "response streams of this gateway",
+                limit: self.streams_max,
+            })?
+            .expect("the semaphore is never closed");
+        self.open.inc();
+        Ok(StreamPermit {
+            _global: global,
+            _client: share,
+            open: self.open.clone(),
+        })
+    }
+
+    async fn small(&self) -> Result<OwnedSemaphorePermit, Error> {
+        tokio::time::timeout(self.wait, self.small.clone().acquire_owned())
+            .await
+            .map_err(|_| Error::Busy {
+                what: "small-body reads of this gateway",
+                limit: SMALL_READS_MAX,
+            })
+            .map(|p| p.expect("the semaphore is never closed"))
+    }
+}
 
 type Item = Result<Bytes, io::Error>;
 
@@ -74,6 +217,8 @@ pub(crate) struct ChannelBody {
     rx: mpsc::Receiver<Item>,
     remaining: u64,
     metrics: Arc<Metrics>,
+    /// The stream slot: the frames in the channel still count against it.
+    _permit: Arc<StreamPermit>,
 }
 
 impl Body for ChannelBody {
@@ -118,20 +263,76 @@ impl Body for ChannelBody {
     }
 }
 
-/// Starts reading `range` of `file` on a blocking thread and returns the body that streams it.
+/// Reads `range` of `file` (at most [`SMALL_BODY_MAX`] bytes) whole, into memory of its own:
+/// the opened chunks it came from are not kept alive by the answer.
+pub(crate) async fn read_small(
+    limits: &StreamLimits,
+    art: Arc<dyn OpenArtifact>,
+    file: FileEntry,
+    range: Range<u64>,
+    cache: Arc<dyn ChunkCache + Send>,
+    metrics: &Metrics,
+) -> Result<Bytes, Error> {
+    let len = range.end - range.start;
+    assert!(len <= SMALL_BODY_MAX);
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let permit = limits.small().await?;
+    let res = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut out = Vec::with_capacity(len as usize);
+        art.read(&file, range, &*cache, &mut |piece| {
+            if out.len() + piece.len() > len as usize {
+                return Err(io::Error::other(
+                    "the reader produced more bytes than the file range holds",
+                ));
+            }
+            out.extend_from_slice(&piece);
+            Ok(())
+        })?;
+        if out.len() as u64 != len {
+            return Err(Error::Io {
+                what: format!("reading {}", file.path),
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file ended before its length",
+                ),
+            });
+        }
+        Ok(Bytes::from(out))
+    })
+    .await
+    .map_err(|e| Error::Io {
+        what: "reading a small body".into(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    match &res {
+        Ok(b) => metrics.bytes_sent.inc_by(b.len() as u64),
+        Err(_) => metrics.read_errors.inc(),
+    };
+    res
+}
+
+/// Starts reading `range` of `file` on a blocking thread and returns the body that streams it;
+/// `permit` is held until both the reader and the body are done.
 pub(crate) fn stream_file(
     art: Arc<dyn OpenArtifact>,
     file: FileEntry,
     range: Range<u64>,
     cache: Arc<dyn ChunkCache + Send>,
     metrics: Arc<Metrics>,
+    permit: StreamPermit,
 ) -> ChannelBody {
+    let permit = Arc::new(permit);
     let (tx, rx) = mpsc::channel(READ_AHEAD_BLOCKS);
     let len = range.end - range.start;
     if len > 0 {
         let rt = tokio::runtime::Handle::current();
         let m = metrics.clone();
+        let held = permit.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = held;
             let sender = Sender { tx, rt };
             let res = art
                 .read(&file, range.clone(), &*cache, &mut |piece| {
@@ -168,5 +369,6 @@ pub(crate) fn stream_file(
         rx,
         remaining: len,
         metrics,
+        _permit: permit,
     }
 }

@@ -82,6 +82,15 @@ pub enum Error {
     /// A request was malformed (a body that is not a form or JSON, a path that is too long).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// Every slot of a bounded resource (body streams, reads) is taken and none came free in
+    /// time; the client should retry later (`503` with `Retry-After`).
+    #[error("{what}: all {limit} are busy; retry later")]
+    Busy {
+        /// What ran out, e.g. `response streams of this client`.
+        what: &'static str,
+        /// How many there are.
+        limit: usize,
+    },
     /// The registry database failed or holds bytes it cannot read.
     #[error("gateway registry {path}: {reason}")]
     Registry {
@@ -127,6 +136,7 @@ impl Error {
             // Data that cannot be had or verified right now: the gateway is fine, upstream is not.
             Error::Store(cairn_store::Error::ManifestNotFound(_)) => (404, Some("RepoNotFound")),
             Error::Store(_) | Error::Network(_) => (502, None),
+            Error::Busy { .. } => (503, None),
             Error::Registry { .. } | Error::Io { .. } => (500, None),
         };
         HttpError { status, code }

@@ -17,9 +17,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{AccessRequest, Credential, Decision, Operation};
-use crate::body::stream_file;
+use crate::body::{SMALL_BODY_MAX, StreamLimits, read_small, stream_file};
 use crate::cache::ChunkLru;
-use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::metrics::{MethodLabel, Metrics, RequestLabels, RouteLabels};
 use crate::range::{RangeRequest, parse_range};
 use crate::registry::{ArtifactEntry, CommitId, RepoId, RepoKind, Resolved};
 use crate::source::{ArtifactSource, OpenArtifact};
@@ -43,6 +43,8 @@ pub(crate) struct AppState {
     opened: Mutex<OpenedMap>,
     /// Opened chunks shared by every request.
     pub chunks: Arc<ChunkLru>,
+    /// Bounds on body readers (threads and read-ahead memory).
+    pub streams: Arc<StreamLimits>,
 }
 
 /// How long an opened artifact (manifest, private part, holder record) is reused before it is
@@ -60,11 +62,17 @@ impl AppState {
         config: GatewayConfig,
     ) -> Self {
         let chunks = Arc::new(ChunkLru::new(config.chunk_cache_bytes));
+        let streams = Arc::new(StreamLimits::new(
+            config.streams_max,
+            config.streams_per_client_max,
+            config.stream_wait,
+        ));
         Self {
             registry,
-            metrics: Arc::new(Metrics::new(&chunks, source.clone())),
+            metrics: Arc::new(Metrics::new(&chunks, streams.open.clone(), source.clone())),
             source,
             authorizer,
+            streams,
             config,
             opened: Mutex::new(HashMap::new()),
             chunks,
@@ -202,7 +210,7 @@ impl IntoResponse for ApiError {
         if let Some(c) = self.commit {
             hm.insert("x-repo-commit", header_safe(&c.to_string()));
         }
-        if h.status == 429 {
+        if h.status == 429 || h.status == 503 {
             // A token comes back within a minute at the lowest rate.
             hm.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
         }
@@ -269,7 +277,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 /// never headers, so neither API keys nor anything else secret).
 async fn observe(State(st): St, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().clone();
+    let method = MethodLabel::of(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -296,7 +304,7 @@ async fn observe(State(st): St, req: Request, next: Next) -> Response {
         .requests
         .get_or_create(&RequestLabels {
             route: route.clone(),
-            method: method.to_string(),
+            method,
             status,
         })
         .inc();
@@ -306,7 +314,7 @@ async fn observe(State(st): St, req: Request, next: Next) -> Response {
             route: route.clone(),
         })
         .observe(elapsed.as_secs_f64());
-    tracing::debug!(%method, %route, status, elapsed_ms = elapsed.as_millis() as u64, "request");
+    tracing::debug!(method = method.as_str(), %route, status, elapsed_ms = elapsed.as_millis() as u64, "request");
     resp
 }
 
@@ -402,8 +410,34 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
-fn find_file<'a>(art: &'a Artifact<'_>, path: &str) -> Option<&'a FileEntry> {
-    art.private.files.iter().find(|f| f.path == path)
+/// The file at `path`, by binary search: `Manifest::open` refuses a file list that is not
+/// sorted and unique, so the list is its own index.
+fn find_file<'a>(files: &'a [FileEntry], path: &str) -> Option<&'a FileEntry> {
+    files
+        .binary_search_by(|f| f.path.as_str().cmp(path))
+        .ok()
+        .map(|i| &files[i])
+}
+
+/// Whether `dir` (no trailing slash) is a directory of the artifact: some file's path starts
+/// with `dir/`. Those paths sort together, right where `dir/` would go.
+fn is_dir(files: &[FileEntry], dir: &str) -> bool {
+    if dir.is_empty() {
+        return false;
+    }
+    let i = files.partition_point(|f| {
+        // f.path < "dir/", without building the string.
+        let p = f.path.as_bytes();
+        let n = dir.len().min(p.len());
+        match p[..n].cmp(&dir.as_bytes()[..n]) {
+            std::cmp::Ordering::Equal => p.len() <= dir.len() || p[dir.len()] < b'/',
+            o => o == std::cmp::Ordering::Less,
+        }
+    });
+    files
+        .get(i)
+        .and_then(|f| f.path.strip_prefix(dir))
+        .is_some_and(|r| r.starts_with('/'))
 }
 
 fn etag_matches(list: &str, etag: &str) -> bool {
@@ -413,8 +447,10 @@ fn etag_matches(list: &str, etag: &str) -> bool {
     })
 }
 
-/// Answers `GET`/`HEAD` for one file: validators, ranges and the streamed body.
-fn serve_file(
+/// Answers `GET`/`HEAD` for one file: validators, ranges and the body (read first when small,
+/// streamed otherwise).
+#[allow(clippy::too_many_arguments)]
+async fn serve_file(
     st: &AppState,
     method: &Method,
     headers: &HeaderMap,
@@ -422,9 +458,10 @@ fn serve_file(
     path: &str,
     commit: Option<CommitId>,
     immutable: bool,
+    client: Option<std::net::IpAddr>,
 ) -> ApiResult<Response> {
     let a = art.artifact();
-    let file = find_file(&a, path)
+    let file = find_file(&a.private.files, path)
         .ok_or_else(|| ApiError {
             error: Error::EntryNotFound {
                 what: commit.map_or_else(|| a.cid.to_string(), |c| c.to_string()),
@@ -503,7 +540,12 @@ fn serve_file(
     } else {
         Arc::new(st.chunks.lookup_only())
     };
-    let body = stream_file(art, file, range, cache, st.metrics.clone());
+    if range.end - range.start <= SMALL_BODY_MAX {
+        let bytes = read_small(&st.streams, art, file, range, cache, &st.metrics).await?;
+        return Ok(built(b, Body::from(bytes)));
+    }
+    let permit = st.streams.stream(client).await?;
+    let body = stream_file(art, file, range, cache, st.metrics.clone(), permit);
     Ok(built(b, Body::new(body)))
 }
 
@@ -535,7 +577,9 @@ async fn resolve<const DATASET: bool>(
         &path,
         Some(resolved.commit),
         immutable,
+        info.client.map(|c| c.ip()),
     )
+    .await
 }
 
 async fn artifact_file(
@@ -548,7 +592,18 @@ async fn artifact_file(
     let info = RequestInfo::from(&headers, client.map(|c| c.0));
     let (entry, art) = open_cid(&st, &cid, Operation::Read, &info).await?;
     let commit = CommitId::of(&entry.cid());
-    serve_file(&st, &method, &headers, art, &path, Some(commit), true)
+    let client = info.client.map(|c| c.ip());
+    serve_file(
+        &st,
+        &method,
+        &headers,
+        art,
+        &path,
+        Some(commit),
+        true,
+        client,
+    )
+    .await
 }
 
 async fn artifact_info(
@@ -808,40 +863,72 @@ async fn tree_path<const DATASET: bool>(
     .await
 }
 
-/// Most paths one `paths-info` request may ask about.
-const PATHS_INFO_MAX: usize = 10_000;
+/// Most paths one `paths-info` request may ask about; more get `400`. Each path costs a
+/// binary search over the file list, so a request costs at most this many of them.
+pub const PATHS_INFO_MAX: usize = 1000;
 
 /// The `paths` of a `paths-info` body: a form (`paths=a&paths=b`, as `huggingface_hub` sends)
-/// or JSON (`{"paths": ["a", "b"]}` or `{"paths": "a"}`).
-fn parse_paths(headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, Error> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let paths: Vec<String> = if ct.starts_with("application/json") {
-        let v: Value = serde_json::from_slice(body)
+/// or JSON (`{"paths": ["a", "b"]}` or `{"paths": "a"}`). Refuses more than [`PATHS_INFO_MAX`]
+/// as soon as it has counted them.
+fn parse_paths(content_type: &str, body: &[u8]) -> Result<Vec<String>, Error> {
+    let too_many = || {
+        Error::BadRequest(format!(
+            "paths-info asks about more than {PATHS_INFO_MAX} paths, the limit per request"
+        ))
+    };
+    if content_type.starts_with("application/json") {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Paths {
+            One(String),
+            Many(Vec<Value>),
+        }
+        #[derive(Deserialize)]
+        struct Body {
+            paths: Option<Paths>,
+        }
+        let v: Body = serde_json::from_slice(body)
             .map_err(|e| Error::BadRequest(format!("paths-info body is not JSON: {e}")))?;
-        match v.get("paths") {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect(),
-            _ => return Err(Error::BadRequest("paths-info body has no `paths`".into())),
+        match v.paths {
+            Some(Paths::One(s)) => Ok(vec![s]),
+            Some(Paths::Many(a)) if a.len() > PATHS_INFO_MAX => Err(too_many()),
+            Some(Paths::Many(a)) => Ok(a
+                .into_iter()
+                .filter_map(|x| match x {
+                    Value::String(s) => Some(s),
+                    _ => None,
+                })
+                .collect()),
+            None => Err(Error::BadRequest("paths-info body has no `paths`".into())),
         }
     } else {
-        form_urlencoded::parse(body)
-            .filter(|(k, _)| k == "paths" || k == "paths[]")
-            .map(|(_, v)| v.into_owned())
-            .collect()
-    };
-    if paths.len() > PATHS_INFO_MAX {
-        return Err(Error::BadRequest(format!(
-            "paths-info asks about {} paths; the limit is {PATHS_INFO_MAX}",
-            paths.len()
-        )));
+        let mut paths = Vec::new();
+        for (k, v) in form_urlencoded::parse(body) {
+            if k == "paths" || k == "paths[]" {
+                if paths.len() == PATHS_INFO_MAX {
+                    return Err(too_many());
+                }
+                paths.push(v.into_owned());
+            }
+        }
+        Ok(paths)
     }
-    Ok(paths)
+}
+
+/// The answer to `paths-info`: each asked path that is a file or a directory, in the order
+/// asked.
+fn paths_info_json(art: &dyn OpenArtifact, paths: &[String]) -> Vec<Value> {
+    let a = art.artifact();
+    let mut out = Vec::new();
+    for p in paths {
+        let p = p.trim_matches('/');
+        if let Some(f) = find_file(&a.private.files, p) {
+            out.push(file_json(&a, f));
+        } else if is_dir(&a.private.files, p) {
+            out.push(dir_json(&a, p));
+        }
+    }
+    out
 }
 
 async fn paths_info<const DATASET: bool>(
@@ -851,7 +938,18 @@ async fn paths_info<const DATASET: bool>(
     client: Option<axum::Extension<ClientAddr>>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let paths = parse_paths(&headers, &body)?;
+    // Parsing up to a megabyte of body and the lookups are CPU work: off the async workers.
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let paths = tokio::task::spawn_blocking(move || parse_paths(&ct, &body))
+        .await
+        .map_err(|e| Error::Io {
+            what: "parsing a paths-info body".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
     let info = RequestInfo::from(&headers, client.map(|c| c.0));
     let (_, _, art) = open_repo(
         &st,
@@ -863,21 +961,12 @@ async fn paths_info<const DATASET: bool>(
         &info,
     )
     .await?;
-    let a = art.artifact();
-    let mut out = Vec::new();
-    for p in paths {
-        let p = p.trim_matches('/');
-        if let Some(f) = find_file(&a, p) {
-            out.push(file_json(&a, f));
-        } else if !p.is_empty()
-            && a.private
-                .files
-                .iter()
-                .any(|f| f.path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
-        {
-            out.push(dir_json(&a, p));
-        }
-    }
+    let out = tokio::task::spawn_blocking(move || paths_info_json(&*art, &paths))
+        .await
+        .map_err(|e| Error::Io {
+            what: "answering paths-info".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
     Ok(axum::Json(out).into_response())
 }
 
@@ -900,6 +989,67 @@ mod tests {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso8601(1_700_000_000), "2023-11-14T22:13:20.000Z");
         assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn path_lookups_by_binary_search() {
+        // Sorted as `Manifest::open` requires: '-' and '.' sort before '/', 'b' after it.
+        let names = ["a", "a-b/x", "a.txt", "a/b/c", "a/d", "ab/e", "z"];
+        let files: Vec<FileEntry> = names
+            .iter()
+            .map(|p| FileEntry {
+                path: p.to_string(),
+                size: 1,
+                first_chunk: 0,
+                chunk_count: 0,
+            })
+            .collect();
+        for n in names {
+            assert_eq!(find_file(&files, n).map(|f| f.path.as_str()), Some(n));
+        }
+        for n in ["", "a/", "a/b", "b", "zz"] {
+            assert!(find_file(&files, n).is_none(), "{n}");
+        }
+        // The naive answer, for every prefix of every path and a few that match nothing.
+        let naive = |d: &str| {
+            !d.is_empty()
+                && files
+                    .iter()
+                    .any(|f| f.path.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
+        };
+        let mut asked: Vec<String> = ["", "a-", "a.", "b", "a/b/c/d", "zz", "a/b/"]
+            .map(String::from)
+            .to_vec();
+        for n in names {
+            for i in 0..=n.len() {
+                asked.push(n[..i].to_string());
+            }
+        }
+        for d in &asked {
+            assert_eq!(is_dir(&files, d), naive(d), "{d:?}");
+        }
+        assert!(is_dir(&files, "a") && is_dir(&files, "a/b") && is_dir(&files, "a-b"));
+    }
+
+    #[test]
+    fn paths_info_bodies_are_bounded() {
+        let form: String = (0..=PATHS_INFO_MAX)
+            .map(|i| format!("paths=f{i}&"))
+            .collect();
+        let e = parse_paths("application/x-www-form-urlencoded", form.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("1000"), "{e}");
+        let json = serde_json::to_vec(&json!({ "paths": vec!["x"; PATHS_INFO_MAX + 1] })).unwrap();
+        assert!(parse_paths("application/json", &json).is_err());
+        let ok = parse_paths("application/json", br#"{"paths": ["a", 3, "b"]}"#).unwrap();
+        assert_eq!(ok, ["a", "b"]);
+        assert_eq!(
+            parse_paths("application/json", br#"{"paths": "a"}"#).unwrap(),
+            ["a"]
+        );
+        assert_eq!(
+            parse_paths("", b"paths=a&expand=1&paths%5B%5D=b").unwrap(),
+            ["a", "b"]
+        );
     }
 
     #[test]

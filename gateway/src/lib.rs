@@ -51,6 +51,15 @@
 //! thread, through a bounded channel (four 1 MiB blocks of read-ahead). If a chunk cannot be
 //! had or verified mid-stream, the body ends with an error and the connection is aborted: the
 //! client sees a transfer shorter than `Content-Length`, never wrong or silently short data.
+//! Bodies of at most [`SMALL_BODY_MAX`] bytes are read before the answer (a failure is then a
+//! `502`).
+//!
+//! **Limits** ([`GatewayConfig`]): streamed bodies at once, in all and per client address
+//! (`503` with `Retry-After` when none comes free in time); connections in all and per client
+//! address, the longest-idle one closed to make room for a new one (with none idle, a new
+//! connection gets `503`); a write timeout for clients that take no byte; at most
+//! [`PATHS_INFO_MAX`] paths per paths-info request (`400`). Metric labels come from closed
+//! sets: a made-up method is counted as `OTHER`.
 //!
 //! **Access**: a restricted repository or artifact answers `401` (no, malformed, unknown,
 //! revoked or expired key), `403` (wrong scope or client address) or `429` (over the key's
@@ -67,6 +76,7 @@ mod apikey;
 mod auth;
 mod body;
 mod cache;
+mod conns;
 mod error;
 mod handlers;
 mod metrics;
@@ -91,10 +101,10 @@ pub use auth::{
     AccessPolicy, AccessRequest, Authorizer, BoxFuture, Credential, Decision, DenialKind,
     Operation, PublicOnly,
 };
-pub use body::{BLOCK_LEN, CLIENT_STALL_MAX, READ_AHEAD_BLOCKS};
+pub use body::{BLOCK_LEN, CLIENT_STALL_MAX, READ_AHEAD_BLOCKS, SMALL_BODY_MAX, SMALL_READS_MAX};
 pub use cache::CHUNK_CACHE_BYTES;
 pub use error::Error;
-pub use handlers::OPEN_CACHE_TTL;
+pub use handlers::{OPEN_CACHE_TTL, PATHS_INFO_MAX};
 pub use range::{RANGE_HEADER_LEN_MAX, RangeRequest, parse_range};
 pub use registry::{
     ArtifactEntry, CommitId, REPO_PART_LEN_MAX, Registry, RepoId, RepoKind, Resolved,

@@ -7,22 +7,67 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::cache::ChunkLru;
 use crate::source::ArtifactSource;
 
+/// Every label value comes from a closed set, so a client cannot grow the series (and the
+/// memory behind them) without bound: the method is one of four names, the route is a route
+/// pattern of the router (axum's `MatchedPath`, never the request's path) or `unmatched`, the
+/// status a number.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
     pub route: String,
-    pub method: String,
+    pub method: MethodLabel,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RouteLabels {
     pub route: String,
+}
+
+/// The request method as a label: `GET`, `HEAD`, `POST`, or `OTHER` for anything else
+/// (including methods a client made up).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum MethodLabel {
+    Get,
+    Head,
+    Post,
+    Other,
+}
+
+impl MethodLabel {
+    pub fn of(m: &axum::http::Method) -> Self {
+        match *m {
+            axum::http::Method::GET => Self::Get,
+            axum::http::Method::HEAD => Self::Head,
+            axum::http::Method::POST => Self::Post,
+            _ => Self::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+            Self::Post => "POST",
+            Self::Other => "OTHER",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for MethodLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.as_str())
+    }
 }
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
@@ -85,7 +130,7 @@ impl Collector for SourceCollector {
 }
 
 impl Metrics {
-    pub fn new(chunks: &ChunkLru, source: Arc<dyn ArtifactSource>) -> Self {
+    pub fn new(chunks: &ChunkLru, streams: Gauge, source: Arc<dyn ArtifactSource>) -> Self {
         let mut registry = Registry::with_prefix("cairn_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
@@ -120,6 +165,11 @@ impl Metrics {
             "chunk_cache_misses",
             "Opened chunks looked for in the chunk cache and fetched from the source",
             chunks.misses.clone(),
+        );
+        registry.register(
+            "streams",
+            "Response bodies being streamed now (bounded by streams_max)",
+            streams,
         );
         registry.register_collector(Box::new(SourceCollector(source)));
         Self {

@@ -1,4 +1,5 @@
-//! The accept loop: connection limits, hyper's HTTP/1.1 limits, graceful shutdown.
+//! The accept loop: connection limits (in all and per client address, idle connections shed
+//! first; see `conns`), a write timeout, hyper's HTTP/1.1 limits, graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,10 +10,10 @@ use axum::http::StatusCode;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use crate::admin::AdminAuth;
+use crate::conns::{BUSY_ANSWER, Conns, WriteTimeout};
 use crate::handlers::{AppState, ClientAddr, refuse, router};
 use crate::source::ArtifactSource;
 use crate::{ApiKeyStore, Authorizer, Error, PublicOnly, Registry};
@@ -20,8 +21,21 @@ use crate::{ApiKeyStore, Authorizer, Error, PublicOnly, Registry};
 /// Limits and settings of a gateway. `Default` gives values fit for a public deployment.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
-    /// Connections served at once; further clients wait in the listen backlog.
+    /// Connections served at once. Past it, a new connection makes the longest-idle one close
+    /// (from the address holding the most connections); with none idle it gets `503`.
     pub connections_max: usize,
+    /// Connections one client address may hold; past it, a new one from that address makes
+    /// that address's longest-idle connection close, or gets `503`.
+    pub connections_per_client_max: usize,
+    /// Time a client may take no byte of a response before its connection is closed.
+    pub write_timeout: Duration,
+    /// Response bodies streamed at once (bodies over `SMALL_BODY_MAX` bytes); each holds a
+    /// reader thread and its read-ahead (about 25 MiB), so this bounds both.
+    pub streams_max: usize,
+    /// Response bodies streamed at once to one client address.
+    pub streams_per_client_max: usize,
+    /// How long a request waits for a free stream (or small read) before it gets `503`.
+    pub stream_wait: Duration,
     /// Bytes of request line and headers hyper buffers (at least 8192).
     pub header_bytes_max: usize,
     /// Longest request target; longer ones get `414`.
@@ -46,6 +60,11 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             connections_max: 1024,
+            connections_per_client_max: 64,
+            write_timeout: Duration::from_secs(30),
+            streams_max: 32,
+            streams_per_client_max: 8,
+            stream_wait: Duration::from_secs(10),
             header_bytes_max: 64 * 1024,
             uri_len_max: 8 * 1024,
             body_bytes_max: 1024 * 1024,
@@ -88,6 +107,8 @@ impl Gateway {
             "hyper needs at least 8192 bytes of header buffer"
         );
         assert!(config.connections_max > 0 && config.open_cache_max > 0);
+        assert!(config.connections_per_client_max > 0);
+        assert!(config.streams_max > 0 && config.streams_per_client_max > 0);
         Self {
             state: Arc::new(AppState::new(registry, source, authorizer, config)),
         }
@@ -114,7 +135,7 @@ impl Gateway {
             app,
             listener,
             &cfg,
-            cfg.connections_max,
+            (cfg.connections_max, cfg.connections_per_client_max),
             "gateway",
             shutdown,
         )
@@ -142,7 +163,11 @@ impl Gateway {
             app,
             listener,
             &cfg,
-            crate::admin::ADMIN_CONNECTIONS_MAX,
+            // Loopback only: every client is the same address, so it may hold them all.
+            (
+                crate::admin::ADMIN_CONNECTIONS_MAX,
+                crate::admin::ADMIN_CONNECTIONS_MAX,
+            ),
             "admin API",
             shutdown,
         )
@@ -150,17 +175,18 @@ impl Gateway {
     }
 }
 
-/// The accept loop shared by the public and the admin listener: a connection limit, hyper's
-/// limits, graceful shutdown.
+/// The accept loop shared by the public and the admin listener: connection limits (in all, per
+/// client address), hyper's limits, graceful shutdown. It never stops accepting: a connection
+/// there is no room for is answered `503` and closed at once.
 async fn serve_app(
     app: axum::Router,
     listener: TcpListener,
     cfg: &GatewayConfig,
-    connections_max: usize,
+    (connections_max, per_client_max): (usize, usize),
     what: &'static str,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let permits = Arc::new(Semaphore::new(connections_max));
+    let conns = Conns::new(connections_max, per_client_max);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -172,10 +198,6 @@ async fn serve_app(
     }
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
@@ -188,16 +210,28 @@ async fn serve_app(
                 }
             },
         };
+        let Some(mut slot) = conns.admit(peer.ip()) else {
+            // Best effort: the socket buffer of a new connection has room for these bytes.
+            let _ = stream.try_write(BUSY_ANSWER);
+            tracing::debug!(%peer, what, "no connection slot free; refused");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let svc = service(app.clone(), peer, cfg.uri_len_max);
-        let conn = http.serve_connection(TokioIo::new(stream), svc);
+        let svc = service(app.clone(), peer, cfg.uri_len_max, conns.clone(), slot.id());
+        let io = WriteTimeout::new(stream, cfg.write_timeout);
+        let conn = http.serve_connection(TokioIo::new(io), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                // Includes bodies aborted because a read failed mid-stream.
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    // Includes bodies aborted because a read failed mid-stream, and clients cut
+                    // off by the write timeout.
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                // Shed to make room (it was idle): dropping it closes the socket.
+                _ = &mut slot.shed => tracing::debug!(%peer, "idle connection shed"),
             }
-            drop(permit);
+            drop(slot);
         });
     }
     drop(listener);
@@ -218,6 +252,8 @@ fn service(
     app: axum::Router,
     peer: SocketAddr,
     uri_len_max: usize,
+    conns: Arc<Conns>,
+    conn_id: u64,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
     Response = axum::response::Response,
@@ -226,6 +262,8 @@ fn service(
 > + Clone {
     hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let app = app.clone();
+        // Busy from the request until its response body is done (or dropped).
+        let busy = conns.busy(conn_id);
         async move {
             let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
             if uri_len > uri_len_max {
@@ -234,14 +272,48 @@ fn service(
                     "the request URI is too long",
                 ));
             }
-            // The route for audit logs: never the query string, bounded.
-            let route: String = format!("{} {}", req.method(), req.uri().path())
+            // The route for audit logs: never the query string, bounded (the method too:
+            // a client may make one up, as long as its headers allow).
+            let method: String = req.method().as_str().chars().take(16).collect();
+            let route: String = format!("{method} {}", req.uri().path())
                 .chars()
                 .take(256)
                 .collect();
             req.extensions_mut()
                 .insert(ClientAddr(peer, Arc::from(route)));
-            app.oneshot(req.map(axum::body::Body::new)).await
+            let resp = app.oneshot(req.map(axum::body::Body::new)).await?;
+            Ok(resp.map(|b| {
+                axum::body::Body::new(BusyBody {
+                    inner: b,
+                    _busy: busy,
+                })
+            }))
         }
     })
+}
+
+/// A response body that keeps its connection marked busy until it is done or dropped.
+struct BusyBody {
+    inner: axum::body::Body,
+    _busy: crate::conns::Busy,
+}
+
+impl http_body::Body for BusyBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

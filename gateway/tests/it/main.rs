@@ -7,6 +7,7 @@
 
 mod auth;
 mod hf;
+mod limits;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,11 @@ pub struct Fixture {
 impl Fixture {
     /// Publishes a folder whose `model.safetensors` is `big` random bytes.
     pub async fn start(big: usize) -> Fixture {
+        Self::start_with(big, GatewayConfig::default()).await
+    }
+
+    /// As [`Fixture::start`], with the gateway's limits in `config`.
+    pub async fn start_with(big: usize, config: GatewayConfig) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
         let mut files = BTreeMap::new();
@@ -106,7 +112,7 @@ impl Fixture {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let gw = Gateway::new(
-            GatewayConfig::default(),
+            config,
             registry.clone(),
             Arc::new(LocalSource::new(store.clone())),
         );
