@@ -431,19 +431,35 @@ impl Network {
         };
         let signed = record.try_sign(&self.key)?;
         let (cid, bytes) = manifest.encode();
-        // The manifest and the record go to every holder (and the peers, for small networks) so
-        // any of them can answer a reader; the record last, as it is what makes the artifact
-        // findable.
-        let targets: Vec<EndpointAddr> = nodes
-            .iter()
-            .map(|(id, a)| {
-                PeerAddr {
-                    id: *id,
-                    addrs: a.clone(),
-                }
-                .endpoint_addr()
-            })
-            .collect();
+        // The manifest and the record go to every holder so any of them can answer a reader; the
+        // record last, as it is what makes the artifact findable. An artifact with no chunk (only
+        // empty files) has no holder: its manifest and record go to the n live peers ranked
+        // first for its CID instead, so that it can be read like any other.
+        let targets: Vec<EndpointAddr> = if nodes.is_empty() {
+            place(&cid.to_bytes(), &weights, n.min(weights.len()))
+                .into_iter()
+                .filter_map(|id| live.iter().find(|p| p.addr.id == id))
+                .map(|p| p.addr.endpoint_addr())
+                .collect()
+        } else {
+            nodes
+                .iter()
+                .map(|(id, a)| {
+                    PeerAddr {
+                        id: *id,
+                        addrs: a.clone(),
+                    }
+                    .endpoint_addr()
+                })
+                .collect()
+        };
+        if targets.is_empty() {
+            return Err(Error::TooFewNodes {
+                live: 0,
+                k: opts.add.params.k(),
+                n,
+            });
+        }
         self.handle.block_on(async {
             // Readers need the manifest and the record from at least one holder; k copies keep
             // them available through the same losses the shards survive.
@@ -459,7 +475,7 @@ impl Network {
             cap,
             sent,
             skipped,
-            nodes: nodes.len(),
+            nodes: targets.len(),
             reduced_durability: reduced,
         })
     }

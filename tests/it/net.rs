@@ -9,7 +9,7 @@
 //! share the network; a restarted node keeps its shards and its peer table; a corrupted shard is
 //! never served; a long-running reader learns nodes that joined after it started; a peer that
 //! forges a holder record (any version, itself as holder) gets it stored nowhere and hides
-//! nothing from readers. Method: every
+//! nothing from readers; an artifact of only empty files is readable. Method: every
 //! claim is checked on real values (bytes compared with `diff -r`,
 //! shard files counted in the nodes' stores, exit codes and messages), every wait is bounded.
 
@@ -566,4 +566,23 @@ fn a_forged_holder_record_neither_lands_on_nodes_nor_hides_the_artifact() {
         client.close().await;
         bound.endpoint.close().await;
     });
+}
+
+#[test]
+fn an_artifact_of_only_empty_files_is_stored_on_nodes_and_read_back() {
+    let net = Devnet::with_nodes(3);
+    let src = net.tmp.path().join("empty");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("a.txt"), b"").unwrap();
+    fs::write(src.join("sub/b.json"), b"").unwrap();
+    let p = publisher(&net, "publisher");
+    let (out, err) = ok(net.add_cmd(&p, &src, &["-k", "2", "-m", "1"]));
+    assert!(err.contains("to 3 nodes"), "{err}");
+    let cap = cap_line(&out);
+    let mut ls = net.cli();
+    ls.args(["ls", &cap]);
+    let listed = ok(ls).0;
+    assert!(listed.contains("# 0 chunks"), "{listed}");
+    assert!(listed.contains("sub/b.json"), "{listed}");
+    get_identical(&net, &cap, &src, "out");
 }
