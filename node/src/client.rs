@@ -327,7 +327,17 @@ impl Network {
         (live, unreachable)
     }
 
-    /// The live peers known (learnt at connect, or at the last refresh).
+    /// Probes every peer the bootstrap node listed, as a publisher does before placing shards,
+    /// and returns how many answered and how many did not. A node's list can lag behind reality
+    /// by up to `PEER_SILENCE_MAX` (a node killed a moment ago has not been silent long enough
+    /// yet); the probe does not.
+    pub async fn probe_peers(&self) -> (usize, usize) {
+        let (live, unreachable) = self.probe().await;
+        (live.len(), unreachable.len())
+    }
+
+    /// The peers known (learnt at connect, or at the last refresh): those the bootstrap node
+    /// considered alive, unprobed.
     pub fn peer_count(&self) -> usize {
         self.peers.read().unwrap_or_else(|p| p.into_inner()).len()
     }

@@ -81,7 +81,8 @@
 //! - PEERS: `u16 count` (≤ [`PEERS_REPLY_MAX`]), then per announcement `u16 len`
 //!   (1..=[`ANNOUNCEMENT_LEN_MAX`]) and `len` bytes of a signed membership announcement (layout
 //!   in the `membership` module). The node's own announcement is among them when it has
-//!   membership; a node without a peer source answers count 0. The client verifies each one
+//!   membership, then those of the peers it considers alive (heard from within
+//!   `PEER_SILENCE_MAX`, not failing); a node without a peer source answers count 0. The client verifies each one
 //!   against its network and drops those that fail; a count or length over its cap makes the
 //!   whole reply malformed.
 //! - PUT_RECORD: empty (the record is stored, or an identical one already was).

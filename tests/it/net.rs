@@ -86,6 +86,9 @@ fn survives_two_lost_nodes_fails_clearly_at_three_and_recovers() {
 
     // A third loss is one more than a 3-of-5 code bears.
     net.kill(2);
+    // Node 0 still lists the killed nodes (they have not been silent for long), but `peers`
+    // reports only the nodes that answer.
+    assert_eq!(net.peers_seen(0), Some(2), "killed nodes reported live");
     let out = net.tmp.path().join("out-3-lost");
     let e = fails(net.get_cmd(&cap, &out));
     assert!(
@@ -98,6 +101,15 @@ fn survives_two_lost_nodes_fails_clearly_at_three_and_recovers() {
         "a failed get left {:?}",
         files_under(&out)
     );
+    // One file of it fails the same way (and as fast: a dead holder costs one connect timeout,
+    // not one per chunk in flight; see the swarm test of requests waiting on a dead peer) and
+    // leaves no file.
+    let one = net.tmp.path().join("weights-3-lost.bin");
+    let mut c = net.cli();
+    c.args(["get", &cap, "weights.bin", "-o"]).arg(&one);
+    let e = fails(c);
+    assert!(e.contains(&cid) && e.contains("missing"), "{e}");
+    assert!(!one.exists(), "a failed one-file get left its output");
 
     // The same processes come back (same data, same port): everything reads again.
     for i in [2, 3, 4] {
