@@ -50,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     params,
                     key_mode,
                     name: name.clone(),
+                    record_signers: Vec::new(),
                 };
                 return crate::netcmd::add(
                     &cli.peers,
@@ -68,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     params,
                     key_mode,
                     name: name.clone(),
+                    record_signers: Vec::new(),
                 },
                 expires,
             )?;
@@ -497,6 +499,7 @@ fn demo_in(tmp: &Path, size_mib: u64) -> anyhow::Result<()> {
         params: Params::DEFAULT,
         key_mode: KeyMode::Convergent(dd.convergence_secret()?),
         name: Some("demo/sample-model".into()),
+        record_signers: Vec::new(),
     };
     let (cap, bytes, secs) = add(&store, &model, opts, None)?;
     println!(

@@ -308,6 +308,7 @@ fn demo_with(
         params: Params::DEFAULT,
         key_mode: KeyMode::Convergent(dd.convergence_secret()?),
         name: Some("demo/sample-model".into()),
+        record_signers: Vec::new(),
     };
     let start = Instant::now();
     let report = net.publish(

@@ -85,7 +85,13 @@ pub fn peers(peers: &[String], network: &str) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let net = connect(peers, network, None).await?;
-        println!("{} live nodes", net.peer_count());
+        // Each listed node is probed: the node asked may still list one that died a moment
+        // ago, until it has been silent for long enough.
+        let (live, silent) = net.probe_peers().await;
+        println!("{live} live nodes");
+        if silent > 0 {
+            eprintln!("{silent} more listed by the node asked, not answering");
+        }
         net.close().await;
         Ok(())
     })

@@ -40,6 +40,7 @@ fn store_add(c: &mut Criterion) {
         params: Params::DEFAULT,
         key_mode: KeyMode::Convergent(ConvergenceSecret::from_bytes([7; 32])),
         name: None,
+        record_signers: Vec::new(),
     };
 
     let mut g = c.benchmark_group("store_add");

@@ -201,8 +201,15 @@ impl ShardBackend for StoreBackend {
             .unwrap_or(0)
     }
 
+    /// The store keeps a record only beside its manifest, checked in the same transaction, so a
+    /// manifest collected between the server's check and this call still refuses it.
     fn put_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError> {
-        self.store.put_record(artifact, signed).map_err(backend_err)
+        self.store
+            .put_record(artifact, signed)
+            .map_err(|e| match e {
+                StoreError::ManifestNotFound(_) => BackendError::UnknownArtifact,
+                other => backend_err(other),
+            })
     }
 
     fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
@@ -241,6 +248,113 @@ mod tests {
         );
         assert!(b.delete(&c, [1; 32]).unwrap());
         assert_eq!(b.get(&shard_cid(b"none"), None).unwrap(), None);
+    }
+
+    /// A peer floods a node with validly signed records of artifacts the node holds nothing of:
+    /// every one is refused, none takes quota, and a real shard still fits. A record of an
+    /// artifact whose manifest the node does hold is kept, and goes when gc collects the
+    /// manifest. Real endpoints on loopback, the real server over the real store.
+    #[tokio::test]
+    async fn a_record_flood_is_refused_and_takes_no_quota() {
+        use cairn_swarm::{
+            Error as SwarmError, HolderRecord, Router, SHARD_ALPN, ShardClient, ShardConfig,
+            ShardServer, endpoint_offline, generate_secret_key, manifest_cid,
+        };
+        use std::time::Duration;
+
+        let d = tempfile::tempdir().unwrap();
+        let quota = 256 * 1024;
+        let store = Arc::new(Store::open(d.path(), StoreConfig { quota }).unwrap());
+        let backend = Arc::new(StoreBackend::new(store.clone()));
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let node = endpoint_offline(generate_secret_key(), loopback)
+            .await
+            .unwrap();
+        let addr = cairn_swarm::EndpointAddr::new(node.endpoint.id())
+            .with_ip_addr(node.endpoint.bound_sockets()[0]);
+        let router = Router::builder(node.endpoint.clone())
+            .accept(
+                SHARD_ALPN,
+                ShardServer::new(backend, ShardConfig::default()),
+            )
+            .spawn();
+        let key = generate_secret_key();
+        let peer = endpoint_offline(key.clone(), loopback).await.unwrap();
+        let client = ShardClient::new(peer.endpoint.clone(), ShardConfig::default());
+        let step = Duration::from_secs(30);
+
+        // Each record is about 1.1 KiB (eight holders, 100 chunks): 400 of them would be
+        // 440 KiB, well over the quota, were they kept.
+        let record = |artifact| HolderRecord {
+            artifact,
+            version: 1,
+            k: 3,
+            m: 2,
+            reduced_durability: false,
+            nodes: vec![(key.public(), peer.endpoint.bound_sockets())],
+            holders: vec![vec![0; 5]; 100],
+        };
+        for i in 0..400u32 {
+            let signed = record(manifest_cid(&i.to_be_bytes())).sign(&key);
+            let result = tokio::time::timeout(step, client.put_record(&addr, &signed))
+                .await
+                .unwrap();
+            assert!(
+                matches!(
+                    &result,
+                    Err(SwarmError::Rejected {
+                        status: "UNKNOWN_ARTIFACT",
+                        ..
+                    })
+                ),
+                "record {i}: {result:?}"
+            );
+        }
+        assert_eq!(store.stat().unwrap().used, 0, "a refused record took quota");
+        let shard = vec![9u8; 200_000];
+        tokio::time::timeout(step, client.put(&addr, &shard_cid(&shard), &shard))
+            .await
+            .unwrap()
+            .unwrap();
+
+        // A record of an artifact whose manifest the node holds is kept, and counted.
+        let private = cairn_store::PrivatePart {
+            format: 1,
+            name: None,
+            files: Vec::new(),
+            chunks: Vec::new(),
+        };
+        let (artifact, manifest) = cairn_store::Manifest::seal(
+            cairn_erasure::Params::new(3, 2).unwrap(),
+            Vec::new(),
+            &private,
+            &cairn_encryption::ArtifactKey::random(),
+        )
+        .with_record_signers(&[*key.public().as_bytes()])
+        .unwrap()
+        .encode();
+        tokio::time::timeout(step, client.put(&addr, &artifact, &manifest))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut kept = record(artifact);
+        kept.holders.clear();
+        let signed = kept.sign(&key);
+        let before = store.stat().unwrap().used;
+        tokio::time::timeout(step, client.put_record(&addr, &signed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.stat().unwrap().used, before + signed.len() as u64);
+        // Once its publisher releases the manifest, gc collects manifest and record together.
+        assert!(store.release(&artifact, *key.public().as_bytes()).unwrap());
+        let r = store.gc().unwrap();
+        assert_eq!((r.manifests, r.records), (1, 1));
+        assert_eq!(store.get_record(&artifact).unwrap(), None);
+
+        client.close().await;
+        peer.endpoint.close().await;
+        router.shutdown().await.unwrap();
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! the next is coded. Only when every shard of every chunk is acknowledged are the manifest and
 //! the signed holder record stored on the holders: before that, no reader can find the artifact.
 //!
-//! Reading: the holder record (highest valid version any holder returns) says who holds which
+//! Publishing also names the client's key in the manifest as the one allowed to sign the
+//! artifact's holder records, and dates each record by the clock (Unix ms) as its version.
+//!
+//! Reading: the manifest (checked against the capability's CID) says whose records to trust;
+//! the newest record such a key signed, among those any peer returns, says who holds which
 //! shard. Holders that did not answer the record request within a short grace are asked only when
 //! the others cannot make `k`. Each chunk is fetched from any `k`
 //! holders with hedging, every shard verified against its CID.
@@ -29,9 +33,10 @@ use cairn_store::{
     ShardSink, ShardSlots, ShardSource, encode_artifact,
 };
 use cairn_swarm::{
-    BoundEndpoint, ClientStats, EndpointAddr, EndpointId, HolderRecord, SecretKey, ShardClient,
-    ShardConfig, ShardLocation, SignedRecord, TopicId, endpoint_offline, endpoint_online,
-    fetch_any_k, generate_secret_key, place, secret_key_from_bytes, topic_id,
+    BoundEndpoint, ClientStats, EndpointAddr, EndpointId, HolderRecord, RECORD_AHEAD_MAX,
+    SecretKey, ShardClient, ShardConfig, ShardLocation, SignedRecord, TopicId, choose_record,
+    endpoint_offline, endpoint_online, fetch_any_k, generate_secret_key, place, record_version_now,
+    secret_key_from_bytes, topic_id,
 };
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -322,7 +327,17 @@ impl Network {
         (live, unreachable)
     }
 
-    /// The live peers known (learnt at connect, or at the last refresh).
+    /// Probes every peer the bootstrap node listed, as a publisher does before placing shards,
+    /// and returns how many answered and how many did not. A node's list can lag behind reality
+    /// by up to `PEER_SILENCE_MAX` (a node killed a moment ago has not been silent long enough
+    /// yet); the probe does not.
+    pub async fn probe_peers(&self) -> (usize, usize) {
+        let (live, unreachable) = self.probe().await;
+        (live.len(), unreachable.len())
+    }
+
+    /// The peers known (learnt at connect, or at the last refresh): those the bootstrap node
+    /// considered alive, unprobed.
     pub fn peer_count(&self) -> usize {
         self.peers.read().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -368,17 +383,23 @@ impl Network {
                 n,
             });
         }
+        let weights: Vec<(EndpointId, u64)> =
+            live.iter().map(|p| (p.addr.id, p.free.max(1))).collect();
+        // The manifest names this client's key as the one allowed to sign the artifact's holder
+        // records: readers and nodes trust no other.
+        let mut add = opts.add.clone();
+        add.record_signers.insert(0, *self.key.public().as_bytes());
         let sink = NetSink {
             net: self,
-            weights: live.iter().map(|p| (p.addr.id, p.free.max(1))).collect(),
-            live,
+            weights: weights.clone(),
+            live: live.clone(),
             n,
             holders: Mutex::new(BTreeMap::new()),
             windows: Arc::new(Semaphore::new(WINDOWS_IN_FLIGHT)),
             tasks: Mutex::new(Vec::new()),
             sent: Arc::new(Mutex::new((0, 0))),
         };
-        let (manifest, cap) = encode_artifact(path, &opts.add, &sink, progress)?;
+        let (manifest, cap) = encode_artifact(path, &add, &sink, progress)?;
         let holders = sink.holders.into_inner().unwrap_or_else(|p| p.into_inner());
         let known = self.peers();
         // Nodes in first-use order, holders as indices into them.
@@ -411,7 +432,7 @@ impl Network {
         }
         let record = HolderRecord {
             artifact: cap.cid,
-            version: 1,
+            version: record_version_now(),
             k: opts.add.params.k() as u8,
             m: opts.add.params.m() as u8,
             reduced_durability: reduced,
@@ -420,19 +441,35 @@ impl Network {
         };
         let signed = record.try_sign(&self.key)?;
         let (cid, bytes) = manifest.encode();
-        // The manifest and the record go to every holder (and the peers, for small networks) so
-        // any of them can answer a reader; the record last, as it is what makes the artifact
-        // findable.
-        let targets: Vec<EndpointAddr> = nodes
-            .iter()
-            .map(|(id, a)| {
-                PeerAddr {
-                    id: *id,
-                    addrs: a.clone(),
-                }
-                .endpoint_addr()
-            })
-            .collect();
+        // The manifest and the record go to every holder so any of them can answer a reader; the
+        // record last, as it is what makes the artifact findable. An artifact with no chunk (only
+        // empty files) has no holder: its manifest and record go to the n live peers ranked
+        // first for its CID instead, so that it can be read like any other.
+        let targets: Vec<EndpointAddr> = if nodes.is_empty() {
+            place(&cid.to_bytes(), &weights, n.min(weights.len()))
+                .into_iter()
+                .filter_map(|id| live.iter().find(|p| p.addr.id == id))
+                .map(|p| p.addr.endpoint_addr())
+                .collect()
+        } else {
+            nodes
+                .iter()
+                .map(|(id, a)| {
+                    PeerAddr {
+                        id: *id,
+                        addrs: a.clone(),
+                    }
+                    .endpoint_addr()
+                })
+                .collect()
+        };
+        if targets.is_empty() {
+            return Err(Error::TooFewNodes {
+                live: 0,
+                k: opts.add.params.k(),
+                n,
+            });
+        }
         self.handle.block_on(async {
             // Readers need the manifest and the record from at least one holder; k copies keep
             // them available through the same losses the shards survive.
@@ -448,17 +485,24 @@ impl Network {
             cap,
             sent,
             skipped,
-            nodes: nodes.len(),
+            nodes: targets.len(),
             reduced_durability: reduced,
         })
     }
 
-    /// Finds the artifact's holder record and manifest, and opens it with the capability.
+    /// Finds the artifact's manifest and holder record, and opens it with the capability.
+    ///
+    /// A peer may send any record it likes, so none is trusted before the manifest is: the
+    /// manifest is fetched from a peer that sent a record, checked against the capability's
+    /// CID, and names the keys allowed to sign records; among the records peers sent, the
+    /// newest such a key signed is used ([`choose_record`]). A forged or stray record costs at
+    /// most one manifest request to the peer that sent it.
     pub async fn open(&self, cap: &ReadCap) -> Result<RemoteArtifact, Error> {
-        // Every known peer (up to RECORD_ASK_MAX) is asked at once. Once a valid record is in,
-        // the others get RECORD_GRACE more to offer a newer version; a peer that has not
-        // answered by then counts as unreachable for this read, so a dead node costs one grace
-        // period here instead of a connect timeout on every chunk.
+        // Every known peer (up to RECORD_ASK_MAX) is asked at once. Once a record is in, the
+        // others get RECORD_GRACE more to offer theirs; a peer that has not answered by then
+        // counts as unreachable for this read, so a dead node costs one grace period here
+        // instead of a connect timeout on every chunk. If no record then in hand is usable, the
+        // rest are waited for (each bounded by the client's timeouts).
         let asked: Vec<EndpointAddr> = self
             .peers()
             .iter()
@@ -469,54 +513,95 @@ impl Network {
             .iter()
             .map(|a| async move { (a.id, self.client.get_record(a, &cap.cid).await) })
             .collect();
-        let mut best: Option<SignedRecord> = None;
+        let mut records: Vec<(EndpointId, SignedRecord)> = Vec::new();
         let mut reasons = Vec::new();
         let mut answered = HashSet::new();
-        let mut with_record = Vec::new();
-        let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
-            let next = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, pending.next()).await {
-                    Ok(n) => n,
-                    Err(_) => break,
-                },
-                None => pending.next().await,
-            };
-            let Some((id, answer)) = next else { break };
-            match answer {
-                Ok(Some(rec)) if rec.record.artifact == cap.cid => {
-                    answered.insert(id);
-                    with_record.push(id);
-                    if best
-                        .as_ref()
-                        .is_none_or(|b| rec.record.version > b.record.version)
-                    {
-                        best = Some(rec);
+        let mut manifest: Option<Manifest> = None;
+        let mut tried = HashSet::new();
+        let mut why_manifest = Vec::new();
+        let chosen = loop {
+            let mut deadline: Option<tokio::time::Instant> = None;
+            loop {
+                let next = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, pending.next()).await {
+                        Ok(n) => n,
+                        Err(_) => break,
+                    },
+                    None => pending.next().await,
+                };
+                let Some((id, answer)) = next else { break };
+                match answer {
+                    Ok(Some(rec)) if rec.record.artifact == cap.cid => {
+                        answered.insert(id);
+                        records.push((id, rec));
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + RECORD_GRACE);
                     }
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + RECORD_GRACE);
+                    Ok(Some(_)) => {
+                        answered.insert(id);
+                        reasons.push(format!(
+                            "{} sent a record of another artifact",
+                            id.fmt_short()
+                        ));
+                    }
+                    Ok(None) => {
+                        answered.insert(id);
+                        reasons.push(format!("{} has none", id.fmt_short()));
+                    }
+                    Err(e) => reasons.push(e.to_string()),
                 }
-                Ok(Some(_)) => {
-                    answered.insert(id);
-                    reasons.push(format!(
-                        "{} sent a record of another artifact",
-                        id.fmt_short()
-                    ));
-                }
-                Ok(None) => {
-                    answered.insert(id);
-                    reasons.push(format!("{} has none", id.fmt_short()));
-                }
-                Err(e) => reasons.push(e.to_string()),
             }
-        }
-        let Some(signed) = best else {
+            if manifest.is_none() {
+                manifest = self
+                    .fetch_manifest(cap, &asked, &records, &mut tried, &mut why_manifest)
+                    .await;
+            }
+            if let Some(m) = &manifest
+                && let Some(best) = choose_record(
+                    records.iter().map(|(_, r)| r),
+                    &cap.cid,
+                    m.record_signers(),
+                    record_version_now(),
+                )
+            {
+                break Some(best.clone());
+            }
+            if pending.is_empty() {
+                break None;
+            }
+        };
+        let ignored = records.len();
+        let Some(signed) = chosen else {
+            let mut why = reasons;
+            match &manifest {
+                None if records.is_empty() => {}
+                None => why.push(format!(
+                    "no peer that sent a record could send the manifest ({})",
+                    why_manifest.join("; ")
+                )),
+                Some(m) if m.record_signers().is_empty() => why.push(
+                    "its manifest names no key allowed to sign holder records (an older format, \
+                     or published only to a local store); publish it again"
+                        .into(),
+                ),
+                Some(_) => why.push(format!(
+                    "{ignored} holder records ignored: none is signed by a key its manifest \
+                     allows and dated no later than {RECORD_AHEAD_MAX:?} from now"
+                )),
+            }
             return Err(Error::ArtifactUnknown {
                 artifact: cap.cid,
-                reasons: reasons.join("; "),
+                reasons: why.join("; "),
             });
         };
+        let manifest = manifest.expect("a record is chosen only once the manifest is in");
+        if ignored > 1 {
+            debug!(
+                "{} of {ignored} holder records of {} were not the one used",
+                ignored - 1,
+                cap.cid
+            );
+        }
         let record = signed.record;
-        let addrs = self.holder_addrs(&record);
         let asked_ids: HashSet<EndpointId> = asked.iter().map(|a| a.id).collect();
         let unreachable: HashSet<EndpointId> = record
             .nodes
@@ -524,31 +609,6 @@ impl Network {
             .map(|(id, _)| *id)
             .filter(|id| asked_ids.contains(id) && !answered.contains(id))
             .collect();
-        // Holders that had the record have the manifest too (both are stored together).
-        let manifest_from: Vec<EndpointAddr> = addrs
-            .iter()
-            .filter(|a| with_record.contains(&a.id))
-            .cloned()
-            .collect();
-        let mut manifest_bytes = None;
-        let mut why = Vec::new();
-        for a in manifest_from {
-            match self.client.get(&a, &cap.cid, None).await {
-                Ok(Some(b)) => {
-                    manifest_bytes = Some(b);
-                    break;
-                }
-                Ok(None) => why.push(format!("{} lost it", a.id.fmt_short())),
-                Err(e) => why.push(e.to_string()),
-            }
-        }
-        let Some(bytes) = manifest_bytes else {
-            return Err(Error::ArtifactUnknown {
-                artifact: cap.cid,
-                reasons: format!("no holder could send the manifest ({})", why.join("; ")),
-            });
-        };
-        let manifest = Manifest::decode(&bytes, &cap.cid.to_string())?;
         let private = manifest.open(&cap.cid, &cap.key)?;
         if record.holders.len() != manifest.chunks().len()
             || record.k as usize != manifest.params().k()
@@ -566,6 +626,46 @@ impl Network {
             record,
             unreachable,
         })
+    }
+
+    /// The manifest of `cap` from the first peer of those that sent a record (and were not
+    /// tried yet) whose bytes match the CID and decode. Peers whose record's signer more peers
+    /// agree on go first, so a lone forger is asked last. Failures are added to `why`.
+    async fn fetch_manifest(
+        &self,
+        cap: &ReadCap,
+        asked: &[EndpointAddr],
+        records: &[(EndpointId, SignedRecord)],
+        tried: &mut HashSet<EndpointId>,
+        why: &mut Vec<String>,
+    ) -> Option<Manifest> {
+        let mut agree: HashMap<EndpointId, usize> = HashMap::new();
+        for (_, r) in records {
+            *agree.entry(r.publisher).or_default() += 1;
+        }
+        let mut order: Vec<(usize, EndpointId)> = records
+            .iter()
+            .filter(|(id, _)| !tried.contains(id))
+            .map(|(id, r)| (agree[&r.publisher], *id))
+            .collect();
+        order.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+        for (_, id) in order {
+            if !tried.insert(id) {
+                continue;
+            }
+            let Some(addr) = asked.iter().find(|a| a.id == id) else {
+                continue;
+            };
+            match self.client.get(addr, &cap.cid, None).await {
+                Ok(Some(bytes)) => match Manifest::decode(&bytes, &cap.cid.to_string()) {
+                    Ok(m) => return Some(m),
+                    Err(e) => why.push(format!("{}: {e}", id.fmt_short())),
+                },
+                Ok(None) => why.push(format!("{} does not have it", id.fmt_short())),
+                Err(e) => why.push(e.to_string()),
+            }
+        }
+        None
     }
 
     fn holder_addrs(&self, record: &HolderRecord) -> Vec<EndpointAddr> {

@@ -159,8 +159,13 @@ pub async fn run_node(config: NodeConfig) -> Result<NodeHandle, Error> {
             save_table(&m, path.as_ref());
             let s = store.clone();
             match tokio::task::spawn_blocking(move || s.gc()).await {
-                Ok(Ok(r)) if r.shards + r.manifests > 0 => {
-                    info!(shards = r.shards, manifests = r.manifests, "gc")
+                Ok(Ok(r)) if r.shards + r.manifests + r.records > 0 => {
+                    info!(
+                        shards = r.shards,
+                        manifests = r.manifests,
+                        records = r.records,
+                        "gc"
+                    )
                 }
                 Ok(Err(e)) => warn!("gc: {e}"),
                 _ => {}

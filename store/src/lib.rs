@@ -35,7 +35,8 @@ pub use ids::{
     verify_shard,
 };
 pub use manifest::{
-    ChunkEntry, ChunkSecret, FileEntry, MANIFEST_LEN_MAX, Manifest, PrivatePart, validate_path,
+    ChunkEntry, ChunkSecret, FileEntry, MANIFEST_LEN_MAX, Manifest, PrivatePart,
+    RECORD_SIGNERS_MAX, validate_path,
 };
 pub use pipeline::{
     AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, ShardSink, ShardSlots,

@@ -5,6 +5,11 @@
 //! parameters. That is enough to check and repair every shard without any key. The private part
 //! (file tree, chunk keys, plaintext hashes) is DAG-CBOR too, sealed under the artifact key.
 //!
+//! The public part also names the keys allowed to sign the artifact's holder records
+//! (`record_signers`, format 2): the publisher's, and later any repairer it delegates to. The
+//! manifest is checked against its CID, which the read capability carries, so a reader (and a
+//! node storing records) knows whose records to trust from the capability alone.
+//!
 //! Decoding treats the bytes as hostile: lengths are capped before use, every cross-reference
 //! (shard counts, chunk ranges, paths) is checked, and an inconsistent manifest is an error.
 
@@ -18,8 +23,14 @@ use crate::{CHUNK_MAX, Cid, Error, SHARD_LEN_MAX, manifest_cid};
 /// Largest encoded manifest accepted (public part with the sealed private part inside).
 /// At ~250 bytes per chunk this allows artifacts of about 250 000 chunks (~250 GiB).
 pub const MANIFEST_LEN_MAX: usize = 64 * 1024 * 1024;
-/// Format version written into every manifest.
+/// Format version of the private part (and of public parts before record signers).
 const FORMAT: u32 = 1;
+/// Format version of the public part written now: format 1 plus `record_signers`. Format 1
+/// still decodes (local stores keep it readable) with no signer, so no holder record of it is
+/// trusted on the network.
+const PUBLIC_FORMAT: u32 = 2;
+/// Most keys a manifest may allow to sign its holder records.
+pub const RECORD_SIGNERS_MAX: usize = 16;
 /// Longest path inside an artifact.
 const PATH_LEN_MAX: usize = 4096;
 
@@ -40,14 +51,19 @@ struct PublicWire {
     chunks: Vec<ChunkEntry>,
     private_nonce: ByteBuf,
     private: ByteBuf,
+    /// Absent in format 1, present (possibly empty) in format 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    record_signers: Option<Vec<ByteBuf>>,
 }
 
 /// A decoded manifest (public part; the private part stays sealed until opened).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
+    format: u32,
     params: Params,
     chunks: Vec<ChunkEntry>,
     sealed_private: SealedPrivate,
+    record_signers: Vec<[u8; 32]>,
 }
 
 /// One file of the artifact.
@@ -125,9 +141,11 @@ impl Manifest {
     ) -> Self {
         let plain = serde_ipld_dagcbor::to_vec(private).expect("private part serializes");
         Self {
+            format: PUBLIC_FORMAT,
             params,
             chunks,
             sealed_private: seal_private(key, &plain),
+            record_signers: Vec::new(),
         }
     }
 
@@ -136,10 +154,43 @@ impl Manifest {
     #[doc(hidden)]
     pub fn from_sealed(params: Params, chunks: Vec<ChunkEntry>, sealed: SealedPrivate) -> Self {
         Self {
+            format: PUBLIC_FORMAT,
             params,
             chunks,
             sealed_private: sealed,
+            record_signers: Vec::new(),
         }
+    }
+
+
+    /// The manifest with `signers` (32-byte ed25519 public keys, the publisher's first) as the
+    /// only keys whose holder records readers and nodes accept. Duplicates are dropped; more
+    /// than [`RECORD_SIGNERS_MAX`] is an error.
+    pub fn with_record_signers(mut self, signers: &[[u8; 32]]) -> Result<Self, Error> {
+        let mut distinct: Vec<[u8; 32]> = Vec::with_capacity(signers.len());
+        for s in signers {
+            if !distinct.contains(s) {
+                distinct.push(*s);
+            }
+        }
+        if distinct.len() > RECORD_SIGNERS_MAX {
+            return Err(Error::BadManifest {
+                what: "new manifest".into(),
+                reason: format!(
+                    "{} record signers is over the limit of {RECORD_SIGNERS_MAX}",
+                    distinct.len()
+                ),
+            });
+        }
+        self.format = PUBLIC_FORMAT;
+        self.record_signers = distinct;
+        Ok(self)
+    }
+
+    /// The keys allowed to sign this artifact's holder records (none for a format 1 manifest,
+    /// or one published only to a local store).
+    pub fn record_signers(&self) -> &[[u8; 32]] {
+        &self.record_signers
     }
 
     /// Erasure parameters of every chunk.
@@ -160,12 +211,18 @@ impl Manifest {
     /// The DAG-CBOR bytes and their CID.
     pub fn encode(&self) -> (Cid, Vec<u8>) {
         let wire = PublicWire {
-            format: FORMAT,
+            format: self.format,
             k: self.params.k() as u8,
             m: self.params.m() as u8,
             chunks: self.chunks.clone(),
             private_nonce: ByteBuf::from(self.sealed_private.nonce.to_vec()),
             private: ByteBuf::from(self.sealed_private.ciphertext.clone()),
+            record_signers: (self.format >= PUBLIC_FORMAT).then(|| {
+                self.record_signers
+                    .iter()
+                    .map(|s| ByteBuf::from(s.to_vec()))
+                    .collect()
+            }),
         };
         let bytes = serde_ipld_dagcbor::to_vec(&wire).expect("manifest serializes");
         (manifest_cid(&bytes), bytes)
@@ -185,12 +242,40 @@ impl Manifest {
         }
         let wire: PublicWire = serde_ipld_dagcbor::from_slice(bytes)
             .map_err(|e| bad(format!("not a Cairn manifest ({e})")))?;
-        if wire.format != FORMAT {
-            return Err(bad(format!(
-                "format version {} is not supported (this build reads {FORMAT})",
-                wire.format
-            )));
-        }
+        let record_signers = match (wire.format, wire.record_signers) {
+            (FORMAT, None) => Vec::new(),
+            (FORMAT, Some(_)) => {
+                return Err(bad("format 1 has no record signers".into()));
+            }
+            (PUBLIC_FORMAT, None) => {
+                return Err(bad("format 2 lacks its record signers".into()));
+            }
+            (PUBLIC_FORMAT, Some(signers)) => {
+                if signers.len() > RECORD_SIGNERS_MAX {
+                    return Err(bad(format!(
+                        "{} record signers is over the limit of {RECORD_SIGNERS_MAX}",
+                        signers.len()
+                    )));
+                }
+                let mut keys: Vec<[u8; 32]> = Vec::with_capacity(signers.len());
+                for s in &signers {
+                    let key: [u8; 32] = s.as_slice().try_into().map_err(|_| {
+                        bad(format!("a record signer is {} bytes, not 32", s.len()))
+                    })?;
+                    if keys.contains(&key) {
+                        return Err(bad("a record signer is listed twice".into()));
+                    }
+                    keys.push(key);
+                }
+                keys
+            }
+            (other, _) => {
+                return Err(bad(format!(
+                    "format version {other} is not supported (this build reads {FORMAT} and \
+                     {PUBLIC_FORMAT})"
+                )));
+            }
+        };
         let params =
             Params::new(wire.k as usize, wire.m as usize).map_err(|e| bad(e.to_string()))?;
         for (i, c) in wire.chunks.iter().enumerate() {
@@ -228,12 +313,14 @@ impl Manifest {
             .try_into()
             .map_err(|_| bad("private part nonce has the wrong length".into()))?;
         Ok(Self {
+            format: wire.format,
             params,
             chunks: wire.chunks,
             sealed_private: SealedPrivate {
                 nonce,
                 ciphertext: wire.private.into_vec(),
             },
+            record_signers,
         })
     }
 
@@ -371,6 +458,79 @@ pub(crate) mod tests {
         assert_eq!(d.open(&cid, &key).unwrap(), p);
         let wrong = ArtifactKey::random();
         assert!(matches!(d.open(&cid, &wrong), Err(Error::Crypto { .. })));
+    }
+
+    #[test]
+    fn record_signers_are_bound_to_the_cid() {
+        let (m, p, key) = sample(2);
+        let m = m.with_record_signers(&[[7; 32], [8; 32], [7; 32]]).unwrap();
+        assert_eq!(
+            m.record_signers(),
+            &[[7; 32], [8; 32]],
+            "duplicates dropped"
+        );
+        let (cid, bytes) = m.encode();
+        let d = Manifest::decode(&bytes, "t").unwrap();
+        assert_eq!(d.record_signers(), m.record_signers());
+        assert_eq!(d.open(&cid, &key).unwrap(), p);
+        // Another signer set is another manifest: the CID in a capability pins the signers.
+        let (other, _) = m.clone().with_record_signers(&[[9; 32]]).unwrap().encode();
+        assert_ne!(other, cid);
+        assert!(
+            m.with_record_signers(
+                &(0..=RECORD_SIGNERS_MAX as u8)
+                    .map(|i| [i; 32])
+                    .collect::<Vec<_>>()
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("over the limit")
+        );
+    }
+
+    #[test]
+    fn format_1_manifests_still_decode_with_no_signer() {
+        let (mut m, p, key) = sample(2);
+        m.format = FORMAT;
+        let (cid, bytes) = m.encode();
+        let d = Manifest::decode(&bytes, "t").unwrap();
+        assert!(d.record_signers().is_empty());
+        assert_eq!(d.open(&cid, &key).unwrap(), p);
+        // Re-encoding keeps the format, hence the CID.
+        assert_eq!(d.encode().0, cid);
+    }
+
+    #[test]
+    fn malformed_record_signers_are_refused() {
+        let (m, _, _) = sample(1);
+        let (_, bytes) = m.with_record_signers(&[[3; 32]]).unwrap().encode();
+        let wire: PublicWire = serde_ipld_dagcbor::from_slice(&bytes).unwrap();
+        let cases: Vec<(u32, Option<Vec<ByteBuf>>, &str)> = vec![
+            (2, None, "lacks"),
+            (1, Some(vec![]), "format 1 has no"),
+            (2, Some(vec![ByteBuf::from(vec![1; 31])]), "not 32"),
+            (2, Some(vec![ByteBuf::from(vec![1; 32]); 2]), "twice"),
+            (
+                2,
+                Some(vec![ByteBuf::from(vec![1; 32]); RECORD_SIGNERS_MAX + 1]),
+                "over the limit",
+            ),
+            (3, Some(vec![]), "not supported"),
+        ];
+        for (format, signers, expected) in cases {
+            let bad = PublicWire {
+                format,
+                k: wire.k,
+                m: wire.m,
+                chunks: wire.chunks.clone(),
+                private_nonce: wire.private_nonce.clone(),
+                private: wire.private.clone(),
+                record_signers: signers,
+            };
+            let bytes = serde_ipld_dagcbor::to_vec(&bad).unwrap();
+            let err = Manifest::decode(&bytes, "t").unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 
     #[test]

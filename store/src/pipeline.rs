@@ -46,6 +46,10 @@ pub struct AddOptions {
     pub key_mode: KeyMode,
     /// Optional artifact name, stored in the private part.
     pub name: Option<String>,
+    /// Keys allowed to sign the artifact's holder records (32-byte ed25519 public keys, the
+    /// publisher's first; at most [`RECORD_SIGNERS_MAX`](crate::RECORD_SIGNERS_MAX)), named
+    /// in the manifest's public part. Empty for an artifact kept only in a local store.
+    pub record_signers: Vec<[u8; 32]>,
 }
 
 /// One chunk after sealing and coding.
@@ -409,7 +413,8 @@ pub fn encode_artifact(
         chunks: secrets,
     };
     let key = ArtifactKey::random();
-    let manifest = Manifest::seal(opts.params, entries, &private, &key);
+    let manifest = Manifest::seal(opts.params, entries, &private, &key)
+        .with_record_signers(&opts.record_signers)?;
     let (cid, _) = manifest.encode();
     Ok((manifest, ReadCap { cid, key }))
 }
@@ -888,6 +893,7 @@ mod tests {
                 params: Params::DEFAULT,
                 key_mode: KeyMode::Random,
                 name: None,
+                record_signers: Vec::new(),
             };
             let (manifest, cap) = encode_artifact(&input, &opts, &store, &|_| {}).unwrap();
             let private = manifest.open(&cap.cid, &cap.key).unwrap();

@@ -125,6 +125,8 @@ pub struct GcReport {
     pub shards: u64,
     /// Manifests removed.
     pub manifests: u64,
+    /// Holder records removed (with their manifests).
+    pub records: u64,
     /// Files on disk that no row referred to (left by a crash), removed.
     pub orphan_files: u64,
     /// Bytes freed.
@@ -484,13 +486,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Stores a holder record for `artifact`, replacing any earlier one. The caller (the peer
-    /// layer) has checked its signature and that it is newer.
+    /// Stores a holder record for `artifact`, replacing any earlier one; it counts against the
+    /// quota. The caller (the peer layer) has checked its signature and that it is newer. A
+    /// record is kept only beside the manifest it describes (and collected with it by `gc`), so
+    /// without that manifest this fails with [`Error::ManifestNotFound`]: a node that holds
+    /// nothing of an artifact has no reason to keep its record.
     pub fn put_record(&self, artifact: &Cid, record: &[u8]) -> Result<(), Error> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let tx = self.db.begin_write()?;
         {
             let key = artifact.to_bytes();
+            if tx.open_table(MANIFESTS)?.get(key.as_slice())?.is_none() {
+                return Err(Error::ManifestNotFound(*artifact));
+            }
             let used = self.used(&tx)?;
             let mut t = tx.open_table(RECORDS)?;
             let old = t
@@ -721,8 +729,9 @@ impl Store {
         })
     }
 
-    /// Removes every manifest without a live pin, every shard no pinned manifest needs, and any
-    /// file left behind by an interrupted write.
+    /// Removes every manifest without a live pin or owner, the holder record of every manifest
+    /// removed, every shard no kept manifest needs, and any file left behind by an interrupted
+    /// write.
     pub fn gc(&self) -> Result<GcReport, Error> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let now = now();
@@ -767,6 +776,23 @@ impl Store {
                 manifests.remove(k.as_slice())?;
                 report.manifests += 1;
                 report.bytes += len;
+            }
+            {
+                // A holder record goes with the manifest it describes (and one without any, as
+                // older builds stored, goes now).
+                let mut records = tx.open_table(RECORDS)?;
+                let mut dead_records = Vec::new();
+                for row in records.iter()? {
+                    let (k, v) = row?;
+                    if manifests.get(k.value())?.is_none() {
+                        dead_records.push((k.value().to_vec(), v.value().len() as u64));
+                    }
+                }
+                for (k, len) in dead_records {
+                    records.remove(k.as_slice())?;
+                    report.records += 1;
+                    report.bytes += len;
+                }
             }
             {
                 let owners = tx.open_multimap_table(OWNERS)?;
@@ -988,10 +1014,11 @@ mod tests {
         let (mf, _, _) = crate::manifest::tests::sample(2);
         let (m, mbytes) = mf.encode();
         assert_eq!(s.get_record(&m).unwrap(), None);
-        s.put_record(&m, b"v1").unwrap();
-        s.put_record(&m, b"v2-longer").unwrap();
-        assert_eq!(s.get_record(&m).unwrap().unwrap(), b"v2-longer");
-        assert_eq!(s.stat().unwrap().used, 9, "records count against the quota");
+        assert!(matches!(
+            s.put_record(&m, b"v1"),
+            Err(Error::ManifestNotFound(c)) if c == m
+        ));
+        assert_eq!(s.stat().unwrap().used, 0, "a refused record takes nothing");
         assert!(matches!(
             s.put_manifest(&m, b"other bytes", [1; 32]),
             Err(Error::BadManifest { .. })
@@ -1003,9 +1030,42 @@ mod tests {
         ));
         s.put_manifest(&m, &mbytes, [1; 32]).unwrap();
         assert!(s.has_manifest(&m).unwrap());
-        assert_eq!(s.gc().unwrap().manifests, 0, "an owned manifest is kept");
+        let manifest_len = mbytes.len() as u64;
+        s.put_record(&m, b"v1").unwrap();
+        s.put_record(&m, b"v2-longer").unwrap();
+        assert_eq!(s.get_record(&m).unwrap().unwrap(), b"v2-longer");
+        assert_eq!(
+            s.stat().unwrap().used,
+            manifest_len + 9,
+            "records count against the quota, a replaced one no more"
+        );
+        let r = s.gc().unwrap();
+        assert_eq!(
+            (r.manifests, r.records),
+            (0, 0),
+            "an owned manifest is kept"
+        );
+        assert!(s.get_record(&m).unwrap().is_some());
         s.release(&m, [1; 32]).unwrap();
-        assert_eq!(s.gc().unwrap().manifests, 1);
+        let r = s.gc().unwrap();
+        assert_eq!((r.manifests, r.records), (1, 1), "the record goes with it");
+        assert_eq!(r.bytes, manifest_len + 9);
+        assert_eq!(s.get_record(&m).unwrap(), None);
+        assert_eq!(s.stat().unwrap().used, 0);
+    }
+
+    #[test]
+    fn records_are_collected_with_pinned_artifacts_too() {
+        let (_d, s) = store(1 << 30);
+        let (mf, _, _) = crate::manifest::tests::sample(1);
+        let (m, mbytes) = mf.encode();
+        s.commit_artifact(&m, &mbytes, None, None).unwrap();
+        s.put_record(&m, b"record").unwrap();
+        assert_eq!(s.gc().unwrap().records, 0, "pinned: kept");
+        s.unpin(&m).unwrap();
+        let r = s.gc().unwrap();
+        assert_eq!((r.manifests, r.records), (1, 1));
+        assert_eq!(s.stat().unwrap().used, 0);
     }
 
     /// Adds the folder `files` (name, bytes) with convergent keys under one secret, pinned

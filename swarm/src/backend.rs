@@ -28,6 +28,9 @@ pub enum BackendError {
     /// The disk failed.
     #[error("backend I/O failed: {0}")]
     Io(String),
+    /// A holder record for an artifact whose manifest is not held: nothing to keep it for.
+    #[error("no manifest of the artifact is held")]
+    UnknownArtifact,
 }
 
 /// Shard storage behind the shard protocol.
@@ -54,9 +57,13 @@ pub trait ShardBackend: Send + Sync + 'static {
     fn delete(&self, cid: &Cid, requester: [u8; 32]) -> Result<bool, BackendError>;
     /// Bytes of quota still free.
     fn free_bytes(&self) -> u64;
-    /// Stores the signed holder record of `artifact`, replacing any held. The protocol layer has
-    /// already verified its signature and that it may replace the one held (same publisher,
-    /// higher version), under a lock that keeps the check and this call together.
+    /// Stores the signed holder record of `artifact`, replacing any held; records count against
+    /// the quota. The protocol layer has already verified its signature, that the artifact's
+    /// manifest allows its signer and that it may replace the one held (higher version), under a
+    /// lock that keeps the check and this call together. A backend keeps a record only beside
+    /// its manifest: without it (never stored, or collected since) this fails with
+    /// [`BackendError::UnknownArtifact`], and a backend that collects a manifest collects its
+    /// record with it.
     fn put_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError>;
     /// The signed holder record of `artifact` as stored, None if none is held.
     fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError>;
@@ -79,7 +86,7 @@ struct MemoryState {
 ///
 /// A shard with several owners stays until the last of them deletes it, so that one publisher's
 /// DELETE never removes data another publisher also stored. Holder records count against the
-/// same quota as shards: anyone may PUT one, so they must not grow without bound.
+/// same quota as shards and are kept only for manifests held (stored with PUT like shards).
 #[derive(Debug)]
 pub struct MemoryBackend {
     quota: u64,
@@ -166,6 +173,9 @@ impl ShardBackend for MemoryBackend {
 
     fn put_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError> {
         let mut state = self.lock();
+        if !state.shards.contains_key(artifact) {
+            return Err(BackendError::UnknownArtifact);
+        }
         let replaced = state
             .records
             .get(artifact)
@@ -215,21 +225,23 @@ mod tests {
 
     #[test]
     fn memory_backend_records_replace_and_count_against_quota() {
-        let backend = MemoryBackend::new(10);
+        let backend = MemoryBackend::new(14);
         let artifact = crate::cids::manifest_cid(b"manifest");
         assert_eq!(backend.get_record(&artifact), Ok(None));
-        backend.put_record(&artifact, b"123456").unwrap();
-        assert_eq!(backend.free_bytes(), 4);
-        // Replacing frees the old bytes first: 8 fit in 4 free + 6 replaced.
-        backend.put_record(&artifact, b"abcdefgh").unwrap();
-        assert_eq!(backend.free_bytes(), 2);
         assert_eq!(
-            backend.get_record(&artifact),
-            Ok(Some(b"abcdefgh".to_vec()))
+            backend.put_record(&artifact, b"123456"),
+            Err(BackendError::UnknownArtifact),
+            "no manifest, no record"
         );
+        backend.put(&artifact, b"manifest", [1; 32]).unwrap();
+        backend.put_record(&artifact, b"123456").unwrap();
+        assert_eq!(backend.free_bytes(), 0);
+        // Replacing frees the old bytes first: 6 fit in 0 free + 6 replaced.
+        backend.put_record(&artifact, b"abcdef").unwrap();
+        assert_eq!(backend.get_record(&artifact), Ok(Some(b"abcdef".to_vec())));
         assert_eq!(
-            backend.put_record(&crate::cids::manifest_cid(b"other"), b"xyz"),
-            Err(BackendError::QuotaFull { needed: 3, free: 2 })
+            backend.put_record(&artifact, b"abcdefg"),
+            Err(BackendError::QuotaFull { needed: 7, free: 6 })
         );
     }
 

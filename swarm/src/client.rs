@@ -431,22 +431,28 @@ impl ShardClient {
     /// Skips `id` for `peer_down_for` and drops its pooled connection (a peer that died without
     /// closing it leaves it looking open), so that the next try after the pause reconnects.
     async fn mark_down(&self, id: EndpointId, slot: &PeerSlot) {
-        let pause = self.inner.config.peer_down_for;
-        if !pause.is_zero() {
-            let mut down = self.inner.down.lock().unwrap_or_else(|p| p.into_inner());
-            // Bounded like the pool: forget expired entries first, then the oldest.
-            if down.len() >= self.inner.config.pool_peers_max.max(1) {
-                let now = Instant::now();
-                down.retain(|_, until| *until > now);
-                if let Some(oldest) = down.iter().min_by_key(|(_, u)| **u).map(|(k, _)| *k) {
-                    down.remove(&oldest);
-                }
-            }
-            down.insert(id, Instant::now() + pause);
-        }
+        self.set_down(id);
         if let Some(conn) = slot.conn.lock().await.take() {
             conn.close(0u32.into(), b"timed out");
         }
+    }
+
+    /// Skips `id` for `peer_down_for`.
+    fn set_down(&self, id: EndpointId) {
+        let pause = self.inner.config.peer_down_for;
+        if pause.is_zero() {
+            return;
+        }
+        let mut down = self.inner.down.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded like the pool: forget expired entries first, then the oldest.
+        if down.len() >= self.inner.config.pool_peers_max.max(1) {
+            let now = Instant::now();
+            down.retain(|_, until| *until > now);
+            if let Some(oldest) = down.iter().min_by_key(|(_, u)| **u).map(|(k, _)| *k) {
+                down.remove(&oldest);
+            }
+        }
+        down.insert(id, Instant::now() + pause);
     }
 
     fn slot(&self, id: EndpointId) -> Arc<PeerSlot> {
@@ -473,19 +479,35 @@ impl ShardClient {
         slot
     }
 
+    /// The pooled connection to `addr`, or a new one. Requests to one peer wait for each
+    /// other's connect here; when a connect times out, the peer is marked down before the next
+    /// waiter gets its turn, and every waiter then fails at once with [`Error::PeerDown`]
+    /// instead of trying (and timing out) in turn: with eight chunks in flight, a dead holder
+    /// would otherwise cost eight connect timeouts one after another.
     async fn connection(&self, slot: &PeerSlot, addr: &EndpointAddr) -> Result<Connection> {
         let mut conn = slot.conn.lock().await;
         if let Some(open) = conn.as_ref().filter(|c| c.close_reason().is_none()) {
             return Ok(open.clone());
         }
+        if let Some(left) = self.down_for(&addr.id) {
+            self.inner.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::PeerDown {
+                peer: peer_name(&addr.id),
+                left,
+            });
+        }
         let limit = self.inner.config.connect_timeout;
         let fresh =
             tokio::time::timeout(limit, self.inner.endpoint.connect(addr.clone(), SHARD_ALPN))
                 .await
-                .map_err(|_| Error::Timeout {
-                    peer: peer_name(&addr.id),
-                    operation: "connect",
-                    limit,
+                .map_err(|_| {
+                    // Still holding the slot's lock: no waiter starts a connect of its own.
+                    self.set_down(addr.id);
+                    Error::Timeout {
+                        peer: peer_name(&addr.id),
+                        operation: "connect",
+                        limit,
+                    }
                 })?
                 .map_err(|err| Error::Connect {
                     peer: peer_name(&addr.id),

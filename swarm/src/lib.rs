@@ -7,8 +7,9 @@
 //!   stores signed holder records (PUT_RECORD, GET_RECORD): [`ShardServer`] serves a
 //!   [`ShardBackend`], [`ShardClient`] talks to remote servers. The wire format is specified at
 //!   the top of `protocol.rs`.
-//! - [`HolderRecord`] says which node holds which shard of an artifact, signed by its publisher;
-//!   its byte layout is in `record.rs`.
+//! - [`HolderRecord`] says which node holds which shard of an artifact, signed by a key the
+//!   artifact's manifest allows (its publisher's); [`choose_record`] is how a reader picks among
+//!   the records peers send. Its byte layout is in `record.rs`.
 //! - CIDs are cairn-store's ([`shard_cid`], [`manifest_cid`]); [`content_digest`] is the rule of
 //!   which ones the protocol carries.
 //! - [`fetch_any_k`] gathers any k verified shards of an erasure-coded chunk with hedging.
@@ -56,7 +57,8 @@ pub use protocol::{
     SHARD_ALPN, SHARD_LEN_MAX,
 };
 pub use record::{
-    HolderRecord, RECORD_CHUNKS_MAX, RECORD_NODES_MAX, RECORD_SHARDS_MAX, SignedRecord,
+    HolderRecord, RECORD_AHEAD_MAX, RECORD_CHUNKS_MAX, RECORD_NODES_MAX, RECORD_SHARDS_MAX,
+    SignedRecord, choose_record, record_version_now,
 };
 pub use server::{PeerSource, ShardServer};
 

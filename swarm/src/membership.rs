@@ -306,6 +306,13 @@ struct Entry {
     failures: u32,
 }
 
+impl Entry {
+    fn is_alive(&self, now_ms: u64) -> bool {
+        self.failures < PEER_FAILURES_MAX
+            && now_ms.saturating_sub(self.last_seen_ms) <= PEER_SILENCE_MAX.as_millis() as u64
+    }
+}
+
 /// The peers of one network, with liveness, persistable as bytes.
 #[derive(Debug, Clone)]
 pub struct PeerTable {
@@ -398,16 +405,18 @@ impl PeerTable {
             .collect()
     }
 
-    /// The signed announcements held, most recently heard first (what a PEERS reply carries).
-    pub fn signed_announcements(&self) -> Vec<Vec<u8>> {
-        self.signed_except(None)
+    /// The signed announcements of the peers alive at `now_ms`, most recently heard first (what
+    /// a PEERS reply carries). A peer silent for [`PEER_SILENCE_MAX`] or failing is left out:
+    /// handing it on would make every asker believe a dead node alive.
+    pub fn signed_announcements(&self, now_ms: u64) -> Vec<Vec<u8>> {
+        self.signed_except(None, now_ms)
     }
 
-    fn signed_except(&self, skip: Option<EndpointId>) -> Vec<Vec<u8>> {
+    fn signed_except(&self, skip: Option<EndpointId>, now_ms: u64) -> Vec<Vec<u8>> {
         let mut entries: Vec<(&EndpointId, &Entry)> = self
             .peers
             .iter()
-            .filter(|(id, _)| Some(**id) != skip)
+            .filter(|(id, e)| Some(**id) != skip && e.is_alive(now_ms))
             .collect();
         entries.sort_by_key(|(_, e)| std::cmp::Reverse(e.last_seen_ms));
         entries.into_iter().map(|(_, e)| e.signed.clone()).collect()
@@ -444,9 +453,7 @@ impl PeerTable {
                 free_bytes: entry.announcement.free_bytes,
                 last_seen_ms: entry.last_seen_ms,
                 failures: entry.failures,
-                alive: entry.failures < PEER_FAILURES_MAX
-                    && now_ms.saturating_sub(entry.last_seen_ms)
-                        <= PEER_SILENCE_MAX.as_millis() as u64,
+                alive: entry.is_alive(now_ms),
             })
             .collect()
     }
@@ -664,12 +671,12 @@ impl Membership {
         })
     }
 
-    /// The signed announcements this node knows: its own latest first, then its peers' most
-    /// recently heard first. What a [`ShardServer`](crate::ShardServer) answers PEERS with, see
-    /// [`ShardServer::with_peer_source`](crate::ShardServer::with_peer_source).
+    /// The signed announcements this node knows: its own latest first, then those of its live
+    /// peers, most recently heard first. What a [`ShardServer`](crate::ShardServer) answers
+    /// PEERS with, see [`ShardServer::with_peer_source`](crate::ShardServer::with_peer_source).
     pub fn signed_announcements(&self) -> Vec<Vec<u8>> {
         let mut out = vec![lock(&self.own).clone()];
-        out.extend(lock(&self.table).signed_except(Some(self.me)));
+        out.extend(lock(&self.table).signed_except(Some(self.me), unix_ms(SystemTime::now())));
         out
     }
 
@@ -935,6 +942,35 @@ mod tests {
     }
 
     #[test]
+    fn silent_and_failing_peers_are_not_handed_on() {
+        let topic = topic_id("test");
+        let mut table = PeerTable::new(topic);
+        let now = 1_000_000_000;
+        let keys: Vec<SecretKey> = (1..=3u8).map(|i| SecretKey::from_bytes(&[i; 32])).collect();
+        for key in &keys {
+            table.observe(&signed(key, &topic, 1, now, 1), now).unwrap();
+        }
+        assert_eq!(table.signed_announcements(now).len(), 3);
+        // Peer 1 keeps announcing, peer 2 fails requests, peer 3 goes silent (killed).
+        let later = now + PEER_SILENCE_MAX.as_millis() as u64 + 1;
+        let fresh = signed(&keys[0], &topic, 1, later, 2);
+        table.observe(&fresh, later).unwrap();
+        table
+            .observe(&signed(&keys[1], &topic, 1, later, 2), later)
+            .unwrap();
+        for _ in 0..PEER_FAILURES_MAX {
+            table.record_failure(&keys[1].public());
+        }
+        assert_eq!(table.signed_announcements(later), vec![fresh]);
+        assert_eq!(table.live_peers(later).len(), 1);
+        assert_eq!(
+            table.peers(later).len(),
+            3,
+            "still known, to be asked again"
+        );
+    }
+
+    #[test]
     fn peer_table_round_trips_through_bytes() {
         let topic = topic_id("test");
         let mut table = PeerTable::new(topic);
@@ -998,7 +1034,7 @@ mod tests {
         let mut table = PeerTable::new(topic);
         assert_eq!(table.observe_all(&batch, now).len(), 3);
         assert_eq!(table.live_peers(now).len(), 3);
-        let mut held = table.signed_announcements();
+        let mut held = table.signed_announcements(now);
         held.sort();
         let mut expected = good;
         expected.sort();

@@ -16,8 +16,8 @@
 //!   every whole-blob GET reply. Bad bytes from a peer are an error naming the peer and the CID.
 //! - Reads do not depend on membership staying the same: a signed, versioned *holder record*
 //!   ([`HolderRecord`]) says which node holds which shard of an artifact, and nodes store and
-//!   serve it (PUT_RECORD, GET_RECORD). Only the first publisher of an artifact's record may
-//!   replace it, and only with a higher version.
+//!   serve it (PUT_RECORD, GET_RECORD). Only a key the artifact's manifest allows may sign
+//!   one, so a peer can neither hide an artifact behind a forged record nor freeze it.
 //! - A process without gossip (a reader, a gateway) can learn the network from any one node:
 //!   PEERS returns the signed membership announcements that node knows, which the client
 //!   verifies one by one.
@@ -81,7 +81,8 @@
 //! - PEERS: `u16 count` (≤ [`PEERS_REPLY_MAX`]), then per announcement `u16 len`
 //!   (1..=[`ANNOUNCEMENT_LEN_MAX`]) and `len` bytes of a signed membership announcement (layout
 //!   in the `membership` module). The node's own announcement is among them when it has
-//!   membership; a node without a peer source answers count 0. The client verifies each one
+//!   membership, then those of the peers it considers alive (heard from within
+//!   `PEER_SILENCE_MAX`, not failing); a node without a peer source answers count 0. The client verifies each one
 //!   against its network and drops those that fail; a count or length over its cap makes the
 //!   whole reply malformed.
 //! - PUT_RECORD: empty (the record is stored, or an identical one already was).
@@ -97,17 +98,34 @@
 //! bytes do not hash to the CID), 7 INVALID_CID (not a shard CID), 8 QUOTA_FULL, 9 NOT_OWNER,
 //! 10 CORRUPTED (the server's stored copy failed verification), 11 INTERNAL (backend I/O),
 //! 12 STALE_RECORD (PUT_RECORD whose version is not above the stored record's, or equal to it
-//! with different bytes), 13 NOT_PUBLISHER (PUT_RECORD signed by another endpoint than the
-//! stored record's publisher), 14 INVALID_RECORD (PUT_RECORD bytes that do not decode or whose
-//! signature does not verify). Statuses 15..=255 are reserved.
+//! with different bytes), 13 NOT_PUBLISHER (PUT_RECORD signed by a key the artifact's manifest
+//! does not allow), 14 INVALID_RECORD (PUT_RECORD bytes that do not decode, whose signature
+//! does not verify, whose shape differs from the manifest's or whose version is dated too far
+//! ahead), 15 UNKNOWN_ARTIFACT (PUT_RECORD for an artifact whose manifest the server does not
+//! hold). Statuses 16..=255 are reserved.
 //!
 //! # Holder records
 //!
-//! A server stores at most one record per artifact. PUT_RECORD is accepted when the server has
-//! none for the artifact; when it has one, only from the same publisher and with a higher
-//! version (the same version with identical bytes is an idempotent OK). Checking and storing
-//! happen under one lock per server, so two racing PUT_RECORDs cannot both replace the same
-//! version.
+//! Who may sign an artifact's records is the artifact's to say: its manifest (format 2) names
+//! the allowed keys (`record_signers`, the publisher's first; later, repairers it delegates
+//! to), and the manifest is bound to its CID, which readers hold in their capability. So a
+//! server accepts PUT_RECORD only when:
+//! - it holds the artifact's manifest (UNKNOWN_ARTIFACT otherwise): a node keeps records only
+//!   where it has a reason to, they count against its quota, and they are collected with the
+//!   manifest;
+//! - the record's signer is one of the manifest's `record_signers` (NOT_PUBLISHER);
+//! - the record fits the manifest (chunk count, k, m) and its version, the signer's clock in
+//!   Unix ms, is at most [`RECORD_AHEAD_MAX`] past the server's clock (INVALID_RECORD), so that
+//!   no record, even one an allowed signer got wrong, can block later ones for longer than that;
+//! - its version is above the stored record's (STALE_RECORD; the same version with identical
+//!   bytes is an idempotent OK). A stored record whose signer the manifest does not allow is
+//!   replaced whatever its version.
+//!
+//! A server stores at most one record per artifact: any allowed signer may replace it with a
+//! later one. Checking and storing happen under one lock per server, so two racing PUT_RECORDs
+//! cannot both replace the same version. Readers trust no server: they fetch the manifest,
+//! check it against its CID and use only records its `record_signers` signed
+//! ([`choose_record`]).
 //!
 //! # Limits and timeouts
 //!
@@ -130,10 +148,14 @@
 //! - `/cairn/shard/1`, version byte 1: PUT, GET, HAS, DELETE of raw shards; then, compatibly
 //!   (new request types and statuses in the reserved ranges), dag-cbor manifests over PUT and
 //!   GET, PEERS, PUT_RECORD and GET_RECORD. An older server answers the new requests with
-//!   UNSUPPORTED_REQUEST.
+//!   UNSUPPORTED_REQUEST. Then PUT_RECORD accepted only beside the manifest and from a signer
+//!   it names, versions dated at most [`RECORD_AHEAD_MAX`] ahead, and status 15
+//!   UNKNOWN_ARTIFACT (hardening item 1; the framing is unchanged).
 //!
 //! [`ShardBackend`]: crate::ShardBackend
 //! [`HolderRecord`]: crate::HolderRecord
+//! [`RECORD_AHEAD_MAX`]: crate::RECORD_AHEAD_MAX
+//! [`choose_record`]: crate::choose_record
 //! [`ANNOUNCEMENT_LEN_MAX`]: crate::ANNOUNCEMENT_LEN_MAX
 
 use std::future::Future;
@@ -252,6 +274,7 @@ pub(crate) enum Status {
     StaleRecord = 12,
     NotPublisher = 13,
     InvalidRecord = 14,
+    UnknownArtifact = 15,
 }
 
 impl Status {
@@ -272,6 +295,7 @@ impl Status {
             12 => Status::StaleRecord,
             13 => Status::NotPublisher,
             14 => Status::InvalidRecord,
+            15 => Status::UnknownArtifact,
             _ => return None,
         })
     }
@@ -294,6 +318,7 @@ impl Status {
             Status::StaleRecord => "STALE_RECORD",
             Status::NotPublisher => "NOT_PUBLISHER",
             Status::InvalidRecord => "INVALID_RECORD",
+            Status::UnknownArtifact => "UNKNOWN_ARTIFACT",
         }
     }
 }

@@ -5,6 +5,20 @@
 //! it and stores it on nodes (PUT_RECORD); readers fetch it (GET_RECORD) and dial the holders it
 //! names, with the addresses known at publish time. Repair writes a new version.
 //!
+//! # Whose records count
+//!
+//! A record is worth only the trust in its signer, and anyone can sign one. The artifact's
+//! manifest names the keys allowed to sign its records (`record_signers`: the publisher's, and
+//! later the repairers it delegates to); the manifest is checked against the CID in the read
+//! capability, so the binding cannot be forged. A node stores a record only beside the manifest
+//! it describes and only from an allowed signer; a reader checks the same before it uses one
+//! ([`choose_record`]), so a record signed by anyone else costs it nothing but the bytes.
+//!
+//! A version is the signer's clock when it signed, in Unix milliseconds. Nodes and readers
+//! refuse versions dated more than [`RECORD_AHEAD_MAX`] past their own clock, so no record, not
+//! even one its publisher signed by mistake with `u64::MAX`, can stand in the way of a later one
+//! for longer than that.
+//!
 //! Byte layout (integers big-endian):
 //!
 //! | offset | size | field |
@@ -14,7 +28,7 @@
 //! | 9 | 32 | publisher endpoint id (ed25519 public key) |
 //! | 41 | 1 | artifact CID length `L` (1..=[`CID_LEN_MAX`]) |
 //! | 42 | `L` | artifact CID: CIDv1, dag-cbor, BLAKE3-256 (the manifest's CID) |
-//! | 42+L | 8 | record version (≥ 1; 1 at publish, repair bumps it) |
+//! | 42+L | 8 | record version (≥ 1): Unix milliseconds when signed; a later record has a higher one |
 //! | 50+L | 1 | k, data shards per chunk (≥ 1) |
 //! | 51+L | 1 | m, parity shards per chunk (k + m ≤ [`RECORD_SHARDS_MAX`]) |
 //! | 52+L | 1 | flags: bit 0 = reduced durability (fewer than k + m distinct nodes); other bits 0 |
@@ -30,6 +44,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cid::Cid;
 use iroh::{EndpointId, SecretKey, Signature};
@@ -45,6 +60,11 @@ pub const RECORD_NODES_MAX: usize = u16::MAX as usize;
 pub const RECORD_CHUNKS_MAX: usize = 4_000_000;
 /// Most shards per chunk (k + m) in one holder record.
 pub const RECORD_SHARDS_MAX: usize = 64;
+
+/// How far past the clock of the node or reader judging it a record's version (Unix ms) may
+/// be; beyond it the record is refused. It is also the longest a record can keep a later one
+/// from replacing it.
+pub const RECORD_AHEAD_MAX: Duration = Duration::from_secs(300);
 
 const MAGIC: &[u8; 8] = b"CAIRNHR\0";
 const FORMAT_VERSION: u8 = 1;
@@ -73,7 +93,8 @@ fn invalid(reason: impl Into<String>) -> Error {
 pub struct HolderRecord {
     /// The artifact's manifest CID (dag-cbor).
     pub artifact: Cid,
-    /// 1 at publish; repair bumps it.
+    /// Unix milliseconds when signed ([`record_version_now`]); a record replaces another of
+    /// its artifact only with a higher one.
     pub version: u64,
     /// Data shards per chunk.
     pub k: u8,
@@ -389,6 +410,44 @@ impl HolderRecord {
     }
 }
 
+/// The version a record signed now gets: the clock in Unix milliseconds.
+pub fn record_version_now() -> u64 {
+    unix_ms_now()
+}
+
+pub(crate) fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether `version` is dated more than [`RECORD_AHEAD_MAX`] past `now_ms`.
+pub(crate) fn too_far_ahead(version: u64, now_ms: u64) -> bool {
+    version > now_ms.saturating_add(RECORD_AHEAD_MAX.as_millis() as u64)
+}
+
+/// The record a reader should use among `candidates` (as different peers sent them): only
+/// records of `artifact` signed by one of `signers` (the keys the artifact's verified manifest
+/// allows) and dated at most [`RECORD_AHEAD_MAX`] past `now_ms` count, and of those the highest
+/// version wins (equal versions: the greater bytes, so every reader picks the same). None if
+/// no candidate counts: a forged, foreign or future-dated record is never chosen, whatever its
+/// version.
+pub fn choose_record<'a>(
+    candidates: impl IntoIterator<Item = &'a SignedRecord>,
+    artifact: &Cid,
+    signers: &[[u8; 32]],
+    now_ms: u64,
+) -> Option<&'a SignedRecord> {
+    candidates
+        .into_iter()
+        .filter(|r| {
+            r.record.artifact == *artifact
+                && signers.contains(r.publisher.as_bytes())
+                && !too_far_ahead(r.record.version, now_ms)
+        })
+        .max_by(|a, b| (a.record.version, &a.bytes).cmp(&(b.record.version, &b.bytes)))
+}
+
 fn signed_message(body: &[u8]) -> Vec<u8> {
     let mut message = Vec::with_capacity(SIGN_CONTEXT.len() + body.len());
     message.extend_from_slice(SIGN_CONTEXT);
@@ -544,6 +603,77 @@ mod tests {
         bare.extend_from_slice(&key(9).sign(body).to_bytes());
         let err = HolderRecord::verify(&bare).unwrap_err().to_string();
         assert!(err.contains("signature"), "{err}");
+    }
+
+    #[test]
+    fn readers_choose_the_newest_record_of_an_allowed_signer_only() {
+        let artifact = manifest_cid(b"manifest");
+        let now = 1_700_000_000_000u64;
+        let publisher = key(9);
+        let repairer = key(10);
+        let forger = key(11);
+        let signers = [
+            *publisher.public().as_bytes(),
+            *repairer.public().as_bytes(),
+        ];
+        let signed = |version: u64, by: &SecretKey, artifact: Cid| {
+            let mut r = sample();
+            r.artifact = artifact;
+            r.version = version;
+            HolderRecord::verify(&r.sign(by)).unwrap()
+        };
+        let old = signed(now - 60_000, &publisher, artifact);
+        let repaired = signed(now - 1_000, &repairer, artifact);
+        let frozen = signed(u64::MAX, &forger, artifact);
+        let forged_recent = signed(now, &forger, artifact);
+        let publisher_future = signed(now + 3_600_000, &publisher, artifact);
+        let other_artifact = signed(now, &publisher, manifest_cid(b"other"));
+        let all = [
+            &frozen,
+            &old,
+            &forged_recent,
+            &repaired,
+            &publisher_future,
+            &other_artifact,
+        ];
+        let chosen = choose_record(all.iter().copied(), &artifact, &signers, now);
+        assert_eq!(chosen, Some(&repaired), "the newest allowed record wins");
+        // Order does not matter.
+        let chosen = choose_record(all.iter().rev().copied(), &artifact, &signers, now);
+        assert_eq!(chosen, Some(&repaired));
+        // Without the repairer's key only the publisher's old record counts.
+        let only_publisher = [*publisher.public().as_bytes()];
+        assert_eq!(
+            choose_record(all.iter().copied(), &artifact, &only_publisher, now),
+            Some(&old)
+        );
+        // A record up to RECORD_AHEAD_MAX ahead counts, one beyond does not.
+        let ahead = now + RECORD_AHEAD_MAX.as_millis() as u64;
+        let skewed = signed(ahead, &publisher, artifact);
+        let beyond = signed(ahead + 1, &publisher, artifact);
+        assert_eq!(
+            choose_record([&old, &skewed, &beyond], &artifact, &only_publisher, now),
+            Some(&skewed)
+        );
+        // Forged, foreign and future-dated records alone give nothing to use.
+        assert_eq!(
+            choose_record(
+                [&frozen, &forged_recent, &publisher_future, &other_artifact],
+                &artifact,
+                &signers,
+                now
+            ),
+            None
+        );
+        assert_eq!(
+            choose_record(all.iter().copied(), &artifact, &[], now),
+            None
+        );
+        // Two allowed records of the same version: every reader takes the same one.
+        let a = signed(now, &publisher, artifact);
+        let b = signed(now, &repairer, artifact);
+        let first = choose_record([&a, &b], &artifact, &signers, now);
+        assert_eq!(first, choose_record([&b, &a], &artifact, &signers, now));
     }
 
     fn arb_record() -> impl Strategy<Value = HolderRecord> {

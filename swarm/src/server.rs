@@ -17,7 +17,8 @@ use crate::protocol::{
     encode_not_found, encode_ok, encode_peers, read_end, read_head, read_payload,
     read_record_payload,
 };
-use crate::record::HolderRecord;
+use crate::record::{HolderRecord, RECORD_AHEAD_MAX, too_far_ahead, unix_ms_now};
+use cairn_store::Manifest;
 
 /// Where a server finds the signed announcements it answers PEERS with.
 pub type PeerSource = Arc<dyn Fn() -> Vec<Vec<u8>> + Send + Sync>;
@@ -202,6 +203,10 @@ fn backend_error(cid: &Cid, err: BackendError) -> Answer {
             Status::Internal,
             format!("storage failed for {cid}: {reason}"),
         ),
+        BackendError::UnknownArtifact => Answer::error(
+            Status::UnknownArtifact,
+            format!("this node holds no manifest of {cid}, so it keeps no record of it"),
+        ),
     }
 }
 
@@ -351,46 +356,75 @@ async fn answer(
     }
 }
 
-/// Checks a received holder record against the one stored for its artifact and stores it if it
-/// may replace it. Runs on a blocking thread, holding `lock` across the check and the store.
+/// Checks a received holder record against the artifact's manifest and the record stored for
+/// it, and stores it if it may replace it. Runs on a blocking thread, holding `lock` across the
+/// check against the stored record and the store.
+///
+/// A record is kept only where it has a reason to be: the node must hold the artifact's
+/// manifest (UNKNOWN_ARTIFACT otherwise), the manifest must allow the record's signer
+/// (NOT_PUBLISHER), and the record must fit the manifest (INVALID_RECORD). Its version may be
+/// dated at most [`RECORD_AHEAD_MAX`](crate::RECORD_AHEAD_MAX) past this node's clock
+/// (INVALID_RECORD), so that nobody can freeze an artifact at a version no later record passes.
 fn put_record(backend: &dyn ShardBackend, lock: &Mutex<()>, signed: Vec<u8>) -> Answer {
     let new = match HolderRecord::verify(&signed) {
         Ok(new) => new,
         Err(err) => return Answer::error(Status::InvalidRecord, err.to_string()),
     };
     let artifact = new.record.artifact;
+    let (signers, (chunks, k, m)) = match allowed_signers(backend, &artifact) {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    let allowed = |signer: &iroh::EndpointId| signers.contains(signer.as_bytes());
+    if !allowed(&new.publisher) {
+        return Answer::error(
+            Status::NotPublisher,
+            format!(
+                "holder record of {artifact} is signed by {}, which its manifest does not allow \
+                 ({} keys allowed)",
+                new.publisher.fmt_short(),
+                signers.len()
+            ),
+        );
+    }
+    if new.record.holders.len() != chunks
+        || usize::from(new.record.k) != k
+        || usize::from(new.record.m) != m
+    {
+        return Answer::error(
+            Status::InvalidRecord,
+            format!(
+                "holder record of {artifact} ({} chunks, k = {}, m = {}) does not match its \
+                 manifest ({chunks} chunks, k = {k}, m = {m})",
+                new.record.holders.len(),
+                new.record.k,
+                new.record.m
+            ),
+        );
+    }
+    let now = unix_ms_now();
+    if too_far_ahead(new.record.version, now) {
+        return Answer::error(
+            Status::InvalidRecord,
+            format!(
+                "holder record of {artifact} version {} is dated more than {:?} past this \
+                 node's clock ({now} ms)",
+                new.record.version, RECORD_AHEAD_MAX
+            ),
+        );
+    }
     // The guarded data is (), so a poisoned lock has nothing inconsistent in it.
     let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let stored = match backend.get_record(&artifact) {
         Ok(stored) => stored,
         Err(err) => return backend_error(&artifact, err),
     };
-    if let Some(stored) = stored {
-        let old = match HolderRecord::verify(&stored) {
-            Ok(old) if old.record.artifact == artifact => old,
-            Ok(_) => {
-                return Answer::error(
-                    Status::Corrupted,
-                    format!("stored holder record of {artifact} names another artifact"),
-                );
-            }
-            Err(err) => {
-                return Answer::error(
-                    Status::Corrupted,
-                    format!("stored holder record of {artifact} failed verification: {err}"),
-                );
-            }
-        };
-        if old.publisher != new.publisher {
-            return Answer::error(
-                Status::NotPublisher,
-                format!(
-                    "holder record of {artifact} was published by {}, not {}",
-                    old.publisher.fmt_short(),
-                    new.publisher.fmt_short()
-                ),
-            );
-        }
+    // A stored record that no longer verifies, or whose signer the manifest does not allow (as
+    // older builds stored from anyone), stands in nobody's way: the new one replaces it.
+    if let Some(old) = stored
+        .and_then(|bytes| HolderRecord::verify(&bytes).ok())
+        .filter(|old| old.record.artifact == artifact && allowed(&old.publisher))
+    {
         if new.record.version == old.record.version && new.bytes == old.bytes {
             return Answer::frame(encode_ok(&[]));
         }
@@ -408,4 +442,43 @@ fn put_record(backend: &dyn ShardBackend, lock: &Mutex<()>, signed: Vec<u8>) -> 
         Ok(()) => Answer::frame(encode_ok(&[])),
         Err(err) => backend_error(&artifact, err),
     }
+}
+
+/// The shape of a manifest a record must fit: chunk count, k, m.
+type Shape = (usize, usize, usize);
+
+/// The keys the held manifest of `artifact` allows to sign its records, with the manifest's
+/// shape; the refusal to send when the manifest is not held or cannot be read.
+fn allowed_signers(
+    backend: &dyn ShardBackend,
+    artifact: &Cid,
+) -> Result<(Vec<[u8; 32]>, Shape), Answer> {
+    let bytes = match backend.get(artifact, None) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            return Err(Answer::error(
+                Status::UnknownArtifact,
+                format!("this node holds no manifest of {artifact}, so it keeps no record of it"),
+            ));
+        }
+        Err(err) => return Err(backend_error(artifact, err)),
+    };
+    if !backend.verifies_reads() && !matches(artifact, &bytes) {
+        return Err(Answer::error(
+            Status::Corrupted,
+            format!("stored manifest {artifact} failed verification"),
+        ));
+    }
+    let manifest = Manifest::decode(&bytes, &artifact.to_string()).map_err(|err| {
+        Answer::error(
+            Status::Corrupted,
+            format!("stored manifest {artifact} does not decode: {err}"),
+        )
+    })?;
+    let shape = (
+        manifest.chunks().len(),
+        manifest.params().k(),
+        manifest.params().m(),
+    );
+    Ok((manifest.record_signers().to_vec(), shape))
 }

@@ -7,16 +7,26 @@
 //! resending and without duplicating shards; a node with a full quota refuses and the shard goes
 //! elsewhere; too few nodes is refused unless reduced durability is asked for; two publishers can
 //! share the network; a restarted node keeps its shards and its peer table; a corrupted shard is
-//! never served; a long-running reader learns nodes that joined after it started. Method: every
+//! never served; a long-running reader learns nodes that joined after it started; a peer that
+//! forges a holder record (any version, itself as holder) gets it stored nowhere and hides
+//! nothing from readers; an artifact of only empty files is readable. Method: every
 //! claim is checked on real values (bytes compared with `diff -r`,
 //! shard files counted in the nodes' stores, exit codes and messages), every wait is bounded.
 
 use std::fs;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use cairn_node::{Network, NetworkConfig, PeerAddr};
-use cairn_store::HEADER_LEN;
+use cairn_store::{Cid, HEADER_LEN, Manifest, manifest_cid};
+use cairn_swarm::{
+    BackendError, GOSSIP_ALPN, Gossip, HolderRecord, Membership, MembershipConfig, PeerTable,
+    Router, SHARD_ALPN, ShardBackend, ShardClient, ShardConfig, ShardServer, endpoint_offline,
+    generate_secret_key, topic_id,
+};
 
 use crate::devnet::*;
 use crate::util::*;
@@ -76,6 +86,9 @@ fn survives_two_lost_nodes_fails_clearly_at_three_and_recovers() {
 
     // A third loss is one more than a 3-of-5 code bears.
     net.kill(2);
+    // Node 0 still lists the killed nodes (they have not been silent for long), but `peers`
+    // reports only the nodes that answer.
+    assert_eq!(net.peers_seen(0), Some(2), "killed nodes reported live");
     let out = net.tmp.path().join("out-3-lost");
     let e = fails(net.get_cmd(&cap, &out));
     assert!(
@@ -88,6 +101,15 @@ fn survives_two_lost_nodes_fails_clearly_at_three_and_recovers() {
         "a failed get left {:?}",
         files_under(&out)
     );
+    // One file of it fails the same way (and as fast: a dead holder costs one connect timeout,
+    // not one per chunk in flight; see the swarm test of requests waiting on a dead peer) and
+    // leaves no file.
+    let one = net.tmp.path().join("weights-3-lost.bin");
+    let mut c = net.cli();
+    c.args(["get", &cap, "weights.bin", "-o"]).arg(&one);
+    let e = fails(c);
+    assert!(e.contains(&cid) && e.contains("missing"), "{e}");
+    assert!(!one.exists(), "a failed one-file get left its output");
 
     // The same processes come back (same data, same port): everything reads again.
     for i in [2, 3, 4] {
@@ -400,4 +422,179 @@ fn a_long_running_reader_learns_nodes_that_joined_later() {
     }
     assert_eq!(reader.peer_count(), 4);
     rt.block_on(reader.close());
+}
+
+/// A node built here from Cairn's crates that stores nothing and answers every GET_RECORD with
+/// the record it was given: the adversary of hardening item 1.
+struct Forger {
+    record: Vec<u8>,
+    asked: AtomicUsize,
+}
+
+impl ShardBackend for Forger {
+    fn put(&self, _: &Cid, _: &[u8], _: [u8; 32]) -> Result<(), BackendError> {
+        Err(BackendError::Io("this node keeps nothing".into()))
+    }
+    fn get(&self, _: &Cid, _: Option<Range<u64>>) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(None)
+    }
+    fn has(&self, _: &Cid) -> bool {
+        false
+    }
+    fn delete(&self, _: &Cid, _: [u8; 32]) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+    fn free_bytes(&self) -> u64 {
+        1 << 40
+    }
+    fn put_record(&self, _: &Cid, _: &[u8]) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn get_record(&self, _: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(self.record.clone()))
+    }
+}
+
+/// Status of a refused PUT_RECORD.
+fn refusal(r: Result<(), cairn_swarm::Error>) -> &'static str {
+    match r {
+        Err(cairn_swarm::Error::Rejected { status, .. }) => status,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_forged_holder_record_neither_lands_on_nodes_nor_hides_the_artifact() {
+    let net = Devnet::with_nodes(5);
+    let src = net.tmp.path().join("model");
+    model(&src, 8, 4 << 20);
+    let p = publisher(&net, "publisher");
+    let (out, _) = ok(net.add_cmd(&p, &src, &["-k", "3", "-m", "2"]));
+    let cap = cap_line(&out);
+    let cid = cap_of(&out).cid;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let nodes: Vec<PeerAddr> = (0..5).map(|i| net.addr(i).parse().unwrap()).collect();
+    let key = generate_secret_key();
+    let (bound, client) = rt.block_on(async {
+        let bound = endpoint_offline(key.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let client = ShardClient::new(bound.endpoint.clone(), ShardConfig::default());
+        (bound, client)
+    });
+    // Anyone may read the manifest's public part, no credential needed: enough to forge a
+    // record of the right shape, dated u64::MAX, naming the forger as holder of every shard.
+    let public = rt
+        .block_on(async {
+            let node0 = nodes[0].endpoint_addr();
+            let get = client.get(&node0, &cid, None);
+            tokio::time::timeout(Duration::from_secs(60), get).await
+        })
+        .expect("GET of the manifest took over 60 s")
+        .unwrap()
+        .expect("node 0 holds the manifest");
+    let manifest = Manifest::decode(&public, "public part").unwrap();
+    let n = manifest.params().n();
+    let forge = |artifact| {
+        HolderRecord {
+            artifact,
+            version: u64::MAX,
+            k: manifest.params().k() as u8,
+            m: manifest.params().m() as u8,
+            reduced_durability: false,
+            nodes: vec![(key.public(), bound.endpoint.bound_sockets())],
+            holders: vec![vec![0; n]; manifest.chunks().len()],
+        }
+        .sign(&key)
+    };
+    let forged = forge(cid);
+    // No node stores it: the artifact's manifest does not name the forger's key. Nor one of an
+    // artifact a node holds nothing of.
+    let elsewhere = forge(manifest_cid(b"an artifact nobody holds"));
+    for node in &nodes {
+        let addr = node.endpoint_addr();
+        let put = |record: Vec<u8>| {
+            let (client, addr) = (client.clone(), addr.clone());
+            rt.block_on(async move {
+                tokio::time::timeout(Duration::from_secs(60), client.put_record(&addr, &record))
+                    .await
+                    .expect("PUT_RECORD took over 60 s")
+            })
+        };
+        assert_eq!(refusal(put(forged.clone())), "NOT_PUBLISHER");
+        assert_eq!(refusal(put(elsewhere.clone())), "UNKNOWN_ARTIFACT");
+    }
+
+    // The forger joins the network and serves its record to anyone who asks.
+    let forger = Arc::new(Forger {
+        record: forged,
+        asked: AtomicUsize::new(0),
+    });
+    let (_router, _membership) = rt.block_on(async {
+        let gossip = Gossip::builder().spawn(bound.endpoint.clone());
+        let slot: Arc<OnceLock<Arc<Membership>>> = Arc::new(OnceLock::new());
+        let source = slot.clone();
+        let server = ShardServer::new(forger.clone(), ShardConfig::default()).with_peer_source(
+            Arc::new(move || {
+                source
+                    .get()
+                    .map(|m| m.signed_announcements())
+                    .unwrap_or_default()
+            }),
+        );
+        let router = Router::builder(bound.endpoint.clone())
+            .accept(SHARD_ALPN, server)
+            .accept(GOSSIP_ALPN, gossip.clone())
+            .spawn();
+        let membership = Arc::new(
+            Membership::join(
+                &bound,
+                &gossip,
+                MembershipConfig::new("cairn", vec![nodes[0].endpoint_addr()]),
+                PeerTable::new(topic_id("cairn")),
+                || 1 << 40,
+            )
+            .await
+            .unwrap(),
+        );
+        let _ = slot.set(membership.clone());
+        (router, membership)
+    });
+    net.wait_peers(0, 6);
+
+    // A reader asks every node, the forger included, and still reads the artifact.
+    get_identical(&net, &cap, &src, "out");
+    assert!(
+        forger.asked.load(Ordering::Relaxed) > 0,
+        "the reader never asked the forger, so the test proves nothing"
+    );
+    rt.block_on(async {
+        client.close().await;
+        bound.endpoint.close().await;
+    });
+}
+
+#[test]
+fn an_artifact_of_only_empty_files_is_stored_on_nodes_and_read_back() {
+    let net = Devnet::with_nodes(3);
+    let src = net.tmp.path().join("empty");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("a.txt"), b"").unwrap();
+    fs::write(src.join("sub/b.json"), b"").unwrap();
+    let p = publisher(&net, "publisher");
+    let (out, err) = ok(net.add_cmd(&p, &src, &["-k", "2", "-m", "1"]));
+    assert!(err.contains("to 3 nodes"), "{err}");
+    let cap = cap_line(&out);
+    let mut ls = net.cli();
+    ls.args(["ls", &cap]);
+    let listed = ok(ls).0;
+    assert!(listed.contains("# 0 chunks"), "{listed}");
+    assert!(listed.contains("sub/b.json"), "{listed}");
+    get_identical(&net, &cap, &src, "out");
 }

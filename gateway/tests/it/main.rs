@@ -81,6 +81,7 @@ impl Fixture {
             params: Params::new(2, 1).unwrap(),
             key_mode: KeyMode::Random,
             name: Some("tiny".into()),
+            record_signers: Vec::new(),
         };
         let (manifest, cap) = {
             let (store, src) = (store.clone(), src.clone());
