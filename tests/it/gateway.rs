@@ -655,8 +655,9 @@ fn private_repo_needs_a_key_over_the_devnet() {
         (denied, allowed)
     });
     let (status, code, body) = denied;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(code.as_deref(), Some("GatedRepo"));
+    // Without a key the private repository looks missing (hardening item 11).
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(code.as_deref(), Some("RepoNotFound"));
     assert!(
         body.len() < 64 * 1024,
         "a {}-byte body on a denied request",
