@@ -16,6 +16,70 @@ use crate::config::{self, DataDir};
 use crate::units::{human, parse_bytes, parse_duration_secs};
 use crate::{Cli, Command};
 
+/// Longest capability file read: a capability is at most 512 characters.
+const CAP_FILE_BYTES_MAX: u64 = 4096;
+
+/// Reads a read capability from `path`, or from standard input when `path` is `-`. A capability
+/// on the command line shows in `/proc/*/cmdline` to every local user; a file or a pipe does
+/// not.
+pub fn read_cap_file(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let what = if path.as_os_str() == "-" {
+        "standard input".to_string()
+    } else {
+        path.display().to_string()
+    };
+    let mut bytes = Vec::new();
+    let reader: Box<dyn Read> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(path).with_context(|| format!("cannot read {what}"))?)
+    };
+    reader
+        .take(CAP_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {what}"))?;
+    if bytes.len() as u64 > CAP_FILE_BYTES_MAX {
+        bail!(
+            "{what} is longer than {CAP_FILE_BYTES_MAX} bytes; it should hold one read capability"
+        );
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!("{what} is not UTF-8 text; it should hold one read capability")
+    })?;
+    let cap = text.trim();
+    if cap.is_empty() {
+        bail!("{what} is empty; it should hold one read capability");
+    }
+    Ok(cap.to_string())
+}
+
+/// The capability given as an argument or, with `--cap-file`, read from a file or stdin.
+fn cap_arg(cap: Option<String>, cap_file: Option<std::path::PathBuf>) -> anyhow::Result<String> {
+    match (cap, cap_file) {
+        (_, Some(p)) => read_cap_file(&p),
+        (Some(c), None) => Ok(c),
+        (None, None) => bail!("give a read capability, or --cap-file <path> (- for stdin)"),
+    }
+}
+
+/// `get`'s capability and file: with `--cap-file`, the one positional argument is the file.
+fn cap_and_file(
+    cap: Option<String>,
+    file: Option<String>,
+    cap_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<(String, Option<String>)> {
+    match cap_file {
+        Some(p) => {
+            if file.is_some() {
+                bail!("with --cap-file, give at most one argument: the file to fetch");
+            }
+            Ok((read_cap_file(&p)?, cap))
+        }
+        None => Ok((cap_arg(cap, None)?, file)),
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = config::resolve(cli.data_dir)?;
     match cli.command {
@@ -86,10 +150,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("read capability: {cap}");
             Ok(())
         }
-        Command::Get { cap, file, out } if !cli.peers.is_empty() => {
+        Command::Get {
+            cap,
+            file,
+            cap_file,
+            out,
+        } if !cli.peers.is_empty() => {
+            let (cap, file) = cap_and_file(cap, file, cap_file)?;
             crate::netcmd::get(&cli.peers, &cli.network, &cap, file.as_deref(), &out)
         }
-        Command::Ls { cap } if !cli.peers.is_empty() => {
+        Command::Ls { cap, cap_file } if !cli.peers.is_empty() => {
+            let cap = cap_arg(cap, cap_file)?;
             crate::netcmd::ls(&cli.peers, &cli.network, &cap)
         }
         Command::Node { listen, bootstrap } => {
@@ -103,9 +174,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Register {
             repo,
             cap,
+            cap_file,
             dataset,
             private,
-        } => crate::gatewaycmd::register(&dir, &repo, &cap, dataset, private),
+            public,
+        } => {
+            let cap = cap_arg(cap, cap_file)?;
+            let visibility = match (private, public) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            crate::gatewaycmd::register(&dir, &repo, &cap, dataset, visibility)
+        }
         Command::Apikey { action } => {
             use crate::ApikeyCmd as A;
             use crate::gatewaycmd::KeyAction;
@@ -126,7 +207,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 A::List => KeyAction::List,
                 A::Revoke { id } => KeyAction::Revoke { id },
                 A::Rotate { id, grace } => KeyAction::Rotate { id, grace },
-                A::Audit { limit } => KeyAction::Audit { limit },
+                A::Audit { limit, anonymous } => KeyAction::Audit { limit, anonymous },
             };
             crate::gatewaycmd::apikey(&dir, action)
         }
@@ -146,7 +227,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             demo_mib,
             exit_after_demo,
         }),
-        Command::Get { cap, file, out } => {
+        Command::Get {
+            cap,
+            file,
+            cap_file,
+            out,
+        } => {
+            let (cap, file) = cap_and_file(cap, file, cap_file)?;
             let store = DataDir::open(&dir)?.open_store()?;
             let cap = parse_cap(&cap)?;
             let (manifest, private) = open(&store, &cap)?;
@@ -205,7 +292,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Ls { cap } => {
+        Command::Ls { cap, cap_file } => {
+            let cap = cap_arg(cap, cap_file)?;
             let store = DataDir::open(&dir)?.open_store()?;
             let cap = parse_cap(&cap)?;
             let (manifest, private) = open(&store, &cap)?;

@@ -9,10 +9,14 @@
 //! <data dir>/peers.bin            the node's peer table, kept across restarts
 //! <data dir>/store/               the shard store (see cairn-store)
 //! ```
+//!
+//! Every folder here is created 0700 and every file 0600 by the call that creates it (see
+//! `cairn_store::create_dir_private`), so no other local user can read a key, and none can
+//! open a file in the window between its creation and a later `chmod`.
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -44,10 +48,9 @@ pub fn resolve(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = fs::OpenOptions::new()
+    let mut f = cairn_store::private_options()
         .write(true)
         .create_new(true)
-        .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(bytes)
@@ -81,14 +84,15 @@ impl DataDir {
         if path.join("config.toml").exists() {
             bail!("{} is already a Cairn data directory", path.display());
         }
-        fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot restrict permissions of {}", path.display()))?;
+        cairn_store::create_dir_private(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         for secret in ["node.key", "convergence.secret", "publisher.key"] {
             write_secret(&path.join(secret), ConvergenceSecret::random().as_bytes())?;
         }
         let config = Config { quota };
-        fs::write(path.join("config.toml"), toml::to_string(&config)?)
+        let text = toml::to_string(&config)?;
+        cairn_store::create_private(&path.join("config.toml"))
+            .and_then(|mut f| f.write_all(text.as_bytes()))
             .with_context(|| format!("cannot write {}", path.join("config.toml").display()))?;
         let dd = Self {
             path: path.to_path_buf(),

@@ -2,7 +2,11 @@
 //!
 //! Each node is a real `cairn node` process with its own data directory and a fixed port, so a
 //! node killed and started again comes back at the same address. The first node is everyone's
-//! bootstrap. Ctrl-C (or SIGTERM) stops every node with SIGTERM and waits for it.
+//! bootstrap. Ctrl-C (or SIGTERM) stops every node with SIGTERM and waits for it. A child that
+//! dies before (killed by a test, say) is reaped at once and named on stderr.
+//!
+//! The devnet folder is created 0700 and its logs 0600: it holds the nodes' keys and the
+//! gateway's state.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -40,13 +44,42 @@ pub struct DevnetOptions {
     pub exit_after_demo: bool,
 }
 
+/// How often the devnet reaps children that died (a node SIGKILLed by a test or the OOM killer):
+/// until reaped, a dead child stays a zombie in the process table.
+const REAP_EVERY: Duration = Duration::from_millis(200);
+
 struct Nodes {
     children: Vec<Child>,
+    /// `node-3`, `gateway`: how a child is named when it dies.
+    names: Vec<String>,
+}
+
+impl Nodes {
+    fn push(&mut self, name: String, child: Child) {
+        self.children.push(child);
+        self.names.push(name);
+    }
+
+    /// Reaps every child that exited, saying so once per child.
+    fn reap(&mut self, announced: &mut [bool]) {
+        for (i, c) in self.children.iter_mut().enumerate() {
+            if !announced[i]
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                announced[i] = true;
+                eprintln!("{} exited ({status})", self.names[i]);
+            }
+        }
+    }
 }
 
 impl Drop for Nodes {
     fn drop(&mut self) {
         for c in &mut self.children {
+            // A reaped child's pid may belong to another process by now: never signal it.
+            if let Ok(Some(_)) = c.try_wait() {
+                continue;
+            }
             // SAFETY: kill(2) on a child we spawned and have not reaped.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         }
@@ -106,10 +139,13 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
             (t.clone(), Some(TmpDir(t)))
         }
     };
-    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    // Owner-only: the folder holds the nodes' keys, the gateway's capabilities and the logs.
+    cairn_store::create_dir_private(&base)
+        .with_context(|| format!("cannot create {}", base.display()))?;
     let exe = std::env::current_exe().context("cannot find the cairn executable")?;
     let mut nodes = Nodes {
         children: Vec::new(),
+        names: Vec::new(),
     };
     let mut addrs: Vec<PeerAddr> = Vec::new();
     for i in 0..opts.nodes {
@@ -118,7 +154,8 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
             DataDir::init(&dir, opts.quota)?;
         }
         let port = free_port()?;
-        let log = std::fs::File::create(dir.join("node.log"))?;
+        let log = cairn_store::create_private(&dir.join("node.log"))
+            .with_context(|| format!("cannot create {}", dir.join("node.log").display()))?;
         let mut cmd = Command::new(&exe);
         cmd.arg("--data-dir")
             .arg(&dir)
@@ -138,12 +175,15 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
                 std::env::var("CAIRN_LOG").unwrap_or_else(|_| DEVNET_LOG.into()),
             );
         let child = cmd.spawn().context("cannot start a node process")?;
-        nodes.children.push(child);
+        nodes.push(format!("node-{i}"), child);
         let addr = wait_addr(&dir, nodes.children.last_mut().expect("just pushed"))?;
         addrs.push(addr);
     }
     let bootstrap = addrs[0].to_string();
-    std::fs::write(base.join("bootstrap"), format!("{bootstrap}\n"))?;
+    cairn_store::write_private_replace(
+        &base.join("bootstrap"),
+        format!("{bootstrap}\n").as_bytes(),
+    )?;
 
     let rt = runtime()?;
     // Wait until the bootstrap node sees every node, so that the first publish uses them all.
@@ -172,7 +212,8 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
     }
     // The HTTP gateway, reading from the network through node 0.
     let gw_data = base.join("gateway-node");
-    let gw_log = std::fs::File::create(base.join("gateway.log"))?;
+    let gw_log = cairn_store::create_private(&base.join("gateway.log"))
+        .with_context(|| format!("cannot create {}", base.join("gateway.log").display()))?;
     let gw_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -193,9 +234,10 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
             "CAIRN_LOG",
             std::env::var("CAIRN_LOG").unwrap_or_else(|_| DEVNET_LOG.into()),
         );
-    nodes
-        .children
-        .push(cmd.spawn().context("cannot start the gateway process")?);
+    nodes.push(
+        "gateway".into(),
+        cmd.spawn().context("cannot start the gateway process")?,
+    );
     let gw_url = wait_file(
         &gateway_dir(&gw_data).join(GATEWAY_ADDR_FILE),
         nodes.children.last_mut().expect("just pushed"),
@@ -220,13 +262,7 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
 
     if opts.demo {
         let cap = demo(&rt, &base, &opts, &addrs)?;
-        crate::gatewaycmd::register(
-            &gw_data,
-            "demo/sample-model",
-            &cap.to_string(),
-            false,
-            false,
-        )?;
+        crate::gatewaycmd::register(&gw_data, "demo/sample-model", &cap.to_string(), false, None)?;
         println!("served over HTTP, Hugging Face-compatible:");
         println!("  curl -s {gw_url}/api/models/demo/sample-model");
         println!("  curl -s {gw_url}/demo/sample-model/resolve/main/config.json");
@@ -248,10 +284,18 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
     }
     println!("press Ctrl-C to stop every node");
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        // Both listeners live across the loop, so no signal falls between two of its turns.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(REAP_EVERY);
+        let mut announced = vec![false; nodes.children.len()];
+        loop {
+            tokio::select! {
+                _ = int.recv() => break,
+                _ = term.recv() => break,
+                _ = tick.tick() => nodes.reap(&mut announced),
+            }
         }
         anyhow::Ok(())
     })?;

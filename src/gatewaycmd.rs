@@ -84,12 +84,15 @@ fn admin(data_dir: &Path) -> anyhow::Result<AdminClient> {
 }
 
 /// Registers a read capability as the newest revision of `org/name` on the running gateway.
+/// `private`: `Some(true)` restricts it to API keys, `Some(false)` makes it public, `None` keeps
+/// the visibility of the repository's `main` (public for a new repository), so re-registering
+/// a private repository never opens it by omission.
 pub fn register(
     data_dir: &Path,
     repo: &str,
     cap: &str,
     dataset: bool,
-    private: bool,
+    private: Option<bool>,
 ) -> anyhow::Result<()> {
     let (org, name) = repo
         .split_once('/')
@@ -101,21 +104,27 @@ pub fn register(
     } else {
         RepoKind::Model
     };
-    let policy = if private {
-        AccessPolicy::ApiKeyScopes(Vec::new())
-    } else {
-        AccessPolicy::Public
-    };
-    let client = admin(data_dir)?;
-    let commit = runtime()?.block_on(client.register(kind, &repo, &cap, policy))?;
-    println!(
-        "{repo} revision {commit} (main){}",
-        if private {
-            ", readable with an API key only"
+    let policy = private.map(|p| {
+        if p {
+            AccessPolicy::ApiKeyScopes(Vec::new())
         } else {
-            ""
+            AccessPolicy::Public
+        }
+    });
+    let client = admin(data_dir)?;
+    let (commit, restricted) =
+        runtime()?.block_on(client.register_keeping(kind, &repo, &cap, policy))?;
+    println!(
+        "{repo} revision {commit} (main), {}",
+        if restricted {
+            "private: readable with an API key only"
+        } else {
+            "public"
         }
     );
+    if private.is_none() && restricted {
+        eprintln!("{repo} stays private; pass --public to make it readable by anyone");
+    }
     Ok(())
 }
 
@@ -138,6 +147,7 @@ pub enum KeyAction {
     },
     Audit {
         limit: usize,
+        anonymous: bool,
     },
 }
 
@@ -206,8 +216,13 @@ pub fn apikey(data_dir: &Path, action: KeyAction) -> anyhow::Result<()> {
                 "the old key {id} keeps working for {grace:?}; the new key is shown this once"
             );
         }
-        KeyAction::Audit { limit } => {
-            for e in rt.block_on(client.audit(limit))? {
+        KeyAction::Audit { limit, anonymous } => {
+            let entries = if anonymous {
+                rt.block_on(client.audit_anonymous(limit))?
+            } else {
+                rt.block_on(client.audit(limit))?
+            };
+            for e in entries {
                 println!("{}", serde_json::to_string(&e)?);
             }
         }

@@ -70,18 +70,28 @@ enum Command {
     },
     /// Fetch a whole artifact into a directory, or one file of it to a path (`-` for stdout).
     Get {
-        /// Read capability printed by `cairn add`.
-        cap: String,
+        /// Read capability printed by `cairn add` (other local users can see command lines:
+        /// prefer --cap-file). With --cap-file, the one argument is the file to fetch.
+        #[arg(required_unless_present = "cap_file")]
+        cap: Option<String>,
         /// One file of the artifact to fetch.
         file: Option<String>,
+        /// Read the capability from this file (`-` for standard input) instead of the command
+        /// line.
+        #[arg(long, value_name = "PATH")]
+        cap_file: Option<PathBuf>,
         /// Output directory (whole artifact) or file path (one file).
         #[arg(short, long)]
         out: PathBuf,
     },
     /// List an artifact's files.
     Ls {
-        /// Read capability printed by `cairn add`.
-        cap: String,
+        /// Read capability printed by `cairn add` (prefer --cap-file).
+        #[arg(required_unless_present = "cap_file", conflicts_with = "cap_file")]
+        cap: Option<String>,
+        /// Read the capability from this file (`-` for standard input).
+        #[arg(long, value_name = "PATH")]
+        cap_file: Option<PathBuf>,
     },
     /// Pin an artifact held by this store.
     Pin {
@@ -131,14 +141,22 @@ enum Command {
     Register {
         /// Repository, `org/name`.
         repo: String,
-        /// Read capability printed by `cairn add`.
-        cap: String,
+        /// Read capability printed by `cairn add` (prefer --cap-file).
+        #[arg(required_unless_present = "cap_file", conflicts_with = "cap_file")]
+        cap: Option<String>,
+        /// Read the capability from this file (`-` for standard input).
+        #[arg(long, value_name = "PATH")]
+        cap_file: Option<PathBuf>,
         /// Register it as a dataset (default: a model).
         #[arg(long)]
         dataset: bool,
-        /// Readable only with an API key whose scopes cover it.
-        #[arg(long)]
+        /// Readable only with an API key whose scopes cover it. Without --private or --public, a
+        /// repository keeps the visibility its `main` has (a new one is public).
+        #[arg(long, conflicts_with = "public")]
         private: bool,
+        /// Readable by anyone; needed to make a private repository public.
+        #[arg(long)]
+        public: bool,
     },
     /// Manage the running gateway's API keys.
     Apikey {
@@ -214,6 +232,10 @@ enum ApikeyCmd {
         /// Entries to show.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Show the denials of requests without a valid key instead, one entry per client
+        /// address and minute with its count.
+        #[arg(long)]
+        anonymous: bool,
     },
 }
 
@@ -228,6 +250,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,iroh::socket=off")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: a log file (the devnet's node.log, gateway.log) gets
+        // plain text that grep and editors read.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -61,9 +61,7 @@ pub fn node(
         let handle = run_node(config).await?;
         let addr = handle.peer_addr();
         let addr_file = dd.path.join("node.addr");
-        let tmp = addr_file.with_extension("tmp");
-        std::fs::write(&tmp, format!("{addr}\n"))
-            .and_then(|_| std::fs::rename(&tmp, &addr_file))
+        cairn_store::write_private_replace(&addr_file, format!("{addr}\n").as_bytes())
             .with_context(|| format!("cannot write {}", addr_file.display()))?;
         println!("node {addr}");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

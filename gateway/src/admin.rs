@@ -7,7 +7,8 @@
 //! [`AdminClient`], which refuses non-loopback URLs, since the API speaks plain HTTP.
 //!
 //! # Authentication
-//! Every request carries `Authorization: Bearer <admin token>`, compared in constant time. The
+//! Every request carries `Authorization: Bearer <admin token>` (the scheme in any case),
+//! compared in constant time. The
 //! token is 43 base64url characters (32 random bytes) created at first start in
 //! `<gateway dir>/admin.token`, mode 0600 ([`load_or_create_admin_token`]); whoever can read
 //! that file administers the gateway. Missing or wrong token: `401` with a JSON error.
@@ -15,12 +16,12 @@
 //! # Endpoints (JSON in and out; errors are `{"error": "..."}` with a 4xx/5xx status)
 //! | method | path | body | answer |
 //! |---|---|---|---|
-//! | POST | `/admin/repos` | `{kind: "Model"\|"Dataset", repo: "org/name", cap: "<read capability>", policy: "Public"\|{"ApiKeyScopes": []}}` | `{commit}` |
+//! | POST | `/admin/repos` | `{kind: "Model"\|"Dataset", repo: "org/name", cap: "<read capability>", policy?: "Public"\|{"ApiKeyScopes": []}}`; without `policy` the repository keeps the policy of its `main` (public when new) | `{commit, restricted}` |
 //! | POST | `/admin/keys` | [`NewKey`]: `{label, scopes: ["read:repo:org/name"], expires_in_secs?, allow_ips?: ["10.0.0.0/8"], rate_per_minute?}` | [`CreatedKey`] `{id, key, expires}`; the key is shown this once |
 //! | GET | `/admin/keys` | | `[`[`KeyInfo`]`]`: no secrets, no hashes |
 //! | POST | `/admin/keys/{id}/revoke` | | `{id, revoked: true}` |
 //! | POST | `/admin/keys/{id}/rotate` | `{grace_secs}` | [`CreatedKey`] of the new key |
-//! | GET | `/admin/audit?limit=N` | | the latest N (default 100, at most [`AUDIT_LIMIT_MAX`]) [`AuditEntry`]s, oldest first |
+//! | GET | `/admin/audit?limit=N[&anonymous=true]` | | the latest N (default 100, at most [`AUDIT_LIMIT_MAX`]) [`AuditEntry`]s of keys, oldest first; with `anonymous=true`, of the aggregated denials of requests without a valid key |
 //!
 //! Limits: bodies up to [`ADMIN_BODY_BYTES_MAX`], [`ADMIN_CONNECTIONS_MAX`] connections,
 //! [`ADMIN_REQUEST_TIMEOUT`] per request; the client reads answers up to
@@ -98,8 +99,8 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
 pub fn load_or_create_admin_token(dir: &Path) -> Result<String, Error> {
     use std::io::Write;
     #[cfg(unix)]
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    use std::os::unix::fs::PermissionsExt;
+    cairn_store::create_dir_private(dir).map_err(io(format!("creating {}", dir.display())))?;
     let path = dir.join(ADMIN_TOKEN_FILE);
     let bad = |why: &str| Error::Io {
         what: format!("reading the admin token {}", path.display()),
@@ -131,11 +132,9 @@ pub fn load_or_create_admin_token(dir: &Path) -> Result<String, Error> {
             let mut b = [0u8; 32];
             rand::rng().fill_bytes(&mut b);
             let token = data_encoding::BASE64URL_NOPAD.encode(&b);
-            let mut o = std::fs::OpenOptions::new();
-            o.write(true).create_new(true);
-            #[cfg(unix)]
-            o.mode(0o600);
-            let mut f = o
+            let mut f = cairn_store::private_options()
+                .write(true)
+                .create_new(true)
                 .open(&path)
                 .map_err(io(format!("creating {}", path.display())))?;
             f.write_all(format!("{token}\n").as_bytes())
@@ -225,8 +224,7 @@ async fn check_token(State(st): St, req: Request, next: Next) -> Response {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(crate::auth::bearer_token)
         .unwrap_or("");
     if !bool::from(presented.as_bytes().ct_eq(st.token.as_bytes())) {
         tracing::info!(route = %req.uri().path(), "admin request with a missing or wrong token");
@@ -262,13 +260,17 @@ struct RegisterBody {
     kind: RepoKind,
     repo: String,
     cap: String,
+    /// `None` keeps the policy of the repository's `main` (public for a new repository).
     #[serde(default)]
-    policy: AccessPolicy,
+    policy: Option<AccessPolicy>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct RegisterAnswer {
     commit: String,
+    /// Whether the revision is restricted (readable with an API key only).
+    #[serde(default)]
+    restricted: bool,
 }
 
 async fn register(
@@ -282,9 +284,11 @@ async fn register(
         .parse()
         .map_err(|_| Error::BadRequest("`cap` is not a read capability".into()))?;
     let reg = st.registry.clone();
-    let commit = blocking(move || reg.register(b.kind, &repo, &cap, b.policy)).await?;
+    let (commit, policy) =
+        blocking(move || reg.register_keeping(b.kind, &repo, &cap, b.policy)).await?;
     Ok(axum::Json(RegisterAnswer {
         commit: commit.to_string(),
+        restricted: policy.is_restricted(),
     })
     .into_response())
 }
@@ -328,12 +332,19 @@ async fn rotate_key(
 #[derive(Deserialize)]
 struct AuditQuery {
     limit: Option<usize>,
+    #[serde(default)]
+    anonymous: bool,
 }
 
 async fn audit(State(st): St, Query(q): Query<AuditQuery>) -> Result<Response, AdminError> {
     let limit = q.limit.unwrap_or(100).min(AUDIT_LIMIT_MAX);
     let keys = st.keys.clone();
-    Ok(axum::Json(blocking(move || keys.audit(limit)).await?).into_response())
+    let entries = if q.anonymous {
+        blocking(move || keys.audit_anonymous(limit)).await?
+    } else {
+        blocking(move || keys.audit(limit)).await?
+    };
+    Ok(axum::Json(entries).into_response())
 }
 
 /// A client of the admin API, for the CLI. Plain HTTP to loopback addresses only.
@@ -454,6 +465,21 @@ impl AdminClient {
         cap: &ReadCap,
         policy: AccessPolicy,
     ) -> Result<CommitId, Error> {
+        self.register_keeping(kind, repo, cap, Some(policy))
+            .await
+            .map(|(c, _)| c)
+    }
+
+    /// Registers `cap` as a revision of `repo` and moves `main` to it; with `policy` `None`
+    /// the revision gets the policy of the repository's current `main` (public when new).
+    /// Returns the commit id and whether the revision is restricted.
+    pub async fn register_keeping(
+        &self,
+        kind: RepoKind,
+        repo: &RepoId,
+        cap: &ReadCap,
+        policy: Option<AccessPolicy>,
+    ) -> Result<(CommitId, bool), Error> {
         let body = Self::json(&RegisterBody {
             kind,
             repo: repo.to_string(),
@@ -461,11 +487,12 @@ impl AdminClient {
             policy,
         })?;
         let a: RegisterAnswer = self.call(hyper::Method::POST, "/admin/repos", body).await?;
-        CommitId::parse(&a.commit).ok_or_else(|| Error::Admin {
+        let commit = CommitId::parse(&a.commit).ok_or_else(|| Error::Admin {
             url: format!("{}/admin/repos", self.base),
             status: 200,
             message: "the answer's commit is not 40 hex digits".into(),
-        })
+        })?;
+        Ok((commit, a.restricted))
     }
 
     /// Creates a key; the answer holds the secret, shown this once.
@@ -506,11 +533,24 @@ impl AdminClient {
         .await
     }
 
-    /// The latest `limit` audit entries (at most [`AUDIT_LIMIT_MAX`]), oldest first.
+    /// The latest `limit` audit entries of keys (at most [`AUDIT_LIMIT_MAX`]), oldest first.
     pub async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, Error> {
         self.call(
             hyper::Method::GET,
             &format!("/admin/audit?limit={}", limit.min(AUDIT_LIMIT_MAX)),
+            None,
+        )
+        .await
+    }
+
+    /// The latest `limit` aggregated entries of anonymous denials, oldest first.
+    pub async fn audit_anonymous(&self, limit: usize) -> Result<Vec<AuditEntry>, Error> {
+        self.call(
+            hyper::Method::GET,
+            &format!(
+                "/admin/audit?limit={}&anonymous=true",
+                limit.min(AUDIT_LIMIT_MAX)
+            ),
             None,
         )
         .await
@@ -539,9 +579,7 @@ fn url_of(addr: SocketAddr) -> String {
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<(), Error> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, path))
+    cairn_store::write_private_replace(path, text.as_bytes())
         .map_err(io(format!("writing {}", path.display())))
 }
 

@@ -5,7 +5,8 @@
 //!   a store error, an audit write error or a panic is a denial, never a grant.
 //! - Never keep, log or echo a key's secret: the gateway stores a hash; the secret exists only in
 //!   the answer that creates the key and in the caller's hands.
-//! - Record every use of a key, allowed or denied, in a bounded audit log.
+//! - Record every use of a key, allowed or denied, in a bounded audit log that requests without
+//!   a key cannot wash out.
 //!
 //! # Key format
 //!
@@ -26,11 +27,23 @@
 //!   the id's 8 bytes followed by the secret's 32 bytes. The secret has 256 bits of entropy, so a
 //!   fast hash is enough: there is nothing to brute-force. Hashes are compared in constant time
 //!   (`subtle`). The secret itself is never stored.
-//! - `gateway-audit-1`: sequence number (u64) → JSON [`AuditEntry`]. **Retention**: the latest
+//! - `gateway-audit-1`: sequence number (u64) → JSON [`AuditEntry`], the uses of real keys
+//!   (requests whose key's secret matched: allowed, or denied as revoked, expired, out of
+//!   scope, from the wrong address, over the rate). **Retention**: the latest
 //!   [`AUDIT_ENTRIES_MAX`] = 100 000 entries are kept; each append beyond that deletes the oldest.
 //!   Appends are committed without fsync except every [`AUDIT_SYNC_EVERY`]th one (and every key
 //!   or registry change, which syncs everything before it): a crash can lose at most the last
 //!   63 entries, and auditing does not cost an fsync per request.
+//! - `gateway-audit-anon-1`: sequence number → JSON [`AuditEntry`], the denials of requests
+//!   without a valid key (none, malformed, unknown id, wrong secret). Anyone can send those, so
+//!   they never go to the keys' log: they are aggregated, one entry per client address (an
+//!   IPv6 client counts by its /64) per [`AUDIT_ANON_WINDOW_SECS`] = 60 s, whose `count` says
+//!   how many denials it stands for (route, repository and reason are the first one's). The
+//!   latest [`AUDIT_ANON_ENTRIES_MAX`] = 10 000 entries are kept. Counts are kept in memory and
+//!   written at most once a second per entry (and whenever the log is read), never synced: a
+//!   crash can lose the last second of counts. A flood of anonymous requests, from one address
+//!   or many, therefore costs at most one entry per address and minute in its own table, and
+//!   pushes out no entry about a key.
 //!
 //! # Scopes
 //!
@@ -39,8 +52,9 @@
 //! (repository info, listings, `HEAD` and `GET` of files) exists, and [`Op`] leaves room for
 //! `write`. Targets:
 //! - `repo:org/name`: that repository, model or dataset;
-//! - `prefix:<p>`: every repository whose `org/name` starts with `<p>` (a plain string prefix:
-//!   `prefix:org/` is one organisation, `prefix:org` also matches `org2/x`);
+//! - `prefix:<p>`: every repository under the path `<p>`, which ends at a `/`: `prefix:org/`
+//!   and `prefix:org` are the organisation `org` (not `org2/x`, not `org-evil/x`),
+//!   `prefix:org/name` is that repository;
 //! - `artifact:<cid>`: that artifact, asked by CID or through any repository revision that
 //!   resolves to it.
 //!
@@ -50,27 +64,38 @@
 //! # Verification, in order (the first failure decides)
 //! | check | answer |
 //! |---|---|
-//! | no `Authorization: Bearer` | 401 |
+//! | no `Authorization: Bearer` (scheme in any case) on a restricted artifact | 404, as if missing |
 //! | key does not parse | 401 |
 //! | unknown key id | 401 |
 //! | hash of the secret differs (constant time) | 401 |
 //! | revoked | 401 |
 //! | expired (including a rotated-out key past its grace) | 401 |
 //! | client IP outside the key's allow-list (if any) | 403 |
-//! | no scope covers the repository or artifact with the operation | 403 |
-//! | over the key's rate (token bucket, per minute) | 429 |
+//! | no scope covers the repository or artifact with the operation | 404, as if missing |
+//! | over the key's rate (token bucket, per minute) | 429 (`X-Error-Code: GatedRepo`) |
 //!
-//! Every denial carries `X-Error-Code: GatedRepo` and `X-Error-Message` and no artifact byte.
-//! Public artifacts need no key: a key sent with a request for one is not looked at.
+//! The 401 and 403 refusals are about the key, not about what was asked: they are given on
+//! every route, for public and missing repositories too (a key sent with a public request is
+//! checked, as the Hub checks tokens). The 404s are the gateway's `RepoNotFound`,
+//! `RevisionNotFound` or artifact-not-found answer, byte for byte, and the gateway runs this
+//! same check for a missing repository, revision or artifact (see `handlers::open_repo`), so
+//! neither the answer nor the time taken tells a hidden one from a missing one. No denial
+//! carries an artifact byte. A public artifact asked without a key costs no check.
 //!
 //! The IP allow-list holds up to [`ALLOW_IPS_PER_KEY_MAX`] CIDRs (`10.0.0.0/8`, `fd00::/8`, or a
 //! bare address) and is matched against the peer socket address the gateway sees (IPv4-mapped
 //! IPv6 addresses count as IPv4). A proxy in front of the gateway hides client addresses.
 //!
 //! Rate limits are token buckets in memory (capacity = the per-minute rate, refilled
-//! continuously), one per key, at most [`RATE_BUCKETS_MAX`] buckets; when the map is full, idle
+//! continuously), one per line of keys (a key and the keys rotated from it share one bucket, so
+//! rotating refills nothing), at most [`RATE_BUCKETS_MAX`] buckets; when the map is full, idle
 //! buckets are dropped, and if none is idle the request is denied. Buckets start full after a
 //! restart.
+//!
+//! # Rotation
+//! A key rotates once: [`ApiKeyStore::rotate`] makes a successor and puts the key in its grace
+//! period; rotating it again is refused (rotate the successor instead), so there is never more
+//! than one live successor.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -91,6 +116,7 @@ use crate::{Error, Registry};
 
 const APIKEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("gateway-apikeys-1");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("gateway-audit-1");
+const AUDIT_ANON: TableDefinition<u64, &[u8]> = TableDefinition::new("gateway-audit-anon-1");
 
 /// The fixed prefix of every key.
 pub const KEY_PREFIX: &str = "cairn_";
@@ -115,6 +141,15 @@ pub const KEY_LIFETIME_MAX_SECS: u64 = 100 * 365 * 86_400;
 pub const AUDIT_ENTRIES_MAX: u64 = 100_000;
 /// Every this many audit appends one is committed durably.
 pub const AUDIT_SYNC_EVERY: u64 = 64;
+/// Aggregated entries of anonymous denials kept (the oldest are deleted past this).
+pub const AUDIT_ANON_ENTRIES_MAX: u64 = 10_000;
+/// One anonymous-denial entry covers one client address for this long.
+pub const AUDIT_ANON_WINDOW_SECS: u64 = 60;
+/// Anonymous-denial entries whose counts are kept in memory; when more addresses are denied
+/// within one window, the oldest entry is written and closed early.
+const AUDIT_ANON_OPEN_MAX: usize = 4096;
+/// An open anonymous-denial entry's count is written at most this often.
+const AUDIT_ANON_REWRITE_EVERY: Duration = Duration::from_secs(1);
 /// Rate-limit buckets kept in memory.
 pub const RATE_BUCKETS_MAX: usize = 100_000;
 /// Longest route or repository recorded in an audit entry.
@@ -264,7 +299,8 @@ impl Op {
 pub enum ScopeTarget {
     /// One repository (`repo:org/name`), model or dataset.
     Repo(RepoId),
-    /// Every repository whose `org/name` starts with this string (`prefix:org/`).
+    /// Every repository under this path, which ends at a `/` (`prefix:org/` and `prefix:org`
+    /// are the organisation `org`, not `org2` or `org-evil`).
     Prefix(String),
     /// One artifact (`artifact:<cid>`).
     Artifact(Cid),
@@ -311,7 +347,12 @@ impl Scope {
                 x.split_once('/')
                     .is_some_and(|(o, n)| o == r.org() && n == r.name())
             }),
-            ScopeTarget::Prefix(p) => repo.is_some_and(|x| x.starts_with(p.as_str())),
+            ScopeTarget::Prefix(p) => repo.is_some_and(|x| {
+                // A prefix ends at a path segment: `acme` is `acme/...`, never `acme-evil/...`.
+                let p = p.trim_end_matches('/');
+                x.strip_prefix(p)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }),
             ScopeTarget::Artifact(c) => c == artifact,
         }
     }
@@ -355,7 +396,8 @@ impl FromStr for Scope {
         let target = match kind {
             "repo" => ScopeTarget::Repo(target.parse().map_err(|_| bad("not an org/name"))?),
             "prefix" => {
-                let ok = !target.is_empty()
+                let ok = !target.trim_end_matches('/').is_empty()
+                    && !target.starts_with('/')
                     && target.len() <= 2 * REPO_PART_LEN_MAX + 1
                     && target.matches('/').count() <= 1
                     && target
@@ -533,6 +575,16 @@ pub struct KeyInfo {
     pub rate_per_minute: Option<u32>,
     /// The id of the key that replaced it, if it was rotated.
     pub rotated_to: Option<String>,
+    /// The rate-limit bucket the key draws from: for a key made by rotation, the first key of
+    /// its line (so a rotation does not refill the bucket); `None` for the key's own id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_bucket: Option<String>,
+}
+
+impl KeyInfo {
+    fn bucket(&self) -> &str {
+        self.rate_bucket.as_deref().unwrap_or(&self.id)
+    }
 }
 
 /// What `gateway-apikeys-1` holds per key.
@@ -574,6 +626,15 @@ pub struct AuditEntry {
     pub status: u16,
     /// Why, in words safe to show.
     pub reason: String,
+    /// How many requests the entry stands for: 1 for a key's use; for an anonymous denial,
+    /// every denial from the same client address in the [`AUDIT_ANON_WINDOW_SECS`] from
+    /// `time`.
+    #[serde(default = "one")]
+    pub count: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// API keys and the audit log, in the gateway's redb database (see the module docs).
@@ -582,6 +643,38 @@ pub struct ApiKeyStore {
     audit_max: u64,
     /// The next audit sequence number; the lock also orders audit appends.
     audit_next: Mutex<u64>,
+    anon_max: u64,
+    anon: Mutex<AnonLog>,
+}
+
+/// The anonymous-denial log's state in memory: the entries still counting.
+struct AnonLog {
+    /// The next sequence number of `gateway-audit-anon-1`.
+    next: u64,
+    /// Open entries by client address (see [`client_key`]).
+    open: HashMap<String, OpenAnon>,
+}
+
+/// An anonymous-denial entry still counting.
+struct OpenAnon {
+    entry: AuditEntry,
+    /// The count last written to the table.
+    written: u64,
+    /// When it was last written.
+    written_at: Instant,
+}
+
+/// How anonymous denials are grouped: the IPv4 address, or the /64 of an IPv6 address (one
+/// host usually holds a whole /64, and could otherwise make a new entry per request).
+fn client_key(ip: Option<IpAddr>) -> String {
+    match ip.map(|i| i.to_canonical()) {
+        None => "unknown".into(),
+        Some(IpAddr::V4(a)) => a.to_string(),
+        Some(IpAddr::V6(a)) => {
+            let net = u128::from(a) & !(u128::from(u64::MAX));
+            format!("{}/64", std::net::Ipv6Addr::from(net))
+        }
+    }
 }
 
 fn clip(s: &str) -> String {
@@ -594,33 +687,49 @@ impl ApiKeyStore {
         Self::open_with_retention(registry, AUDIT_ENTRIES_MAX)
     }
 
-    /// Opens the key store keeping the latest `audit_entries_max` (at least 1) audit entries;
-    /// older ones are deleted now and on every append.
+    /// Opens the key store keeping the latest `audit_entries_max` (at least 1) audit entries
+    /// of keys and [`AUDIT_ANON_ENTRIES_MAX`] of anonymous denials; older ones are deleted now
+    /// and on every append.
     pub fn open_with_retention(
         registry: Arc<Registry>,
         audit_entries_max: u64,
     ) -> Result<Self, Error> {
-        assert!(audit_entries_max > 0);
+        Self::open_with_limits(registry, audit_entries_max, AUDIT_ANON_ENTRIES_MAX)
+    }
+
+    /// Opens the key store keeping the latest `audit_entries_max` entries of keys and
+    /// `anon_entries_max` of anonymous denials (both at least 1).
+    pub fn open_with_limits(
+        registry: Arc<Registry>,
+        audit_entries_max: u64,
+        anon_entries_max: u64,
+    ) -> Result<Self, Error> {
+        assert!(audit_entries_max > 0 && anon_entries_max > 0);
         let e = |x: &dyn fmt::Display| registry.err(x);
         let tx = registry.db().begin_write().map_err(|x| e(&x))?;
-        let next = {
-            tx.open_table(APIKEYS).map_err(|x| e(&x))?;
-            let mut audit = tx.open_table(AUDIT).map_err(|x| e(&x))?;
-            let next = match audit.last().map_err(|x| e(&x))? {
+        let trim = |def: TableDefinition<u64, &[u8]>, max: u64| {
+            let mut t = tx.open_table(def).map_err(|x| e(&x))?;
+            let next = match t.last().map_err(|x| e(&x))? {
                 Some((k, _)) => k.value() + 1,
                 None => 0,
             };
-            let keep_from = next.saturating_sub(audit_entries_max);
-            audit
-                .retain_in(..keep_from, |_, _| false)
-                .map_err(|x| e(&x))?;
-            next
+            let keep_from = next.saturating_sub(max);
+            t.retain_in(..keep_from, |_, _| false).map_err(|x| e(&x))?;
+            Ok::<_, Error>(next)
         };
+        tx.open_table(APIKEYS).map_err(|x| e(&x))?;
+        let next = trim(AUDIT, audit_entries_max)?;
+        let anon_next = trim(AUDIT_ANON, anon_entries_max)?;
         tx.commit().map_err(|x| e(&x))?;
         Ok(Self {
             registry,
             audit_max: audit_entries_max,
             audit_next: Mutex::new(next),
+            anon_max: anon_entries_max,
+            anon: Mutex::new(AnonLog {
+                next: anon_next,
+                open: HashMap::new(),
+            }),
         })
     }
 
@@ -699,6 +808,7 @@ impl ApiKeyStore {
             allow_ips: new.allow_ips,
             rate_per_minute: new.rate_per_minute,
             rotated_to: None,
+            rate_bucket: None,
         };
         let tx = self.registry.db().begin_write().map_err(|e| self.err(e))?;
         self.insert(&tx, &key, info)?;
@@ -760,9 +870,10 @@ impl ApiKeyStore {
     }
 
     /// Replaces key `id` by a new key (new id and secret, same label, scopes, allow-list, rate
-    /// and lifetime length) and makes the old one expire `grace` from now (or earlier, if it
-    /// already would). Both keys work during the grace period. A revoked or expired key cannot
-    /// be rotated.
+    /// bucket and lifetime length) and makes the old one expire `grace` from now (or earlier,
+    /// if it already would). Both keys work during the grace period, drawing on one rate
+    /// bucket. A revoked or expired key cannot be rotated, nor a key rotated before (rotate its
+    /// successor): a key has at most one successor.
     pub fn rotate(&self, id: &str, grace: Duration) -> Result<CreatedKey, Error> {
         let t0 = now();
         let key = ApiKey::generate();
@@ -777,6 +888,11 @@ impl ApiKeyStore {
                     "API key {id} is revoked or expired; create a new key instead"
                 )));
             }
+            if let Some(next) = &old.info.rotated_to {
+                return Err(Error::BadRequest(format!(
+                    "API key {id} was already rotated to {next}; rotate {next} instead"
+                )));
+            }
             // The new key lives as long as the old one was meant to, counted from now.
             let lifetime = old.info.expires.map(|e| e.saturating_sub(old.info.created));
             let grace_end = t0.saturating_add(grace.as_secs());
@@ -787,6 +903,7 @@ impl ApiKeyStore {
             (old.info, lifetime)
         };
         let (old, lifetime) = created;
+        let bucket = old.bucket().to_string();
         let info = KeyInfo {
             id: key.id.to_string(),
             label: old.label,
@@ -794,6 +911,7 @@ impl ApiKeyStore {
             created: t0,
             expires: lifetime.map(|l| t0 + l.max(1)),
             revoked: false,
+            rate_bucket: Some(bucket),
             allow_ips: old.allow_ips,
             rate_per_minute: old.rate_per_minute,
             rotated_to: None,
@@ -843,44 +961,163 @@ impl ApiKeyStore {
         Ok(())
     }
 
-    /// Checks a presented key (see the table in the module docs), without rate limiting.
-    /// Returns the key's record when it may proceed, or the denial and the key id to audit.
-    fn verify(&self, q: &Query) -> Result<KeyInfo, (DenialKind, String, String)> {
+    /// The latest `limit` entries of anonymous denials, oldest first, with their counts up to
+    /// date.
+    pub fn audit_anonymous(&self, limit: usize) -> Result<Vec<AuditEntry>, Error> {
+        {
+            let mut log = self.anon.lock().unwrap_or_else(|p| p.into_inner());
+            let next = log.next;
+            for o in log.open.values_mut() {
+                if o.entry.count != o.written {
+                    self.write_anon(&o.entry, next, false)?;
+                    o.written = o.entry.count;
+                    o.written_at = Instant::now();
+                }
+            }
+        }
+        let rtx = self.registry.db().begin_read().map_err(|e| self.err(e))?;
+        let t = rtx.open_table(AUDIT_ANON).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in t.iter().map_err(|e| self.err(e))?.rev().take(limit) {
+            let (_, v) = r.map_err(|e| self.err(e))?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| self.err(e))?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Writes anonymous entry `e` (row `e.seq`), never synced. A new row pushes out the oldest
+    /// past the limit; an update of a row already pushed out (`next` being the next sequence
+    /// number) is dropped rather than bringing it back.
+    fn write_anon(&self, e: &AuditEntry, next: u64, new: bool) -> Result<(), Error> {
+        if !new && e.seq < next.saturating_sub(self.anon_max) {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(e).map_err(|x| self.err(x))?;
+        let mut tx = self.registry.db().begin_write().map_err(|x| self.err(x))?;
+        tx.set_durability(Durability::None)
+            .map_err(|x| self.err(x))?;
+        {
+            let mut t = tx.open_table(AUDIT_ANON).map_err(|x| self.err(x))?;
+            t.insert(e.seq, bytes.as_slice()).map_err(|x| self.err(x))?;
+            if new && e.seq >= self.anon_max {
+                t.remove(e.seq - self.anon_max).map_err(|x| self.err(x))?;
+            }
+        }
+        tx.commit().map_err(|x| self.err(x))
+    }
+
+    /// Counts an anonymous denial into its client address's open entry, or opens one (see the
+    /// module docs).
+    fn append_anonymous(&self, mut entry: AuditEntry) -> Result<(), Error> {
+        let mut log = self.anon.lock().unwrap_or_else(|p| p.into_inner());
+        let log = &mut *log;
+        let key = entry.client_ip.clone().unwrap_or_else(|| "unknown".into());
+        let now = Instant::now();
+        if let Some(o) = log.open.get_mut(&key) {
+            if entry.time >= o.entry.time
+                && entry.time < o.entry.time.saturating_add(AUDIT_ANON_WINDOW_SECS)
+            {
+                o.entry.count += 1;
+                if now.duration_since(o.written_at) >= AUDIT_ANON_REWRITE_EVERY {
+                    self.write_anon(&o.entry, log.next, false)?;
+                    o.written = o.entry.count;
+                    o.written_at = now;
+                }
+                return Ok(());
+            }
+            // The window is over: its final count, then a new entry.
+            let o = log.open.remove(&key).expect("just found");
+            if o.entry.count != o.written {
+                self.write_anon(&o.entry, log.next, false)?;
+            }
+        }
+        // Bound the open entries: close those whose window is over, else the oldest. An open
+        // entry is then always among the newest `open_max` rows, never one already pushed out.
+        let open_max =
+            AUDIT_ANON_OPEN_MAX.min(usize::try_from(self.anon_max).unwrap_or(usize::MAX));
+        if log.open.len() >= open_max {
+            let mut closing: Vec<String> = log
+                .open
+                .iter()
+                .filter(|(_, o)| entry.time >= o.entry.time.saturating_add(AUDIT_ANON_WINDOW_SECS))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if closing.is_empty()
+                && let Some(k) = log
+                    .open
+                    .iter()
+                    .min_by_key(|(_, o)| o.entry.seq)
+                    .map(|(k, _)| k.clone())
+            {
+                closing.push(k);
+            }
+            for k in closing {
+                let o = log.open.remove(&k).expect("listed from the map");
+                if o.entry.count != o.written {
+                    self.write_anon(&o.entry, log.next, false)?;
+                }
+            }
+        }
+        entry.seq = log.next;
+        entry.count = 1;
+        self.write_anon(&entry, log.next, true)?;
+        log.next += 1;
+        log.open.insert(
+            key,
+            OpenAnon {
+                entry,
+                written: 1,
+                written_at: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// Checks a presented key (see the table in the module docs), without rate limiting; on a
+    /// public artifact (`restricted` false) only the key itself is checked, not its scopes.
+    /// Returns the key's record when it may proceed, or the denial.
+    fn verify(&self, q: &Query) -> Result<KeyInfo, Refusal> {
         use DenialKind::*;
-        let unknown = || "unknown".to_string();
+        let anonymous = |kind, reason: String, key_id: Option<&KeyId>| Refusal {
+            kind,
+            reason,
+            key_id: key_id.map_or_else(|| "unknown".into(), |k| k.to_string()),
+            keyed: false,
+        };
         let Some(token) = &q.token else {
-            return Err((
-                Unauthenticated,
-                "this repository needs an API key (Authorization: Bearer cairn_...)".into(),
-                unknown(),
+            return Err(anonymous(
+                Hidden,
+                "no API key (Authorization: Bearer cairn_...)".into(),
+                None,
             ));
         };
-        let key = parse_api_key(token).map_err(|e| {
-            (
-                Unauthenticated,
-                format!("malformed API key: {e}"),
-                unknown(),
-            )
-        })?;
+        let key = parse_api_key(token)
+            .map_err(|e| anonymous(Unauthenticated, format!("malformed API key: {e}"), None))?;
         let id = key.id.to_string();
-        let denied = |kind, why: &str| (kind, why.to_string(), id.clone());
-        let rtx = self
-            .registry
-            .db()
-            .begin_read()
-            .map_err(|_| denied(Forbidden, "the key store could not be read"))?;
-        let t = rtx
-            .open_table(APIKEYS)
-            .map_err(|_| denied(Forbidden, "the key store could not be read"))?;
+        let denied = |kind, why: &str| Refusal {
+            kind,
+            reason: why.to_string(),
+            key_id: id.clone(),
+            keyed: true,
+        };
+        let unreadable = || anonymous(Forbidden, "the key store could not be read".into(), None);
+        let rtx = self.registry.db().begin_read().map_err(|_| unreadable())?;
+        let t = rtx.open_table(APIKEYS).map_err(|_| unreadable())?;
         let rec = self
             .record(&t, &id)
-            .map_err(|_| denied(Forbidden, "the key store could not be read"))?
-            .ok_or_else(|| denied(Unauthenticated, "unknown API key"))?;
+            .map_err(|_| unreadable())?
+            .ok_or_else(|| anonymous(Unauthenticated, "unknown API key".into(), None))?;
         let stored = data_encoding::HEXLOWER
             .decode(rec.hash.as_bytes())
-            .map_err(|_| denied(Forbidden, "the key store could not be read"))?;
+            .map_err(|_| unreadable())?;
         if !bool::from(key.hash().as_slice().ct_eq(stored.as_slice())) {
-            return Err(denied(Unauthenticated, "unknown API key"));
+            // Someone holds the id but not the secret: anonymous, like any guess.
+            return Err(anonymous(
+                Unauthenticated,
+                "unknown API key".into(),
+                Some(&key.id),
+            ));
         }
         let info = rec.info;
         if info.revoked {
@@ -904,6 +1141,9 @@ impl ApiKeyStore {
                 "the API key may not be used from this address",
             ));
         }
+        if !q.restricted {
+            return Ok(info);
+        }
         let repo = q.repo.as_deref().map(|r| {
             r.strip_prefix("models/")
                 .or_else(|| r.strip_prefix("datasets/"))
@@ -915,7 +1155,7 @@ impl ApiKeyStore {
             .any(|s| s.covers(Op::Read, repo, &q.artifact))
         {
             return Err(denied(
-                Forbidden,
+                Hidden,
                 "the API key has no scope for this repository",
             ));
         }
@@ -923,8 +1163,21 @@ impl ApiKeyStore {
     }
 }
 
+/// Why [`ApiKeyStore::verify`] refused a request.
+struct Refusal {
+    kind: DenialKind,
+    reason: String,
+    /// The key id to audit (`unknown` when none parsed).
+    key_id: String,
+    /// Whether the key's secret matched: the entry goes to the keys' log, else to the
+    /// anonymous one.
+    keyed: bool,
+}
+
 /// A request, owned, for the blocking check.
 struct Query {
+    /// Whether the artifact's policy is restricted (else only the key itself is checked).
+    restricted: bool,
     token: Option<String>,
     repo: Option<String>,
     artifact: Cid,
@@ -999,11 +1252,14 @@ impl ApiKeyAuthorizer {
 }
 
 fn decide(store: &ApiKeyStore, limiter: &RateLimiter, q: &Query) -> Decision {
-    let (decision, key_id, status, reason) = match store.verify(q) {
+    let (decision, key_id, keyed, reason) = match store.verify(q) {
+        // A key used on a public artifact: nothing to audit, it is not a use of the key's
+        // rights.
+        Ok(_) if !q.restricted => return Decision::Allow,
         Ok(info) => {
             if info
                 .rate_per_minute
-                .is_some_and(|r| !limiter.take(&info.id, r))
+                .is_some_and(|r| !limiter.take(info.bucket(), r))
             {
                 let reason = "the API key is over its rate limit".to_string();
                 (
@@ -1012,28 +1268,36 @@ fn decide(store: &ApiKeyStore, limiter: &RateLimiter, q: &Query) -> Decision {
                         reason: reason.clone(),
                     },
                     info.id,
-                    429,
+                    true,
                     reason,
                 )
             } else {
-                (Decision::Allow, info.id, 200, "allowed".into())
+                (Decision::Allow, info.id, true, "allowed".into())
             }
         }
-        Err((kind, reason, key_id)) => (
+        Err(r) => (
             Decision::Deny {
-                kind,
-                reason: reason.clone(),
+                kind: r.kind,
+                reason: r.reason.clone(),
             },
-            key_id,
-            kind.status(),
-            reason,
+            r.key_id,
+            r.keyed,
+            r.reason,
         ),
+    };
+    let status = match &decision {
+        Decision::Allow => 200,
+        Decision::Deny { kind, .. } => kind.status(),
     };
     let entry = AuditEntry {
         seq: 0,
         time: q.time,
         key_id,
-        client_ip: q.client_ip.map(|i| i.to_string()),
+        client_ip: if keyed {
+            q.client_ip.map(|i| i.to_string())
+        } else {
+            Some(client_key(q.client_ip))
+        },
         route: clip(&q.route),
         repo: clip(
             &q.repo
@@ -1047,16 +1311,27 @@ fn decide(store: &ApiKeyStore, limiter: &RateLimiter, q: &Query) -> Decision {
         },
         status,
         reason,
+        count: 1,
     };
-    match store.append_audit(entry) {
-        Ok(()) => decision,
-        Err(e) => {
+    let res = if keyed {
+        store.append_audit(entry)
+    } else {
+        store.append_anonymous(entry)
+    };
+    match (res, decision) {
+        (Ok(()), d) => d,
+        (Err(e), Decision::Allow) => {
             // An unaudited use is not allowed.
             tracing::warn!(error = %e, "audit log append failed; denying");
             Decision::Deny {
                 kind: DenialKind::Forbidden,
                 reason: "the audit log could not be written".into(),
             }
+        }
+        (Err(e), d) => {
+            // Already a denial: it stands as it is, so that a full disk changes no answer.
+            tracing::warn!(error = %e, "audit log append failed");
+            d
         }
     }
 }
@@ -1068,11 +1343,14 @@ impl Authorizer for ApiKeyAuthorizer {
         request: &'a AccessRequest<'a>,
     ) -> BoxFuture<'a, Decision> {
         Box::pin(async move {
-            match policy {
-                AccessPolicy::Public => return Decision::Allow,
-                AccessPolicy::ApiKeyScopes(_) => {}
-            }
+            let restricted = match policy {
+                // A public artifact asked without a key costs no check.
+                AccessPolicy::Public if request.credential.is_none() => return Decision::Allow,
+                AccessPolicy::Public => false,
+                AccessPolicy::ApiKeyScopes(_) => true,
+            };
             let q = Query {
+                restricted,
                 token: request.credential.map(|c| match c {
                     crate::Credential::Bearer(t) => t.clone(),
                 }),
@@ -1151,6 +1429,15 @@ mod tests {
         let pre: Scope = "read:prefix:org/".parse().unwrap();
         assert!(pre.covers(Op::Read, Some("org/a"), &cid));
         assert!(!pre.covers(Op::Read, Some("org2/a"), &cid));
+        // A prefix ends at a path segment, with or without its `/`.
+        let acm: Scope = "read:prefix:acm".parse().unwrap();
+        assert!(!acm.covers(Op::Read, Some("acme-evil/x"), &cid));
+        assert!(!acm.covers(Op::Read, Some("acme/x"), &cid));
+        assert!(acm.covers(Op::Read, Some("acm/x"), &cid));
+        let one: Scope = "read:prefix:acme/x".parse().unwrap();
+        assert!(one.covers(Op::Read, Some("acme/x"), &cid));
+        assert!(!one.covers(Op::Read, Some("acme/x-evil"), &cid));
+        assert!(!one.covers(Op::Read, Some("acme/xy"), &cid));
         let art: Scope = format!("read:artifact:{cid}").parse().unwrap();
         assert!(art.covers(Op::Read, None, &cid));
         assert!(art.covers(Op::Read, Some("x/y"), &cid));
@@ -1162,6 +1449,8 @@ mod tests {
             "read:repo:api/x",
             "write:repo:org/name",
             "read:prefix:",
+            "read:prefix:/",
+            "read:prefix:/a",
             "read:prefix:a/b/c",
             "read:prefix:a b",
             "read:artifact:nope",
@@ -1203,6 +1492,7 @@ mod tests {
 
     fn query(token: Option<String>, repo: &str) -> Query {
         Query {
+            restricted: true,
             token,
             repo: Some(format!("models/{repo}")),
             artifact: cairn_store::manifest_cid(b"x"),
@@ -1249,11 +1539,23 @@ mod tests {
             a.iter().map(|e| e.seq).collect::<Vec<_>>(),
             [21, 22, 23, 24]
         );
-        decide(&store, &limiter, &query(None, "a/b"));
+        // A request without a key goes to the anonymous log, not the keys' one.
+        assert_eq!(
+            decide(&store, &limiter, &query(None, "a/b")),
+            Decision::Deny {
+                kind: DenialKind::Hidden,
+                reason: "no API key (Authorization: Bearer cairn_...)".into()
+            }
+        );
         let a = store.audit(1000).unwrap();
         assert_eq!(a.len(), 4);
-        assert_eq!(a.last().unwrap().seq, 25);
-        assert_eq!(a.last().unwrap().key_id, "unknown");
+        assert_eq!(a.last().unwrap().seq, 24);
+        let anon = store.audit_anonymous(10).unwrap();
+        assert_eq!(anon.len(), 1);
+        assert_eq!(
+            (anon[0].key_id.as_str(), anon[0].count, anon[0].status),
+            ("unknown", 1, 404)
+        );
         // Listing never holds the hash; unknown ids are KeyNotFound.
         assert_eq!(store.list().unwrap().len(), 1);
         assert!(matches!(
@@ -1272,6 +1574,110 @@ mod tests {
         assert!(old.expires.unwrap() <= now() + 5);
         assert_eq!(new.expires, None);
         assert_eq!(new.scopes, old.scopes);
+    }
+
+    /// A key rotates once, and its successor draws on the same rate bucket.
+    #[test]
+    fn rotation_once_bucket_inherited() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = Arc::new(Registry::open(tmp.path()).unwrap());
+        let store = ApiKeyStore::open(reg).unwrap();
+        let limiter = RateLimiter {
+            buckets: Mutex::new(HashMap::new()),
+            max: 10,
+        };
+        let k = store
+            .create(NewKey {
+                label: "l".into(),
+                scopes: vec!["read:repo:a/b".parse().unwrap()],
+                expires_in_secs: None,
+                allow_ips: vec![],
+                rate_per_minute: Some(2),
+            })
+            .unwrap();
+        let ok = |key: &str| decide(&store, &limiter, &query(Some(key.into()), "a/b"));
+        assert_eq!(ok(&k.key), Decision::Allow);
+        assert_eq!(ok(&k.key), Decision::Allow);
+        let n = store.rotate(&k.id, Duration::from_secs(600)).unwrap();
+        // The bucket the old key emptied is the new key's too.
+        assert!(matches!(
+            ok(&n.key),
+            Decision::Deny {
+                kind: DenialKind::RateLimited,
+                ..
+            }
+        ));
+        // Rotating the old key again is refused: it has a live successor.
+        match store.rotate(&k.id, Duration::from_secs(600)) {
+            Err(Error::BadRequest(m)) => assert!(m.contains(&n.id), "{m}"),
+            other => panic!("a second rotation of one key: {other:?}"),
+        }
+        // The successor rotates, and its own successor keeps the line's bucket.
+        let m = store.rotate(&n.id, Duration::from_secs(600)).unwrap();
+        let list = store.list().unwrap();
+        let of = |id: &str| {
+            list.iter()
+                .find(|i| i.id == id)
+                .unwrap()
+                .bucket()
+                .to_string()
+        };
+        assert_eq!(of(&m.id), k.id);
+        assert_eq!(of(&n.id), k.id);
+        assert_eq!(
+            list.iter().filter(|i| i.rotated_to.is_none()).count(),
+            1,
+            "one live successor"
+        );
+    }
+
+    /// Anonymous denials from one address within a window are one entry with a count; other
+    /// addresses get their own; the keys' log is untouched; the anonymous table stays bounded.
+    #[test]
+    fn anonymous_denials_aggregate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = Arc::new(Registry::open(tmp.path()).unwrap());
+        let store = ApiKeyStore::open_with_limits(reg, 100, 3).unwrap();
+        let limiter = RateLimiter {
+            buckets: Mutex::new(HashMap::new()),
+            max: 10,
+        };
+        let at = |ip: &str, time: u64| Query {
+            client_ip: Some(ip.parse().unwrap()),
+            time,
+            ..query(None, "a/b")
+        };
+        let t0 = now();
+        for _ in 0..500 {
+            decide(&store, &limiter, &at("10.0.0.1", t0));
+        }
+        for i in 0..5u16 {
+            // One IPv6 host, many addresses in its /64.
+            decide(&store, &limiter, &at(&format!("2001:db8::{i:x}"), t0));
+        }
+        let a = store.audit_anonymous(100).unwrap();
+        let counts: Vec<(String, u64)> = a
+            .iter()
+            .map(|e| (e.client_ip.clone().unwrap(), e.count))
+            .collect();
+        assert_eq!(
+            counts,
+            [("10.0.0.1".into(), 500), ("2001:db8::/64".into(), 5)]
+        );
+        // The next window from the same address is a new entry.
+        decide(
+            &store,
+            &limiter,
+            &at("10.0.0.1", t0 + AUDIT_ANON_WINDOW_SECS),
+        );
+        // Many addresses: the table keeps the newest 3 entries.
+        for i in 0..20 {
+            decide(&store, &limiter, &at(&format!("10.0.1.{i}"), t0));
+        }
+        let a = store.audit_anonymous(100).unwrap();
+        assert_eq!(a.len(), 3);
+        assert_eq!(a.last().unwrap().client_ip.as_deref(), Some("10.0.1.19"));
+        assert!(store.audit(100).unwrap().is_empty(), "no key was used");
     }
 
     #[test]

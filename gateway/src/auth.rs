@@ -10,6 +10,14 @@
 //! conditions (ERC-20/721/1155 balances checked over JSON-RPC) become further [`AccessPolicy`]
 //! variants, which is why the enum is `#[non_exhaustive]` and the check is asynchronous.
 //! Authorizers must fail closed: an error while checking is a denial, never a grant.
+//!
+//! # What a denial looks like
+//! A caller without a credential that covers a restricted repository, revision or artifact is
+//! answered exactly as if it did not exist ([`DenialKind::Hidden`]: `404`, `RepoNotFound`), and
+//! the gateway runs the same check for a missing one, so neither the answer nor the work done
+//! tells them apart. A credential that is itself bad (malformed, unknown, revoked, expired) is
+//! refused with `401` on every route, public or missing repositories included, as the Hugging
+//! Face Hub does: that says nothing about what exists.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -56,6 +64,24 @@ pub enum Credential {
     Bearer(String),
 }
 
+impl Credential {
+    /// The credential of an `Authorization` header value: `Bearer <token>`, the scheme in any
+    /// case (RFC 9110 §11.1). `None` for another scheme.
+    pub fn from_authorization(value: &str) -> Option<Self> {
+        bearer_token(value).map(|t| Credential::Bearer(t.to_string()))
+    }
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1), trimmed.
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim_start();
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || !rest.starts_with([' ', '\t']) {
+        return None;
+    }
+    Some(rest.trim())
+}
+
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -84,12 +110,17 @@ pub struct AccessRequest<'a> {
 /// Why access was denied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenialKind {
-    /// No or unknown credentials: 401.
+    /// Credentials that are not valid (malformed, unknown, revoked, expired): 401, whatever
+    /// was asked.
     Unauthenticated,
-    /// Valid credentials without the right: 403.
+    /// Valid credentials that may not be used here (from this client address), or a check that
+    /// failed: 403.
     Forbidden,
     /// Valid credentials used too often: 429.
     RateLimited,
+    /// No credential, or none that covers what was asked: answered exactly as if it did not
+    /// exist (404), see the module docs.
+    Hidden,
 }
 
 impl DenialKind {
@@ -99,6 +130,7 @@ impl DenialKind {
             DenialKind::Unauthenticated => 401,
             DenialKind::Forbidden => 403,
             DenialKind::RateLimited => 429,
+            DenialKind::Hidden => 404,
         }
     }
 }
@@ -130,7 +162,7 @@ pub trait Authorizer: Send + Sync + 'static {
     ) -> BoxFuture<'a, Decision>;
 }
 
-/// Serves public artifacts and denies every restricted one (there is no key store yet).
+/// Serves public artifacts and hides every restricted one (it has no key store).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PublicOnly;
 
@@ -138,19 +170,38 @@ impl Authorizer for PublicOnly {
     fn authorize<'a>(
         &'a self,
         policy: &'a AccessPolicy,
-        request: &'a AccessRequest<'a>,
+        _request: &'a AccessRequest<'a>,
     ) -> BoxFuture<'a, Decision> {
         let d = match policy {
             AccessPolicy::Public => Decision::Allow,
             AccessPolicy::ApiKeyScopes(_) => Decision::Deny {
-                kind: if request.credential.is_some() {
-                    DenialKind::Forbidden
-                } else {
-                    DenialKind::Unauthenticated
-                },
-                reason: "this repository needs an API key with a matching scope".into(),
+                kind: DenialKind::Hidden,
+                reason: "this gateway serves no restricted repository".into(),
             },
         };
         Box::pin(std::future::ready(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for (h, want) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc ", Some("abc")),
+            ("bEaReR\tabc", Some("abc")),
+            ("Bearer ", Some("")),
+            ("Bearerabc", None),
+            ("Basic abc", None),
+            ("Bear", None),
+            ("", None),
+            ("Bearér abc", None),
+        ] {
+            assert_eq!(bearer_token(h), want, "{h:?}");
+        }
     }
 }

@@ -129,6 +129,16 @@ impl Error {
             }
             Error::RevisionNotFound { .. } => (404, Some("RevisionNotFound")),
             Error::EntryNotFound { .. } => (404, Some("EntryNotFound")),
+            // A bad credential is refused the Hub's way: 401 without an error code (the Python
+            // client then raises a plain HTTP error, not "repository not found" or "gated").
+            Error::Denied {
+                kind: k @ (crate::DenialKind::Unauthenticated | crate::DenialKind::Forbidden),
+                ..
+            } => (k.status(), None),
+            Error::Denied {
+                kind: crate::DenialKind::Hidden,
+                ..
+            } => (404, Some("RepoNotFound")),
             Error::Denied { kind, .. } => (kind.status(), Some("GatedRepo")),
             Error::BadRepoId { .. } | Error::BadRequest(_) => (400, None),
             Error::KeyNotFound { .. } => (404, None),

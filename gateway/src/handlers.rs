@@ -16,12 +16,12 @@ use cairn_store::{Artifact, ChunkCache, Cid, FileEntry};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{AccessRequest, Credential, Decision, Operation};
+use crate::auth::{AccessPolicy, AccessRequest, Credential, Decision, DenialKind, Operation};
 use crate::body::{SMALL_BODY_MAX, StreamLimits, read_small, stream_file};
 use crate::cache::ChunkLru;
 use crate::metrics::{MethodLabel, Metrics, RequestLabels, RouteLabels};
 use crate::range::{RangeRequest, parse_range};
-use crate::registry::{ArtifactEntry, CommitId, RepoId, RepoKind, Resolved};
+use crate::registry::{ArtifactEntry, CommitId, Lookup, RepoId, RepoKind, Resolved};
 use crate::source::{ArtifactSource, OpenArtifact};
 use crate::{Authorizer, Error, GatewayConfig, Registry};
 
@@ -103,29 +103,36 @@ impl AppState {
         self.opened.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Asks the authorizer whether `artifact` under `policy` may be shown: `Ok(true)` to
+    /// serve, `Ok(false)` when it must look missing, an error for a refused credential (401,
+    /// 403) or rate (429).
     async fn authorize(
         &self,
-        entry: &ArtifactEntry,
+        policy: &AccessPolicy,
+        artifact: Cid,
         repo: Option<&str>,
         operation: Operation,
         req: &RequestInfo,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let request = AccessRequest {
             repo,
-            artifact: entry.cid(),
+            artifact,
             operation,
             client_ip: req.client.map(|c| c.ip()),
             route: &req.route,
             credential: req.credential.as_ref(),
         };
-        match self.authorizer.authorize(&entry.policy, &request).await {
-            Decision::Allow => Ok(()),
+        match self.authorizer.authorize(policy, &request).await {
+            Decision::Allow => Ok(true),
             Decision::Deny { kind, reason } => {
-                tracing::info!(repo, artifact = %entry.cid(), ?operation, status = kind.status(), "access denied");
+                tracing::info!(repo, %artifact, ?operation, status = kind.status(), "access denied");
+                if kind == DenialKind::Hidden {
+                    return Ok(false);
+                }
                 Err(Error::Denied {
                     what: repo
                         .map(str::to_string)
-                        .unwrap_or_else(|| entry.cid().to_string()),
+                        .unwrap_or_else(|| artifact.to_string()),
                     reason,
                     kind,
                 })
@@ -146,8 +153,7 @@ impl RequestInfo {
         let credential = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| Credential::Bearer(t.trim().to_string()));
+            .and_then(Credential::from_authorization);
         let route = client
             .as_ref()
             .map_or_else(|| Arc::from("unknown"), |c| c.1.clone());
@@ -197,6 +203,13 @@ impl IntoResponse for ApiError {
         if h.status >= 500 {
             tracing::warn!(error = %msg, "request failed");
         }
+        // The Hub's words for a bad token, which `huggingface_hub` tells from "not found"; the
+        // body says why.
+        let header_msg = if h.status == 401 {
+            "Invalid credentials in Authorization header".to_string()
+        } else {
+            msg.clone()
+        };
         let mut resp = (
             StatusCode::from_u16(h.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             axum::Json(json!({ "error": msg })),
@@ -206,7 +219,10 @@ impl IntoResponse for ApiError {
         if let Some(code) = h.code {
             hm.insert("x-error-code", HeaderValue::from_static(code));
         }
-        hm.insert("x-error-message", header_safe(&msg));
+        hm.insert("x-error-message", header_safe(&header_msg));
+        if h.status == 401 {
+            hm.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(c) = self.commit {
             hm.insert("x-repo-commit", header_safe(&c.to_string()));
         }
@@ -345,7 +361,21 @@ fn kind_of(dataset: bool) -> RepoKind {
     }
 }
 
+/// The policy a missing repository, revision or artifact is checked against (see
+/// [`open_repo`]).
+const STAND_IN: AccessPolicy = AccessPolicy::ApiKeyScopes(Vec::new());
+
+/// The artifact a missing repository is checked against: no registration names it.
+fn missing_cid() -> Cid {
+    cairn_store::manifest_cid(b"cairn-gateway: no artifact")
+}
+
 /// Resolves and authorizes a repository revision and opens its artifact.
+///
+/// Without a credential that covers it, a restricted repository or revision is answered
+/// exactly as a missing one (`RepoNotFound`, or `RevisionNotFound` in a repository the caller
+/// may see), and a missing one goes through the same authorization, against a restricted
+/// stand-in, so that the time taken does not tell them apart either.
 async fn open_repo(
     st: &AppState,
     kind: RepoKind,
@@ -355,13 +385,40 @@ async fn open_repo(
     op: Operation,
     info: &RequestInfo,
 ) -> ApiResult<(RepoId, Resolved, Arc<dyn OpenArtifact>)> {
-    let repo = RepoId::new(org, name).map_err(|_| Error::RepoNotFound {
-        repo: format!("{}/{org}/{name}", kind.plural()),
-    })?;
-    let resolved = st.registry.resolve(kind, &repo, rev)?;
-    let label = format!("{}/{repo}", kind.plural());
-    st.authorize(&resolved.entry, Some(&label), op, info)
+    let label = format!("{}/{org}/{name}", kind.plural());
+    let no_repo = || Error::RepoNotFound {
+        repo: label.clone(),
+    };
+    let repo = RepoId::new(org, name).map_err(|_| no_repo())?;
+    let Lookup { main, revision } = st.registry.lookup(kind, &repo, rev)?;
+    let (policy, artifact) = match (&revision, &main) {
+        (Some(r), _) => (r.entry.policy.clone(), r.entry.cid()),
+        (None, Some(m)) => (STAND_IN, m.entry.cid()),
+        (None, None) => (STAND_IN, missing_cid()),
+    };
+    let allowed = st
+        .authorize(&policy, artifact, Some(&label), op, info)
         .await?;
+    let had_revision = revision.is_some();
+    let resolved = match revision {
+        Some(r) if allowed => r,
+        _ => {
+            // The repository shows (and a revision can be missing from it) when its `main` is
+            // public, or when the caller was allowed `main` (the stand-in carries main's CID).
+            let visible = main
+                .as_ref()
+                .is_some_and(|m| !m.entry.policy.is_restricted() || (!had_revision && allowed));
+            return Err(if visible {
+                Error::RevisionNotFound {
+                    repo: label,
+                    revision: rev.chars().take(100).collect(),
+                }
+            } else {
+                no_repo()
+            }
+            .into());
+        }
+    };
     let art = st.open(&resolved.entry).await.map_err(|e| ApiError {
         error: e,
         commit: Some(resolved.commit),
@@ -369,6 +426,8 @@ async fn open_repo(
     Ok((repo, resolved, art))
 }
 
+/// Authorizes and opens an artifact asked by CID; a restricted one without a covering
+/// credential is answered as a missing one, which gets the same check (see [`open_repo`]).
 async fn open_cid(
     st: &AppState,
     cid: &str,
@@ -379,8 +438,13 @@ async fn open_cid(
         cid: cid.chars().take(100).collect(),
     };
     let parsed = Cid::try_from(cid).map_err(|_| not_found())?;
-    let entry = st.registry.artifact(&parsed)?.ok_or_else(not_found)?;
-    st.authorize(&entry, None, op, info).await?;
+    let entry = st.registry.artifact(&parsed)?;
+    let policy = entry.as_ref().map_or(STAND_IN, |e| e.policy.clone());
+    let allowed = st.authorize(&policy, parsed, None, op, info).await?;
+    let entry = match entry {
+        Some(e) if allowed => e,
+        _ => return Err(not_found().into()),
+    };
     let art = st.open(&entry).await?;
     Ok((entry, art))
 }

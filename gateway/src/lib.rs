@@ -61,11 +61,16 @@
 //! [`PATHS_INFO_MAX`] paths per paths-info request (`400`). Metric labels come from closed
 //! sets: a made-up method is counted as `OTHER`.
 //!
-//! **Access**: a restricted repository or artifact answers `401` (no, malformed, unknown,
-//! revoked or expired key), `403` (wrong scope or client address) or `429` (over the key's
-//! rate, with `Retry-After`), each with `X-Error-Code: GatedRepo`, `X-Error-Message` and a JSON
-//! error body, before any byte of the artifact is read. Keys come as
-//! `Authorization: Bearer <key>`, which is what `huggingface_hub` sends for `token=`.
+//! **Access**: without a key whose scope covers it, a restricted repository, revision or
+//! artifact answers exactly as a missing one (`404`, `RepoNotFound` or `RevisionNotFound`,
+//! the same headers and body), after the same check a missing one gets, so neither the answer
+//! nor its timing tells them apart. A key that is itself bad (malformed, unknown, revoked,
+//! expired) gets `401` with `X-Error-Message: Invalid credentials in Authorization header` on
+//! every route, public ones included, as the Hub answers a bad token; a key used from an
+//! address outside its allow-list gets `403`; a covering key over its rate gets `429`
+//! (`X-Error-Code: GatedRepo`, `Retry-After`). Nothing of the artifact is read before the
+//! answer is known. Keys come as `Authorization: Bearer <key>` (the scheme in any case),
+//! which is what `huggingface_hub` sends for `token=`.
 //!
 //! **Secrets**: read capabilities live only in the registry and in memory; no endpoint, log
 //! line or `Debug` output shows one. API keys are stored as hashes only and the audit log
@@ -91,11 +96,11 @@ pub use admin::{
     AdminClient, GATEWAY_ADDR_FILE, load_or_create_admin_token, run_gateway,
 };
 pub use apikey::{
-    ALLOW_IPS_PER_KEY_MAX, AUDIT_ENTRIES_MAX, AUDIT_SYNC_EVERY, ApiKey, ApiKeyAuthorizer,
-    ApiKeyStore, AuditDecision, AuditEntry, CreatedKey, IpNet, KEY_ID_LEN, KEY_LEN,
-    KEY_LIFETIME_MAX_SECS, KEY_PREFIX, KEY_SECRET_LEN, KeyId, KeyInfo, KeyParseError,
-    LABEL_LEN_MAX, NewKey, Op, RATE_BUCKETS_MAX, SCOPE_LEN_MAX, SCOPES_PER_KEY_MAX, Scope,
-    ScopeTarget, parse_api_key,
+    ALLOW_IPS_PER_KEY_MAX, AUDIT_ANON_ENTRIES_MAX, AUDIT_ANON_WINDOW_SECS, AUDIT_ENTRIES_MAX,
+    AUDIT_SYNC_EVERY, ApiKey, ApiKeyAuthorizer, ApiKeyStore, AuditDecision, AuditEntry, CreatedKey,
+    IpNet, KEY_ID_LEN, KEY_LEN, KEY_LIFETIME_MAX_SECS, KEY_PREFIX, KEY_SECRET_LEN, KeyId, KeyInfo,
+    KeyParseError, LABEL_LEN_MAX, NewKey, Op, RATE_BUCKETS_MAX, SCOPE_LEN_MAX, SCOPES_PER_KEY_MAX,
+    Scope, ScopeTarget, parse_api_key,
 };
 pub use auth::{
     AccessPolicy, AccessRequest, Authorizer, BoxFuture, Credential, Decision, DenialKind,
@@ -107,7 +112,7 @@ pub use error::Error;
 pub use handlers::{OPEN_CACHE_TTL, PATHS_INFO_MAX};
 pub use range::{RANGE_HEADER_LEN_MAX, RangeRequest, parse_range};
 pub use registry::{
-    ArtifactEntry, CommitId, REPO_PART_LEN_MAX, Registry, RepoId, RepoKind, Resolved,
+    ArtifactEntry, CommitId, Lookup, REPO_PART_LEN_MAX, Registry, RepoId, RepoKind, Resolved,
 };
 pub use server::{Gateway, GatewayConfig};
 pub use source::{ArtifactSource, Emit, LocalSource, NetworkSource, OpenArtifact};

@@ -243,14 +243,16 @@ fn repo_key(kind: RepoKind, repo: &RepoId) -> String {
 }
 
 impl Registry {
-    /// Opens (creating if needed) `gateway.redb` in `dir`.
+    /// Opens (creating if needed) `gateway.redb` in `dir`. The folder (and any missing parent)
+    /// is created 0700 and the database 0600: it holds every read capability the gateway serves
+    /// with, private repositories' included.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        cairn_store::create_dir_private(dir).map_err(|source| Error::Io {
             what: format!("creating {}", dir.display()),
             source,
         })?;
         let path = dir.join("gateway.redb");
-        let db = Database::create(&path).map_err(|e| Error::Registry {
+        let db = cairn_store::create_private_db(&path).map_err(|e| Error::Registry {
             path: path.clone(),
             reason: format!("{e}; is another gateway using this data directory?"),
         })?;
@@ -288,10 +290,29 @@ impl Registry {
         cap: &ReadCap,
         policy: AccessPolicy,
     ) -> Result<CommitId, Error> {
+        self.register_keeping(kind, repo, cap, Some(policy))
+            .map(|(c, _)| c)
+    }
+
+    /// Like [`Registry::register`], but with `policy` `None` the new revision gets the policy
+    /// of the repository's current `main` (public for a new repository): re-registering a
+    /// private repository never makes it public unless asked to. Returns the commit id and the
+    /// policy the revision got.
+    pub fn register_keeping(
+        &self,
+        kind: RepoKind,
+        repo: &RepoId,
+        cap: &ReadCap,
+        policy: Option<AccessPolicy>,
+    ) -> Result<(CommitId, AccessPolicy), Error> {
         let commit = CommitId::of(&cap.cid);
         let key = cap.cid.to_bytes();
         let rk = repo_key(kind, repo);
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let policy = match policy {
+            Some(p) => p,
+            None => self.main_policy(&tx, &rk)?.unwrap_or_default(),
+        };
         {
             let mut arts = tx.open_table(ARTIFACTS).map_err(|e| self.err(e))?;
             let (registered_at, by_cid) = match arts.get(key.as_slice()).map_err(|e| self.err(e))? {
@@ -316,7 +337,7 @@ impl Registry {
                 .map_err(|e| self.err(e))?;
             let rev = serde_json::to_vec(&RevisionRecord {
                 cid: cap.cid.to_string(),
-                policy,
+                policy: policy.clone(),
             })
             .map_err(|e| self.err(e))?;
             tx.open_table(REVISIONS)
@@ -329,8 +350,33 @@ impl Registry {
                 .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
-        tracing::info!(repo = %rk, %commit, cid = %cap.cid, "registered revision");
-        Ok(commit)
+        tracing::info!(repo = %rk, %commit, cid = %cap.cid, restricted = policy.is_restricted(), "registered revision");
+        Ok((commit, policy))
+    }
+
+    /// The policy of `main` of repository key `rk`, if it has one.
+    fn main_policy(
+        &self,
+        tx: &redb::WriteTransaction,
+        rk: &str,
+    ) -> Result<Option<AccessPolicy>, Error> {
+        let refs = tx.open_table(REFS).map_err(|e| self.err(e))?;
+        let Some(main) = refs
+            .get(format!("{rk}#main").as_str())
+            .map_err(|e| self.err(e))?
+            .map(|v| v.value().to_string())
+        else {
+            return Ok(None);
+        };
+        let revs = tx.open_table(REVISIONS).map_err(|e| self.err(e))?;
+        let Some(v) = revs
+            .get(format!("{rk}@{main}").as_str())
+            .map_err(|e| self.err(e))?
+        else {
+            return Err(self.err(format!("ref main of {rk} names unknown revision {main}")));
+        };
+        let rec: RevisionRecord = serde_json::from_slice(v.value()).map_err(|e| self.err(e))?;
+        Ok(Some(rec.policy))
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<ArtifactEntry, Error> {
@@ -359,38 +405,86 @@ impl Registry {
 
     /// Resolves `rev` (`main` or a commit id) of `repo`: [`Error::RepoNotFound`] when the
     /// repository has no `main`, [`Error::RevisionNotFound`] when it has no such revision.
+    /// Says nothing of access: see [`Registry::lookup`] for what a gateway answers.
     pub fn resolve(&self, kind: RepoKind, repo: &RepoId, rev: &str) -> Result<Resolved, Error> {
+        let rk = repo_key(kind, repo);
+        match self.lookup(kind, repo, rev)? {
+            Lookup { main: None, .. } => Err(Error::RepoNotFound { repo: rk }),
+            Lookup { revision: None, .. } => Err(Error::RevisionNotFound {
+                repo: rk,
+                revision: rev.chars().take(100).collect(),
+            }),
+            Lookup {
+                revision: Some(r), ..
+            } => Ok(r),
+        }
+    }
+
+    /// The repository's `main` and revision `rev` (`main`, a commit id or another ref), either
+    /// of which may be missing. The caller decides what a missing or a forbidden one looks like.
+    pub fn lookup(&self, kind: RepoKind, repo: &RepoId, rev: &str) -> Result<Lookup, Error> {
         let rk = repo_key(kind, repo);
         let rtx = self.db.begin_read().map_err(|e| self.err(e))?;
         let refs = rtx.open_table(REFS).map_err(|e| self.err(e))?;
-        let main = refs
+        let Some(main_commit) = refs
             .get(format!("{rk}#main").as_str())
             .map_err(|e| self.err(e))?
             .map(|v| v.value().to_string())
-            .ok_or_else(|| Error::RepoNotFound { repo: rk.clone() })?;
-        let not_found = || Error::RevisionNotFound {
-            repo: rk.clone(),
-            revision: rev.chars().take(100).collect(),
+        else {
+            return Ok(Lookup {
+                main: None,
+                revision: None,
+            });
         };
+        let main_commit = CommitId::parse(&main_commit)
+            .ok_or_else(|| self.err("ref main holds a bad commit id"))?;
+        let main = self.revision_at(&rtx, &rk, main_commit)?.ok_or_else(|| {
+            self.err(format!(
+                "ref main of {rk} names unknown revision {main_commit}"
+            ))
+        })?;
         let commit = if rev == "main" {
-            CommitId::parse(&main).ok_or_else(|| self.err("ref main holds a bad commit id"))?
+            Some(main_commit)
         } else if let Some(c) = CommitId::parse(rev) {
-            c
+            Some(c)
         } else {
-            let r = refs
+            match refs
                 .get(format!("{rk}#{rev}").as_str())
                 .map_err(|e| self.err(e))?
-                .ok_or_else(not_found)?;
-            CommitId::parse(r.value()).ok_or_else(|| self.err("a ref holds a bad commit id"))?
+            {
+                Some(r) => Some(
+                    CommitId::parse(r.value())
+                        .ok_or_else(|| self.err("a ref holds a bad commit id"))?,
+                ),
+                None => None,
+            }
         };
+        let revision = match commit {
+            Some(c) if c == main_commit => Some(main.clone()),
+            Some(c) => self.revision_at(&rtx, &rk, c)?,
+            None => None,
+        };
+        Ok(Lookup {
+            main: Some(main),
+            revision,
+        })
+    }
+
+    /// Revision `commit` of repository key `rk`, with the revision's own policy.
+    fn revision_at(
+        &self,
+        rtx: &redb::ReadTransaction,
+        rk: &str,
+        commit: CommitId,
+    ) -> Result<Option<Resolved>, Error> {
         let revs = rtx.open_table(REVISIONS).map_err(|e| self.err(e))?;
-        let rev_bytes = revs
+        let Some(v) = revs
             .get(format!("{rk}@{commit}").as_str())
             .map_err(|e| self.err(e))?
-            .ok_or_else(not_found)?
-            .value()
-            .to_vec();
-        let rec: RevisionRecord = serde_json::from_slice(&rev_bytes).map_err(|e| self.err(e))?;
+        else {
+            return Ok(None);
+        };
+        let rec: RevisionRecord = serde_json::from_slice(v.value()).map_err(|e| self.err(e))?;
         let cid = Cid::try_from(rec.cid.as_str()).map_err(|e| self.err(e))?;
         let arts = rtx.open_table(ARTIFACTS).map_err(|e| self.err(e))?;
         let mut entry = match arts
@@ -401,8 +495,17 @@ impl Registry {
             None => return Err(self.err(format!("revision {commit} names unknown artifact {cid}"))),
         };
         entry.policy = rec.policy;
-        Ok(Resolved { commit, entry })
+        Ok(Some(Resolved { commit, entry }))
     }
+}
+
+/// What [`Registry::lookup`] found.
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    /// The repository's `main`; `None` when the repository is not registered.
+    pub main: Option<Resolved>,
+    /// The revision asked for; `None` when the repository has no such revision.
+    pub revision: Option<Resolved>,
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ from huggingface_hub import HfApi, HfFileSystem, hf_hub_download, snapshot_downl
 from huggingface_hub.errors import (  # noqa: E402
     EntryNotFoundError,
     GatedRepoError,
+    HfHubHTTPError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -143,19 +144,42 @@ def expect(exc, fn):
     raise AssertionError(f"expected {exc.__name__}, nothing was raised")
 
 
+def expect_bad_token(fn):
+    """`fn` raises the client's plain HTTP error for a 401, not "not found" nor "gated"."""
+    try:
+        fn()
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        raise AssertionError(f"a bad token was taken for {type(e).__name__}: {e}") from e
+    except HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", None)
+        if status != 401:
+            raise AssertionError(f"expected a 401, got {status}: {e}") from e
+        return
+    except Exception as e:  # noqa: BLE001
+        raise AssertionError(f"expected HfHubHTTPError, got {type(e).__name__}: {e}") from e
+    raise AssertionError("expected a 401, nothing was raised")
+
+
 def check_errors():
     expect(RepositoryNotFoundError, lambda: hf_hub_download("cairn-test/does-not-exist", "config.json"))
     expect(RepositoryNotFoundError, lambda: snapshot_download("cairn-test/does-not-exist"))
     expect(RevisionNotFoundError, lambda: hf_hub_download(MODEL, "config.json", revision="0" * 40))
     expect(RevisionNotFoundError, lambda: HfApi().model_info(MODEL, revision="v9"))
     expect(EntryNotFoundError, lambda: hf_hub_download(MODEL, "no/such/file.bin"))
-    expect(GatedRepoError, lambda: hf_hub_download(PRIVATE, "config.json"))
-    expect(GatedRepoError, lambda: HfApi().model_info(PRIVATE))
+    # Without a key a private repository is one that does not exist, as on the Hub.
+    expect(RepositoryNotFoundError, lambda: hf_hub_download(PRIVATE, "config.json"))
+    expect(RepositoryNotFoundError, lambda: HfApi().model_info(PRIVATE))
     if TOKEN:
-        # A well-formed key with a wrong secret is refused like no key.
+        # A well-formed key with a wrong secret is a bad token: 401, on private and public
+        # repositories alike, as the Hub answers an invalid token.
         wrong = TOKEN[:-1] + ("E" if TOKEN.endswith("A") else "A")
-        expect(GatedRepoError, lambda: hf_hub_download(PRIVATE, "config.json", token=wrong))
-        expect(GatedRepoError, lambda: HfApi().model_info(PRIVATE, token=wrong))
+        for repo in (PRIVATE, MODEL):
+            # A fresh cache: with a cached copy the client would serve it despite the refusal.
+            empty = tempfile.mkdtemp(dir=_HF_HOME)
+            expect_bad_token(
+                lambda: hf_hub_download(repo, "config.json", token=wrong, cache_dir=empty)
+            )
+            expect_bad_token(lambda: HfApi().model_info(repo, token=wrong))
 
 
 def check_private_with_token():

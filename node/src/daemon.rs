@@ -82,9 +82,8 @@ impl NodeHandle {
 
 fn save_table(m: &Membership, path: Option<&PathBuf>) {
     let Some(path) = path else { return };
-    let tmp = path.with_extension("tmp");
-    let res = std::fs::write(&tmp, m.table_bytes()).and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = res {
+    // Owner-only like everything in a data directory.
+    if let Err(e) = cairn_store::write_private_replace(path, &m.table_bytes()) {
         warn!("saving the peer table to {}: {e}", path.display());
     }
 }

@@ -12,6 +12,8 @@
 //! - [`ReadCap`] is what a reader needs: the manifest CID and the artifact key.
 //! - [`Store`] owns a data directory: shard files (with BLAKE3/bao outboards) written atomically,
 //!   redb metadata, pins, garbage collection and a quota that is never exceeded.
+//! - [`create_dir_private`], [`create_private`], [`create_private_db`]: folders (0700) and files
+//!   (0600) only their owner can open, from the system call that creates them.
 //!
 //! This crate knows the disk, not the network: peers reach it through the sink/source traits.
 
@@ -21,6 +23,7 @@ mod chunker;
 mod error;
 mod ids;
 mod manifest;
+mod owner_only;
 mod pipeline;
 mod shardfile;
 mod store;
@@ -37,6 +40,10 @@ pub use ids::{
 pub use manifest::{
     ChunkEntry, ChunkSecret, FileEntry, MANIFEST_LEN_MAX, Manifest, PrivatePart,
     RECORD_SIGNERS_MAX, validate_path,
+};
+pub use owner_only::{
+    DIR_MODE, FILE_MODE, create_dir_private, create_private, create_private_db, private_options,
+    write_private_replace,
 };
 pub use pipeline::{
     AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, ShardSink, ShardSlots,

@@ -170,11 +170,12 @@ fn sync_filesystem(dir: &Path) -> Result<(), Error> {
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Self, Error> {
+        // Owner-only from creation: the store sits in a data directory beside keys.
         for sub in ["shards", "tmp"] {
-            fs::create_dir_all(dir.join(sub)).map_err(Error::io(dir.join(sub)))?;
+            crate::create_dir_private(&dir.join(sub)).map_err(Error::io(dir.join(sub)))?;
         }
         let db_path = dir.join("store.redb");
-        let db = Database::create(&db_path).map_err(|e| match e {
+        let db = crate::create_private_db(&db_path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::Db(format!(
                 "{} is in use by another cairn process; stop it or use another --data-dir",
                 db_path.display()
@@ -338,7 +339,7 @@ impl Store {
                     .dir
                     .join("tmp")
                     .join(format!("{cid}.{}", rand::random::<u64>()));
-                let mut f = File::create(&path).map_err(Error::io(&path))?;
+                let mut f = crate::create_private(&path).map_err(Error::io(&path))?;
                 f.write_all(&header.encode()).map_err(Error::io(&path))?;
                 f.write_all(data).map_err(Error::io(&path))?;
                 f.write_all(&outboard).map_err(Error::io(&path))?;
@@ -351,7 +352,7 @@ impl Store {
             for (i, path, _) in &tmp {
                 let dst = self.shard_path(&shards[*i].0);
                 let parent = dst.parent().expect("shard paths have a parent");
-                fs::create_dir_all(parent).map_err(Error::io(parent))?;
+                crate::create_dir_private(parent).map_err(Error::io(parent))?;
                 fs::rename(path, &dst).map_err(Error::io(&dst))?;
             }
             sync_filesystem(&self.dir)?;

@@ -434,6 +434,15 @@ impl Devnet {
 }
 
 impl DevGateway {
+    /// A gateway started by someone else (a `cairn devnet`): its data directory and URL.
+    pub fn attach(dir: PathBuf, url: String) -> DevGateway {
+        DevGateway {
+            dir,
+            url,
+            child: None,
+        }
+    }
+
     /// `cairn register org/name <cap> [extra]` on this gateway; returns the 40-hex revision.
     pub fn register(&self, repo: &str, cap: &str, extra: &[&str]) -> String {
         let mut c = cairn();

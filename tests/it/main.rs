@@ -7,4 +7,5 @@ mod cli;
 mod devnet;
 mod gateway;
 mod net;
+mod private;
 mod util;

@@ -4,9 +4,10 @@
 //! way the binary does (`run_gateway`: registry, key store, admin token, both listeners, `.addr`
 //! files), register repositories and create keys through `AdminClient` over the admin
 //! listener, then request restricted files with each kind of bad key. Every denial is checked
-//! for its status, `X-Error-Code: GatedRepo`, and a body that is a short JSON error holding no
-//! byte of the artifact. Finally the audit log, the key listing and the redb file itself are
-//! searched for every secret ever issued.
+//! for its status and error code (a bad key: 401 without a code; no covering key: 404
+//! `RepoNotFound`, as if missing; over the rate: 429 `GatedRepo`) and a body that is a short
+//! JSON error holding no byte of the artifact. Finally the audit log, the key listing and the
+//! redb file itself are searched for every secret ever issued.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -149,10 +150,11 @@ fn new_key(
     }
 }
 
-/// What a request got: status, error code, body.
+/// What a request got: status, error code and message, body.
 struct Got {
     status: u16,
     code: Option<String>,
+    message: Option<String>,
     body: Vec<u8>,
 }
 
@@ -167,17 +169,21 @@ async fn get(c: &reqwest::Client, url: &str, key: Option<&str>) -> Got {
     if status == 429 {
         assert_eq!(hdr(&r, "retry-after").as_deref(), Some("60"));
     }
+    let message = hdr(&r, "x-error-message");
     if status >= 400 {
-        assert!(hdr(&r, "x-error-message").is_some());
+        assert!(message.is_some());
     }
     Got {
         status,
         code,
+        message,
         body: r.bytes().await.unwrap().to_vec(),
     }
 }
 
-/// `got` is a denial with `status`: `GatedRepo`, a short JSON error, none of `file`'s bytes.
+/// `got` is a denial with `status` and its error code (a bad key is refused as the Hub refuses
+/// a bad token; no covering key looks like a missing repository), a short JSON error, none of
+/// `file`'s bytes.
 fn denied(got: &Got, status: u16, file: &[u8], what: &str) {
     assert_eq!(
         got.status,
@@ -185,7 +191,19 @@ fn denied(got: &Got, status: u16, file: &[u8], what: &str) {
         "{what}: {}",
         String::from_utf8_lossy(&got.body)
     );
-    assert_eq!(got.code.as_deref(), Some("GatedRepo"), "{what}");
+    let code = match status {
+        401 | 403 => None,
+        404 => Some("RepoNotFound"),
+        _ => Some("GatedRepo"),
+    };
+    assert_eq!(got.code.as_deref(), code, "{what}");
+    if status == 401 {
+        assert_eq!(
+            got.message.as_deref(),
+            Some("Invalid credentials in Authorization header"),
+            "{what}"
+        );
+    }
     assert!(
         got.body.len() < 1024,
         "{what}: an error body, not file bytes"
@@ -259,8 +277,9 @@ async fn auth_matrix() {
     );
     secrets.extend([short.key.clone(), old.key.clone(), new.key.clone()]);
 
-    // No key, malformed keys, unknown id, wrong secret: 401.
-    denied(&get(&c, &private, None).await, 401, &file, "no key");
+    // No key: as if the repository did not exist. Malformed keys, unknown id, wrong secret:
+    // 401.
+    denied(&get(&c, &private, None).await, 404, &file, "no key");
     for (i, bad) in [
         "cairn_xyz",
         "hf_abcdefghijklmnopqrstuvwxyz",
@@ -309,6 +328,7 @@ async fn auth_matrix() {
     assert!(kg.admin.rotate_key(&rev.id, Duration::ZERO).await.is_err());
 
     // Wrong scope: another repository, a prefix that does not match, a CID it does not name.
+    // Each looks like a missing repository or artifact.
     let one = kg.key(&["read:repo:acme/one"]).await;
     let acme = kg.key(&["read:prefix:acme/"]).await;
     secrets.extend([one.key.clone(), acme.key.clone()]);
@@ -319,13 +339,13 @@ async fn auth_matrix() {
     );
     denied(
         &get(&c, &repo_url("acme/two"), Some(&one.key)).await,
-        403,
+        404,
         &file,
         "other repo",
     );
     denied(
         &get(&c, &private, Some(&one.key)).await,
-        403,
+        404,
         &file,
         "other org",
     );
@@ -341,7 +361,7 @@ async fn auth_matrix() {
     );
     denied(
         &get(&c, &repo_url("other/x"), Some(&acme.key)).await,
-        403,
+        404,
         &file,
         "prefix mismatch",
     );
@@ -360,13 +380,13 @@ async fn auth_matrix() {
     .await;
     assert_eq!(
         (info.status, info.code.as_deref()),
-        (403, Some("GatedRepo"))
+        (404, Some("RepoNotFound"))
     );
     // By CID: restricted (the strictest registration), only an artifact scope opens it.
     let by_cid = format!("{}/artifacts/{}/model.safetensors", kg.url, fx.cid);
     denied(
         &get(&c, &by_cid, Some(&acme.key)).await,
-        403,
+        404,
         &file,
         "CID with a repo scope",
     );
@@ -438,13 +458,26 @@ async fn auth_matrix() {
         "over the rate limit",
     );
 
-    // Public repositories need no key, and a bad key there is not looked at.
+    // Public repositories need no key, but a bad key is refused there too, as the Hub does;
+    // a good key (whatever its scopes) is fine.
     let public = format!("{}/{MODEL}/resolve/main/model.safetensors", kg.url);
     served(&get(&c, &public, None).await, &file, "public, no key");
-    served(
+    denied(
         &get(&c, &public, Some("garbage")).await,
+        401,
         &file,
         "public, bad key",
+    );
+    denied(
+        &get(&c, &public, Some(&rev.key)).await,
+        401,
+        &file,
+        "public, revoked key",
+    );
+    served(
+        &get(&c, &public, Some(&one.key)).await,
+        &file,
+        "public, good key",
     );
 
     // Time runs out: the short key expires, the rotated-out key leaves its grace period.
@@ -480,11 +513,15 @@ async fn auth_matrix() {
     assert!(of(&old.id, AuditDecision::Deny) >= 1);
     assert_eq!(of(&rl.id, AuditDecision::Allow), 3);
     assert_eq!(of(&rl.id, AuditDecision::Deny), 1);
+    // Requests without a valid key are in the anonymous log, counted per address.
+    let anon = kg.admin.audit_anonymous(1000).await.unwrap();
+    assert!(!audit.iter().any(|e| e.key_id == "unknown"));
     assert!(
-        audit
-            .iter()
-            .any(|e| e.key_id == "unknown" && e.status == 401)
+        anon.iter()
+            .any(|e| e.key_id == "unknown" && e.client_ip.as_deref() == Some("127.0.0.1")),
+        "{anon:?}"
     );
+    assert!(anon.iter().map(|e| e.count).sum::<u64>() >= 8, "{anon:?}");
     assert!(audit.iter().any(|e| e.key_id == ten.id
         && e.status == 403
         && e.client_ip.as_deref() == Some("127.0.0.1")));
@@ -498,8 +535,18 @@ async fn auth_matrix() {
         e.route,
         format!("GET /{PRIVATE}/resolve/main/model.safetensors")
     );
-    // Requests for public repositories are not key uses.
-    assert!(!audit.iter().any(|e| e.repo.contains(MODEL)));
+    // Reading a public repository is not a use of a key's rights; a refused key is audited
+    // wherever it was sent.
+    assert!(
+        !audit
+            .iter()
+            .any(|e| e.repo.contains(MODEL) && e.decision == AuditDecision::Allow)
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.repo.contains(MODEL) && e.key_id == rev.id && e.status == 401)
+    );
     let audit_json = reqwest_admin(&c, &kg, "/admin/audit?limit=10000").await;
     let keys_json = reqwest_admin(&c, &kg, "/admin/keys").await;
     assert!(!keys_json.contains("hash"), "{keys_json}");

@@ -7,6 +7,7 @@
 
 mod auth;
 mod hf;
+mod hidden;
 mod limits;
 
 use std::collections::BTreeMap;
@@ -383,10 +384,11 @@ async fn head_validators_and_errors() {
             "RevisionNotFound",
         ),
         (fx.resolve_url("main", "nope.bin"), 404, "EntryNotFound"),
+        // A private repository is answered as a missing one (hardening item 11).
         (
             format!("{}/{PRIVATE}/resolve/main/config.json", fx.url),
-            401,
-            "GatedRepo",
+            404,
+            "RepoNotFound",
         ),
         (
             format!("{}/api/models/cairn-test/nope", fx.url),
@@ -398,7 +400,11 @@ async fn head_validators_and_errors() {
             404,
             "RevisionNotFound",
         ),
-        (format!("{}/api/models/{PRIVATE}", fx.url), 401, "GatedRepo"),
+        (
+            format!("{}/api/models/{PRIVATE}", fx.url),
+            404,
+            "RepoNotFound",
+        ),
         (
             format!("{}/api/datasets/{MODEL}", fx.url),
             404,
@@ -432,23 +438,24 @@ async fn head_validators_and_errors() {
         .await
         .unwrap();
     assert_eq!(hdr(&r, "x-repo-commit").unwrap(), commit);
-    // The private repo with a key: still refused (no key store yet), 403 not 401.
+    // The private repo with a key: this gateway has no key store, so it stays hidden.
     let r = c
         .get(format!("{}/{PRIVATE}/resolve/main/config.json", fx.url))
         .bearer_auth("some-key")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    // The artifact is now registered as restricted somewhere: by CID it is restricted too,
-    // while the public repositories that hold it stay public.
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(hdr(&r, "x-error-code").as_deref(), Some("RepoNotFound"));
+    // The artifact is now registered as restricted somewhere: by CID it is hidden too, while
+    // the public repositories that hold it stay public.
     for u in [
         format!("{}/artifacts/{}/config.json", fx.url, fx.cid),
         format!("{}/api/artifacts/{}", fx.url, fx.cid),
     ] {
         let r = c.get(&u).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{u}");
-        assert_eq!(hdr(&r, "x-error-code").as_deref(), Some("GatedRepo"));
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{u}");
+        assert_eq!(hdr(&r, "x-error-code").as_deref(), Some("RepoNotFound"));
     }
     let r = c
         .get(fx.resolve_url("main", "config.json"))
