@@ -8,3 +8,4 @@ mod devnet;
 mod gateway;
 mod net;
 mod util;
+mod vectors;
