@@ -1,6 +1,7 @@
 //! The local store through the `cairn` command line: round trips at boundary sizes, dedup, no
 //! plaintext at rest, tampering, a publisher killed mid-add, quota, and bad input.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::process::Stdio;
@@ -432,4 +433,89 @@ fn secrets_are_owner_only_and_never_printed() {
     .unwrap();
     let e = n.fails(&["add", f.to_str().unwrap()]);
     assert!(e.contains("readable by other users"), "{e}");
+}
+
+/// Two artifacts that share a file (convergent keys: the same chunks, the same shards) and are
+/// pinned for different times: when one pin lapses, gc removes that artifact's manifest and the
+/// shards only it needed, and keeps every shard the other still needs, which reads back intact.
+/// A gc that counted shards per artifact wrongly would delete live data here. `--pin-for 1s`
+/// lapses on its own: the test waits for `cairn pins` to say so (bounded), not for a guessed
+/// time.
+#[test]
+fn gc_keeps_shared_chunks_when_a_timed_pin_lapses() {
+    let n = Node::new("1GiB");
+    let shared = pseudo_random(31, (3 << 20) + 5);
+    let (a, b) = (n.tmp.path().join("a"), n.tmp.path().join("b"));
+    for (dir, own) in [(&a, 32), (&b, 33)] {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("shared.bin"), &shared).unwrap();
+        fs::write(dir.join("own.bin"), pseudo_random(own, 700_000)).unwrap();
+    }
+    let cap_a = cap_of(&n.ok(&["add", a.to_str().unwrap(), "--pin-for", "1s"]));
+    let cap_b = cap_of(&n.ok(&["add", b.to_str().unwrap(), "--pin-for", "1h"]));
+    let shards = |cap: &cairn_store::ReadCap| -> HashSet<cairn_store::Cid> {
+        n.manifest(cap).shard_cids().copied().collect()
+    };
+    let (of_a, of_b) = (shards(&cap_a), shards(&cap_b));
+    let common = of_a.intersection(&of_b).count();
+    assert!(
+        common >= 5,
+        "the shared file's chunks are shared: {common} shards"
+    );
+    let only_a = of_a.difference(&of_b).count();
+    assert!(only_a >= 5, "{only_a} shards only A needs");
+    assert_eq!(n.stat("shards"), of_a.union(&of_b).count() as u64);
+
+    // Wait for A's pin to lapse (whole seconds: at most 2 s), as `cairn pins` reports it.
+    let cid_a = cap_a.cid.to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pins = n.ok(&["pins"]);
+        let line = pins
+            .lines()
+            .find(|l| l.starts_with(&cid_a))
+            .unwrap()
+            .to_string();
+        if line.ends_with("lapsed") {
+            break;
+        }
+        assert!(line.contains("expires in"), "{line}");
+        assert!(
+            Instant::now() < deadline,
+            "a 1 s pin has not lapsed in 30 s: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gc = n.ok(&["gc"]);
+    assert!(
+        gc.starts_with(&format!("removed {only_a} shards, 1 manifests")),
+        "{gc}"
+    );
+    assert_eq!(n.stat("shards"), of_b.len() as u64);
+    assert_eq!(n.stat("manifests"), 1);
+    let store = n.store();
+    for c in &of_b {
+        store
+            .get_shard(c)
+            .unwrap_or_else(|e| panic!("a shard B needs is gone: {e}"));
+    }
+    for c in of_a.difference(&of_b) {
+        assert!(
+            !store.has_shard(c).unwrap(),
+            "{c} only A needed and survived gc"
+        );
+    }
+    drop(store);
+    let out = n.tmp.path().join("out");
+    n.ok(&["get", &cap_b.to_string(), "-o", out.to_str().unwrap()]);
+    assert_same_tree(&b, &out);
+    let e = n.fails(&[
+        "get",
+        &cap_a.to_string(),
+        "-o",
+        n.tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(e.contains("is not in the store"), "{e}");
+    // B's pin has not lapsed: a second gc removes nothing.
+    assert!(n.ok(&["gc"]).starts_with("removed 0 shards, 0 manifests"));
 }

@@ -1,12 +1,13 @@
 //! A test network: real `cairn node` processes on 127.0.0.1, one data directory each.
 //!
-//! Every node has a fixed port picked once, so a node killed and started again (same data
-//! directory, same key) comes back at the same address; node 0 is everyone's bootstrap. Every
+//! Every node picks a free port itself at its first start (a port chosen here and bound later
+//! by the node could be taken in between) and keeps it, so a node killed and started again
+//! (same data directory, same key) comes back at the same address; node 0 is everyone's
+//! bootstrap. Every
 //! wait is bounded. Dropping the [`Devnet`] SIGKILLs and reaps every child, so a failing test
 //! leaks no process; on a panic it prints the tail of each node's log.
 
 use std::io::Read;
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ pub const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct DevNode {
     pub dir: PathBuf,
+    /// The node's UDP port: 0 until its first start, then the one it bound.
     pub port: u16,
     child: Option<Child>,
 }
@@ -33,14 +35,6 @@ pub struct DevNode {
 pub struct Devnet {
     pub tmp: tempfile::TempDir,
     pub nodes: Vec<DevNode>,
-}
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A `cairn` command with no data directory or peer from the environment.
@@ -139,7 +133,7 @@ impl Devnet {
                 init(&dir, q);
                 DevNode {
                     dir,
-                    port: free_port(),
+                    port: 0,
                     child: None,
                 }
             })
@@ -165,7 +159,7 @@ impl Devnet {
         init(&dir, quota);
         self.nodes.push(DevNode {
             dir,
-            port: free_port(),
+            port: 0,
             child: None,
         });
         i
@@ -205,9 +199,17 @@ impl Devnet {
         node.child = Some(c.spawn().unwrap());
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok(s) = std::fs::read_to_string(&addr_file)
-                && s.trim().ends_with(&format!("127.0.0.1:{}", node.port))
-            {
+            let bound = std::fs::read_to_string(&addr_file).ok().and_then(|s| {
+                let (_, port) = s.trim().rsplit_once("127.0.0.1:")?;
+                port.parse::<u16>().ok()
+            });
+            if let Some(port) = bound {
+                assert!(
+                    node.port == 0 || port == node.port,
+                    "node {i} came back on port {port}, not {}",
+                    node.port
+                );
+                node.port = port;
                 return;
             }
             if let Some(st) = node.child.as_mut().unwrap().try_wait().unwrap() {
@@ -476,6 +478,19 @@ impl DevGateway {
             .unwrap_or_else(|| panic!("no key in {out}"))
             .trim()
             .to_string()
+    }
+
+    /// Whether the gateway process is still running (not exited, not a zombie waiting to be
+    /// reaped).
+    pub fn is_running(&self) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        stat.rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start())
+            .is_some_and(|state| !state.starts_with(['Z', 'X']))
     }
 
     pub fn log(&self) -> String {

@@ -261,6 +261,23 @@ fn a_thousand_concurrent_ranges_over_a_devnet() {
     );
 }
 
+/// Fails the test unless the gateway process is still running and `/healthz` answers `ok`:
+/// a failed request must not hide a crashed gateway.
+fn assert_serving(gw: &DevGateway) {
+    assert!(gw.is_running(), "the gateway process exited:\n{}", gw.log());
+    let health = bounded("a health check", async {
+        let r = client().get(format!("{}/healthz", gw.url)).send().await;
+        match r {
+            Ok(r) => (
+                r.status(),
+                r.text().await.unwrap_or_default().trim().to_string(),
+            ),
+            Err(e) => panic!("the gateway does not answer /healthz: {e}\n{}", gw.log()),
+        }
+    });
+    assert_eq!(health, (StatusCode::OK, "ok".to_string()));
+}
+
 /// The gateway's `/metrics` text.
 fn metrics(gw: &DevGateway) -> String {
     bounded("a metrics scrape", async {
@@ -275,11 +292,12 @@ fn metrics(gw: &DevGateway) -> String {
     })
 }
 
-/// The value of the unlabelled sample `name` in a metrics text (0 if absent).
+/// The value of the unlabelled sample `name` in a metrics text. A missing sample fails the
+/// test: read as 0, a renamed or dropped counter would pass every `== 0` check.
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no sample {name} in the metrics:\n{text}"))
 }
 
 #[test]
@@ -456,11 +474,14 @@ fn corrupted_shard_is_never_served_through_the_gateway() {
             .map(|(s, n, _)| (s, n))
             .map_err(|e| e.to_string())
     );
-    if let Ok((status, n, got)) = res {
-        assert!(
+    match res {
+        Ok((status, n, got)) => assert!(
             !status.is_success(),
             "a {status} body of {n} bytes (blake3 {got}) with two good shards per chunk"
-        );
+        ),
+        // An aborted body is the expected failure; a gateway that crashed would abort it too,
+        // so it must still be up and answering.
+        Err(_) => assert_serving(&gw),
     }
 }
 

@@ -9,3 +9,4 @@ mod gateway;
 mod net;
 mod private;
 mod util;
+mod vectors;

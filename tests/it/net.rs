@@ -399,11 +399,25 @@ fn a_long_running_reader_learns_nodes_that_joined_later() {
     let reader = rt
         .block_on(Network::connect(NetworkConfig::new("cairn", vec![boot])))
         .unwrap();
+    let reader = std::sync::Arc::new(reader);
     assert_eq!(reader.peer_count(), 3);
+    // The periodic refresh a gateway runs (every 30 s there), here every 200 ms: the reader
+    // learns the new node by itself, with no call from the test.
+    let refresher = reader.spawn_peer_refresh(Duration::from_millis(200));
 
     let i = net.add_node("1GiB");
     net.spawn(i);
     net.wait_peers(0, 4);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reader.peer_count() != 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the periodic refresh did not learn the fourth node in 60 s ({} peers)",
+            reader.peer_count()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!refresher.is_finished(), "the refresh task ended");
     let bounded = |what: &str| {
         let f = reader.refresh_peers();
         rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), f).await })
@@ -421,6 +435,7 @@ fn a_long_running_reader_learns_nodes_that_joined_later() {
         other => panic!("expected NoPeers, got {other:?}"),
     }
     assert_eq!(reader.peer_count(), 4);
+    refresher.abort();
     rt.block_on(reader.close());
 }
 

@@ -34,6 +34,7 @@ async fn publish_other(fx: &Fixture) -> ReadCap {
         params: Params::new(2, 1).unwrap(),
         key_mode: KeyMode::Random,
         name: Some("other".into()),
+        record_signers: Vec::new(),
     };
     let store = fx.store.clone();
     let (manifest, cap) =
