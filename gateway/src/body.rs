@@ -372,3 +372,39 @@ pub(crate) fn stream_file(
         _permit: permit,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u8) -> Option<IpAddr> {
+        Some(IpAddr::from([127, 0, 0, n]))
+    }
+
+    #[tokio::test]
+    async fn streams_are_bounded_in_all_and_per_client_and_forgotten_when_done() {
+        let limits = Arc::new(StreamLimits::new(3, 2, Duration::from_millis(50)));
+        let a1 = limits.stream(ip(1)).await.unwrap();
+        let a2 = limits.stream(ip(1)).await.unwrap();
+        // Client 1 is at its share; the wait runs out with an error naming the limit.
+        let e = limits.stream(ip(1)).await.err().unwrap();
+        assert!(e.to_string().contains("client address: all 2"), "{e}");
+        assert_eq!(e.http().status, 503);
+        let b1 = limits.stream(ip(2)).await.unwrap();
+        assert_eq!(limits.open.get(), 3);
+        // The gateway is at its total.
+        let e = limits.stream(ip(3)).await.err().unwrap();
+        assert!(e.to_string().contains("gateway: all 3"), "{e}");
+        // A stream that ends lets a waiter in.
+        let waiter = {
+            let limits = limits.clone();
+            tokio::spawn(async move { limits.stream(ip(3)).await.map(|_| ()) })
+        };
+        drop(b1);
+        waiter.await.unwrap().unwrap();
+        drop((a1, a2));
+        assert_eq!(limits.open.get(), 0);
+        // No client's share outlives its streams and waiters.
+        assert!(limits.clients().is_empty());
+    }
+}

@@ -48,9 +48,15 @@ fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
 }
 
 fn client() -> reqwest::Client {
+    client_from(None)
+}
+
+/// A client whose connections come from `source` (any address of 127/8 is loopback on Linux).
+fn client_from(source: Option<std::net::IpAddr>) -> reqwest::Client {
     // reqwest is built without a default TLS provider (plain HTTP is all we use).
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
+        .local_address(source)
         .no_proxy()
         .pool_max_idle_per_host(usize::MAX)
         .connect_timeout(Duration::from_secs(30))
@@ -189,11 +195,17 @@ fn a_thousand_concurrent_ranges_over_a_devnet() {
     let data = Arc::new(data);
     let started = Instant::now();
     let failures = bounded("1000 concurrent ranges", async {
-        let c = client();
+        // Twenty clients on twenty addresses: the gateway gives one address at most
+        // `connections_per_client_max` (64) connections and 8 streams, so a thousand at once
+        // from one address would be refused by design.
+        let clients: Vec<_> = (0..20u8)
+            .map(|i| client_from(Some([127, 0, 1, 1 + i].into())))
+            .collect();
         let tasks: Vec<_> = cases
             .into_iter()
-            .map(|(range, a, b)| {
-                let (c, url, data) = (c.clone(), url.clone(), data.clone());
+            .enumerate()
+            .map(|(j, (range, a, b))| {
+                let (c, url, data) = (clients[j % 20].clone(), url.clone(), data.clone());
                 tokio::spawn(async move {
                     let r = c
                         .get(&url)
