@@ -1087,6 +1087,7 @@ mod tests {
                 [3; 32],
             )),
             name: None,
+            record_signers: Vec::new(),
         };
         let (m, cap) = crate::encode_artifact(dir, &opts, s, &|_| {}).unwrap();
         let (cid, bytes) = m.encode();

@@ -198,6 +198,7 @@ fn publish_fresh(tmp: &Path) -> (Manifest, ReadCap) {
         params: Params::DEFAULT,
         key_mode: KeyMode::Convergent(ConvergenceSecret::from_bytes(CONVERGENCE_SECRET)),
         name: Some("vectors/artifact".into()),
+        record_signers: Vec::new(),
     };
     encode_artifact(&artifact_dir(tmp), &opts, &store, &|_| {}).unwrap()
 }
