@@ -256,7 +256,7 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
         gateway_dir(&gw_data).display()
     );
     println!(
-        "talk to it with:\n  export CAIRN_PEER={bootstrap}\n  cairn add ./my-model        # publish across the nodes\n  cairn get '<capability>' -o ./out\n  cairn --data-dir {} register org/my-model '<capability>'   # serve it over HTTP",
+        "talk to it with:\n  export CAIRN_PEER={bootstrap}\n  cairn add ./my-model        # publish across the nodes\n  cairn get --cap-file <file with the capability> -o ./out\n  cairn --data-dir {} register org/my-model --cap-file <file>   # serve it over HTTP",
         gw_data.display()
     );
 
