@@ -519,6 +519,7 @@ impl Network {
         let mut manifest: Option<Manifest> = None;
         let mut tried = HashSet::new();
         let mut why_manifest = Vec::new();
+        let mut ignored = 0usize;
         let chosen = loop {
             let mut deadline: Option<tokio::time::Instant> = None;
             loop {
@@ -555,6 +556,13 @@ impl Network {
                     .fetch_manifest(cap, &asked, &records, &mut tried, &mut why_manifest)
                     .await;
             }
+            if let Some(m) = &manifest {
+                // Only records an allowed key signed can ever be chosen: the rest are dropped,
+                // so hostile peers cannot make a reader hold their records (up to 32 MiB each).
+                let before = records.len();
+                records.retain(|(_, r)| m.record_signers().contains(r.publisher.as_bytes()));
+                ignored += before - records.len();
+            }
             if let Some(m) = &manifest
                 && let Some(best) = choose_record(
                     records.iter().map(|(_, r)| r),
@@ -569,7 +577,8 @@ impl Network {
                 break None;
             }
         };
-        let ignored = records.len();
+        // Every record in hand but the one chosen went unused.
+        ignored += records.len().saturating_sub(usize::from(chosen.is_some()));
         let Some(signed) = chosen else {
             let mut why = reasons;
             match &manifest {
@@ -594,10 +603,9 @@ impl Network {
             });
         };
         let manifest = manifest.expect("a record is chosen only once the manifest is in");
-        if ignored > 1 {
+        if ignored > 0 {
             debug!(
-                "{} of {ignored} holder records of {} were not the one used",
-                ignored - 1,
+                "{ignored} other holder records of {} were not used",
                 cap.cid
             );
         }
