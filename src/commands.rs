@@ -170,7 +170,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway {
             listen,
             admin_listen,
-        } => crate::gatewaycmd::serve(&dir, &cli.peers, &cli.network, listen, admin_listen),
+            streams,
+            streams_per_client,
+            connections_per_client,
+        } => {
+            let limits = crate::gatewaycmd::Limits {
+                streams,
+                streams_per_client,
+                connections_per_client,
+            };
+            crate::gatewaycmd::serve(&dir, &cli.peers, &cli.network, listen, admin_listen, limits)
+        }
         Command::Register {
             repo,
             cap,

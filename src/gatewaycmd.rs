@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cairn_gateway::{
-    ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AccessPolicy, AdminClient, ArtifactSource, IpNet,
-    LocalSource, NetworkSource, NewKey, RepoId, RepoKind, Scope, run_gateway,
+    ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AccessPolicy, AdminClient, ArtifactSource, GatewayConfig,
+    IpNet, LocalSource, NetworkSource, NewKey, RepoId, RepoKind, Scope, run_gateway_with,
 };
 use cairn_node::{Network, NetworkConfig};
 use cairn_store::ReadCap;
@@ -26,6 +26,39 @@ pub fn gateway_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("gateway")
 }
 
+/// Limits of `cairn gateway` given on the command line (`None`: the gateway's default).
+pub struct Limits {
+    pub streams: Option<usize>,
+    pub streams_per_client: Option<usize>,
+    pub connections_per_client: Option<usize>,
+}
+
+impl Limits {
+    fn config(&self) -> anyhow::Result<GatewayConfig> {
+        let mut c = GatewayConfig::default();
+        for (flag, given, field) in [
+            ("--streams", self.streams, &mut c.streams_max),
+            (
+                "--streams-per-client",
+                self.streams_per_client,
+                &mut c.streams_per_client_max,
+            ),
+            (
+                "--connections-per-client",
+                self.connections_per_client,
+                &mut c.connections_per_client_max,
+            ),
+        ] {
+            match given {
+                Some(0) => bail!("{flag} must be at least 1"),
+                Some(n) => *field = n,
+                None => {}
+            }
+        }
+        Ok(c)
+    }
+}
+
 /// Serves HTTP until SIGTERM or Ctrl-C. With `--peer`, artifacts come from the network;
 /// without, from this data directory's store.
 pub fn serve(
@@ -34,7 +67,9 @@ pub fn serve(
     network: &str,
     listen: SocketAddr,
     admin_listen: SocketAddr,
+    limits: Limits,
 ) -> anyhow::Result<()> {
+    let config = limits.config()?;
     let rt = runtime()?;
     rt.block_on(async {
         let source: Arc<dyn ArtifactSource> = if peers.is_empty() {
@@ -64,7 +99,7 @@ pub fn serve(
             "gateway state in {}; its URLs go to gateway.addr and admin.addr there",
             dir.display()
         );
-        run_gateway(&dir, listen, admin_listen, source, shutdown)
+        run_gateway_with(&dir, listen, admin_listen, config, source, shutdown)
             .await
             .context("the gateway stopped with an error")
     })

@@ -135,6 +135,18 @@ enum Command {
         /// Address of the admin API (`cairn register`, `cairn apikey`); loopback only.
         #[arg(long, default_value = "127.0.0.1:0")]
         admin_listen: std::net::SocketAddr,
+        /// Response bodies streamed at once, each a reader thread and about 25 MiB of
+        /// read-ahead [default: 32].
+        #[arg(long)]
+        streams: Option<usize>,
+        /// Response bodies streamed at once to one client address [default: 8]. Behind a
+        /// reverse proxy every client has the proxy's address: raise this and
+        /// --connections-per-client to the totals.
+        #[arg(long)]
+        streams_per_client: Option<usize>,
+        /// Connections one client address may hold, of 1024 [default: 64].
+        #[arg(long)]
+        connections_per_client: Option<usize>,
     },
     /// Name an artifact on the running gateway of this data directory: `org/name` at a new
     /// revision, which becomes `main`.

@@ -607,6 +607,26 @@ pub async fn run_gateway(
     source: Arc<dyn ArtifactSource>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    run_gateway_with(
+        dir,
+        bind,
+        admin_bind,
+        GatewayConfig::default(),
+        source,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run_gateway`] with the limits of `config` (streams, connections per client address...).
+pub async fn run_gateway_with(
+    dir: &Path,
+    bind: SocketAddr,
+    admin_bind: SocketAddr,
+    config: GatewayConfig,
+    source: Arc<dyn ArtifactSource>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
     if !admin_bind.ip().is_loopback() {
         return Err(Error::NotLoopback {
             what: format!("the admin bind address {admin_bind}"),
@@ -625,7 +645,7 @@ pub async fn run_gateway(
         source: std::io::Error::other(e.to_string()),
     })??;
     let authorizer = Arc::new(ApiKeyAuthorizer::new(keys.clone()));
-    let gw = Gateway::with_authorizer(GatewayConfig::default(), registry, source, authorizer);
+    let gw = Gateway::with_authorizer(config, registry, source, authorizer);
     let public = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(io(format!("binding the gateway on {bind}")))?;

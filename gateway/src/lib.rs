@@ -93,7 +93,7 @@ mod source;
 pub use admin::{
     ADMIN_ADDR_FILE, ADMIN_ANSWER_BYTES_MAX, ADMIN_BODY_BYTES_MAX, ADMIN_CLIENT_TIMEOUT,
     ADMIN_CONNECTIONS_MAX, ADMIN_REQUEST_TIMEOUT, ADMIN_TOKEN_FILE, AUDIT_LIMIT_MAX, AdminAuth,
-    AdminClient, GATEWAY_ADDR_FILE, load_or_create_admin_token, run_gateway,
+    AdminClient, GATEWAY_ADDR_FILE, load_or_create_admin_token, run_gateway, run_gateway_with,
 };
 pub use apikey::{
     ALLOW_IPS_PER_KEY_MAX, AUDIT_ANON_ENTRIES_MAX, AUDIT_ANON_WINDOW_SECS, AUDIT_ENTRIES_MAX,
