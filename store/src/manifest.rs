@@ -621,11 +621,11 @@ pub(crate) mod tests {
         let (m, mut p, key) = sample(1);
         let (_, bytes) = m.encode();
         let mut wire: PublicWire = serde_ipld_dagcbor::from_slice(&bytes).unwrap();
-        wire.format = FORMAT + 1;
+        wire.format = PUBLIC_FORMAT + 1;
         let other = serde_ipld_dagcbor::to_vec(&wire).unwrap();
         let e = Manifest::decode(&other, "t").unwrap_err();
         assert!(
-            e.to_string().contains("format version 2 is not supported"),
+            e.to_string().contains("format version 3 is not supported"),
             "{e}"
         );
 
