@@ -162,7 +162,6 @@ impl Manifest {
         }
     }
 
-
     /// The manifest with `signers` (32-byte ed25519 public keys, the publisher's first) as the
     /// only keys whose holder records readers and nodes accept. Duplicates are dropped; more
     /// than [`RECORD_SIGNERS_MAX`] is an error.
