@@ -88,8 +88,18 @@ fn save_table(m: &Membership, path: Option<&PathBuf>) {
     }
 }
 
-/// Starts a node; it runs until [`NodeHandle::shutdown`].
+/// Starts a node; it runs until [`NodeHandle::shutdown`]. Every 30 s it saves its peer table
+/// and collects what no pin or owner keeps.
 pub async fn run_node(config: NodeConfig) -> Result<NodeHandle, Error> {
+    run_node_with_housekeeping(config, HOUSEKEEPING_INTERVAL).await
+}
+
+/// [`run_node`] with housekeeping (peer table saved, gc) every `every` instead of 30 s, so
+/// that a test sees the periodic gc without waiting for it.
+pub async fn run_node_with_housekeeping(
+    config: NodeConfig,
+    every: Duration,
+) -> Result<NodeHandle, Error> {
     let secret = secret_key_from_bytes(&config.secret_key)?;
     let bound = if config.offline {
         endpoint_offline(secret.clone(), config.listen).await?
@@ -151,7 +161,7 @@ pub async fn run_node(config: NodeConfig) -> Result<NodeHandle, Error> {
     let path = config.peer_table.clone();
     let store = config.store.clone();
     let housekeeping = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
             tick.tick().await;
@@ -178,4 +188,60 @@ pub async fn run_node(config: NodeConfig) -> Result<NodeHandle, Error> {
         peer_table: config.peer_table,
         housekeeping,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_store::{StoreConfig, shard_cid};
+    use cairn_swarm::{ShardClient, generate_secret_key};
+
+    /// The periodic gc: a shard its only owner released goes at the next housekeeping round,
+    /// with no call from outside; a shard still owned stays through the rounds after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn housekeeping_collects_released_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), StoreConfig { quota: 1 << 30 }).unwrap());
+        let node = run_node_with_housekeeping(
+            NodeConfig {
+                store: store.clone(),
+                secret_key: generate_secret_key().to_bytes(),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                offline: true,
+                network: "housekeeping-test".into(),
+                bootstrap: Vec::new(),
+                peer_table: None,
+            },
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+        let bound = endpoint_offline(generate_secret_key(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let client = ShardClient::new(bound.endpoint.clone(), ShardConfig::default());
+        let addr = node.peer_addr().endpoint_addr();
+        let (gone, kept) = (vec![1u8; 5000], vec![2u8; 5000]);
+        for bytes in [&gone, &kept] {
+            client.put(&addr, &shard_cid(bytes), bytes).await.unwrap();
+        }
+        assert!(client.delete(&addr, &shard_cid(&gone)).await.unwrap());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while store.has_shard(&shard_cid(&gone)).unwrap() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a released shard was not collected in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Rounds after that one leave the owned shard alone.
+        let after = tokio::time::Instant::now() + Duration::from_millis(500);
+        while tokio::time::Instant::now() < after {
+            assert!(store.has_shard(&shard_cid(&kept)).unwrap());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client.close().await;
+        bound.endpoint.close().await;
+        node.shutdown().await;
+    }
 }

@@ -18,5 +18,5 @@ mod error;
 pub use backend::StoreBackend;
 pub use cairn_swarm::ClientStats;
 pub use client::{Network, NetworkConfig, PeerAddr, PublishOptions, PublishReport, RemoteArtifact};
-pub use daemon::{NodeConfig, NodeHandle, run_node};
+pub use daemon::{NodeConfig, NodeHandle, run_node, run_node_with_housekeeping};
 pub use error::Error;
