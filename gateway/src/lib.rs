@@ -68,6 +68,8 @@ mod auth;
 mod body;
 mod cache;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handlers;
 mod metrics;
 mod range;
