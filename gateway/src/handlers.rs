@@ -437,7 +437,7 @@ async fn open_cid(
     let not_found = || Error::ArtifactNotFound {
         cid: cid.chars().take(100).collect(),
     };
-    let parsed = Cid::try_from(cid).map_err(|_| not_found())?;
+    let parsed = parse_url_cid(cid).ok_or_else(not_found)?;
     let entry = st.registry.artifact(&parsed)?;
     let policy = entry.as_ref().map_or(STAND_IN, |e| e.policy.clone());
     let allowed = st.authorize(&policy, parsed, None, op, info).await?;
@@ -504,11 +504,26 @@ fn is_dir(files: &[FileEntry], dir: &str) -> bool {
         .is_some_and(|r| r.starts_with('/'))
 }
 
-fn etag_matches(list: &str, etag: &str) -> bool {
+/// The CID in an `/artifacts/{cid}` or `/api/artifacts/{cid}` URL, in any multibase the `cid`
+/// crate reads; `None` for anything else.
+pub(crate) fn parse_url_cid(s: &str) -> Option<Cid> {
+    Cid::try_from(s).ok()
+}
+
+/// Whether an `If-None-Match` list names `etag` (weak comparison, RFC 9110 13.1.2) or is `*`.
+pub(crate) fn etag_matches(list: &str, etag: &str) -> bool {
     list.split(',').any(|t| {
         let t = t.trim();
         t == "*" || t.trim_start_matches("W/").trim_matches('"') == etag
     })
+}
+
+/// Whether a `Range` may apply given the request's `If-Range` (RFC 9110 13.1.5): only while the
+/// representation is the one the client has, by strong comparison with `quoted`, the ETag as
+/// sent. A date, a weak tag or a value that is not visible ASCII never matches, so the client
+/// gets the whole file rather than a piece of another version.
+pub(crate) fn if_range_allows(if_range: Option<&HeaderValue>, quoted: &str) -> bool {
+    if_range.is_none_or(|v| v.to_str().is_ok_and(|v| v.trim() == quoted))
 }
 
 /// Answers `GET`/`HEAD` for one file: validators, ranges and the body (read first when small,
@@ -565,11 +580,7 @@ async fn serve_file(
     {
         return Ok(built(b.status(StatusCode::NOT_MODIFIED), Body::empty()));
     }
-    // If-Range: a range only applies while the representation is the one the client has.
-    let if_range_ok = headers
-        .get(header::IF_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v.trim() == quoted);
+    let if_range_ok = if_range_allows(headers.get(header::IF_RANGE), &quoted);
     let range = match headers.get(header::RANGE) {
         Some(v) if if_range_ok => parse_range(v.as_bytes(), len),
         _ => RangeRequest::Full,
@@ -934,7 +945,7 @@ pub const PATHS_INFO_MAX: usize = 1000;
 /// The `paths` of a `paths-info` body: a form (`paths=a&paths=b`, as `huggingface_hub` sends)
 /// or JSON (`{"paths": ["a", "b"]}` or `{"paths": "a"}`). Refuses more than [`PATHS_INFO_MAX`]
 /// as soon as it has counted them.
-fn parse_paths(content_type: &str, body: &[u8]) -> Result<Vec<String>, Error> {
+pub(crate) fn parse_paths(content_type: &str, body: &[u8]) -> Result<Vec<String>, Error> {
     let too_many = || {
         Error::BadRequest(format!(
             "paths-info asks about more than {PATHS_INFO_MAX} paths, the limit per request"
@@ -1122,5 +1133,26 @@ mod tests {
         assert!(etag_matches("W/\"abc\", \"x\"", "abc"));
         assert!(etag_matches("*", "abc"));
         assert!(!etag_matches("\"abd\"", "abc"));
+    }
+
+    /// An `If-Range` that is not visible ASCII cannot name this representation: before the
+    /// check read it as absent and applied the range (its fuzz target, `http_validators`, holds
+    /// the check to that rule).
+    #[test]
+    fn if_range_is_strong_and_fails_closed() {
+        let quoted = "\"abc\"";
+        assert!(if_range_allows(None, quoted));
+        assert!(if_range_allows(
+            Some(&HeaderValue::from_static(" \"abc\" ")),
+            quoted
+        ));
+        for other in ["W/\"abc\"", "\"abd\"", "Tue, 15 Nov 1994 08:12:31 GMT", ""] {
+            assert!(
+                !if_range_allows(Some(&HeaderValue::from_static(other)), quoted),
+                "{other}"
+            );
+        }
+        let opaque = HeaderValue::from_bytes(b"\"abc\"\xff").unwrap();
+        assert!(!if_range_allows(Some(&opaque), quoted));
     }
 }

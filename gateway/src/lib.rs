@@ -83,6 +83,8 @@ mod body;
 mod cache;
 mod conns;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handlers;
 mod metrics;
 mod range;

@@ -50,6 +50,13 @@ COMMIT = os.environ["CAIRN_COMMIT"]
 TOKEN = os.environ.get("CAIRN_PRIVATE_TOKEN")
 
 
+def require(ok, what):
+    """Fails the check unless `ok`. Not `assert`: Python drops asserts under -O or
+    PYTHONOPTIMIZE, and every check would then pass."""
+    if not ok:
+        raise AssertionError(what)
+
+
 def fixture_files():
     out = {}
     for root, _, files in os.walk(FIXTURE):
@@ -68,14 +75,14 @@ def same_tree(folder):
     want = fixture_files()
     for rel, src in want.items():
         got = os.path.join(folder, rel)
-        assert os.path.exists(got), f"{rel} missing from {folder}"
-        assert read(got) == read(src), f"{rel} differs"
+        require(os.path.exists(got), f"{rel} missing from {folder}")
+        require(read(got) == read(src), f"{rel} differs")
 
 
 def check_snapshot_model():
     folder = snapshot_download(MODEL)
     same_tree(folder)
-    assert os.path.basename(folder) == COMMIT, folder
+    require(os.path.basename(folder) == COMMIT, folder)
 
 
 def check_snapshot_dataset():
@@ -91,20 +98,20 @@ def check_snapshot_by_commit_to_local_dir():
 def check_hf_hub_download():
     for rel, src in fixture_files().items():
         got = hf_hub_download(MODEL, rel)
-        assert read(got) == read(src), rel
+        require(read(got) == read(src), rel)
     got = hf_hub_download(DATASET, "config.json", repo_type="dataset", revision=COMMIT)
-    assert read(got) == read(os.path.join(FIXTURE, "config.json"))
+    require(read(got) == read(os.path.join(FIXTURE, "config.json")), "config.json differs")
 
 
 def check_model_info():
     info = HfApi().model_info(MODEL)
-    assert info.sha == COMMIT, info.sha
-    assert info.id == MODEL
+    require(info.sha == COMMIT, info.sha)
+    require(info.id == MODEL, 'info.id == MODEL')
     names = {s.rfilename for s in info.siblings}
-    assert names == set(fixture_files()), names
-    assert info.private is False
+    require(names == set(fixture_files()), names)
+    require(info.private is False, 'info.private is False')
     info = HfApi().dataset_info(DATASET, revision=COMMIT)
-    assert info.sha == COMMIT
+    require(info.sha == COMMIT, 'info.sha == COMMIT')
 
 
 def check_list_tree_and_paths_info():
@@ -112,26 +119,27 @@ def check_list_tree_and_paths_info():
     files = {f.path: f.size for f in api.list_repo_tree(MODEL, recursive=True) if hasattr(f, "size") and f.size is not None and not f.path.endswith("/")}
     want = {k: os.path.getsize(v) for k, v in fixture_files().items()}
     for k, v in want.items():
-        assert files.get(k) == v, (k, files.get(k), v)
+        require(files.get(k) == v, (k, files.get(k), v))
     top = {f.path for f in api.list_repo_tree(MODEL)}
-    assert "sub" in top and "sub/dir/README.md" not in top, top
+    require("sub" in top and "sub/dir/README.md" not in top, top)
     infos = api.get_paths_info(MODEL, ["config.json", "sub", "nope"])
-    assert {i.path for i in infos} == {"config.json", "sub"}, infos
+    require({i.path for i in infos} == {"config.json", "sub"}, infos)
 
 
 def check_hffs_ranged_read():
     fs = HfFileSystem()
     src = read(os.path.join(FIXTURE, "model.safetensors"))
     path = f"{MODEL}/model.safetensors"
-    assert fs.size(path) == len(src)
+    require(fs.size(path) == len(src), 'fs.size(path) == len(src)')
     with fs.open(path, "rb", block_size=64 * 1024) as f:
         for start, n in [(0, 1), (len(src) - 1, 1), (1_048_570, 20), (2_000_000, 300_000)]:
             f.seek(start)
             got = f.read(n)
-            assert got == src[start : start + n], (start, n, len(got))
+            require(got == src[start : start + n], (start, n, len(got)))
     ds = f"datasets/{DATASET}/sub/dir/README.md"
-    assert fs.cat(ds) == read(os.path.join(FIXTURE, "sub/dir/README.md"))
-    assert "model.safetensors" in {os.path.basename(p) for p in fs.ls(MODEL, detail=False)}
+    require(fs.cat(ds) == read(os.path.join(FIXTURE, "sub/dir/README.md")), "README.md differs")
+    listed = {os.path.basename(p) for p in fs.ls(MODEL, detail=False)}
+    require("model.safetensors" in listed, listed)
 
 
 def expect(exc, fn):
@@ -187,10 +195,10 @@ def check_private_with_token():
         print("     (no CAIRN_PRIVATE_TOKEN: private reads not checked)")
         return
     info = HfApi().model_info(PRIVATE, token=TOKEN)
-    assert info.private is True, info.private
-    assert info.sha == COMMIT, info.sha
+    require(info.private is True, info.private)
+    require(info.sha == COMMIT, info.sha)
     got = hf_hub_download(PRIVATE, "config.json", token=TOKEN)
-    assert read(got) == read(os.path.join(FIXTURE, "config.json"))
+    require(read(got) == read(os.path.join(FIXTURE, "config.json")), "config.json differs")
     d = tempfile.mkdtemp(dir=_HF_HOME)
     snapshot_download(PRIVATE, token=TOKEN, local_dir=d)
     same_tree(d)
@@ -198,7 +206,7 @@ def check_private_with_token():
     src = read(os.path.join(FIXTURE, "model.safetensors"))
     with fs.open(f"{PRIVATE}/model.safetensors", "rb", block_size=64 * 1024) as f:
         f.seek(1_000_000)
-        assert f.read(1000) == src[1_000_000:1_001_000]
+        require(f.read(1000) == src[1_000_000:1_001_000], "ranged read of the private repo differs")
 
 
 CHECKS = [

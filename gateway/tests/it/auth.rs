@@ -135,6 +135,29 @@ impl Keyed {
     }
 }
 
+/// Waits until the clock reads at least `unix_secs` (keys expire at that second); at most a
+/// minute.
+async fn wait_past(unix_secs: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        if now.as_secs() >= unix_secs {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited a minute for second {unix_secs}"
+        );
+        // To the next whole second.
+        tokio::time::sleep(Duration::from_nanos(
+            1_000_000_000 - u64::from(now.subsec_nanos()),
+        ))
+        .await;
+    }
+}
+
 fn new_key(
     scopes: &[&str],
     expires_in_secs: Option<u64>,
@@ -247,12 +270,20 @@ async fn auth_matrix() {
     let repo_url = |r: &str| format!("{}/{r}/resolve/main/model.safetensors", kg.url);
     let mut secrets: Vec<String> = Vec::new();
 
-    // Keys whose time runs out are made first, so one sleep serves them all.
+    // Keys whose time runs out are made first, so one wait serves them all. Expiry is in whole
+    // seconds, so a key of lifetime L works for more than L - 1 s: L = 5 leaves 4 s to show
+    // each working, however slow the machine, and the wait at the end is for the expiry
+    // instant itself, not a guess at it.
     let short = kg
         .admin
-        .create_key(new_key(&["read:prefix:cairn-test/"], Some(1), &[], None))
+        .create_key(new_key(&["read:prefix:cairn-test/"], Some(5), &[], None))
         .await
         .unwrap();
+    served(
+        &get(&c, &private, Some(&short.key)).await,
+        &file,
+        "short-lived key before it expires",
+    );
     let old = kg.key(&["read:repo:cairn-test/private"]).await;
     served(
         &get(&c, &private, Some(&old.key)).await,
@@ -261,7 +292,7 @@ async fn auth_matrix() {
     );
     let new = kg
         .admin
-        .rotate_key(&old.id, Duration::from_secs(2))
+        .rotate_key(&old.id, Duration::from_secs(5))
         .await
         .unwrap();
     assert_ne!(new.id, old.id);
@@ -481,7 +512,13 @@ async fn auth_matrix() {
     );
 
     // Time runs out: the short key expires, the rotated-out key leaves its grace period.
-    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let keys = kg.admin.list_keys().await.unwrap();
+    let old_expires = keys
+        .iter()
+        .find(|k| k.id == old.id)
+        .and_then(|k| k.expires)
+        .expect("a rotated-out key has an expiry");
+    wait_past(short.expires.unwrap().max(old_expires)).await;
     denied(
         &get(&c, &private, Some(&short.key)).await,
         401,

@@ -7,15 +7,46 @@
 //! Fails (does not skip) when `huggingface_hub` is not importable: install it with
 //! `scripts/test.sh`, which puts the pinned clients of `tests/requirements.txt` first on `PATH`.
 
+use std::time::Duration;
+
 use crate::auth::Keyed;
 use crate::{DATASET, Fixture, MODEL, PRIVATE, fixture_dir};
 
+/// Time the client script may take (seconds here); past it the script is killed.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time the import probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The client script checks with `require(...)`, which raises; a bare `assert` is dropped by
+/// Python under `-O` or `PYTHONOPTIMIZE`, and its check would then always pass.
+#[test]
+fn hf_client_checks_are_not_bare_asserts() {
+    let script = include_str!("../hf_client.py");
+    let bare: Vec<(usize, &str)> = script
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let t = l.trim_start();
+            t.starts_with("assert ") || t.starts_with("assert(")
+        })
+        .map(|(i, l)| (i + 1, l))
+        .collect();
+    assert!(bare.is_empty(), "bare asserts in hf_client.py: {bare:?}");
+    assert!(
+        script.contains("def require("),
+        "hf_client.py lost its require()"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huggingface_hub_client() {
-    let probe = tokio::process::Command::new("python3")
+    let mut probe = tokio::process::Command::new("python3");
+    probe
         .args(["-c", "import huggingface_hub"])
-        .output()
+        .kill_on_drop(true);
+    let probe = tokio::time::timeout(PROBE_TIMEOUT, probe.output())
         .await
+        .expect("importing huggingface_hub took over a minute")
         .expect("python3 must be installed to run the Hugging Face client test");
     assert!(
         probe.status.success(),
@@ -27,8 +58,8 @@ async fn huggingface_hub_client() {
     let kg = Keyed::start(&fx).await;
     let key = kg.key(&["read:repo:cairn-test/private"]).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hf_client.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
+    let mut py = tokio::process::Command::new("python3");
+    py.arg(script)
         .env("CAIRN_GATEWAY_URL", &kg.url)
         .env("CAIRN_PRIVATE_TOKEN", &key.key)
         .env("CAIRN_FIXTURE_DIR", fixture_dir(&fx))
@@ -37,8 +68,11 @@ async fn huggingface_hub_client() {
         .env("CAIRN_PRIVATE_REPO", PRIVATE)
         .env("CAIRN_COMMIT", fx.commit.to_string())
         .env("NO_PROXY", "127.0.0.1,localhost")
-        .output()
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(SCRIPT_TIMEOUT, py.output())
         .await
+        .unwrap_or_else(|_| panic!("hf_client.py did not finish in {SCRIPT_TIMEOUT:?}"))
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
