@@ -509,6 +509,9 @@ impl PeerTable {
             )));
         }
         let mut table = Self::new(topic);
+        // A last-seen time in the future (a clock that went back, or a table edited by hand)
+        // would keep a silent peer "live" until then: no time read from disk is later than now.
+        let now_ms = unix_ms(SystemTime::now());
         for _ in 0..count {
             let len = read(reader.u16())? as usize;
             if len > ANNOUNCEMENT_LEN_MAX || reader.0.len() < len {
@@ -518,7 +521,7 @@ impl PeerTable {
             reader.0 = rest;
             let announcement =
                 Announcement::verify(signed, &topic).map_err(|err| table_error(err.to_string()))?;
-            let last_seen_ms = read(reader.u64())?;
+            let last_seen_ms = read(reader.u64())?.min(now_ms);
             let failures = read(reader.u32())?;
             table.peers.insert(
                 announcement.endpoint_id,
@@ -1000,6 +1003,25 @@ mod tests {
             PeerTable::from_bytes(&flipped, topic),
             Err(Error::PeerTable { .. })
         ));
+    }
+
+    #[test]
+    fn a_last_seen_time_from_the_future_is_not_kept() {
+        let topic = topic_id("test");
+        let key = SecretKey::from_bytes(&[4; 32]);
+        let now = unix_ms(SystemTime::now());
+        let mut table = PeerTable::new(topic);
+        table
+            .observe(&signed(&key, &topic, 1, now, 1), now)
+            .unwrap();
+        table.peers.get_mut(&key.public()).unwrap().last_seen_ms = u64::MAX;
+        let back = PeerTable::from_bytes(&table.to_bytes(), topic).unwrap();
+        let after_load = unix_ms(SystemTime::now());
+        // Read back, the peer was last seen no later than the load: silent past the limit, it
+        // is not live, where the stored u64::MAX would have kept it live for good.
+        let silent = after_load + PEER_SILENCE_MAX.as_millis() as u64 + 1;
+        assert!(back.live_peers(silent).is_empty());
+        assert_eq!(back.live_peers(now).len(), 1);
     }
 
     proptest::proptest! {

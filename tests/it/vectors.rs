@@ -192,13 +192,13 @@ fn artifact_dir(tmp: &Path) -> PathBuf {
     src
 }
 
-fn publish_fresh(tmp: &Path) -> (Manifest, ReadCap) {
+fn publish_fresh(tmp: &Path, record_signers: Vec<[u8; 32]>) -> (Manifest, ReadCap) {
     let store = Store::open(&tmp.join("store"), StoreConfig { quota: 1 << 30 }).unwrap();
     let opts = AddOptions {
         params: Params::DEFAULT,
         key_mode: KeyMode::Convergent(ConvergenceSecret::from_bytes(CONVERGENCE_SECRET)),
         name: Some("vectors/artifact".into()),
-        record_signers: Vec::new(),
+        record_signers,
     };
     encode_artifact(&artifact_dir(tmp), &opts, &store, &|_| {}).unwrap()
 }
@@ -209,10 +209,26 @@ fn publish_fresh(tmp: &Path) -> (Manifest, ReadCap) {
 /// part that publishing the same folder with the same secret gives today.
 #[test]
 fn vectors_manifest() {
+    let bytes = check_manifest_vector("manifest", &[]);
+    vector("fuzz/seeds/manifest_decode/vector-artifact", &bytes);
+    manifest_open_seeds();
+}
+
+/// The same for a manifest of public format 2, which names the keys allowed to sign its holder
+/// records (readers trust no other record): the list must come back as it was signed.
+#[test]
+fn vectors_manifest_format_2() {
+    let bytes = check_manifest_vector("manifest-2", &[[0x5a; 32], [0xa5; 32]]);
+    vector("fuzz/seeds/manifest_decode/vector-artifact-2", &bytes);
+}
+
+/// Checks `tests/vectors/{name}.cbor` and `.cap` against the committed folder published today
+/// with `signers`; returns the committed manifest bytes.
+fn check_manifest_vector(name: &str, signers: &[[u8; 32]]) -> Vec<u8> {
     let tmp = tempfile::tempdir().unwrap();
-    let (fresh, fresh_cap) = publish_fresh(tmp.path());
-    let bytes = committed("tests/vectors/manifest.cbor", || fresh.encode().1);
-    let cap_text = committed("tests/vectors/manifest.cap", || {
+    let (fresh, fresh_cap) = publish_fresh(tmp.path(), signers.to_vec());
+    let bytes = committed(&format!("tests/vectors/{name}.cbor"), || fresh.encode().1);
+    let cap_text = committed(&format!("tests/vectors/{name}.cap"), || {
         format!(
             "{}\n",
             ReadCap {
@@ -251,8 +267,12 @@ fn vectors_manifest() {
             .collect::<Vec<_>>(),
         [("config.json", 25), ("sub/weights.bin", 700_000)]
     );
-    vector("fuzz/seeds/manifest_decode/vector-artifact", &bytes);
-    manifest_open_seeds();
+    assert_eq!(
+        old.record_signers(),
+        signers,
+        "the record signers are not read back as signed"
+    );
+    bytes
 }
 
 /// `manifest_open` seeds: a first byte `2n` and the DAG-CBOR plaintext of a private part for
