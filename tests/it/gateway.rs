@@ -717,7 +717,6 @@ fn private_repo_needs_a_key_over_the_devnet() {
 /// temporary data directory.
 #[test]
 fn the_readme_devnet_demo_serves_transformers_and_ctrl_c_stops_everything() {
-    use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let child = cairn()
         .args(["devnet", "--demo", "--demo-mib", "8"])
@@ -729,28 +728,7 @@ fn the_readme_devnet_demo_serves_transformers_and_ctrl_c_stops_everything() {
     let base = tmp.path().join(format!("cairn-devnet-{}", child.id()));
     let mut child = StopOnDrop(child);
     let child = &mut child.0;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut out = Vec::new();
-    while !out.iter().any(|l: &String| l.contains("press Ctrl-C")) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => out.push(line),
-            Err(e) => {
-                let _ = child.kill();
-                panic!("the devnet did not get ready ({e}):\n{}", out.join("\n"));
-            }
-        }
-    }
+    let (rx, out) = devnet_ready(child);
     let text = out.join("\n");
     let identical = out.iter().filter(|l| l.ends_with("identical")).count();
     assert_eq!(
@@ -817,6 +795,38 @@ print(AutoTokenizer.from_pretrained("demo/sample-model")("cairn stores models on
 
 /// A `cairn devnet` process that is stopped (Ctrl-C, then killed after 10 s) when the test ends,
 /// pass or fail, so that a failed assertion leaves no node running.
+/// Reads a `cairn devnet` child's standard output on a thread until it says it is ready
+/// ("press Ctrl-C", at most 120 s); returns the lines so far and the channel of those to come.
+/// Kills the child and fails the test, with what it printed, when it does not get ready.
+fn devnet_ready(
+    child: &mut std::process::Child,
+) -> (std::sync::mpsc::Receiver<String>, Vec<String>) {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut out = Vec::new();
+    while !out.iter().any(|l: &String| l.contains("press Ctrl-C")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => out.push(line),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("the devnet did not get ready ({e}):\n{}", out.join("\n"));
+            }
+        }
+    }
+    (rx, out)
+}
+
 struct StopOnDrop(std::process::Child);
 
 impl Drop for StopOnDrop {
@@ -863,7 +873,6 @@ fn children_of(parent: u32) -> Vec<(u32, char)> {
 /// devnet at once instead of staying a zombie until it exits.
 #[test]
 fn devnet_logs_hold_no_secret_its_files_are_private_and_dead_nodes_are_reaped() {
-    use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("dev");
     let stderr_file = tmp.path().join("devnet.stderr");
@@ -886,25 +895,8 @@ fn devnet_logs_hold_no_secret_its_files_are_private_and_dead_nodes_are_reaped() 
     let child = cmd.spawn().unwrap();
     let mut child = StopOnDrop(child);
     let child = &mut child.0;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut out = Vec::new();
-    while !out.iter().any(|l: &String| l.contains("press Ctrl-C")) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => out.push(line),
-            Err(e) => panic!("the devnet did not get ready ({e}):\n{}", out.join("\n")),
-        }
-    }
+    // Kept until the end: the devnet keeps writing to its standard output.
+    let (_rx, out) = devnet_ready(child);
     let text = out.join("\n");
     let cap = out
         .iter()
