@@ -129,13 +129,15 @@ impl StreamLimits {
                     .entry(ip)
                     .or_insert_with(|| Arc::new(Semaphore::new(self.per_client_max)))
                     .clone();
+                // The share holds the only clone besides the map's (and the acquiring future's,
+                // gone once awaited), so a share given up on timeout removes the address again.
                 let mut share = ClientShare {
                     limits: self.clone(),
                     ip,
-                    sem: sem.clone(),
+                    sem,
                     permit: None,
                 };
-                let p = tokio::time::timeout_at(deadline, sem.acquire_owned())
+                let p = tokio::time::timeout_at(deadline, share.sem.clone().acquire_owned())
                     .await
                     .map_err(|_| Error::Busy {
                         what: "response streams of this client address",
