@@ -739,12 +739,7 @@ fn the_readme_devnet_demo_serves_transformers_and_ctrl_c_stops_everything() {
         text.contains("(checked: the gateway serves config.json byte for byte)"),
         "{text}"
     );
-    let url = out
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("gateway "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no gateway URL in:\n{text}"))
-        .to_string();
+    let url = devnet_gateway_url(&out);
 
     let script = r#"
 from transformers import AutoConfig, AutoTokenizer
@@ -827,6 +822,15 @@ fn devnet_ready(
     (rx, out)
 }
 
+/// The gateway URL a ready devnet printed (`gateway http://...`).
+fn devnet_gateway_url(out: &[String]) -> String {
+    out.iter()
+        .find_map(|l| l.trim().strip_prefix("gateway "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no gateway URL in:\n{}", out.join("\n")))
+        .to_string()
+}
+
 struct StopOnDrop(std::process::Child);
 
 impl Drop for StopOnDrop {
@@ -903,12 +907,7 @@ fn devnet_logs_hold_no_secret_its_files_are_private_and_dead_nodes_are_reaped() 
         .find_map(|l| l.trim().strip_prefix("read capability: "))
         .unwrap_or_else(|| panic!("no capability in:\n{text}"))
         .to_string();
-    let url = out
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("gateway "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no gateway URL in:\n{text}"))
-        .to_string();
+    let url = devnet_gateway_url(&out);
     let gw = DevGateway::attach(base.join("gateway-node"), url);
 
     // Keyed requests: a private repository registered from a capability file, a key, a wrong
