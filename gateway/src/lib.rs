@@ -82,6 +82,7 @@ mod auth;
 mod body;
 mod cache;
 mod conns;
+mod devcert;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -91,6 +92,7 @@ mod range;
 mod registry;
 mod server;
 mod source;
+mod tls;
 
 pub use admin::{
     ADMIN_ADDR_FILE, ADMIN_ANSWER_BYTES_MAX, ADMIN_BODY_BYTES_MAX, ADMIN_CLIENT_TIMEOUT,
@@ -110,6 +112,7 @@ pub use auth::{
 };
 pub use body::{BLOCK_LEN, CLIENT_STALL_MAX, READ_AHEAD_BLOCKS, SMALL_BODY_MAX, SMALL_READS_MAX};
 pub use cache::CHUNK_CACHE_BYTES;
+pub use devcert::{IssuedCert, LocalCa, LocalTls, write_key, write_local_tls};
 pub use error::Error;
 pub use handlers::{OPEN_CACHE_TTL, PATHS_INFO_MAX};
 pub use range::{RANGE_HEADER_LEN_MAX, RangeRequest, parse_range};
@@ -118,3 +121,6 @@ pub use registry::{
 };
 pub use server::{Gateway, GatewayConfig};
 pub use source::{ArtifactSource, Emit, LocalSource, NetworkSource, OpenArtifact};
+pub use tls::{
+    ALPN, CertSummary, PEM_CERTS_MAX, PEM_FILE_BYTES_MAX, PeerCertificate, RELOAD_POLL, TlsFiles,
+};
