@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_gateway::{
-    AccessPolicy, AdminClient, AuditDecision, CreatedKey, Error, LocalSource, NewKey, RepoKind,
-    Scope, run_gateway,
+    AccessPolicy, AdminClient, AuditDecision, CreatedKey, Error, GatewayConfig, LocalSource,
+    NewKey, RepoKind, Scope, run_gateway, run_gateway_with,
 };
 use reqwest::StatusCode;
 use tokio::sync::oneshot;
@@ -40,16 +40,28 @@ pub const RESTRICTED: [&str; 4] = [PRIVATE, "acme/one", "acme/two", "other/x"];
 
 impl Keyed {
     pub async fn start(fx: &Fixture) -> Keyed {
+        Self::start_with(fx, GatewayConfig::default()).await
+    }
+
+    /// As [`Keyed::start`], with `config` (TLS, trusted proxies, limits).
+    pub async fn start_with(fx: &Fixture, config: GatewayConfig) -> Keyed {
+        Self::start_with_bind(fx, config, "127.0.0.1:0").await
+    }
+
+    /// As [`Keyed::start_with`], listening on `bind`.
+    pub async fn start_with_bind(fx: &Fixture, config: GatewayConfig, bind: &str) -> Keyed {
+        let bind: SocketAddr = bind.parse().unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("gw");
         let (stop, rx) = oneshot::channel::<()>();
         let source = Arc::new(LocalSource::new(fx.store.clone()));
         let d = dir.clone();
         let server = tokio::spawn(async move {
-            run_gateway(
+            run_gateway_with(
                 &d,
+                bind,
                 "127.0.0.1:0".parse().unwrap(),
-                "127.0.0.1:0".parse().unwrap(),
+                config,
                 source,
                 async {
                     let _ = rx.await;
@@ -158,7 +170,7 @@ async fn wait_past(unix_secs: u64) {
     }
 }
 
-fn new_key(
+pub fn new_key(
     scopes: &[&str],
     expires_in_secs: Option<u64>,
     allow_ips: &[&str],
