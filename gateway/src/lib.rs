@@ -91,6 +91,7 @@ mod range;
 mod registry;
 mod server;
 mod source;
+mod usage;
 
 pub use admin::{
     ADMIN_ADDR_FILE, ADMIN_ANSWER_BYTES_MAX, ADMIN_BODY_BYTES_MAX, ADMIN_CLIENT_TIMEOUT,
@@ -118,3 +119,7 @@ pub use registry::{
 };
 pub use server::{Gateway, GatewayConfig};
 pub use source::{ArtifactSource, Emit, LocalSource, NetworkSource, OpenArtifact};
+pub use usage::{
+    ADDRS_MAX, ADDRS_PER_KEY_MAX, FIRST_USE_REASON, Principal, USAGE_FLUSH_EVERY,
+    USAGE_LABELLED_MAX, USAGE_RETENTION_DAYS, USAGE_ROWS_MAX, Usage, UsageCounts, UsageRow,
+};
