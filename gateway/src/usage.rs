@@ -408,7 +408,7 @@ impl Usage {
         {
             let mut a = u.addrs.lock().unwrap_or_else(|p| p.into_inner());
             // Most recent first, so the bounds (if they were lowered) keep the recent ones.
-            loaded.sort_by(|x, y| y.2.cmp(&x.2));
+            loaded.sort_by_key(|x| std::cmp::Reverse(x.2));
             for (p, addr, day) in loaded {
                 let held = a.by_key.get(&p).map_or(0, HashMap::len);
                 if held < a.per_key_max && a.total < a.total_max {

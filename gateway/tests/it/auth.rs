@@ -42,6 +42,36 @@ impl Keyed {
     pub async fn start(fx: &Fixture) -> Keyed {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("gw");
+        let kg = Self::run(fx, dir, tmp).await;
+        for (kind, repo) in [(RepoKind::Model, MODEL), (RepoKind::Dataset, DATASET)] {
+            let c = kg
+                .admin
+                .register(kind, &repo.parse().unwrap(), &fx.cap, AccessPolicy::Public)
+                .await
+                .unwrap();
+            assert_eq!(c, fx.commit);
+        }
+        for repo in RESTRICTED {
+            kg.admin
+                .register(
+                    RepoKind::Model,
+                    &repo.parse().unwrap(),
+                    &fx.cap,
+                    AccessPolicy::ApiKeyScopes(vec![]),
+                )
+                .await
+                .unwrap();
+        }
+        kg
+    }
+
+    /// Starts the gateway again on the directory a [`Keyed::shutdown`] returned: its
+    /// repositories, keys, audit log and usage are those it had.
+    pub async fn restart(fx: &Fixture, (dir, tmp): (PathBuf, tempfile::TempDir)) -> Keyed {
+        Self::run(fx, dir, tmp).await
+    }
+
+    async fn run(fx: &Fixture, dir: PathBuf, tmp: tempfile::TempDir) -> Keyed {
         let (stop, rx) = oneshot::channel::<()>();
         let source = Arc::new(LocalSource::new(fx.store.clone()));
         let d = dir.clone();
@@ -82,24 +112,6 @@ impl Keyed {
             assert_eq!(mode & 0o777, 0o600, "admin.token must be private");
         }
         let admin = AdminClient::new(&admin_url, token.clone()).unwrap();
-        for (kind, repo) in [(RepoKind::Model, MODEL), (RepoKind::Dataset, DATASET)] {
-            let c = admin
-                .register(kind, &repo.parse().unwrap(), &fx.cap, AccessPolicy::Public)
-                .await
-                .unwrap();
-            assert_eq!(c, fx.commit);
-        }
-        for repo in RESTRICTED {
-            admin
-                .register(
-                    RepoKind::Model,
-                    &repo.parse().unwrap(),
-                    &fx.cap,
-                    AccessPolicy::ApiKeyScopes(vec![]),
-                )
-                .await
-                .unwrap();
-        }
         Keyed {
             dir,
             url,

@@ -9,6 +9,7 @@ mod auth;
 mod hf;
 mod hidden;
 mod limits;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
