@@ -31,6 +31,8 @@
 //!   (requests whose key's secret matched: allowed, or denied as revoked, expired, out of
 //!   scope, from the wrong address, over the rate). **Retention**: the latest
 //!   [`AUDIT_ENTRIES_MAX`] = 100 000 entries are kept; each append beyond that deletes the oldest.
+//!   It also holds notes (decision `note`): a key's first use from a client address, written
+//!   by the `usage` module.
 //!   Appends are committed without fsync except every [`AUDIT_SYNC_EVERY`]th one (and every key
 //!   or registry change, which syncs everything before it): a crash can lose at most the last
 //!   63 entries, and auditing does not cost an fsync per request.

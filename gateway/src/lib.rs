@@ -14,6 +14,10 @@
 //!   revocable, rotatable, rate-limited, IP-restricted, audited; see [`ApiKeyStore`] and the
 //!   `apikey` module docs: key format `cairn_<16 hex>_<43 base64url>`, scopes such as
 //!   `read:repo:org/name`, `read:prefix:org/`, `read:artifact:<cid>`).
+//! - [`Usage`] counts requests, response body bytes and denials per [`Principal`] (`key:<id>`
+//!   for a verified key, else `anonymous`): Prometheus counters over a bounded label set, daily
+//!   totals in `gateway.redb` (`cairn apikey usage`), and an audit note on a key's first use
+//!   from each client address (see the `usage` module docs and `docs/usage-metrics.md`).
 //! - [`Gateway::serve`] runs the server until a shutdown future completes;
 //!   [`Gateway::serve_admin`] runs the admin API (JSON, loopback, bearer admin token) that
 //!   [`AdminClient`] talks to; [`run_gateway`] does both for the binary.
@@ -23,7 +27,7 @@
 //! | method | path | answer |
 //! |---|---|---|
 //! | GET | `/healthz` | `ok` |
-//! | GET | `/metrics` | Prometheus/OpenMetrics text |
+//! | GET | `/metrics` | Prometheus/OpenMetrics text (usage per principal: `cairn_gateway_usage_*`) |
 //! | GET | `/api/artifacts/{cid}` | JSON: `cid`, `commit`, `name`, `size`, `files: [{path, size, etag}]` |
 //! | GET, HEAD | `/artifacts/{cid}/{path}` | the file's bytes |
 //! | GET, HEAD | `/{org}/{name}/resolve/{rev}/{path}` | the file's bytes (model repositories) |
