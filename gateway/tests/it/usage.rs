@@ -178,7 +178,8 @@ async fn counters_match_the_requests_and_bytes_per_key() {
         Some(1)
     );
 
-    // Made-up keys, well-formed or not, on private and public repositories: all anonymous.
+    // Made-up keys (unknown ids, a known id with a wrong secret, garbage) on private and public
+    // repositories: all anonymous, key a's counts untouched.
     let series = principals(&m, req);
     assert_eq!(series.len(), 4, "{series:?}");
     let public = format!("{}/cairn-test/tiny/resolve/main/config.json", kg.url);
@@ -186,7 +187,8 @@ async fn counters_match_the_requests_and_bytes_per_key() {
         let made_up = if i % 3 == 0 {
             format!("cairn_{i:016x}_{}", &a.key[23..])
         } else if i % 3 == 1 {
-            format!("cairn_{}_{i}", &a.id)
+            // Key a's id with another key's secret.
+            format!("cairn_{}_{}", &a.id, &b.key[23..])
         } else {
             format!("x{i}")
         };
@@ -208,6 +210,8 @@ async fn counters_match_the_requests_and_bytes_per_key() {
     }
     assert_eq!(principals(&m, req), series);
     assert_eq!(sample(&m, den, "anonymous"), Some(151));
+    assert_eq!(sample(&m, req, &ka), Some(4));
+    assert_eq!(sample(&m, den, &ka), None);
     kg.shutdown().await;
     fx.shutdown().await;
 }
