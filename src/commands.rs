@@ -226,6 +226,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 A::Revoke { id } => KeyAction::Revoke { id },
                 A::Rotate { id, grace } => KeyAction::Rotate { id, grace },
                 A::Audit { limit, anonymous } => KeyAction::Audit { limit, anonymous },
+                A::Usage { since, json } => KeyAction::Usage { since, json },
             };
             crate::gatewaycmd::apikey(&dir, action)
         }

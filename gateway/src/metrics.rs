@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use crate::cache::ChunkLru;
 use crate::source::ArtifactSource;
+use crate::usage::Usage;
 
 /// Every label value comes from a closed set, so a client cannot grow the series (and the
 /// memory behind them) without bound: the method is one of four names, the route is a route
@@ -130,7 +131,12 @@ impl Collector for SourceCollector {
 }
 
 impl Metrics {
-    pub fn new(chunks: &ChunkLru, streams: Gauge, source: Arc<dyn ArtifactSource>) -> Self {
+    pub fn new(
+        chunks: &ChunkLru,
+        streams: Gauge,
+        source: Arc<dyn ArtifactSource>,
+        usage: &Usage,
+    ) -> Self {
         let mut registry = Registry::with_prefix("cairn_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
@@ -172,6 +178,7 @@ impl Metrics {
             streams,
         );
         registry.register_collector(Box::new(SourceCollector(source)));
+        usage.register(&mut registry);
         Self {
             registry,
             requests,

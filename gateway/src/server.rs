@@ -18,7 +18,7 @@ use crate::conns::{BUSY_ANSWER, Conns, WriteTimeout};
 use crate::handlers::{AppState, ClientAddr, refuse, router};
 use crate::source::ArtifactSource;
 use crate::tls::{PeerCertificate, TlsFiles, TlsState};
-use crate::{ApiKeyStore, Authorizer, Error, IpNet, PublicOnly, Registry};
+use crate::{ApiKeyStore, Authorizer, Error, IpNet, PublicOnly, Registry, Usage};
 
 /// Limits and settings of a gateway. `Default` gives values fit for a public deployment.
 #[derive(Clone, Debug)]
@@ -130,6 +130,25 @@ impl Gateway {
         source: Arc<dyn ArtifactSource>,
         authorizer: Arc<dyn Authorizer>,
     ) -> Self {
+        Self::with_usage(
+            config,
+            registry,
+            source,
+            authorizer,
+            Arc::new(Usage::in_memory()),
+        )
+    }
+
+    /// A gateway that asks `authorizer` before revealing any artifact and counts requests,
+    /// bytes and denials per principal in `usage` (persisted when it was opened on a
+    /// database: [`Usage::open`]).
+    pub fn with_usage(
+        config: GatewayConfig,
+        registry: Arc<Registry>,
+        source: Arc<dyn ArtifactSource>,
+        authorizer: Arc<dyn Authorizer>,
+        usage: Arc<Usage>,
+    ) -> Self {
         assert!(
             config.header_bytes_max >= 8192,
             "hyper needs at least 8192 bytes of header buffer"
@@ -138,8 +157,13 @@ impl Gateway {
         assert!(config.connections_per_client_max > 0);
         assert!(config.streams_max > 0 && config.streams_per_client_max > 0);
         Self {
-            state: Arc::new(AppState::new(registry, source, authorizer, config)),
+            state: Arc::new(AppState::new(registry, source, authorizer, config, usage)),
         }
+    }
+
+    /// The usage counters of this gateway.
+    pub fn usage(&self) -> &Arc<Usage> {
+        &self.state.usage
     }
 
     /// The registry this gateway serves.
@@ -218,7 +242,13 @@ impl Gateway {
         let mut cfg = self.state.config.clone();
         cfg.body_bytes_max = crate::admin::ADMIN_BODY_BYTES_MAX;
         cfg.request_timeout = crate::admin::ADMIN_REQUEST_TIMEOUT;
-        let app = crate::admin::router(self.state.registry.clone(), keys, auth, &cfg);
+        let app = crate::admin::router(
+            self.state.registry.clone(),
+            keys,
+            self.state.usage.clone(),
+            auth,
+            &cfg,
+        );
         serve_app(
             app,
             listener,

@@ -8,5 +8,6 @@ mod devnet;
 mod gateway;
 mod net;
 mod private;
+mod usage;
 mod util;
 mod vectors;

@@ -10,6 +10,7 @@ mod hf;
 mod hidden;
 mod limits;
 mod tls;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use cairn_gateway::{
-    Error, GatewayConfig, IpNet, LocalCa, LocalSource, TlsFiles, run_gateway_with,
+    AuditDecision, Error, GatewayConfig, IpNet, LocalCa, LocalSource, TlsFiles, run_gateway_with,
 };
 use reqwest::StatusCode;
 
@@ -372,7 +372,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let audit = kg.admin.audit(100).await.unwrap();
     let seen: Vec<(Option<&str>, u16)> = audit
         .iter()
-        .filter(|e| e.key_id == key.id)
+        .filter(|e| e.key_id == key.id && e.decision != AuditDecision::Note)
         .map(|e| (e.client_ip.as_deref(), e.status))
         .collect();
     for want in [
@@ -384,6 +384,13 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         assert!(seen.contains(&want), "{want:?} not in {seen:?}");
     }
     assert_eq!(seen.iter().filter(|(_, s)| *s == 200).count(), 2);
+    // The key's first use from the forwarded address is noted (and the proxy's is not).
+    let noted: Vec<Option<&str>> = audit
+        .iter()
+        .filter(|e| e.key_id == key.id && e.decision == AuditDecision::Note)
+        .map(|e| e.client_ip.as_deref())
+        .collect();
+    assert!(noted.contains(&Some("10.1.2.3")), "{noted:?}");
     kg.shutdown().await;
     fx.shutdown().await;
 }
