@@ -79,6 +79,10 @@ pub(crate) struct Metrics {
     pub latency: HistogramFamily,
     pub bytes_sent: Counter,
     pub read_errors: Counter,
+    /// End of the served certificate's validity (Unix seconds; 0 without TLS).
+    pub tls_not_after: Gauge,
+    /// Certificate changes that could not be loaded (the previous one stayed in service).
+    pub tls_reload_failures: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -177,6 +181,18 @@ impl Metrics {
             "Response bodies being streamed now (bounded by streams_max)",
             streams,
         );
+        let tls_not_after = Gauge::default();
+        let tls_reload_failures = Counter::default();
+        registry.register(
+            "tls_certificate_not_after_seconds",
+            "End of the served TLS certificate's validity, in Unix seconds (0 without TLS)",
+            tls_not_after.clone(),
+        );
+        registry.register(
+            "tls_reload_failures",
+            "Changed TLS files that could not be loaded (the previous certificate stayed in service)",
+            tls_reload_failures.clone(),
+        );
         registry.register_collector(Box::new(SourceCollector(source)));
         usage.register(&mut registry);
         Self {
@@ -185,6 +201,8 @@ impl Metrics {
             latency,
             bytes_sent,
             read_errors,
+            tls_not_after,
+            tls_reload_failures,
         }
     }
 

@@ -119,6 +119,31 @@ async fn https_negotiates_h2_or_http1_and_untrusted_clients_fail() {
         chain.contains("UnknownIssuer") || chain.contains("certificate"),
         "not a certificate error: {chain}"
     );
+    // The certificate's end of validity is a metric, for an expiry alert.
+    let c = https_client(ca.cert_pem(), &[b"http/1.1"]);
+    let text = c
+        .get(format!("{}/metrics", fx.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let not_after: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_gateway_tls_certificate_not_after_seconds "))
+        .unwrap_or_else(|| panic!("no certificate expiry metric:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (now + 86_000..=now + 86_500).contains(&not_after),
+        "{not_after} is not a day from {now}"
+    );
     // Plain HTTP to the HTTPS port gets no HTTP answer either.
     let plain = format!("http://{}", fx.url.trim_start_matches("https://"));
     assert!(crate::client().get(&plain).send().await.is_err());
