@@ -52,7 +52,7 @@ openssl x509 -req -in "$work/ca/gateway.csr" -CA "$ca" -CAkey "$work/ca/ca.key" 
   -days 2 -extfile "$work/ca/ext" -out "$work/ca/gateway.pem" 2>/dev/null
 chmod 600 "$work/ca/gateway.key"
 
-start_gw() { # name, extra args...
+start_gw() { # name, extra args... -> sets $url (not run in a subshell: $pids must keep the pid)
   local name="$1"; shift
   "$bin" --data-dir "$work/$name" init >/dev/null
   cap=$("$bin" --data-dir "$work/$name" add "$work/model" 2>/dev/null | sed -n 's/^read capability: //p')
@@ -60,10 +60,11 @@ start_gw() { # name, extra args...
   pids+=("$!")
   for _ in $(seq 1 600); do [ -s "$work/$name/gateway/gateway.addr" ] && break; sleep 0.1; done
   "$bin" --data-dir "$work/$name" register bench/model "$cap" >/dev/null
-  cat "$work/$name/gateway/gateway.addr"
+  url=$(cat "$work/$name/gateway/gateway.addr")
+  gw_pid=${pids[-1]}
 }
-plain=$(start_gw plain)
-tls=$(start_gw tls --tls-cert "$work/ca/gateway.pem" --tls-key "$work/ca/gateway.key")
+start_gw plain; plain=$url; plain_pid=$gw_pid
+start_gw tls --tls-cert "$work/ca/gateway.pem" --tls-key "$work/ca/gateway.key"; tls=$url; tls_pid=$gw_pid
 path=/bench/model/resolve/main/weights.bin
 
 get_rate() { # curl args... -> MB/s of a full GET (best of $rounds)
@@ -85,6 +86,17 @@ lat_cold() { # curl args... -> "median p90" ms of 100 1-MiB ranges at distinct p
 curl -sf "$plain$path" | cmp - "$work/model/weights.bin"
 curl -sf --cacert "$ca" --http2 "$tls$path" | cmp - "$work/model/weights.bin"
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_per_gb() { # pid, curl args... -> "gateway client" CPU seconds per GB of one full GET
+  local pid="$1"; shift
+  local g0 c0 g1 c1
+  g0=$(cpu_ticks "$pid"); c0=$(awk '{print $16 + $17}' /proc/$BASHPID/stat)
+  curl -sf -o /dev/null "$@"
+  g1=$(cpu_ticks "$pid"); c1=$(awk '{print $16 + $17}' /proc/$BASHPID/stat)
+  python3 -c "t=$(getconf CLK_TCK); gb=$bytes/1e9; print(f'{($g1-$g0)/t/gb:.2f} {($c1-$c0)/t/gb:.2f}')"
+}
+read p_gcpu p_ccpu <<<"$(cpu_per_gb "$plain_pid" "$plain$path")"
+read t_gcpu t_ccpu <<<"$(cpu_per_gb "$tls_pid" --cacert "$ca" --http1.1 "$tls$path")"
 p_rate=$(get_rate "$plain$path")
 t1_rate=$(get_rate --cacert "$ca" --http1.1 "$tls$path")
 t2_rate=$(get_rate --cacert "$ca" --http2 "$tls$path")
@@ -109,6 +121,8 @@ echo "file: $mib MiB random, local store; two gateways of one build; client curl
 ratio() { python3 -c "print(f'{$1/$2:.3f}')"; }
 printf 'full GET  plain HTTP/1.1 %8s MB/s   HTTPS HTTP/1.1 %8s MB/s (x%s)   HTTPS HTTP/2 %8s MB/s (x%s)\n' \
   "$p_rate" "$t1_rate" "$(ratio "$t1_rate" "$p_rate")" "$t2_rate" "$(ratio "$t2_rate" "$p_rate")"
+printf 'CPU seconds per GB of a full GET   gateway plain %s, HTTPS %s   curl plain %s, HTTPS %s\n' \
+  "$p_gcpu" "$t_gcpu" "$p_ccpu" "$t_ccpu"
 printf '1 MiB range, new connection each, median/p90 ms   plain %s/%s   HTTPS h2 %s/%s\n' \
   "$p_med" "$p_p90" "$t_med" "$t_p90"
 printf 'new connections per second   TLS 1.3 handshakes %s   plain TCP connects %s\n' "${hs:-?}" "$tcp"
