@@ -763,16 +763,7 @@ fn private_repo_needs_a_key_over_the_devnet() {
 /// temporary data directory.
 #[test]
 fn the_readme_devnet_demo_serves_transformers_and_ctrl_c_stops_everything() {
-    let tmp = tempfile::tempdir().unwrap();
-    let child = cairn()
-        .args(["devnet", "--demo", "--demo-mib", "8"])
-        .env("TMPDIR", tmp.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = tmp.path().join(format!("cairn-devnet-{}", child.id()));
-    let mut child = StopOnDrop(child);
+    let (tmp, base, mut child) = spawn_devnet(&["--demo", "--demo-mib", "8"]);
     let child = &mut child.0;
     let (rx, out) = devnet_ready(child);
     let text = out.join("\n");
@@ -839,16 +830,7 @@ print(AutoTokenizer.from_pretrained("demo/sample-model")("cairn stores models on
 /// byte for byte with `SSL_CERT_FILE` set as printed. The CA's key is never on disk.
 #[test]
 fn devnet_tls_prints_how_to_trust_it_and_serves_huggingface_hub() {
-    let tmp = tempfile::tempdir().unwrap();
-    let child = cairn()
-        .args(["devnet", "--tls", "--demo", "--demo-mib", "4"])
-        .env("TMPDIR", tmp.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = tmp.path().join(format!("cairn-devnet-{}", child.id()));
-    let mut child = StopOnDrop(child);
+    let (tmp, base, mut child) = spawn_devnet(&["--tls", "--demo", "--demo-mib", "4"]);
     let (_rx, out) = devnet_ready(&mut child.0);
     let text = out.join("\n");
     let url = devnet_gateway_url(&out);
@@ -899,6 +881,22 @@ print(snapshot_download("demo/sample-model"))
     );
     let snapshot = PathBuf::from(out.trim().lines().last().unwrap());
     assert_same_tree(&base.join("sample-model"), &snapshot);
+}
+
+/// Starts `cairn devnet <args>` with its temporary folder under a new directory (`TMPDIR`);
+/// returns that directory, the devnet's folder in it, and the process (stopped on drop).
+fn spawn_devnet(args: &[&str]) -> (tempfile::TempDir, PathBuf, StopOnDrop) {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = cairn()
+        .arg("devnet")
+        .args(args)
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = tmp.path().join(format!("cairn-devnet-{}", child.id()));
+    (tmp, base, StopOnDrop(child))
 }
 
 /// A `cairn devnet` process that is stopped (Ctrl-C, then killed after 10 s) when the test ends,

@@ -121,21 +121,12 @@ async fn https_negotiates_h2_or_http1_and_untrusted_clients_fail() {
     );
     // The certificate's end of validity is a metric, for an expiry alert.
     let c = https_client(ca.cert_pem(), &[b"http/1.1"]);
-    let text = c
-        .get(format!("{}/metrics", fx.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let not_after: i64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("cairn_gateway_tls_certificate_not_after_seconds "))
-        .unwrap_or_else(|| panic!("no certificate expiry metric:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap();
+    let not_after = crate::metric(
+        &c,
+        &fx.url,
+        "cairn_gateway_tls_certificate_not_after_seconds",
+    )
+    .await as i64;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
