@@ -81,6 +81,7 @@ mod apikey;
 mod auth;
 mod body;
 mod cache;
+mod clientcert;
 mod conns;
 mod error;
 #[doc(hidden)]
@@ -91,6 +92,7 @@ mod range;
 mod registry;
 mod server;
 mod source;
+pub mod tls;
 
 pub use admin::{
     ADMIN_ADDR_FILE, ADMIN_ANSWER_BYTES_MAX, ADMIN_BODY_BYTES_MAX, ADMIN_CLIENT_TIMEOUT,
@@ -110,6 +112,11 @@ pub use auth::{
 };
 pub use body::{BLOCK_LEN, CLIENT_STALL_MAX, READ_AHEAD_BLOCKS, SMALL_BODY_MAX, SMALL_READS_MAX};
 pub use cache::CHUNK_CACHE_BYTES;
+pub use clientcert::{
+    AuditCert, CERT_DER_LEN_MAX, CERT_NAME_LEN_MAX, CERT_NAMES_MAX, CERT_REVOCATIONS_MAX,
+    CERT_SERIAL_LEN_MAX, CertError, CertName, CertNameKind, CertRevocation, ClientCert,
+    ClientIdentity, RevokeCert, RevokedCert, cert_sha256,
+};
 pub use error::Error;
 pub use handlers::{OPEN_CACHE_TTL, PATHS_INFO_MAX};
 pub use range::{RANGE_HEADER_LEN_MAX, RangeRequest, parse_range};

@@ -280,7 +280,7 @@ fn service(
                 .take(256)
                 .collect();
             req.extensions_mut()
-                .insert(ClientAddr(peer, Arc::from(route)));
+                .insert(ClientAddr(peer, Arc::from(route), None));
             let resp = app.oneshot(req.map(axum::body::Body::new)).await?;
             Ok(resp.map(|b| {
                 axum::body::Body::new(BusyBody {

@@ -170,6 +170,7 @@ fn new_key(
         expires_in_secs,
         allow_ips: allow_ips.iter().map(|s| s.parse().unwrap()).collect(),
         rate_per_minute,
+        client_cert: None,
     }
 }
 
@@ -692,6 +693,7 @@ async fn admin_api_needs_its_token() {
             expires_in_secs: None,
             allow_ips: vec![],
             rate_per_minute: None,
+            client_cert: None,
         })
         .await
         .unwrap_err();
