@@ -158,7 +158,7 @@ async fn wait_past(unix_secs: u64) {
     }
 }
 
-fn new_key(
+pub fn new_key(
     scopes: &[&str],
     expires_in_secs: Option<u64>,
     allow_ips: &[&str],
@@ -175,14 +175,14 @@ fn new_key(
 }
 
 /// What a request got: status, error code and message, body.
-struct Got {
-    status: u16,
+pub struct Got {
+    pub status: u16,
     code: Option<String>,
     message: Option<String>,
     body: Vec<u8>,
 }
 
-async fn get(c: &reqwest::Client, url: &str, key: Option<&str>) -> Got {
+pub async fn get(c: &reqwest::Client, url: &str, key: Option<&str>) -> Got {
     let mut r = c.get(url);
     if let Some(k) = key {
         r = r.bearer_auth(k);
@@ -208,7 +208,7 @@ async fn get(c: &reqwest::Client, url: &str, key: Option<&str>) -> Got {
 /// `got` is a denial with `status` and its error code (a bad key is refused as the Hub refuses
 /// a bad token; no covering key looks like a missing repository), a short JSON error, none of
 /// `file`'s bytes.
-fn denied(got: &Got, status: u16, file: &[u8], what: &str) {
+pub fn denied(got: &Got, status: u16, file: &[u8], what: &str) {
     assert_eq!(
         got.status,
         status,
@@ -243,7 +243,7 @@ fn denied(got: &Got, status: u16, file: &[u8], what: &str) {
     }
 }
 
-fn served(got: &Got, file: &[u8], what: &str) {
+pub fn served(got: &Got, file: &[u8], what: &str) {
     assert_eq!(
         got.status,
         200,
@@ -650,6 +650,8 @@ async fn admin_api_needs_its_token() {
             ("GET", "/admin/audit"),
             ("POST", "/admin/repos"),
             ("POST", "/admin/keys/0123456789abcdef/revoke"),
+            ("POST", "/admin/certs/revoke"),
+            ("GET", "/admin/certs/revoked"),
         ] {
             let mut r = match method {
                 "GET" => c.get(format!("{}{path}", kg.admin_url)),

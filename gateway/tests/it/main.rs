@@ -9,6 +9,7 @@ mod auth;
 mod hf;
 mod hidden;
 mod limits;
+mod mtls;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
