@@ -74,6 +74,9 @@
 //! | no scope covers the repository or artifact with the operation | 404, as if missing |
 //! | over the key's rate (token bucket, per minute) | 429 (`X-Error-Code: GatedRepo`) |
 //!
+//! A verified client certificate (mutual TLS) bound to a key stands in for the bearer key (the
+//! first rows; then the same checks from "revoked" on): see the `clientcert` module docs.
+//!
 //! The 401 and 403 refusals are about the key, not about what was asked: they are given on
 //! every route, for public and missing repositories too (a key sent with a public request is
 //! checked, as the Hub checks tokens). The 404s are the gateway's `RepoNotFound`,

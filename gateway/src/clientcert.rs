@@ -752,6 +752,44 @@ mod tests {
         assert!(!id.names().contains(&"cn:Backend-1".parse().unwrap()));
     }
 
+    /// Certificates made by openssl (the fuzz seeds): the serial number and fingerprint read
+    /// are what `openssl x509 -serial -fingerprint -sha256` prints, typed into a revocation.
+    #[test]
+    fn openssl_certificates_match_what_openssl_prints() {
+        let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds/client_cert/");
+        let read =
+            |f: &str| ClientIdentity::from_der(&std::fs::read(format!("{seeds}{f}")).unwrap());
+        let sans = read("sans").unwrap();
+        assert_eq!(
+            CertRevocation::Serial(sans.serial().into()),
+            CertRevocation::serial("112233445566778899AABBCCDDEEFF00112233").unwrap()
+        );
+        assert_eq!(
+            CertRevocation::Sha256(sans.sha256().into()),
+            CertRevocation::fingerprint(
+                "70:7A:C1:03:86:03:3D:8A:1E:49:E9:BD:52:08:17:92:65:05:99:27:A5:AC:0A:66:C7:88:\
+                 B0:B3:5B:A8:3E:9C"
+            )
+            .unwrap()
+        );
+        let names: Vec<String> = sans.names().iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "cn:backend-2",
+                "dns:backend.example",
+                "uri:spiffe://cairn/backend",
+                "email:ops@example.com"
+            ]
+        );
+        assert_eq!(read("cn_only").unwrap().serial(), "8f01");
+        // Two common names, two spellings of one wildcard name (literal, not expanded).
+        let two = read("two_cns").unwrap();
+        let names: Vec<String> = two.names().iter().map(|n| n.to_string()).collect();
+        assert_eq!(names, ["cn:a", "cn:b", "dns:*.example.com"]);
+        assert_eq!(two.serial(), "01");
+    }
+
     /// Hostile certificates are refused with the reason, never panic and never come out as a
     /// certificate without names.
     #[test]

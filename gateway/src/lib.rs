@@ -70,7 +70,10 @@
 //! address outside its allow-list gets `403`; a covering key over its rate gets `429`
 //! (`X-Error-Code: GatedRepo`, `Retry-After`). Nothing of the artifact is read before the
 //! answer is known. Keys come as `Authorization: Bearer <key>` (the scheme in any case),
-//! which is what `huggingface_hub` sends for `token=`.
+//! which is what `huggingface_hub` sends for `token=`, or as a client certificate (mutual TLS)
+//! bound to a key by one of its names ([`CertName`]), which then acts as that key and wins over
+//! a bearer header; certificates are revocable by serial number or fingerprint per request
+//! (see the `clientcert` module docs and docs/mtls.md).
 //!
 //! **Secrets**: read capabilities live only in the registry and in memory; no endpoint, log
 //! line or `Debug` output shows one. API keys are stored as hashes only and the audit log
