@@ -173,13 +173,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             streams,
             streams_per_client,
             connections_per_client,
+            transport,
         } => {
             let limits = crate::gatewaycmd::Limits {
                 streams,
                 streams_per_client,
                 connections_per_client,
             };
-            crate::gatewaycmd::serve(&dir, &cli.peers, &cli.network, listen, admin_listen, limits)
+            crate::gatewaycmd::serve(
+                &dir,
+                &cli.peers,
+                &cli.network,
+                (listen, admin_listen),
+                limits,
+                transport,
+            )
         }
         Command::Register {
             repo,
@@ -240,6 +248,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             demo,
             demo_mib,
             exit_after_demo,
+            tls,
         } => crate::devnet::run(crate::devnet::DevnetOptions {
             nodes,
             dir: devdir,
@@ -248,6 +257,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             demo,
             demo_mib,
             exit_after_demo,
+            tls,
         }),
         Command::Get {
             cap,

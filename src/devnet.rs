@@ -42,7 +42,12 @@ pub struct DevnetOptions {
     pub demo: bool,
     pub demo_mib: u64,
     pub exit_after_demo: bool,
+    /// Serve the gateway over HTTPS with a throwaway local CA.
+    pub tls: bool,
 }
+
+/// Validity of the devnet's throwaway CA and certificate.
+const DEVNET_TLS_VALID: Duration = Duration::from_secs(30 * 86_400);
 
 /// How often the devnet reaps children that died (a node SIGKILLed by a test or the OOM killer):
 /// until reaped, a dead child stays a zombie in the process table.
@@ -217,6 +222,16 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
     let gw_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    // HTTPS: a CA made for this devnet (its key never written) and a certificate for
+    // 127.0.0.1, localhost and ::1.
+    let tls = if opts.tls {
+        Some(cairn_gateway::write_local_tls(
+            &base.join("tls"),
+            DEVNET_TLS_VALID,
+        )?)
+    } else {
+        None
+    };
     let mut cmd = Command::new(&exe);
     cmd.arg("--data-dir")
         .arg(&gw_data)
@@ -226,8 +241,14 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
         .arg(&bootstrap)
         .arg("gateway")
         .arg("--listen")
-        .arg(format!("127.0.0.1:{gw_port}"))
-        .stdin(Stdio::null())
+        .arg(format!("127.0.0.1:{gw_port}"));
+    if let Some(t) = &tls {
+        cmd.arg("--tls-cert")
+            .arg(&t.files.cert)
+            .arg("--tls-key")
+            .arg(&t.files.key);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(gw_log)
         .env(
@@ -255,6 +276,12 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
         "  gateway {gw_url}  (state in {})",
         gateway_dir(&gw_data).display()
     );
+    if let Some(t) = &tls {
+        let ca = t.ca_cert.display();
+        println!(
+            "HTTPS with a throwaway CA made for this devnet (30 days; its key was never written). Point clients at it:\n  export SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca}   # Python: huggingface_hub, datasets, requests\n  curl --cacert {ca} {gw_url}/healthz\n  (with SSL_CERT_FILE set, that shell trusts only this CA)"
+        );
+    }
     println!(
         "talk to it with:\n  export CAIRN_PEER={bootstrap}\n  cairn add ./my-model        # publish across the nodes\n  cairn get --cap-file <file with the capability> -o ./out\n  cairn --data-dir {} register org/my-model --cap-file <file>   # serve it over HTTP",
         gw_data.display()
@@ -263,16 +290,27 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
     if opts.demo {
         let cap = demo(&rt, &base, &opts, &addrs)?;
         crate::gatewaycmd::register(&gw_data, "demo/sample-model", &cap.to_string(), false, None)?;
-        println!("served over HTTP, Hugging Face-compatible:");
-        println!("  curl -s {gw_url}/api/models/demo/sample-model");
-        println!("  curl -s {gw_url}/demo/sample-model/resolve/main/config.json");
+        println!(
+            "served over {}, Hugging Face-compatible:",
+            if tls.is_some() { "HTTPS" } else { "HTTP" }
+        );
+        let curl = match &tls {
+            Some(t) => format!("curl -s --cacert {}", t.ca_cert.display()),
+            None => "curl -s".into(),
+        };
+        println!("  {curl} {gw_url}/api/models/demo/sample-model");
+        println!("  {curl} {gw_url}/demo/sample-model/resolve/main/config.json");
         println!(
             "  HF_ENDPOINT={gw_url} python3 -c \"from huggingface_hub import snapshot_download; print(snapshot_download('demo/sample-model'))\""
         );
         println!(
             "  HF_ENDPOINT={gw_url} python3 -c \"from transformers import AutoTokenizer; print(AutoTokenizer.from_pretrained('demo/sample-model')('cairn stores models'))\""
         );
-        let body = fetch_http(&gw_url, "/demo/sample-model/resolve/main/config.json")?;
+        let path = "/demo/sample-model/resolve/main/config.json";
+        let body = match &tls {
+            None => fetch_http(&gw_url, path)?,
+            Some(t) => fetch_https(&gw_url, path, &t.ca_cert)?,
+        };
         if body != std::fs::read(base.join("sample-model/config.json"))? {
             bail!("the gateway served config.json differently; this is a bug");
         }
@@ -430,19 +468,66 @@ fn wait_file(file: &Path, child: &mut Child, log: &Path) -> anyhow::Result<Strin
 /// A plain HTTP/1.1 GET over loopback (the demo's own check of the gateway), bounded in time
 /// and size.
 fn fetch_http(base: &str, path: &str) -> anyhow::Result<Vec<u8>> {
-    use std::io::{Read, Write};
     let addr = base
         .strip_prefix("http://")
         .context("the gateway URL is not http://")?;
-    let mut s = std::net::TcpStream::connect(addr)?;
+    get_over(connect(addr)?, addr, path)
+}
+
+/// The same GET over TLS, trusting only the devnet's CA in `ca`.
+fn fetch_https(base: &str, path: &str, ca: &Path) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let addr = base
+        .strip_prefix("https://")
+        .context("the gateway URL is not https://")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots.add(c?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let host: SocketAddr = addr.parse().context("the gateway URL has no IP address")?;
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        ServerName::IpAddress(host.ip().into()),
+    )?;
+    get_over(rustls::StreamOwned::new(conn, connect(addr)?), addr, path)
+}
+
+fn connect(addr: &str) -> anyhow::Result<std::net::TcpStream> {
+    let s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+/// GET `path` on `s` (HTTP/1.1, `Connection: close`); the body of a `200`, at most 16 MiB.
+fn get_over(
+    mut s: impl std::io::Read + std::io::Write,
+    addr: &str,
+    path: &str,
+) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
+    s.flush()?;
     let mut buf = Vec::new();
-    s.take(16 << 20).read_to_end(&mut buf)?;
+    match s.take(16 << 20).read_to_end(&mut buf) {
+        Ok(_) => {}
+        // A TLS peer that closes without close_notify: the caller compares the body with the
+        // file it expects, so a cut answer is still caught.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
     let split = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

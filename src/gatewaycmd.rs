@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use cairn_gateway::{
     ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AccessPolicy, AdminClient, ArtifactSource, CertName,
     CertRevocation, GatewayConfig, IpNet, LocalSource, NetworkSource, NewKey, RepoId, RepoKind,
-    RevokeCert, Scope, run_gateway_with,
+    RevokeCert, Scope, TlsFiles, run_gateway_with,
 };
 use cairn_node::{Network, NetworkConfig};
 use cairn_store::ReadCap;
@@ -60,17 +60,69 @@ impl Limits {
     }
 }
 
+/// How `cairn gateway` meets its clients: HTTPS (with mutual TLS for backends) or plain HTTP,
+/// and which proxies it believes.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct Transport {
+    /// Serve HTTPS with this PEM certificate chain (the gateway's certificate first). It is
+    /// reloaded when the file changes or on SIGHUP, without dropping connections.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert; must be readable by its owner only (chmod 600).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept client certificates signed by these PEM CA certificates (mutual TLS for
+    /// backends); clients without a certificate still use API keys.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Serve plain HTTP on an address that is not loopback: only behind a TLS-terminating
+    /// proxy on the same host or network, never facing clients.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub insecure_http: bool,
+    /// A proxy (address or CIDR) whose X-Forwarded-For names the client (repeatable); the
+    /// header of anyone else is ignored.
+    #[arg(long, value_name = "NET")]
+    pub trusted_proxy: Vec<String>,
+}
+
+impl Transport {
+    fn apply(&self, c: &mut GatewayConfig) -> anyhow::Result<()> {
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            c.tls = Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            });
+        }
+        c.insecure_http = self.insecure_http;
+        c.trusted_proxies = self
+            .trusted_proxy
+            .iter()
+            .map(|n| {
+                n.parse::<IpNet>()
+                    .with_context(|| format!("--trusted-proxy {n:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(())
+    }
+}
+
 /// Serves HTTP until SIGTERM or Ctrl-C. With `--peer`, artifacts come from the network;
 /// without, from this data directory's store.
 pub fn serve(
     data_dir: &Path,
     peers: &[String],
     network: &str,
-    listen: SocketAddr,
-    admin_listen: SocketAddr,
+    (listen, admin_listen): (SocketAddr, SocketAddr),
     limits: Limits,
+    transport: Transport,
 ) -> anyhow::Result<()> {
-    let config = limits.config()?;
+    let mut config = limits.config()?;
+    transport.apply(&mut config)?;
+    // Refused before anything starts (the TLS files are checked by the gateway itself).
+    config.check_listen(listen).context(
+        "pass --tls-cert and --tls-key, or --insecure-http when a TLS-terminating proxy is in front",
+    )?;
     let rt = runtime()?;
     rt.block_on(async {
         let source: Arc<dyn ArtifactSource> = if peers.is_empty() {

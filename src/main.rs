@@ -147,6 +147,8 @@ enum Command {
         /// Connections one client address may hold, of 1024 [default: 64].
         #[arg(long)]
         connections_per_client: Option<usize>,
+        #[command(flatten)]
+        transport: gatewaycmd::Transport,
     },
     /// Name an artifact on the running gateway of this data directory: `org/name` at a new
     /// revision, which becomes `main`.
@@ -195,6 +197,10 @@ enum Command {
         /// Stop the network after the demo instead of waiting for Ctrl-C.
         #[arg(long)]
         exit_after_demo: bool,
+        /// Serve the gateway over HTTPS, with a throwaway CA and certificate made in the
+        /// devnet's folder (`tls/ca.pem` is the CA to trust).
+        #[arg(long)]
+        tls: bool,
     },
     /// Demo on embedded defaults: a temporary store, a sample model added and fetched back verified.
     Demo {

@@ -603,12 +603,16 @@ fn check_id(id: &str) -> Result<(), Error> {
 /// `http://addr`, with an unspecified address (0.0.0.0, ::) replaced by loopback so that the URL
 /// can be used from this machine.
 fn url_of(addr: SocketAddr) -> String {
+    url_with_scheme("http", addr)
+}
+
+fn url_with_scheme(scheme: &str, addr: SocketAddr) -> String {
     let ip = match addr.ip() {
         IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<(), Error> {
@@ -665,6 +669,22 @@ pub async fn run_gateway_with(
             what: format!("the admin bind address {admin_bind}"),
         });
     }
+    // Refusals come before anything is bound or written (a bad certificate, plain HTTP on a
+    // network address): the operator gets one clear error and no half-started gateway.
+    config.check_listen(bind)?;
+    if let Some(files) = config.tls.clone() {
+        tokio::task::spawn_blocking(move || crate::tls::TlsState::load(files).map(|_| ()))
+            .await
+            .map_err(|e| Error::Io {
+                what: "loading the TLS files".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let d = dir.to_path_buf();
     let (registry, keys, token) = tokio::task::spawn_blocking(move || {
         let registry = Arc::new(Registry::open(&d)?);
@@ -692,24 +712,34 @@ pub async fn run_gateway_with(
         .local_addr()
         .map_err(io("reading the admin API's address".into()))?;
     let (gw_file, admin_file) = (dir.join(GATEWAY_ADDR_FILE), dir.join(ADMIN_ADDR_FILE));
-    write_atomically(&gw_file, &format!("{}\n", url_of(public_addr)))?;
+    let public_url = url_with_scheme(scheme, public_addr);
+    write_atomically(&gw_file, &format!("{public_url}\n"))?;
     write_atomically(&admin_file, &format!("{}\n", url_of(admin_addr)))?;
-    tracing::info!(gateway = %url_of(public_addr), admin = %url_of(admin_addr), "gateway running");
+    tracing::info!(gateway = %public_url, admin = %url_of(admin_addr), "gateway running");
 
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         // A dropped sender also means stop.
         let _ = rx.wait_for(|v| *v).await;
     };
+    let stop = tx.clone();
     let trigger = async move {
         shutdown.await;
         let _ = tx.send(true);
     };
-    let (_, a, b) = tokio::join!(
-        trigger,
-        gw.serve_admin(admin, keys, AdminAuth { token }, stopped(rx.clone())),
-        gw.clone().serve(public, stopped(rx)),
-    );
+    let public = async {
+        let r = gw.clone().serve(public, stopped(rx.clone())).await;
+        // The public side stopped (or failed): the admin API goes with it.
+        let _ = stop.send(true);
+        r
+    };
+    let admin = gw.serve_admin(admin, keys, AdminAuth { token }, stopped(rx.clone()));
+    let both = async { tokio::join!(admin, public) };
+    tokio::pin!(both, trigger);
+    let (a, b) = tokio::select! {
+        r = &mut both => r,
+        _ = &mut trigger => both.await,
+    };
     let _ = std::fs::remove_file(&gw_file);
     let _ = std::fs::remove_file(&admin_file);
     a.and(b)

@@ -61,6 +61,24 @@ pub enum Error {
         /// The address or URL given.
         what: String,
     },
+    /// A TLS file (certificate, key, client CA) is missing, unreadable, malformed, expired, or
+    /// the key does not match the certificate.
+    #[error("TLS file {path}: {reason}")]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and what fixes it.
+        reason: String,
+    },
+    /// Plain HTTP was asked on an address that is not loopback, where API keys and tokens would
+    /// cross the network in clear.
+    #[error(
+        "refusing to serve plain HTTP on {addr}, which is not a loopback address: credentials would cross the network in clear; serve HTTPS with a certificate and key, or allow plain HTTP explicitly behind a TLS-terminating proxy"
+    )]
+    PlainHttpOnNetwork {
+        /// The listen address.
+        addr: std::net::SocketAddr,
+    },
     /// The admin API answered with an error, or its answer could not be read.
     #[error("admin API {url} answered {status}: {message}")]
     Admin {
@@ -142,7 +160,10 @@ impl Error {
             Error::Denied { kind, .. } => (kind.status(), Some("GatedRepo")),
             Error::BadRepoId { .. } | Error::BadRequest(_) => (400, None),
             Error::KeyNotFound { .. } => (404, None),
-            Error::NotLoopback { .. } | Error::Admin { .. } => (500, None),
+            Error::NotLoopback { .. }
+            | Error::Admin { .. }
+            | Error::Tls { .. }
+            | Error::PlainHttpOnNetwork { .. } => (500, None),
             // Data that cannot be had or verified right now: the gateway is fine, upstream is not.
             Error::Store(cairn_store::Error::ManifestNotFound(_)) => (404, Some("RepoNotFound")),
             Error::Store(_) | Error::Network(_) => (502, None),

@@ -86,6 +86,7 @@ mod body;
 mod cache;
 mod clientcert;
 mod conns;
+mod devcert;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -95,7 +96,7 @@ mod range;
 mod registry;
 mod server;
 mod source;
-pub mod tls;
+mod tls;
 
 pub use admin::{
     ADMIN_ADDR_FILE, ADMIN_ANSWER_BYTES_MAX, ADMIN_BODY_BYTES_MAX, ADMIN_CLIENT_TIMEOUT,
@@ -120,6 +121,7 @@ pub use clientcert::{
     CERT_SERIAL_LEN_MAX, CertError, CertName, CertNameKind, CertRevocation, ClientCert,
     ClientIdentity, RevokeCert, RevokedCert, cert_sha256,
 };
+pub use devcert::{IssuedCert, LocalCa, LocalTls, write_key, write_local_tls};
 pub use error::Error;
 pub use handlers::{OPEN_CACHE_TTL, PATHS_INFO_MAX};
 pub use range::{RANGE_HEADER_LEN_MAX, RangeRequest, parse_range};
@@ -128,3 +130,6 @@ pub use registry::{
 };
 pub use server::{Gateway, GatewayConfig};
 pub use source::{ArtifactSource, Emit, LocalSource, NetworkSource, OpenArtifact};
+pub use tls::{
+    ALPN, CertSummary, PEM_CERTS_MAX, PEM_FILE_BYTES_MAX, PeerCertificate, RELOAD_POLL, TlsFiles,
+};

@@ -2,13 +2,14 @@
 //! first; see `conns`), a write timeout, hyper's HTTP/1.1 limits, graceful shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -16,7 +17,8 @@ use crate::admin::AdminAuth;
 use crate::conns::{BUSY_ANSWER, Conns, WriteTimeout};
 use crate::handlers::{AppState, ClientAddr, refuse, router};
 use crate::source::ArtifactSource;
-use crate::{ApiKeyStore, Authorizer, Error, PublicOnly, Registry};
+use crate::tls::{PeerCertificate, TlsFiles, TlsState};
+use crate::{ApiKeyStore, Authorizer, Error, IpNet, PublicOnly, Registry};
 
 /// Limits and settings of a gateway. `Default` gives values fit for a public deployment.
 #[derive(Clone, Debug)]
@@ -54,6 +56,28 @@ pub struct GatewayConfig {
     pub open_cache_max: usize,
     /// Bytes of opened chunks kept in memory for ranged reads (0 turns the cache off).
     pub chunk_cache_bytes: u64,
+    /// Serve HTTPS with these files (see the `tls` module); `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Allow plain HTTP on an address that is not loopback (behind a TLS-terminating proxy).
+    /// Without it, [`Gateway::serve`] refuses such an address unless `tls` is set.
+    pub insecure_http: bool,
+    /// Proxies whose `X-Forwarded-For` is believed: a request whose peer address is in one of
+    /// these networks counts as coming from the address the header names (see
+    /// `forwarded_client`). The header of anyone else is ignored.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Requests one HTTP/2 connection may have in progress at once.
+    pub h2_streams_per_connection_max: u32,
+}
+
+impl GatewayConfig {
+    /// Refuses plain HTTP on an address that is not loopback, unless `insecure_http` says a
+    /// TLS-terminating proxy is in front.
+    pub fn check_listen(&self, addr: SocketAddr) -> Result<(), Error> {
+        if self.tls.is_none() && !self.insecure_http && !addr.ip().is_loopback() {
+            return Err(Error::PlainHttpOnNetwork { addr });
+        }
+        Ok(())
+    }
 }
 
 impl Default for GatewayConfig {
@@ -73,6 +97,10 @@ impl Default for GatewayConfig {
             drain_timeout: Duration::from_secs(10),
             open_cache_max: 256,
             chunk_cache_bytes: crate::cache::CHUNK_CACHE_BYTES,
+            tls: None,
+            insecure_http: false,
+            trusted_proxies: Vec::new(),
+            h2_streams_per_connection_max: 16,
         }
     }
 }
@@ -119,8 +147,11 @@ impl Gateway {
         &self.state.registry
     }
 
-    /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then stops accepting, lets
-    /// in-flight responses finish for up to `drain_timeout`, and returns.
+    /// Serves on `listener` until `shutdown` completes, then stops accepting, lets in-flight
+    /// responses finish for up to `drain_timeout`, and returns. With `config.tls`, HTTPS
+    /// (HTTP/2 or HTTP/1.1 by ALPN, certificate reloaded when its files change, see the `tls`
+    /// module); without, HTTP/1.1 in clear, refused on an address that is not loopback unless
+    /// `config.insecure_http`.
     ///
     /// Cancel safety: dropping the returned future stops accepting at once; connections already
     /// accepted keep running on their own tasks until they end.
@@ -130,16 +161,45 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), Error> {
         let cfg = self.state.config.clone();
+        let addr = listener.local_addr().map_err(|source| Error::Io {
+            what: "reading the gateway's listen address".into(),
+            source,
+        })?;
+        let tls = match &cfg.tls {
+            Some(files) => {
+                let files = files.clone();
+                let state = tokio::task::spawn_blocking(move || TlsState::load(files))
+                    .await
+                    .map_err(|e| Error::Io {
+                        what: "loading the TLS files".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })??;
+                let s = state.summary();
+                tracing::info!(subject = %s.subject, not_after = s.not_after, "serving HTTPS");
+                Some(state)
+            }
+            None => {
+                cfg.check_listen(addr)?;
+                None
+            }
+        };
+        // Reloads until this future ends (dropping the handle does not stop the task: abort it).
+        let watch = tls.clone().map(|t| tokio::spawn(t.watch()));
         let app = router(self.state.clone());
-        serve_app(
+        let r = serve_app(
             app,
             listener,
             &cfg,
             (cfg.connections_max, cfg.connections_per_client_max),
+            tls,
             "gateway",
             shutdown,
         )
-        .await
+        .await;
+        if let Some(w) = watch {
+            w.abort();
+        }
+        r
     }
 
     /// Serves the admin API (see the `admin` module docs) on `listener`, which the caller binds,
@@ -168,6 +228,7 @@ impl Gateway {
                 crate::admin::ADMIN_CONNECTIONS_MAX,
                 crate::admin::ADMIN_CONNECTIONS_MAX,
             ),
+            None,
             "admin API",
             shutdown,
         )
@@ -176,25 +237,39 @@ impl Gateway {
 }
 
 /// The accept loop shared by the public and the admin listener: connection limits (in all, per
-/// client address), hyper's limits, graceful shutdown. It never stops accepting: a connection
-/// there is no room for is answered `503` and closed at once.
+/// client address), TLS when given, hyper's limits, graceful shutdown. It never stops accepting:
+/// a connection there is no room for is answered `503` and closed at once (over TLS, closed).
 async fn serve_app(
     app: axum::Router,
     listener: TcpListener,
     cfg: &GatewayConfig,
     (connections_max, per_client_max): (usize, usize),
+    tls: Option<Arc<TlsState>>,
     what: &'static str,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let conns = Conns::new(connections_max, per_client_max);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.header_bytes_max)
         .keep_alive(true);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.h2_streams_per_connection_max)
+        .max_header_list_size(u32::try_from(cfg.header_bytes_max).unwrap_or(u32::MAX))
+        // A client resetting streams as fast as it opens them ("rapid reset") is cut off.
+        .max_pending_accept_reset_streams(H2_PENDING_RESETS_MAX)
+        .max_local_error_reset_streams(H2_LOCAL_RESETS_MAX)
+        .keep_alive_interval(H2_PING_EVERY)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    // Plain HTTP stays HTTP/1.1 (no cleartext HTTP/2); HTTP/2 comes by ALPN over TLS.
+    let plain = http.clone().http1_only();
+    let trusted: Arc<[IpNet]> = cfg.trusted_proxies.clone().into();
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, what, "listening");
+        tracing::info!(%addr, what, tls = tls.is_some(), "listening");
     }
     tokio::pin!(shutdown);
     loop {
@@ -211,19 +286,72 @@ async fn serve_app(
             },
         };
         let Some(mut slot) = conns.admit(peer.ip()) else {
-            // Best effort: the socket buffer of a new connection has room for these bytes.
-            let _ = stream.try_write(BUSY_ANSWER);
+            // Best effort: the socket buffer of a new connection has room for these bytes. A
+            // TLS client would read them as garbage: it is only closed.
+            if tls.is_none() {
+                let _ = stream.try_write(BUSY_ANSWER);
+            }
             tracing::debug!(%peer, what, "no connection slot free; refused");
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc = service(app.clone(), peer, cfg.uri_len_max, conns.clone(), slot.id());
         let io = WriteTimeout::new(stream, cfg.write_timeout);
-        let conn = http.serve_connection(TokioIo::new(io), svc);
-        let conn = graceful.watch(conn);
+        let ctx = ConnCtx {
+            app: app.clone(),
+            peer,
+            uri_len_max: cfg.uri_len_max,
+            conns: conns.clone(),
+            conn_id: slot.id(),
+            trusted: trusted.clone(),
+            cert: None,
+        };
+        let watcher = graceful.watcher();
+        let handshake_timeout = cfg.header_read_timeout;
+        let (tls, http, plain) = (tls.clone(), http.clone(), plain.clone());
         tokio::spawn(async move {
+            let served = async {
+                match tls {
+                    None => {
+                        let conn = plain.serve_connection(TokioIo::new(io), service(ctx));
+                        watcher.watch(conn).await
+                    }
+                    Some(tls) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                        // A client that never finishes its handshake holds a slot no longer
+                        // than one that never sends its headers.
+                        let io = match tokio::time::timeout(handshake_timeout, acceptor.accept(io))
+                            .await
+                        {
+                            Ok(Ok(io)) => io,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return Ok(());
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return Ok(());
+                            }
+                        };
+                        let cert = io
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| PeerCertificate(Arc::new(c.clone().into_owned())));
+                        let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let svc = service(ConnCtx { cert, ..ctx });
+                        let http = if h2 {
+                            http.http2_only()
+                        } else {
+                            http.http1_only()
+                        };
+                        let conn = http.serve_connection(TokioIo::new(io), svc);
+                        watcher.watch(conn).await
+                    }
+                }
+            };
             tokio::select! {
-                r = conn => if let Err(e) = r {
+                r = served => if let Err(e) = r {
                     // Includes bodies aborted because a read failed mid-stream, and clients cut
                     // off by the write timeout.
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -248,12 +376,77 @@ async fn serve_app(
     Ok(())
 }
 
-fn service(
+/// Streams a client may reset before the server has accepted them (HTTP/2).
+const H2_PENDING_RESETS_MAX: usize = 20;
+/// Streams the server may reset for a client's protocol errors before closing the connection.
+const H2_LOCAL_RESETS_MAX: usize = 64;
+/// An idle HTTP/2 connection is pinged this often...
+const H2_PING_EVERY: Duration = Duration::from_secs(30);
+/// ...and closed when a ping is not answered within this.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What every request of one connection shares.
+struct ConnCtx {
     app: axum::Router,
     peer: SocketAddr,
     uri_len_max: usize,
     conns: Arc<Conns>,
     conn_id: u64,
+    trusted: Arc<[IpNet]>,
+    cert: Option<PeerCertificate>,
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the address its
+/// `X-Forwarded-For` names. The header is read from the right (each proxy appends the address
+/// it received the request from): trusted proxies are skipped, and the first address that is
+/// not one is the client. A malformed entry ends the walk at the last trusted hop, so a client
+/// cannot pass anything off by writing the header itself: what it writes lies left of the
+/// address the proxy appended. At most [`FORWARDED_HOPS_MAX`] entries are read.
+pub(crate) fn forwarded_client(
+    peer: IpAddr,
+    trusted: &[IpNet],
+    headers: &axum::http::HeaderMap,
+) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for hop in values
+        .iter()
+        .rev()
+        .flat_map(|v| v.rsplit(','))
+        .take(FORWARDED_HOPS_MAX)
+    {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// Most `X-Forwarded-For` entries read.
+pub(crate) const FORWARDED_HOPS_MAX: usize = 16;
+
+fn service(
+    ConnCtx {
+        app,
+        peer,
+        uri_len_max,
+        conns,
+        conn_id,
+        trusted,
+        cert,
+    }: ConnCtx,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
     Response = axum::response::Response,
@@ -262,6 +455,15 @@ fn service(
 > + Clone {
     hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let app = app.clone();
+        let client = SocketAddr::new(forwarded_client(peer.ip(), &trusted, req.headers()), 0);
+        let client = if client.ip() == peer.ip() {
+            peer
+        } else {
+            client
+        };
+        if let Some(c) = &cert {
+            req.extensions_mut().insert(c.clone());
+        }
         // Busy from the request until its response body is done (or dropped).
         let busy = conns.busy(conn_id);
         async move {
@@ -280,7 +482,7 @@ fn service(
                 .take(256)
                 .collect();
             req.extensions_mut()
-                .insert(ClientAddr(peer, Arc::from(route), None));
+                .insert(ClientAddr(client, Arc::from(route), None));
             let resp = app.oneshot(req.map(axum::body::Body::new)).await?;
             Ok(resp.map(|b| {
                 axum::body::Body::new(BusyBody {
