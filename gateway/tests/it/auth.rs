@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_gateway::{
-    AccessPolicy, AdminClient, AuditDecision, CreatedKey, Error, LocalSource, NewKey, RepoKind,
-    Scope, run_gateway,
+    AccessPolicy, AdminClient, AuditDecision, CreatedKey, Error, GatewayConfig, LocalSource,
+    NewKey, RepoKind, Scope, run_gateway, run_gateway_with,
 };
 use reqwest::StatusCode;
 use tokio::sync::oneshot;
@@ -40,16 +40,22 @@ pub const RESTRICTED: [&str; 4] = [PRIVATE, "acme/one", "acme/two", "other/x"];
 
 impl Keyed {
     pub async fn start(fx: &Fixture) -> Keyed {
+        Self::start_with(fx, GatewayConfig::default()).await
+    }
+
+    /// As [`Keyed::start`], with `config` (TLS, limits).
+    pub async fn start_with(fx: &Fixture, config: GatewayConfig) -> Keyed {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("gw");
         let (stop, rx) = oneshot::channel::<()>();
         let source = Arc::new(LocalSource::new(fx.store.clone()));
         let d = dir.clone();
         let server = tokio::spawn(async move {
-            run_gateway(
+            run_gateway_with(
                 &d,
                 "127.0.0.1:0".parse().unwrap(),
                 "127.0.0.1:0".parse().unwrap(),
+                config,
                 source,
                 async {
                     let _ = rx.await;
