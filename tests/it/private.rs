@@ -70,13 +70,13 @@ pub fn assert_private_tree(root: &Path, skip: &[&str]) {
 }
 
 /// A `cairn gateway` serving a data directory's local store; SIGTERMed and reaped on drop.
-struct LocalGateway {
+pub struct LocalGateway {
     child: Child,
     url: String,
 }
 
 impl LocalGateway {
-    fn start(data: &Path) -> LocalGateway {
+    pub fn start(data: &Path) -> LocalGateway {
         let mut c = cairn_umask0(&[
             "--data-dir",
             data.to_str().unwrap(),
@@ -112,7 +112,7 @@ impl LocalGateway {
     }
 
     /// SIGTERM, and a clean exit within 15 s.
-    fn stop(mut self) {
+    pub fn stop(mut self) {
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(15);
