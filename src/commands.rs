@@ -238,6 +238,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     label,
                 },
                 A::Certs => KeyAction::Certs,
+                A::Usage { since, json } => KeyAction::Usage { since, json },
             };
             crate::gatewaycmd::apikey(&dir, action)
         }

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use cairn_gateway::{
     ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AccessPolicy, AdminClient, ArtifactSource, CertName,
     CertRevocation, GatewayConfig, IpNet, LocalSource, NetworkSource, NewKey, RepoId, RepoKind,
-    RevokeCert, Scope, TlsFiles, run_gateway_with,
+    RevokeCert, Scope, TlsFiles, UsageCounts, UsageRow, run_gateway_with,
 };
 use cairn_node::{Network, NetworkConfig};
 use cairn_store::ReadCap;
@@ -244,6 +244,10 @@ pub enum KeyAction {
         label: String,
     },
     Certs,
+    Usage {
+        since: Option<String>,
+        json: bool,
+    },
 }
 
 pub fn apikey(data_dir: &Path, action: KeyAction) -> anyhow::Result<()> {
@@ -356,6 +360,49 @@ pub fn apikey(data_dir: &Path, action: KeyAction) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             }
         }
+        KeyAction::Usage { since, json } => {
+            let since = match since.as_deref() {
+                None => 0,
+                Some(s) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .context("the clock is before 1970")?
+                        .as_secs();
+                    now.saturating_sub(parse_duration_secs(s)?)
+                }
+            };
+            let rows = rt.block_on(client.usage(since))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print_usage(&rows);
+            }
+        }
     }
     Ok(())
+}
+
+/// A table of the rows, then each principal's totals over them.
+fn print_usage(rows: &[UsageRow]) {
+    println!(
+        "{:<10}  {:<22}  {:>10}  {:>16}  {:>8}",
+        "day", "principal", "requests", "bytes", "denials"
+    );
+    let mut totals: std::collections::BTreeMap<&str, UsageCounts> = Default::default();
+    for r in rows {
+        println!(
+            "{:<10}  {:<22}  {:>10}  {:>16}  {:>8}",
+            r.day, r.principal, r.counts.requests, r.counts.bytes, r.counts.denials
+        );
+        let t = totals.entry(&r.principal).or_default();
+        t.requests += r.counts.requests;
+        t.bytes += r.counts.bytes;
+        t.denials += r.counts.denials;
+    }
+    for (p, t) in totals {
+        println!(
+            "{:<10}  {:<22}  {:>10}  {:>16}  {:>8}",
+            "total", p, t.requests, t.bytes, t.denials
+        );
+    }
 }

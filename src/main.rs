@@ -280,6 +280,16 @@ enum ApikeyCmd {
         #[arg(long)]
         anonymous: bool,
     },
+    /// Show requests, response bytes and denials per key (and `anonymous`) and UTC day.
+    Usage {
+        /// Only the days that end less than this long ago, e.g. 24h or 7d (default: every day
+        /// kept, up to 400).
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON array of {day, day_start, principal, requests, bytes, denials} rows.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {

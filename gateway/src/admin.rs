@@ -24,6 +24,7 @@
 //! | POST | `/admin/certs/revoke` | [`RevokeCert`]: `{serial: "<hex>"}` or `{sha256: "<hex>"}`, `label?` | [`RevokedCert`] `{serial\|sha256, time, label}` (the first entry, when revoked before) |
 //! | GET | `/admin/certs/revoked` | | `[`[`RevokedCert`]`]` |
 //! | GET | `/admin/audit?limit=N[&anonymous=true]` | | the latest N (default 100, at most [`AUDIT_LIMIT_MAX`]) [`AuditEntry`]s of keys, oldest first; with `anonymous=true`, of the aggregated denials of requests without a valid key |
+//! | GET | `/admin/usage[?since=<unix secs>]` | | `[`[`UsageRow`]`]`: `{day, day_start, principal, requests, bytes, denials}` per principal and UTC day, from the day holding `since` (default: every day kept), oldest first; counts in memory are flushed first |
 //!
 //! Limits: bodies up to [`ADMIN_BODY_BYTES_MAX`], [`ADMIN_CONNECTIONS_MAX`] connections,
 //! [`ADMIN_REQUEST_TIMEOUT`] per request; the client reads answers up to
@@ -59,6 +60,7 @@ use subtle::ConstantTimeEq;
 use crate::apikey::{ApiKeyAuthorizer, ApiKeyStore, AuditEntry, CreatedKey, KeyInfo, NewKey};
 use crate::clientcert::{RevokeCert, RevokedCert};
 use crate::source::ArtifactSource;
+use crate::usage::{USAGE_FLUSH_EVERY, Usage, UsageRow};
 use crate::{AccessPolicy, CommitId, Error, Gateway, GatewayConfig, Registry, RepoId, RepoKind};
 
 /// Largest admin request body.
@@ -156,6 +158,7 @@ pub fn load_or_create_admin_token(dir: &Path) -> Result<String, Error> {
 struct AdminState {
     registry: Arc<Registry>,
     keys: Arc<ApiKeyStore>,
+    usage: Arc<Usage>,
     token: String,
 }
 
@@ -192,12 +195,14 @@ fn plain_error(status: StatusCode, msg: &str) -> Response {
 pub(crate) fn router(
     registry: Arc<Registry>,
     keys: Arc<ApiKeyStore>,
+    usage: Arc<Usage>,
     auth: AdminAuth,
     cfg: &GatewayConfig,
 ) -> Router {
     let st = Arc::new(AdminState {
         registry,
         keys,
+        usage,
         token: auth.token,
     });
     let timeout = cfg.request_timeout;
@@ -209,6 +214,7 @@ pub(crate) fn router(
         .route("/admin/certs/revoke", post(revoke_cert))
         .route("/admin/certs/revoked", get(revoked_certs))
         .route("/admin/audit", get(audit))
+        .route("/admin/usage", get(usage_totals))
         .fallback(|| async { plain_error(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .layer(DefaultBodyLimit::max(cfg.body_bytes_max))
         .layer(middleware::from_fn_with_state(st.clone(), check_token))
@@ -364,6 +370,18 @@ async fn audit(State(st): St, Query(q): Query<AuditQuery>) -> Result<Response, A
         blocking(move || keys.audit(limit)).await?
     };
     Ok(axum::Json(entries).into_response())
+}
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    #[serde(default)]
+    since: u64,
+}
+
+async fn usage_totals(State(st): St, Query(q): Query<UsageQuery>) -> Result<Response, AdminError> {
+    let usage = st.usage.clone();
+    let rows = blocking(move || usage.totals(q.since)).await?;
+    Ok(axum::Json(rows).into_response())
 }
 
 /// A client of the admin API, for the CLI. Plain HTTP to loopback addresses only.
@@ -590,6 +608,19 @@ impl AdminClient {
     }
 }
 
+impl AdminClient {
+    /// Daily totals per principal from the UTC day holding Unix second `since` on (0: every
+    /// day kept), oldest first.
+    pub async fn usage(&self, since: u64) -> Result<Vec<UsageRow>, Error> {
+        self.call(
+            hyper::Method::GET,
+            &format!("/admin/usage?since={since}"),
+            None,
+        )
+        .await
+    }
+}
+
 /// Key ids go into URL paths: only 16 lowercase hex digits.
 fn check_id(id: &str) -> Result<(), Error> {
     if crate::apikey::KeyId::parse(id).is_none() {
@@ -686,11 +717,12 @@ pub async fn run_gateway_with(
         "http"
     };
     let d = dir.to_path_buf();
-    let (registry, keys, token) = tokio::task::spawn_blocking(move || {
+    let (registry, keys, usage, token) = tokio::task::spawn_blocking(move || {
         let registry = Arc::new(Registry::open(&d)?);
         let keys = Arc::new(ApiKeyStore::open(registry.clone())?);
+        let usage = Arc::new(Usage::open(registry.clone(), keys.clone())?);
         let token = load_or_create_admin_token(&d)?;
-        Ok::<_, Error>((registry, keys, token))
+        Ok::<_, Error>((registry, keys, usage, token))
     })
     .await
     .map_err(|e| Error::Io {
@@ -698,7 +730,7 @@ pub async fn run_gateway_with(
         source: std::io::Error::other(e.to_string()),
     })??;
     let authorizer = Arc::new(ApiKeyAuthorizer::new(keys.clone()));
-    let gw = Gateway::with_authorizer(config, registry, source, authorizer);
+    let gw = Gateway::with_usage(config, registry, source, authorizer, usage.clone());
     let public = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(io(format!("binding the gateway on {bind}")))?;
@@ -734,12 +766,20 @@ pub async fn run_gateway_with(
         r
     };
     let admin = gw.serve_admin(admin, keys, AdminAuth { token }, stopped(rx.clone()));
-    let both = async { tokio::join!(admin, public) };
-    tokio::pin!(both, trigger);
-    let (a, b) = tokio::select! {
-        r = &mut both => r,
-        _ = &mut trigger => both.await,
+    let flush = usage
+        .clone()
+        .flush_every(USAGE_FLUSH_EVERY, stopped(rx.clone()));
+    let all = async { tokio::join!(admin, public, flush) };
+    tokio::pin!(all, trigger);
+    let (a, b, _) = tokio::select! {
+        r = &mut all => r,
+        _ = &mut trigger => all.await,
     };
+    // Once more after the drain: bodies that ended during it counted their last bytes.
+    let u = usage.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || u.flush()).await {
+        tracing::warn!(error = %e, "the last usage counts were not written");
+    }
     let _ = std::fs::remove_file(&gw_file);
     let _ = std::fs::remove_file(&admin_file);
     a.and(b)

@@ -31,6 +31,8 @@
 //!   (requests whose key's secret matched: allowed, or denied as revoked, expired, out of
 //!   scope, from the wrong address, over the rate). **Retention**: the latest
 //!   [`AUDIT_ENTRIES_MAX`] = 100 000 entries are kept; each append beyond that deletes the oldest.
+//!   It also holds notes (decision `note`): a key's first use from a client address, written
+//!   by the `usage` module.
 //!   Appends are committed without fsync except every [`AUDIT_SYNC_EVERY`]th one (and every key
 //!   or registry change, which syncs everything before it): a crash can lose at most the last
 //!   63 entries, and auditing does not cost an fsync per request.
@@ -116,6 +118,7 @@ use subtle::ConstantTimeEq;
 use crate::auth::{AccessPolicy, AccessRequest, Authorizer, BoxFuture, Decision, DenialKind};
 use crate::clientcert::{AuditCert, CertName, ClientCert};
 use crate::registry::{REPO_PART_LEN_MAX, RepoId, now};
+use crate::usage::Principal;
 use crate::{Error, Registry};
 
 pub(crate) const APIKEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("gateway-apikeys-1");
@@ -616,6 +619,9 @@ pub enum AuditDecision {
     Allow,
     /// The request was refused.
     Deny,
+    /// Not a decision: a note about a key's use, such as its first use from a client address
+    /// (see the `usage` module); `status` is what that request got.
+    Note,
 }
 
 /// One use of a key (or an attempt without one) on a restricted artifact. Never holds a secret.
@@ -1004,6 +1010,11 @@ impl ApiKeyStore {
         Ok(())
     }
 
+    /// Appends a note (decision [`AuditDecision::Note`]) to the keys' log.
+    pub(crate) fn append_note(&self, entry: AuditEntry) -> Result<(), Error> {
+        self.append_audit(entry)
+    }
+
     /// The latest `limit` entries of anonymous denials, oldest first, with their counts up to
     /// date.
     pub fn audit_anonymous(&self, limit: usize) -> Result<Vec<AuditEntry>, Error> {
@@ -1326,14 +1337,24 @@ impl ApiKeyAuthorizer {
     }
 }
 
+#[cfg(test)]
 fn decide(store: &ApiKeyStore, limiter: &RateLimiter, q: &Query) -> Decision {
+    decide_as(store, limiter, q).0
+}
+
+/// The decision, and who it was for: the key when its secret matched, else anonymous.
+fn decide_as(store: &ApiKeyStore, limiter: &RateLimiter, q: &Query) -> (Decision, Principal) {
     let (decision, key_id, keyed, reason, cert) = match store.verify(q) {
         // A key used on a public artifact: nothing to audit, it is not a use of the key's
         // rights.
-        Ok(_) if !q.restricted => return Decision::Allow,
+        Ok((info, _)) if !q.restricted => {
+            return (Decision::Allow, principal_of(&info.id, true));
+        }
         // A public artifact asked with a certificate bound to no key and no bearer key: the
         // certificate was checked (readable, not revoked), there is nothing else to check.
-        Err(r) if !q.restricted && r.kind == DenialKind::Hidden => return Decision::Allow,
+        Err(r) if !q.restricted && r.kind == DenialKind::Hidden => {
+            return (Decision::Allow, Principal::Anonymous);
+        }
         Ok((info, cert)) => {
             if info
                 .rate_per_minute
@@ -1394,12 +1415,13 @@ fn decide(store: &ApiKeyStore, limiter: &RateLimiter, q: &Query) -> Decision {
         count: 1,
         client_cert: cert,
     };
+    let principal = principal_of(&entry.key_id, keyed);
     let res = if keyed {
         store.append_audit(entry)
     } else {
         store.append_anonymous(entry)
     };
-    match (res, decision) {
+    let decision = match (res, decision) {
         (Ok(()), d) => d,
         (Err(e), Decision::Allow) => {
             // An unaudited use is not allowed.
@@ -1414,6 +1436,15 @@ fn decide(store: &ApiKeyStore, limiter: &RateLimiter, q: &Query) -> Decision {
             tracing::warn!(error = %e, "audit log append failed");
             d
         }
+    };
+    (decision, principal)
+}
+
+/// The principal of a decision on key `id`: the key when its secret matched (`keyed`).
+fn principal_of(id: &str, keyed: bool) -> Principal {
+    match KeyId::parse(id) {
+        Some(k) if keyed => Principal::Key(k),
+        _ => Principal::Anonymous,
     }
 }
 
@@ -1423,13 +1454,21 @@ impl Authorizer for ApiKeyAuthorizer {
         policy: &'a AccessPolicy,
         request: &'a AccessRequest<'a>,
     ) -> BoxFuture<'a, Decision> {
+        Box::pin(async move { self.authorize_as(policy, request).await.0 })
+    }
+
+    fn authorize_as<'a>(
+        &'a self,
+        policy: &'a AccessPolicy,
+        request: &'a AccessRequest<'a>,
+    ) -> BoxFuture<'a, (Decision, Principal)> {
         Box::pin(async move {
             let restricted = match policy {
                 // A public artifact asked without a key costs no check.
                 AccessPolicy::Public
                     if request.credential.is_none() && request.client_cert.is_none() =>
                 {
-                    return Decision::Allow;
+                    return (Decision::Allow, Principal::Anonymous);
                 }
                 AccessPolicy::Public => false,
                 AccessPolicy::ApiKeyScopes(_) => true,
@@ -1448,11 +1487,14 @@ impl Authorizer for ApiKeyAuthorizer {
             };
             let (store, limiter) = (self.store.clone(), self.limiter.clone());
             // redb reads and the audit commit block: keep them off the runtime's workers.
-            tokio::task::spawn_blocking(move || decide(&store, &limiter, &q))
+            tokio::task::spawn_blocking(move || decide_as(&store, &limiter, &q))
                 .await
-                .unwrap_or_else(|_| Decision::Deny {
-                    kind: DenialKind::Forbidden,
-                    reason: "the key check failed".into(),
+                .unwrap_or_else(|_| {
+                    let d = Decision::Deny {
+                        kind: DenialKind::Forbidden,
+                        reason: "the key check failed".into(),
+                    };
+                    (d, Principal::Anonymous)
                 })
         })
     }

@@ -26,6 +26,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::usage::Principal;
+
 /// Who may read an artifact. Stored with the artifact in the registry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -163,6 +165,18 @@ pub trait Authorizer: Send + Sync + 'static {
         policy: &'a AccessPolicy,
         request: &'a AccessRequest<'a>,
     ) -> BoxFuture<'a, Decision>;
+
+    /// Checks `request` against `policy`, and names who the decision was for: the
+    /// [`Principal`] the gateway counts the request's usage under (see the `usage` module).
+    /// Only a credential the authorizer verified may be named, never one a client merely sent.
+    /// The default names nobody ([`Principal::Anonymous`]).
+    fn authorize_as<'a>(
+        &'a self,
+        policy: &'a AccessPolicy,
+        request: &'a AccessRequest<'a>,
+    ) -> BoxFuture<'a, (Decision, Principal)> {
+        Box::pin(async move { (self.authorize(policy, request).await, Principal::Anonymous) })
+    }
 }
 
 /// Serves public artifacts and hides every restricted one (it has no key store).

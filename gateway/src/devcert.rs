@@ -5,7 +5,7 @@
 //! trust the CA only when told to (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -68,8 +68,21 @@ impl LocalCa {
         &self.cert_pem
     }
 
-    /// A server certificate for `names` (DNS names or IP addresses), valid for `valid`.
+    /// A server certificate for `names` (DNS names or IP addresses), valid from an hour ago to
+    /// `valid` from now.
     pub fn issue_server(&self, names: &[&str], valid: Duration) -> Result<IssuedCert, Error> {
+        let now = SystemTime::now();
+        self.issue_server_between(names, now - Duration::from_secs(3600), now + valid)
+    }
+
+    /// A server certificate for `names`, valid from `not_before` to `not_after` (either may be
+    /// in the past: tests make expired certificates with it).
+    pub fn issue_server_between(
+        &self,
+        names: &[&str],
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<IssuedCert, Error> {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut p = CertificateParams::new(names.clone()).map_err(gen_err)?;
         p.distinguished_name.push(
@@ -79,7 +92,8 @@ impl LocalCa {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         p.use_authority_key_identifier_extension = true;
-        window(&mut p, valid);
+        p.not_before = not_before.into();
+        p.not_after = not_after.into();
         self.issue(p)
     }
 

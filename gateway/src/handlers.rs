@@ -23,6 +23,7 @@ use crate::metrics::{MethodLabel, Metrics, RequestLabels, RouteLabels};
 use crate::range::{RangeRequest, parse_range};
 use crate::registry::{ArtifactEntry, CommitId, Lookup, RepoId, RepoKind, Resolved};
 use crate::source::{ArtifactSource, OpenArtifact};
+use crate::usage::{self, CountingBody, Principal, RequestTag, Usage};
 use crate::{Authorizer, Error, GatewayConfig, Registry};
 
 /// The caller's socket address and `METHOD /path` (no query string, clipped), put in request
@@ -50,6 +51,8 @@ pub(crate) struct AppState {
     pub chunks: Arc<ChunkLru>,
     /// Bounds on body readers (threads and read-ahead memory).
     pub streams: Arc<StreamLimits>,
+    /// Requests, bytes and denials per principal (see `usage`).
+    pub usage: Arc<Usage>,
 }
 
 /// How long an opened artifact (manifest, private part, holder record) is reused before it is
@@ -65,6 +68,7 @@ impl AppState {
         source: Arc<dyn ArtifactSource>,
         authorizer: Arc<dyn Authorizer>,
         config: GatewayConfig,
+        usage: Arc<Usage>,
     ) -> Self {
         let chunks = Arc::new(ChunkLru::new(config.chunk_cache_bytes));
         let streams = Arc::new(StreamLimits::new(
@@ -74,7 +78,13 @@ impl AppState {
         ));
         Self {
             registry,
-            metrics: Arc::new(Metrics::new(&chunks, streams.open.clone(), source.clone())),
+            metrics: Arc::new(Metrics::new(
+                &chunks,
+                streams.open.clone(),
+                source.clone(),
+                &usage,
+            )),
+            usage,
             source,
             authorizer,
             streams,
@@ -128,7 +138,20 @@ impl AppState {
             credential: req.credential.as_ref(),
             client_cert: req.client_cert.as_ref(),
         };
-        match self.authorizer.authorize(policy, &request).await {
+        let (decision, principal) = self.authorizer.authorize_as(policy, &request).await;
+        let denied = decision != Decision::Allow;
+        usage::report(principal, denied);
+        if let (Principal::Key(_), Some(ip)) = (principal, request.client_ip) {
+            let status = match &decision {
+                Decision::Allow => 200,
+                Decision::Deny { kind, .. } => kind.status(),
+            };
+            let what = repo.map_or_else(|| format!("artifact:{artifact}"), str::to_string);
+            self.usage
+                .note_use(principal, ip, &req.route, &what, status)
+                .await;
+        }
+        match decision {
             Decision::Allow => Ok(true),
             Decision::Deny { kind, reason } => {
                 tracing::info!(repo, %artifact, ?operation, status = kind.status(), "access denied");
@@ -323,7 +346,13 @@ async fn observe(State(st): St, req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let resp = match tokio::time::timeout(st.config.request_timeout, next.run(req)).await {
+    // The handler reports who it authorized into the tag (see `usage`).
+    let tag = Arc::new(RequestTag::default());
+    let handled = usage::tagged(
+        tag.clone(),
+        tokio::time::timeout(st.config.request_timeout, next.run(req)),
+    );
+    let resp = match handled.await {
         Ok(r) => r,
         Err(_) => {
             let mut r = (
@@ -355,7 +384,9 @@ async fn observe(State(st): St, req: Request, next: Next) -> Response {
         })
         .observe(elapsed.as_secs_f64());
     tracing::debug!(method = method.as_str(), %route, status, elapsed_ms = elapsed.as_millis() as u64, "request");
-    resp
+    let (principal, denied) = tag.take();
+    let sink = st.usage.request_done(principal, denied);
+    resp.map(|b| Body::new(CountingBody::new(b, sink)))
 }
 
 async fn healthz() -> &'static str {
@@ -735,7 +766,7 @@ async fn artifact_info(
 }
 
 /// `2024-11-16T00:27:02.000Z` from Unix seconds (the form `huggingface_hub` parses).
-fn iso8601(secs: u64) -> String {
+pub(crate) fn iso8601(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Howard Hinnant's civil_from_days.

@@ -14,6 +14,10 @@
 //!   revocable, rotatable, rate-limited, IP-restricted, audited; see [`ApiKeyStore`] and the
 //!   `apikey` module docs: key format `cairn_<16 hex>_<43 base64url>`, scopes such as
 //!   `read:repo:org/name`, `read:prefix:org/`, `read:artifact:<cid>`).
+//! - [`Usage`] counts requests, response body bytes and denials per [`Principal`] (`key:<id>`
+//!   for a verified key, else `anonymous`): Prometheus counters over a bounded label set, daily
+//!   totals in `gateway.redb` (`cairn apikey usage`), and an audit note on a key's first use
+//!   from each client address (see the `usage` module docs and `docs/usage-metrics.md`).
 //! - [`Gateway::serve`] runs the server until a shutdown future completes;
 //!   [`Gateway::serve_admin`] runs the admin API (JSON, loopback, bearer admin token) that
 //!   [`AdminClient`] talks to; [`run_gateway`] does both for the binary.
@@ -23,7 +27,7 @@
 //! | method | path | answer |
 //! |---|---|---|
 //! | GET | `/healthz` | `ok` |
-//! | GET | `/metrics` | Prometheus/OpenMetrics text |
+//! | GET | `/metrics` | Prometheus/OpenMetrics text (usage per principal: `cairn_gateway_usage_*`) |
 //! | GET | `/api/artifacts/{cid}` | JSON: `cid`, `commit`, `name`, `size`, `files: [{path, size, etag}]` |
 //! | GET, HEAD | `/artifacts/{cid}/{path}` | the file's bytes |
 //! | GET, HEAD | `/{org}/{name}/resolve/{rev}/{path}` | the file's bytes (model repositories) |
@@ -97,6 +101,7 @@ mod registry;
 mod server;
 mod source;
 mod tls;
+mod usage;
 
 pub use admin::{
     ADMIN_ADDR_FILE, ADMIN_ANSWER_BYTES_MAX, ADMIN_BODY_BYTES_MAX, ADMIN_CLIENT_TIMEOUT,
@@ -132,4 +137,8 @@ pub use server::{Gateway, GatewayConfig};
 pub use source::{ArtifactSource, Emit, LocalSource, NetworkSource, OpenArtifact};
 pub use tls::{
     ALPN, CertSummary, PEM_CERTS_MAX, PEM_FILE_BYTES_MAX, PeerCertificate, RELOAD_POLL, TlsFiles,
+};
+pub use usage::{
+    ADDRS_MAX, ADDRS_PER_KEY_MAX, FIRST_USE_REASON, Principal, USAGE_FLUSH_EVERY,
+    USAGE_LABELLED_MAX, USAGE_RETENTION_DAYS, USAGE_ROWS_MAX, Usage, UsageCounts, UsageRow,
 };

@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use crate::cache::ChunkLru;
 use crate::source::ArtifactSource;
+use crate::usage::Usage;
 
 /// Every label value comes from a closed set, so a client cannot grow the series (and the
 /// memory behind them) without bound: the method is one of four names, the route is a route
@@ -78,6 +79,10 @@ pub(crate) struct Metrics {
     pub latency: HistogramFamily,
     pub bytes_sent: Counter,
     pub read_errors: Counter,
+    /// End of the served certificate's validity (Unix seconds; 0 without TLS).
+    pub tls_not_after: Gauge,
+    /// Certificate changes that could not be loaded (the previous one stayed in service).
+    pub tls_reload_failures: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -130,7 +135,12 @@ impl Collector for SourceCollector {
 }
 
 impl Metrics {
-    pub fn new(chunks: &ChunkLru, streams: Gauge, source: Arc<dyn ArtifactSource>) -> Self {
+    pub fn new(
+        chunks: &ChunkLru,
+        streams: Gauge,
+        source: Arc<dyn ArtifactSource>,
+        usage: &Usage,
+    ) -> Self {
         let mut registry = Registry::with_prefix("cairn_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
@@ -171,13 +181,28 @@ impl Metrics {
             "Response bodies being streamed now (bounded by streams_max)",
             streams,
         );
+        let tls_not_after = Gauge::default();
+        let tls_reload_failures = Counter::default();
+        registry.register(
+            "tls_certificate_not_after_seconds",
+            "End of the served TLS certificate's validity, in Unix seconds (0 without TLS)",
+            tls_not_after.clone(),
+        );
+        registry.register(
+            "tls_reload_failures",
+            "Changed TLS files that could not be loaded (the previous certificate stayed in service)",
+            tls_reload_failures.clone(),
+        );
         registry.register_collector(Box::new(SourceCollector(source)));
+        usage.register(&mut registry);
         Self {
             registry,
             requests,
             latency,
             bytes_sent,
             read_errors,
+            tls_not_after,
+            tls_reload_failures,
         }
     }
 

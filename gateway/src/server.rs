@@ -18,7 +18,7 @@ use crate::conns::{BUSY_ANSWER, Conns, WriteTimeout};
 use crate::handlers::{AppState, ClientAddr, refuse, router};
 use crate::source::ArtifactSource;
 use crate::tls::{PeerCertificate, TlsFiles, TlsState};
-use crate::{ApiKeyStore, Authorizer, Error, IpNet, PublicOnly, Registry};
+use crate::{ApiKeyStore, Authorizer, Error, IpNet, PublicOnly, Registry, Usage};
 
 /// Limits and settings of a gateway. `Default` gives values fit for a public deployment.
 #[derive(Clone, Debug)]
@@ -130,6 +130,25 @@ impl Gateway {
         source: Arc<dyn ArtifactSource>,
         authorizer: Arc<dyn Authorizer>,
     ) -> Self {
+        Self::with_usage(
+            config,
+            registry,
+            source,
+            authorizer,
+            Arc::new(Usage::in_memory()),
+        )
+    }
+
+    /// A gateway that asks `authorizer` before revealing any artifact and counts requests,
+    /// bytes and denials per principal in `usage` (persisted when it was opened on a
+    /// database: [`Usage::open`]).
+    pub fn with_usage(
+        config: GatewayConfig,
+        registry: Arc<Registry>,
+        source: Arc<dyn ArtifactSource>,
+        authorizer: Arc<dyn Authorizer>,
+        usage: Arc<Usage>,
+    ) -> Self {
         assert!(
             config.header_bytes_max >= 8192,
             "hyper needs at least 8192 bytes of header buffer"
@@ -138,8 +157,13 @@ impl Gateway {
         assert!(config.connections_per_client_max > 0);
         assert!(config.streams_max > 0 && config.streams_per_client_max > 0);
         Self {
-            state: Arc::new(AppState::new(registry, source, authorizer, config)),
+            state: Arc::new(AppState::new(registry, source, authorizer, config, usage)),
         }
+    }
+
+    /// The usage counters of this gateway.
+    pub fn usage(&self) -> &Arc<Usage> {
+        &self.state.usage
     }
 
     /// The registry this gateway serves.
@@ -176,6 +200,8 @@ impl Gateway {
                     })??;
                 let s = state.summary();
                 tracing::info!(subject = %s.subject, not_after = s.not_after, "serving HTTPS");
+                let m = &self.state.metrics;
+                state.observe(m.tls_not_after.clone(), m.tls_reload_failures.clone());
                 Some(state)
             }
             None => {
@@ -218,7 +244,13 @@ impl Gateway {
         let mut cfg = self.state.config.clone();
         cfg.body_bytes_max = crate::admin::ADMIN_BODY_BYTES_MAX;
         cfg.request_timeout = crate::admin::ADMIN_REQUEST_TIMEOUT;
-        let app = crate::admin::router(self.state.registry.clone(), keys, auth, &cfg);
+        let app = crate::admin::router(
+            self.state.registry.clone(),
+            keys,
+            self.state.usage.clone(),
+            auth,
+            &cfg,
+        );
         serve_app(
             app,
             listener,
@@ -517,5 +549,58 @@ impl http_body::Body for BusyBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(values: &[&str]) -> axum::http::HeaderMap {
+        let mut h = axum::http::HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_read_from_the_right_past_trusted_hops_only() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap(), "::1".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let proxy = ip("10.0.0.2");
+        for (peer, headers, want) in [
+            // Not a trusted peer: the header is ignored.
+            (ip("192.0.2.7"), vec!["1.2.3.4"], "192.0.2.7"),
+            // A trusted proxy naming the client.
+            (proxy, vec!["1.2.3.4"], "1.2.3.4"),
+            // Client-written entries left of the appended one are never reached.
+            (proxy, vec!["6.6.6.6, 1.2.3.4"], "1.2.3.4"),
+            // A chain of trusted proxies is walked through.
+            (proxy, vec!["1.2.3.4, 10.0.0.9"], "1.2.3.4"),
+            (proxy, vec!["1.2.3.4", "10.0.0.9"], "1.2.3.4"),
+            // Every hop trusted: the leftmost one (the first proxy) is all we know.
+            (proxy, vec!["10.0.0.8, 10.0.0.9"], "10.0.0.8"),
+            // Malformed: stop at the last trusted hop.
+            (proxy, vec!["1.2.3.4, bogus"], "10.0.0.2"),
+            (proxy, vec!["1.2.3.4, 10.0.0.9, "], "10.0.0.2"),
+            (proxy, vec!["1.2.3.4:80"], "10.0.0.2"),
+            // No header: the proxy itself.
+            (proxy, vec![], "10.0.0.2"),
+            // IPv6.
+            (ip("::1"), vec!["2001:db8::1"], "2001:db8::1"),
+        ] {
+            assert_eq!(
+                forwarded_client(peer, &trusted, &xff(&headers)),
+                ip(want),
+                "{peer} {headers:?}"
+            );
+        }
+        // At most FORWARDED_HOPS_MAX entries are read.
+        let long = vec!["10.0.0.9"; 40].join(", ");
+        let h = xff(&[&format!("1.2.3.4, {long}")]);
+        assert_eq!(forwarded_client(proxy, &trusted, &h), ip("10.0.0.9"));
+        // Nobody trusted: never read.
+        assert_eq!(forwarded_client(proxy, &[], &xff(&["1.2.3.4"])), proxy);
     }
 }

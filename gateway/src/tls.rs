@@ -37,6 +37,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
@@ -86,6 +88,8 @@ pub(crate) struct TlsState {
     summary: RwLock<CertSummary>,
     /// The file stamps of the configuration loaded, and of the last change that failed.
     stamps: std::sync::Mutex<(Stamps, Option<Stamps>)>,
+    /// Metrics kept up to date by reloads (see [`TlsState::observe`]).
+    gauges: std::sync::Mutex<Option<(Gauge, Counter)>>,
 }
 
 type Stamps = Vec<Option<(u64, SystemTime, u64)>>;
@@ -100,7 +104,15 @@ impl TlsState {
             current: RwLock::new(config),
             summary: RwLock::new(summary),
             stamps: std::sync::Mutex::new((stamps, None)),
+            gauges: std::sync::Mutex::new(None),
         }))
+    }
+
+    /// Keeps `not_after` at the served certificate's end of validity and counts in `failures`
+    /// the changes that could not be loaded, from now on.
+    pub fn observe(&self, not_after: Gauge, failures: Counter) {
+        not_after.set(self.summary().not_after);
+        *self.gauges.lock().unwrap_or_else(|p| p.into_inner()) = Some((not_after, failures));
     }
 
     /// The configuration for a new connection.
@@ -135,6 +147,9 @@ impl TlsState {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
                 *self.summary.write().unwrap_or_else(|p| p.into_inner()) = summary;
                 *self.stamps.lock().unwrap_or_else(|p| p.into_inner()) = (now, None);
+                if let Some((g, _)) = &*self.gauges.lock().unwrap_or_else(|p| p.into_inner()) {
+                    g.set(self.summary().not_after);
+                }
                 true
             }
             Err(e) => {
@@ -142,6 +157,9 @@ impl TlsState {
                 if s.1.as_ref() != Some(&now) {
                     tracing::warn!(error = %e, "TLS files changed but cannot be loaded; still serving the previous certificate");
                     s.1 = Some(now);
+                    if let Some((_, c)) = &*self.gauges.lock().unwrap_or_else(|p| p.into_inner()) {
+                        c.inc();
+                    }
                 }
                 false
             }

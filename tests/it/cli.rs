@@ -519,3 +519,51 @@ fn gc_keeps_shared_chunks_when_a_timed_pin_lapses() {
     // B's pin has not lapsed: a second gc removes nothing.
     assert!(n.ok(&["gc"]).starts_with("removed 0 shards, 0 manifests"));
 }
+
+/// `cairn gateway` refuses, before it serves anything, plain HTTP on an address that is not
+/// loopback (saying how to fix it) and a private key other users can read (with the `chmod`
+/// that fixes it); `--insecure-http` and `--tls-cert` cannot be combined.
+#[test]
+fn gateway_refuses_clear_credentials_on_a_network_and_an_open_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let n = Node::new("1GiB");
+    let e = n.fails(&["gateway", "--listen", "0.0.0.0:0"]);
+    assert!(
+        e.contains("not a loopback address")
+            && e.contains("--tls-cert")
+            && e.contains("--insecure-http"),
+        "{e}"
+    );
+    let tls = cairn_gateway::write_local_tls(&n.tmp.path().join("tls"), Duration::from_secs(3600))
+        .unwrap();
+    fs::set_permissions(&tls.files.key, fs::Permissions::from_mode(0o644)).unwrap();
+    let (cert, key) = (
+        tls.files.cert.to_str().unwrap(),
+        tls.files.key.to_str().unwrap(),
+    );
+    let e = n.fails(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ]);
+    assert!(e.contains(&format!("chmod 600 {key}")), "{e}");
+    assert!(
+        !n.tmp.path().join("data/gateway/gateway.addr").exists(),
+        "a refused gateway announced an address"
+    );
+    let e = n.fails(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "--insecure-http",
+    ]);
+    assert!(e.contains("cannot be used with"), "{e}");
+}

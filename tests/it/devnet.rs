@@ -382,7 +382,7 @@ pub const GATEWAY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct DevGateway {
     /// The gateway's data directory (`cairn --data-dir` for `register` and `apikey`).
     pub dir: PathBuf,
-    /// `http://127.0.0.1:PORT`, from `gateway.addr`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), from `gateway.addr`.
     pub url: String,
     child: Option<Child>,
 }
@@ -391,7 +391,13 @@ impl Devnet {
     /// Starts a gateway on an ephemeral port, peered with node 0, and waits (bounded) for its
     /// `gateway.addr`.
     pub fn start_gateway(&self) -> DevGateway {
-        let dir = self.tmp.path().join("gateway-node");
+        self.start_gateway_with("gateway-node", &[])
+    }
+
+    /// As [`Devnet::start_gateway`], with its data in `name` and `args` added to
+    /// `cairn gateway` (e.g. `--tls-cert`).
+    pub fn start_gateway_with(&self, name: &str, args: &[&str]) -> DevGateway {
+        let dir = self.tmp.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let addr_file = dir.join("gateway/gateway.addr");
         let _ = std::fs::remove_file(&addr_file);
@@ -405,6 +411,7 @@ impl Devnet {
             .arg(&dir)
             .args(["--peer", &self.addr(0)])
             .args(["gateway", "--listen", "127.0.0.1:0"])
+            .args(args)
             .env("CAIRN_LOG", "info,iroh=warn,noq=warn")
             .stdout(Stdio::null())
             .stderr(log);
@@ -416,7 +423,7 @@ impl Devnet {
         let deadline = Instant::now() + GATEWAY_TIMEOUT;
         loop {
             if let Ok(s) = std::fs::read_to_string(&addr_file)
-                && s.trim().starts_with("http://")
+                && (s.trim().starts_with("http://") || s.trim().starts_with("https://"))
             {
                 gw.url = s.trim().to_string();
                 return gw;

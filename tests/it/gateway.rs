@@ -531,6 +531,36 @@ print(ds[7]["text"])
     let mut got = out.lines();
     assert_eq!(got.next(), Some(ROWS.to_string().as_str()), "{out}");
     assert_eq!(got.next(), Some("row number 7"), "{out}");
+
+    // The same over HTTPS, from a second gateway on the same network with a throwaway CA the
+    // client is told to trust (`SSL_CERT_FILE`, as `cairn devnet --tls` prints), into an empty
+    // cache.
+    let tls =
+        cairn_gateway::write_local_tls(&net.tmp.path().join("tls"), Duration::from_secs(3600))
+            .unwrap();
+    let gws = net.start_gateway_with(
+        "gateway-tls",
+        &[
+            "--tls-cert",
+            tls.files.cert.to_str().unwrap(),
+            "--tls-key",
+            tls.files.key.to_str().unwrap(),
+        ],
+    );
+    assert!(gws.url.starts_with("https://"), "{}", gws.url);
+    gws.register("demo/ds", &cap, &["--dataset"]);
+    let hf_home = net.tmp.path().join("hf-home-tls");
+    let ca = tls.ca_cert.to_str().unwrap();
+    let out = python_against_env(
+        &gws.url,
+        &hf_home,
+        "datasets",
+        script,
+        &[("SSL_CERT_FILE", ca)],
+    );
+    let mut got = out.lines();
+    assert_eq!(got.next(), Some(ROWS.to_string().as_str()), "{out}");
+    assert_eq!(got.next(), Some("row number 7"), "{out}");
 }
 
 /// Runs a Python `script` with the Hugging Face libraries pointed at the gateway (`HF_ENDPOINT`),
@@ -538,6 +568,18 @@ print(ds[7]["text"])
 /// standard output. Fails the test, naming the pip package, when `package` cannot be imported
 /// (the test must not be skipped), and with the script's output when it fails.
 fn python_against(gateway_url: &str, hf_home: &Path, package: &str, script: &str) -> String {
+    python_against_env(gateway_url, hf_home, package, script, &[])
+}
+
+/// [`python_against`] with `env` added (`SSL_CERT_FILE` for an HTTPS gateway). The trust
+/// variables of the test's own environment are removed first.
+fn python_against_env(
+    gateway_url: &str,
+    hf_home: &Path,
+    package: &str,
+    script: &str,
+    env: &[(&str, &str)],
+) -> String {
     let guarded = format!(
         "import sys\ntry:\n    import {package}\nexcept ImportError as e:\n    \
          print(f'cannot import {package}: {{e}}', file=sys.stderr)\n    sys.exit(3)\n{script}"
@@ -554,6 +596,10 @@ fn python_against(gateway_url: &str, hf_home: &Path, package: &str, script: &str
         .env_remove("TRANSFORMERS_OFFLINE")
         .env_remove("HF_TOKEN")
         .env("NO_PROXY", "127.0.0.1,localhost")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null());
     let o = run_bounded(py, HTTP_TIMEOUT);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -786,6 +832,73 @@ print(AutoTokenizer.from_pretrained("demo/sample-model")("cairn stores models on
         .collect();
     assert!(left.is_empty(), "processes left after Ctrl-C: {left:?}");
     assert!(!base.exists(), "{} was not removed", base.display());
+}
+
+/// `cairn devnet --tls --demo`: the gateway is HTTPS with a throwaway CA, the devnet prints how
+/// to trust it, and the unmodified `huggingface_hub` downloads the sample model through it
+/// byte for byte with `SSL_CERT_FILE` set as printed. The CA's key is never on disk.
+#[test]
+fn devnet_tls_prints_how_to_trust_it_and_serves_huggingface_hub() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = cairn()
+        .args(["devnet", "--tls", "--demo", "--demo-mib", "4"])
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = tmp.path().join(format!("cairn-devnet-{}", child.id()));
+    let mut child = StopOnDrop(child);
+    let (_rx, out) = devnet_ready(&mut child.0);
+    let text = out.join("\n");
+    let url = devnet_gateway_url(&out);
+    assert!(url.starts_with("https://127.0.0.1:"), "{text}");
+    assert!(
+        text.contains("(checked: the gateway serves config.json byte for byte)"),
+        "{text}"
+    );
+    let ca = base.join("tls/ca.pem");
+    let ca_text = ca.to_str().unwrap();
+    assert!(
+        text.contains(&format!(
+            "export SSL_CERT_FILE={ca_text} REQUESTS_CA_BUNDLE={ca_text}"
+        )),
+        "{text}"
+    );
+    let key_mode = fs::metadata(base.join("tls/gateway.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        key_mode & 0o077,
+        0,
+        "the gateway's key is readable by others"
+    );
+    let names: Vec<String> = fs::read_dir(base.join("tls"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["ca.pem", "gateway.key", "gateway.pem"],
+        "{names:?}"
+    );
+
+    let script = r#"
+from huggingface_hub import snapshot_download
+print(snapshot_download("demo/sample-model"))
+"#;
+    let out = python_against_env(
+        &url,
+        &tmp.path().join("hf-home"),
+        "huggingface_hub",
+        script,
+        &[("SSL_CERT_FILE", ca_text)],
+    );
+    let snapshot = PathBuf::from(out.trim().lines().last().unwrap());
+    assert_same_tree(&base.join("sample-model"), &snapshot);
 }
 
 /// A `cairn devnet` process that is stopped (Ctrl-C, then killed after 10 s) when the test ends,

@@ -9,5 +9,6 @@ mod gateway;
 mod mtls;
 mod net;
 mod private;
+mod usage;
 mod util;
 mod vectors;

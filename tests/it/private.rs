@@ -72,7 +72,7 @@ pub fn assert_private_tree(root: &Path, skip: &[&str]) {
 /// A `cairn gateway` serving a data directory's local store; SIGTERMed and reaped on drop.
 pub struct LocalGateway {
     child: Child,
-    url: String,
+    pub url: String,
 }
 
 impl LocalGateway {

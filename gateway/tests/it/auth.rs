@@ -43,17 +43,60 @@ impl Keyed {
         Self::start_with(fx, GatewayConfig::default()).await
     }
 
-    /// As [`Keyed::start`], with `config` (TLS, limits).
+    /// As [`Keyed::start`], with `config` (TLS, trusted proxies, limits).
     pub async fn start_with(fx: &Fixture, config: GatewayConfig) -> Keyed {
+        Self::start_with_bind(fx, config, "127.0.0.1:0").await
+    }
+
+    /// As [`Keyed::start_with`], listening on `bind`.
+    pub async fn start_with_bind(fx: &Fixture, config: GatewayConfig, bind: &str) -> Keyed {
+        let bind: SocketAddr = bind.parse().unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("gw");
+        let kg = Self::run(fx, dir, tmp, config, bind).await;
+        for (kind, repo) in [(RepoKind::Model, MODEL), (RepoKind::Dataset, DATASET)] {
+            let c = kg
+                .admin
+                .register(kind, &repo.parse().unwrap(), &fx.cap, AccessPolicy::Public)
+                .await
+                .unwrap();
+            assert_eq!(c, fx.commit);
+        }
+        for repo in RESTRICTED {
+            kg.admin
+                .register(
+                    RepoKind::Model,
+                    &repo.parse().unwrap(),
+                    &fx.cap,
+                    AccessPolicy::ApiKeyScopes(vec![]),
+                )
+                .await
+                .unwrap();
+        }
+        kg
+    }
+
+    /// Starts the gateway again on the directory a [`Keyed::shutdown`] returned: its
+    /// repositories, keys, audit log and usage are those it had.
+    pub async fn restart(fx: &Fixture, (dir, tmp): (PathBuf, tempfile::TempDir)) -> Keyed {
+        let bind = "127.0.0.1:0".parse().unwrap();
+        Self::run(fx, dir, tmp, GatewayConfig::default(), bind).await
+    }
+
+    async fn run(
+        fx: &Fixture,
+        dir: PathBuf,
+        tmp: tempfile::TempDir,
+        config: GatewayConfig,
+        bind: SocketAddr,
+    ) -> Keyed {
         let (stop, rx) = oneshot::channel::<()>();
         let source = Arc::new(LocalSource::new(fx.store.clone()));
         let d = dir.clone();
         let server = tokio::spawn(async move {
             run_gateway_with(
                 &d,
-                "127.0.0.1:0".parse().unwrap(),
+                bind,
                 "127.0.0.1:0".parse().unwrap(),
                 config,
                 source,
@@ -88,24 +131,6 @@ impl Keyed {
             assert_eq!(mode & 0o777, 0o600, "admin.token must be private");
         }
         let admin = AdminClient::new(&admin_url, token.clone()).unwrap();
-        for (kind, repo) in [(RepoKind::Model, MODEL), (RepoKind::Dataset, DATASET)] {
-            let c = admin
-                .register(kind, &repo.parse().unwrap(), &fx.cap, AccessPolicy::Public)
-                .await
-                .unwrap();
-            assert_eq!(c, fx.commit);
-        }
-        for repo in RESTRICTED {
-            admin
-                .register(
-                    RepoKind::Model,
-                    &repo.parse().unwrap(),
-                    &fx.cap,
-                    AccessPolicy::ApiKeyScopes(vec![]),
-                )
-                .await
-                .unwrap();
-        }
         Keyed {
             dir,
             url,

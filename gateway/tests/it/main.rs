@@ -10,6 +10,8 @@ mod hf;
 mod hidden;
 mod limits;
 mod mtls;
+mod tls;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,7 +115,12 @@ impl Fixture {
             )
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let gw = Gateway::new(
             config,
             registry.clone(),
