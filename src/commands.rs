@@ -215,17 +215,29 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     allow_ip,
                     rate,
                     label,
+                    client_cert,
                 } => KeyAction::Create {
                     label,
                     scopes,
                     expires,
                     allow_ip,
                     rate,
+                    client_cert,
                 },
                 A::List => KeyAction::List,
                 A::Revoke { id } => KeyAction::Revoke { id },
                 A::Rotate { id, grace } => KeyAction::Rotate { id, grace },
                 A::Audit { limit, anonymous } => KeyAction::Audit { limit, anonymous },
+                A::RevokeCert {
+                    serial,
+                    fingerprint,
+                    label,
+                } => KeyAction::RevokeCert {
+                    serial,
+                    fingerprint,
+                    label,
+                },
+                A::Certs => KeyAction::Certs,
                 A::Usage { since, json } => KeyAction::Usage { since, json },
             };
             crate::gatewaycmd::apikey(&dir, action)

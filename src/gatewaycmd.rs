@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cairn_gateway::{
-    ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AccessPolicy, AdminClient, ArtifactSource, GatewayConfig,
-    IpNet, LocalSource, NetworkSource, NewKey, RepoId, RepoKind, Scope, TlsFiles, UsageCounts,
-    UsageRow, run_gateway_with,
+    ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AccessPolicy, AdminClient, ArtifactSource, CertName,
+    CertRevocation, GatewayConfig, IpNet, LocalSource, NetworkSource, NewKey, RepoId, RepoKind,
+    RevokeCert, Scope, TlsFiles, UsageCounts, UsageRow, run_gateway_with,
 };
 use cairn_node::{Network, NetworkConfig};
 use cairn_store::ReadCap;
@@ -224,6 +224,7 @@ pub enum KeyAction {
         expires: Option<String>,
         allow_ip: Vec<String>,
         rate: Option<u32>,
+        client_cert: Option<String>,
     },
     List,
     Revoke {
@@ -237,6 +238,12 @@ pub enum KeyAction {
         limit: usize,
         anonymous: bool,
     },
+    RevokeCert {
+        serial: Option<String>,
+        fingerprint: Option<String>,
+        label: String,
+    },
+    Certs,
     Usage {
         since: Option<String>,
         json: bool,
@@ -253,6 +260,7 @@ pub fn apikey(data_dir: &Path, action: KeyAction) -> anyhow::Result<()> {
             expires,
             allow_ip,
             rate,
+            client_cert,
         } => {
             if scopes.is_empty() {
                 bail!("give at least one --scope, e.g. read:repo:org/name or read:prefix:org/");
@@ -266,22 +274,35 @@ pub fn apikey(data_dir: &Path, action: KeyAction) -> anyhow::Result<()> {
                 .map(|s| s.parse::<IpNet>())
                 .collect::<Result<Vec<_>, _>>()?;
             let expires_in_secs = expires.as_deref().map(parse_duration_secs).transpose()?;
+            let client_cert = client_cert
+                .as_deref()
+                .map(str::parse::<CertName>)
+                .transpose()?;
             let created = rt.block_on(client.create_key(NewKey {
                 label,
                 scopes,
                 expires_in_secs,
                 allow_ips,
                 rate_per_minute: rate,
+                client_cert: client_cert.clone(),
             }))?;
             println!("id: {}", created.id);
-            println!("key: {}", created.key);
-            eprintln!("the key is shown this once; only its hash is stored");
+            if let Some(name) = client_cert {
+                println!("client certificate: {name}");
+                eprintln!(
+                    "the key has no secret: a client certificate from the gateway's --client-ca \
+                     carrying {name} acts as it"
+                );
+            } else {
+                println!("key: {}", created.key);
+                eprintln!("the key is shown this once; only its hash is stored");
+            }
         }
         KeyAction::List => {
             for k in rt.block_on(client.list_keys())? {
                 let scopes: Vec<String> = k.scopes.iter().map(|s| s.to_string()).collect();
                 println!(
-                    "{} {:<20} {} expires={} revoked={} rate={}",
+                    "{} {:<20} {} expires={} revoked={} rate={}{}",
                     k.id,
                     k.label,
                     scopes.join(","),
@@ -291,7 +312,10 @@ pub fn apikey(data_dir: &Path, action: KeyAction) -> anyhow::Result<()> {
                     k.revoked,
                     k.rate_per_minute
                         .map(|r| format!("{r}/min"))
-                        .unwrap_or_else(|| "unlimited".into())
+                        .unwrap_or_else(|| "unlimited".into()),
+                    k.client_cert
+                        .map(|c| format!(" client-cert={c}"))
+                        .unwrap_or_default()
                 );
             }
         }
@@ -316,6 +340,24 @@ pub fn apikey(data_dir: &Path, action: KeyAction) -> anyhow::Result<()> {
             };
             for e in entries {
                 println!("{}", serde_json::to_string(&e)?);
+            }
+        }
+        KeyAction::RevokeCert {
+            serial,
+            fingerprint,
+            label,
+        } => {
+            let what = match (serial, fingerprint) {
+                (Some(s), None) => CertRevocation::serial(&s)?,
+                (None, Some(f)) => CertRevocation::fingerprint(&f)?,
+                _ => bail!("give one of --serial HEX or --fingerprint HEX"),
+            };
+            let r = rt.block_on(client.revoke_cert(RevokeCert { what, label }))?;
+            println!("revoked client certificates with {}", r.what);
+        }
+        KeyAction::Certs => {
+            for r in rt.block_on(client.revoked_certs())? {
+                println!("{}", serde_json::to_string(&r)?);
             }
         }
         KeyAction::Usage { since, json } => {

@@ -229,6 +229,11 @@ enum ApikeyCmd {
         /// A name for people.
         #[arg(long, default_value = "")]
         label: String,
+        /// Bind the key to a client certificate name instead of a secret: `cn:<common name>`,
+        /// `dns:<name>`, `uri:<uri>` or `email:<address>`. A certificate from the gateway's
+        /// --client-ca carrying that name acts as the key; the key has no bearer secret.
+        #[arg(long, value_name = "KIND:NAME")]
+        client_cert: Option<String>,
     },
     /// List keys (never their secrets).
     List,
@@ -245,6 +250,26 @@ enum ApikeyCmd {
         #[arg(long, default_value = "1h")]
         grace: String,
     },
+    /// Revoke client certificates (mutual TLS) by serial number or SHA-256 fingerprint, from the
+    /// next request on, connections already open included.
+    RevokeCert {
+        /// Serial number, hex (as `openssl x509 -noout -serial` prints it).
+        #[arg(
+            long,
+            required_unless_present = "fingerprint",
+            conflicts_with = "fingerprint"
+        )]
+        serial: Option<String>,
+        /// SHA-256 fingerprint of the certificate, hex (as `openssl x509 -noout -fingerprint
+        /// -sha256` prints it).
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// A note for people (why it was revoked).
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List the revoked client certificates.
+    Certs,
     /// Show the latest uses of keys (allowed and denied), without secrets.
     Audit {
         /// Entries to show.

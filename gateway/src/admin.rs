@@ -17,10 +17,12 @@
 //! | method | path | body | answer |
 //! |---|---|---|---|
 //! | POST | `/admin/repos` | `{kind: "Model"\|"Dataset", repo: "org/name", cap: "<read capability>", policy?: "Public"\|{"ApiKeyScopes": []}}`; without `policy` the repository keeps the policy of its `main` (public when new) | `{commit, restricted}` |
-//! | POST | `/admin/keys` | [`NewKey`]: `{label, scopes: ["read:repo:org/name"], expires_in_secs?, allow_ips?: ["10.0.0.0/8"], rate_per_minute?}` | [`CreatedKey`] `{id, key, expires}`; the key is shown this once |
+//! | POST | `/admin/keys` | [`NewKey`]: `{label, scopes: ["read:repo:org/name"], expires_in_secs?, allow_ips?: ["10.0.0.0/8"], rate_per_minute?, client_cert?: "cn:backend-1"}` | [`CreatedKey`] `{id, key, expires}`; the key is shown this once; with `client_cert` the key is bound to that certificate name and `key` is empty (it has no secret) |
 //! | GET | `/admin/keys` | | `[`[`KeyInfo`]`]`: no secrets, no hashes |
 //! | POST | `/admin/keys/{id}/revoke` | | `{id, revoked: true}` |
 //! | POST | `/admin/keys/{id}/rotate` | `{grace_secs}` | [`CreatedKey`] of the new key |
+//! | POST | `/admin/certs/revoke` | [`RevokeCert`]: `{serial: "<hex>"}` or `{sha256: "<hex>"}`, `label?` | [`RevokedCert`] `{serial\|sha256, time, label}` (the first entry, when revoked before) |
+//! | GET | `/admin/certs/revoked` | | `[`[`RevokedCert`]`]` |
 //! | GET | `/admin/audit?limit=N[&anonymous=true]` | | the latest N (default 100, at most [`AUDIT_LIMIT_MAX`]) [`AuditEntry`]s of keys, oldest first; with `anonymous=true`, of the aggregated denials of requests without a valid key |
 //! | GET | `/admin/usage[?since=<unix secs>]` | | `[`[`UsageRow`]`]`: `{day, day_start, principal, requests, bytes, denials}` per principal and UTC day, from the day holding `since` (default: every day kept), oldest first; counts in memory are flushed first |
 //!
@@ -56,6 +58,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::apikey::{ApiKeyAuthorizer, ApiKeyStore, AuditEntry, CreatedKey, KeyInfo, NewKey};
+use crate::clientcert::{RevokeCert, RevokedCert};
 use crate::source::ArtifactSource;
 use crate::usage::{USAGE_FLUSH_EVERY, Usage, UsageRow};
 use crate::{AccessPolicy, CommitId, Error, Gateway, GatewayConfig, Registry, RepoId, RepoKind};
@@ -208,6 +211,8 @@ pub(crate) fn router(
         .route("/admin/keys", post(create_key).get(list_keys))
         .route("/admin/keys/{id}/revoke", post(revoke_key))
         .route("/admin/keys/{id}/rotate", post(rotate_key))
+        .route("/admin/certs/revoke", post(revoke_cert))
+        .route("/admin/certs/revoked", get(revoked_certs))
         .route("/admin/audit", get(audit))
         .route("/admin/usage", get(usage_totals))
         .fallback(|| async { plain_error(StatusCode::NOT_FOUND, "no such admin endpoint") })
@@ -333,6 +338,20 @@ async fn rotate_key(
     let keys = st.keys.clone();
     let created = blocking(move || keys.rotate(&id, Duration::from_secs(b.grace_secs))).await?;
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+async fn revoke_cert(
+    State(st): St,
+    axum::Json(r): axum::Json<RevokeCert>,
+) -> Result<Response, AdminError> {
+    let keys = st.keys.clone();
+    let revoked = blocking(move || keys.revoke_cert(r)).await?;
+    Ok((StatusCode::CREATED, axum::Json(revoked)).into_response())
+}
+
+async fn revoked_certs(State(st): St) -> Result<Response, AdminError> {
+    let keys = st.keys.clone();
+    Ok(axum::Json(blocking(move || keys.revoked_certs()).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -549,6 +568,20 @@ impl AdminClient {
             body,
         )
         .await
+    }
+
+    /// Revokes client certificates by serial number or fingerprint, from the next request on
+    /// (open connections included). Returns the list's entry (the first one, if revoked before).
+    pub async fn revoke_cert(&self, r: RevokeCert) -> Result<RevokedCert, Error> {
+        let body = Self::json(&r)?;
+        self.call(hyper::Method::POST, "/admin/certs/revoke", body)
+            .await
+    }
+
+    /// Every revoked client certificate.
+    pub async fn revoked_certs(&self) -> Result<Vec<RevokedCert>, Error> {
+        self.call(hyper::Method::GET, "/admin/certs/revoked", None)
+            .await
     }
 
     /// The latest `limit` audit entries of keys (at most [`AUDIT_LIMIT_MAX`]), oldest first.

@@ -76,6 +76,9 @@
 //! | no scope covers the repository or artifact with the operation | 404, as if missing |
 //! | over the key's rate (token bucket, per minute) | 429 (`X-Error-Code: GatedRepo`) |
 //!
+//! A verified client certificate (mutual TLS) bound to a key stands in for the bearer key (the
+//! first rows; then the same checks from "revoked" on): see the `clientcert` module docs.
+//!
 //! The 401 and 403 refusals are about the key, not about what was asked: they are given on
 //! every route, for public and missing repositories too (a key sent with a public request is
 //! checked, as the Hub checks tokens). The 404s are the gateway's `RepoNotFound`,
@@ -113,11 +116,12 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::auth::{AccessPolicy, AccessRequest, Authorizer, BoxFuture, Decision, DenialKind};
+use crate::clientcert::{AuditCert, CertName, ClientCert};
 use crate::registry::{REPO_PART_LEN_MAX, RepoId, now};
 use crate::usage::Principal;
 use crate::{Error, Registry};
 
-const APIKEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("gateway-apikeys-1");
+pub(crate) const APIKEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("gateway-apikeys-1");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("gateway-audit-1");
 const AUDIT_ANON: TableDefinition<u64, &[u8]> = TableDefinition::new("gateway-audit-anon-1");
 
@@ -534,6 +538,10 @@ pub struct NewKey {
     /// Requests per minute (at least 1); `None` is unlimited.
     #[serde(default)]
     pub rate_per_minute: Option<u32>,
+    /// Bind the key to this client certificate name instead of a bearer secret (see the
+    /// `clientcert` module docs): the key then has no secret.
+    #[serde(default)]
+    pub client_cert: Option<CertName>,
 }
 
 /// A key just created or rotated. `key` is the secret, shown this once; `Debug` hides it.
@@ -541,7 +549,8 @@ pub struct NewKey {
 pub struct CreatedKey {
     /// The key's public id (16 hex).
     pub id: String,
-    /// The whole key, `cairn_<id>_<secret>`.
+    /// The whole key, `cairn_<id>_<secret>`; empty for a key bound to a client certificate,
+    /// which has no secret.
     pub key: String,
     /// Unix seconds after which the key no longer works.
     pub expires: Option<u64>,
@@ -582,6 +591,9 @@ pub struct KeyInfo {
     /// its line (so a rotation does not refill the bucket); `None` for the key's own id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_bucket: Option<String>,
+    /// The client certificate name the key is bound to; such a key has no bearer secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<CertName>,
 }
 
 impl KeyInfo {
@@ -592,9 +604,10 @@ impl KeyInfo {
 
 /// What `gateway-apikeys-1` holds per key.
 #[derive(Serialize, Deserialize)]
-struct KeyRecord {
-    info: KeyInfo,
-    /// Hex BLAKE3 (derive-key mode) of id and secret.
+pub(crate) struct KeyRecord {
+    pub(crate) info: KeyInfo,
+    /// Hex BLAKE3 (derive-key mode) of id and secret; empty for a key bound to a client
+    /// certificate, which no secret matches.
     hash: String,
 }
 
@@ -637,6 +650,10 @@ pub struct AuditEntry {
     /// `time`.
     #[serde(default = "one")]
     pub count: u64,
+    /// The client certificate the request came by (its fingerprint and serial number, never
+    /// the certificate); absent when it came by bearer key or without credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<AuditCert>,
 }
 
 fn one() -> u64 {
@@ -724,6 +741,7 @@ impl ApiKeyStore {
             Ok::<_, Error>(next)
         };
         tx.open_table(APIKEYS).map_err(|x| e(&x))?;
+        crate::clientcert::create_tables(&tx).map_err(|x| e(&x))?;
         let next = trim(AUDIT, audit_entries_max)?;
         let anon_next = trim(AUDIT_ANON, anon_entries_max)?;
         tx.commit().map_err(|x| e(&x))?;
@@ -741,6 +759,10 @@ impl ApiKeyStore {
 
     fn err(&self, e: impl fmt::Display) -> Error {
         self.registry.err(e)
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     fn check_new(new: &NewKey) -> Result<(), Error> {
@@ -783,8 +805,12 @@ impl ApiKeyStore {
         info: KeyInfo,
     ) -> Result<(), Error> {
         let rec = KeyRecord {
+            hash: if info.client_cert.is_some() {
+                String::new()
+            } else {
+                data_encoding::HEXLOWER.encode(&key.hash())
+            },
             info,
-            hash: data_encoding::HEXLOWER.encode(&key.hash()),
         };
         let bytes = serde_json::to_vec(&rec).map_err(|e| self.err(e))?;
         let mut t = tx.open_table(APIKEYS).map_err(|e| self.err(e))?;
@@ -815,19 +841,29 @@ impl ApiKeyStore {
             rate_per_minute: new.rate_per_minute,
             rotated_to: None,
             rate_bucket: None,
+            client_cert: new.client_cert,
         };
+        let cert = info.client_cert.clone();
         let tx = self.registry.db().begin_write().map_err(|e| self.err(e))?;
+        if let Some(name) = &cert {
+            crate::clientcert::bind(&tx, name, &key.id.to_string()).map_err(|e| self.err(e))?;
+        }
         self.insert(&tx, &key, info)?;
         tx.commit().map_err(|e| self.err(e))?;
         tracing::info!(key_id = %key.id, "API key created");
         Ok(CreatedKey {
             id: key.id.to_string(),
-            key: key.expose(),
+            // The secret of a key bound to a certificate is never stored nor shown.
+            key: if cert.is_some() {
+                String::new()
+            } else {
+                key.expose()
+            },
             expires,
         })
     }
 
-    fn record(
+    pub(crate) fn record(
         &self,
         t: &impl ReadableTable<&'static str, &'static [u8]>,
         id: &str,
@@ -894,6 +930,12 @@ impl ApiKeyStore {
                     "API key {id} is revoked or expired; create a new key instead"
                 )));
             }
+            if let Some(name) = &old.info.client_cert {
+                return Err(Error::BadRequest(format!(
+                    "API key {id} is bound to the client certificate name {name} and has no \
+                     secret to rotate; create a new key with --client-cert, then revoke this one"
+                )));
+            }
             if let Some(next) = &old.info.rotated_to {
                 return Err(Error::BadRequest(format!(
                     "API key {id} was already rotated to {next}; rotate {next} instead"
@@ -921,6 +963,7 @@ impl ApiKeyStore {
             allow_ips: old.allow_ips,
             rate_per_minute: old.rate_per_minute,
             rotated_to: None,
+            client_cert: None,
         };
         let expires = info.expires;
         self.insert(&tx, &key, info)?;
@@ -1088,49 +1131,36 @@ impl ApiKeyStore {
     /// Checks a presented key (see the table in the module docs), without rate limiting; on a
     /// public artifact (`restricted` false) only the key itself is checked, not its scopes.
     /// Returns the key's record when it may proceed, or the denial.
-    fn verify(&self, q: &Query) -> Result<KeyInfo, Refusal> {
+    fn verify(&self, q: &Query) -> Result<(KeyInfo, Option<AuditCert>), Refusal> {
         use DenialKind::*;
         let anonymous = |kind, reason: String, key_id: Option<&KeyId>| Refusal {
             kind,
             reason,
             key_id: key_id.map_or_else(|| "unknown".into(), |k| k.to_string()),
             keyed: false,
+            cert: None,
         };
-        let Some(token) = &q.token else {
-            return Err(anonymous(
-                Hidden,
-                "no API key (Authorization: Bearer cairn_...)".into(),
-                None,
-            ));
+        let unreadable = || anonymous(Forbidden, "the key store could not be read".into(), None);
+        let rtx = self.registry.db().begin_read().map_err(|_| unreadable())?;
+        // A certificate bound to a key wins over a bearer header (see the `clientcert` docs).
+        let by_cert = match &q.cert {
+            Some(c) => self
+                .key_of_certificate(&rtx, c, q.time)?
+                .map(|info| (info, c.audit())),
+            None => None,
         };
-        let key = parse_api_key(token)
-            .map_err(|e| anonymous(Unauthenticated, format!("malformed API key: {e}"), None))?;
-        let id = key.id.to_string();
+        let (info, cert) = match by_cert {
+            Some((info, cert)) => (info, Some(cert)),
+            None => (self.bearer_key(&rtx, q, anonymous)?, None),
+        };
+        let id = info.id.clone();
         let denied = |kind, why: &str| Refusal {
             kind,
             reason: why.to_string(),
             key_id: id.clone(),
             keyed: true,
+            cert: cert.clone(),
         };
-        let unreadable = || anonymous(Forbidden, "the key store could not be read".into(), None);
-        let rtx = self.registry.db().begin_read().map_err(|_| unreadable())?;
-        let t = rtx.open_table(APIKEYS).map_err(|_| unreadable())?;
-        let rec = self
-            .record(&t, &id)
-            .map_err(|_| unreadable())?
-            .ok_or_else(|| anonymous(Unauthenticated, "unknown API key".into(), None))?;
-        let stored = data_encoding::HEXLOWER
-            .decode(rec.hash.as_bytes())
-            .map_err(|_| unreadable())?;
-        if !bool::from(key.hash().as_slice().ct_eq(stored.as_slice())) {
-            // Someone holds the id but not the secret: anonymous, like any guess.
-            return Err(anonymous(
-                Unauthenticated,
-                "unknown API key".into(),
-                Some(&key.id),
-            ));
-        }
-        let info = rec.info;
         if info.revoked {
             return Err(denied(Unauthenticated, "the API key was revoked"));
         }
@@ -1153,7 +1183,7 @@ impl ApiKeyStore {
             ));
         }
         if !q.restricted {
-            return Ok(info);
+            return Ok((info, cert));
         }
         let repo = q.repo.as_deref().map(|r| {
             r.strip_prefix("models/")
@@ -1170,19 +1200,62 @@ impl ApiKeyStore {
                 "the API key has no scope for this repository",
             ));
         }
-        Ok(info)
+        Ok((info, cert))
+    }
+
+    /// The key record of the request's bearer key, if its secret matches.
+    fn bearer_key(
+        &self,
+        rtx: &redb::ReadTransaction,
+        q: &Query,
+        anonymous: impl Fn(DenialKind, String, Option<&KeyId>) -> Refusal,
+    ) -> Result<KeyInfo, Refusal> {
+        use DenialKind::*;
+        let Some(token) = &q.token else {
+            return Err(anonymous(
+                Hidden,
+                "no API key (Authorization: Bearer cairn_...)".into(),
+                None,
+            ));
+        };
+        let key = parse_api_key(token)
+            .map_err(|e| anonymous(Unauthenticated, format!("malformed API key: {e}"), None))?;
+        let id = key.id.to_string();
+        let unreadable = || anonymous(Forbidden, "the key store could not be read".into(), None);
+        let t = rtx.open_table(APIKEYS).map_err(|_| unreadable())?;
+        let rec = self
+            .record(&t, &id)
+            .map_err(|_| unreadable())?
+            .ok_or_else(|| anonymous(Unauthenticated, "unknown API key".into(), None))?;
+        let stored = data_encoding::HEXLOWER
+            .decode(rec.hash.as_bytes())
+            .map_err(|_| unreadable())?;
+        // A key bound to a certificate stores no hash, so no secret matches it.
+        if rec.info.client_cert.is_some()
+            || !bool::from(key.hash().as_slice().ct_eq(stored.as_slice()))
+        {
+            // Someone holds the id but not the secret: anonymous, like any guess.
+            return Err(anonymous(
+                Unauthenticated,
+                "unknown API key".into(),
+                Some(&key.id),
+            ));
+        }
+        Ok(rec.info)
     }
 }
 
 /// Why [`ApiKeyStore::verify`] refused a request.
-struct Refusal {
-    kind: DenialKind,
-    reason: String,
+pub(crate) struct Refusal {
+    pub(crate) kind: DenialKind,
+    pub(crate) reason: String,
     /// The key id to audit (`unknown` when none parsed).
-    key_id: String,
-    /// Whether the key's secret matched: the entry goes to the keys' log, else to the
-    /// anonymous one.
-    keyed: bool,
+    pub(crate) key_id: String,
+    /// Whether the key's secret matched, or a verified client certificate came with the
+    /// request: the entry goes to the keys' log, else to the anonymous one.
+    pub(crate) keyed: bool,
+    /// The client certificate the request came by, when it decided.
+    pub(crate) cert: Option<AuditCert>,
 }
 
 /// A request, owned, for the blocking check.
@@ -1195,6 +1268,8 @@ struct Query {
     client_ip: Option<IpAddr>,
     route: String,
     time: u64,
+    /// The verified client certificate of the connection, if any.
+    cert: Option<Arc<ClientCert>>,
 }
 
 struct Bucket {
@@ -1269,13 +1344,18 @@ fn decide(store: &ApiKeyStore, limiter: &RateLimiter, q: &Query) -> Decision {
 
 /// The decision, and who it was for: the key when its secret matched, else anonymous.
 fn decide_as(store: &ApiKeyStore, limiter: &RateLimiter, q: &Query) -> (Decision, Principal) {
-    let (decision, key_id, keyed, reason) = match store.verify(q) {
+    let (decision, key_id, keyed, reason, cert) = match store.verify(q) {
         // A key used on a public artifact: nothing to audit, it is not a use of the key's
         // rights.
-        Ok(info) if !q.restricted => {
+        Ok((info, _)) if !q.restricted => {
             return (Decision::Allow, principal_of(&info.id, true));
         }
-        Ok(info) => {
+        // A public artifact asked with a certificate bound to no key and no bearer key: the
+        // certificate was checked (readable, not revoked), there is nothing else to check.
+        Err(r) if !q.restricted && r.kind == DenialKind::Hidden => {
+            return (Decision::Allow, Principal::Anonymous);
+        }
+        Ok((info, cert)) => {
             if info
                 .rate_per_minute
                 .is_some_and(|r| !limiter.take(info.bucket(), r))
@@ -1289,9 +1369,10 @@ fn decide_as(store: &ApiKeyStore, limiter: &RateLimiter, q: &Query) -> (Decision
                     info.id,
                     true,
                     reason,
+                    cert,
                 )
             } else {
-                (Decision::Allow, info.id, true, "allowed".into())
+                (Decision::Allow, info.id, true, "allowed".into(), cert)
             }
         }
         Err(r) => (
@@ -1302,6 +1383,7 @@ fn decide_as(store: &ApiKeyStore, limiter: &RateLimiter, q: &Query) -> (Decision
             r.key_id,
             r.keyed,
             r.reason,
+            r.cert,
         ),
     };
     let status = match &decision {
@@ -1331,6 +1413,7 @@ fn decide_as(store: &ApiKeyStore, limiter: &RateLimiter, q: &Query) -> (Decision
         status,
         reason,
         count: 1,
+        client_cert: cert,
     };
     let principal = principal_of(&entry.key_id, keyed);
     let res = if keyed {
@@ -1382,7 +1465,9 @@ impl Authorizer for ApiKeyAuthorizer {
         Box::pin(async move {
             let restricted = match policy {
                 // A public artifact asked without a key costs no check.
-                AccessPolicy::Public if request.credential.is_none() => {
+                AccessPolicy::Public
+                    if request.credential.is_none() && request.client_cert.is_none() =>
+                {
                     return (Decision::Allow, Principal::Anonymous);
                 }
                 AccessPolicy::Public => false,
@@ -1398,6 +1483,7 @@ impl Authorizer for ApiKeyAuthorizer {
                 client_ip: request.client_ip,
                 route: request.route.to_string(),
                 time: now(),
+                cert: request.client_cert.cloned(),
             };
             let (store, limiter) = (self.store.clone(), self.limiter.clone());
             // redb reads and the audit commit block: keep them off the runtime's workers.
@@ -1541,6 +1627,7 @@ mod tests {
             client_ip: Some("127.0.0.1".parse().unwrap()),
             route: "GET /x".into(),
             time: now(),
+            cert: None,
         }
     }
 
@@ -1562,6 +1649,7 @@ mod tests {
                 expires_in_secs: None,
                 allow_ips: vec![],
                 rate_per_minute: None,
+                client_cert: None,
             })
             .unwrap();
         for i in 0..25 {
@@ -1635,6 +1723,7 @@ mod tests {
                 expires_in_secs: None,
                 allow_ips: vec![],
                 rate_per_minute: Some(2),
+                client_cert: None,
             })
             .unwrap();
         let ok = |key: &str| decide(&store, &limiter, &query(Some(key.into()), "a/b"));

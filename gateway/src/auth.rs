@@ -22,6 +22,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -107,6 +108,8 @@ pub struct AccessRequest<'a> {
     pub route: &'a str,
     /// The credentials presented, if any.
     pub credential: Option<&'a Credential>,
+    /// The client certificate the TLS handshake verified (mutual TLS), if any.
+    pub client_cert: Option<&'a Arc<crate::ClientCert>>,
 }
 
 /// Why access was denied.

@@ -5,6 +5,8 @@ use axum::http::HeaderValue;
 
 use cairn_store::Cid;
 
+use crate::{CertError, ClientCert, ClientIdentity};
+
 /// The paths a `paths-info` body with this `Content-Type` asks about, or the refusal's text.
 pub fn paths_info_body(content_type: &[u8], body: &[u8]) -> Result<Vec<String>, String> {
     // As the handler reads it: a header value that is not visible ASCII is no content type.
@@ -44,4 +46,15 @@ pub fn if_range_allows(value: Option<&[u8]>, quoted: &str) -> bool {
 /// The CID of an `/artifacts/{cid}` URL segment, as the handlers read it.
 pub fn url_cid(segment: &str) -> Option<Cid> {
     crate::handlers::parse_url_cid(segment)
+}
+
+/// What the gateway reads from a client certificate's DER (mutual TLS), as every request with
+/// one reads it: the identity, or why the certificate is refused. The fingerprint is known
+/// either way.
+pub fn client_cert(der: &[u8]) -> (String, Result<ClientIdentity, CertError>) {
+    let c = ClientCert::from_der(der);
+    (
+        c.sha256().to_string(),
+        c.identity().cloned().map_err(Clone::clone),
+    )
 }

@@ -27,9 +27,14 @@ use crate::usage::{self, CountingBody, Principal, RequestTag, Usage};
 use crate::{Authorizer, Error, GatewayConfig, Registry};
 
 /// The caller's socket address and `METHOD /path` (no query string, clipped), put in request
-/// extensions by the accept loop.
+/// extensions by the accept loop, and the client certificate the TLS handshake verified, read
+/// by [`read_client_cert`].
 #[derive(Clone, Debug)]
-pub(crate) struct ClientAddr(pub SocketAddr, pub Arc<str>);
+pub(crate) struct ClientAddr(
+    pub SocketAddr,
+    pub Arc<str>,
+    pub Option<Arc<crate::ClientCert>>,
+);
 
 pub(crate) struct AppState {
     pub registry: Arc<Registry>,
@@ -131,6 +136,7 @@ impl AppState {
             client_ip: req.client.map(|c| c.ip()),
             route: &req.route,
             credential: req.credential.as_ref(),
+            client_cert: req.client_cert.as_ref(),
         };
         let (decision, principal) = self.authorizer.authorize_as(policy, &request).await;
         let denied = decision != Decision::Allow;
@@ -169,6 +175,7 @@ struct RequestInfo {
     client: Option<SocketAddr>,
     route: Arc<str>,
     credential: Option<Credential>,
+    client_cert: Option<Arc<crate::ClientCert>>,
 }
 
 impl RequestInfo {
@@ -181,6 +188,7 @@ impl RequestInfo {
             .as_ref()
             .map_or_else(|| Arc::from("unknown"), |c| c.1.clone());
         Self {
+            client_cert: client.as_ref().and_then(|c| c.2.clone()),
             client: client.map(|c| c.0),
             route,
             credential,
@@ -308,8 +316,24 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_max))
+        .layer(middleware::from_fn(read_client_cert))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Reads the client certificate the TLS handshake verified (mutual TLS) into the request's
+/// [`ClientAddr`], where the handlers find it beside the address. Read per request: a
+/// certificate is a few hundred bytes and revocation is checked per request anyway.
+async fn read_client_cert(mut req: Request, next: Next) -> Response {
+    if let Some(pc) = req
+        .extensions()
+        .get::<crate::tls::PeerCertificate>()
+        .cloned()
+        && let Some(c) = req.extensions_mut().get_mut::<ClientAddr>()
+    {
+        c.2 = Some(Arc::new(crate::ClientCert::from_der(&pc.0)));
+    }
+    next.run(req).await
 }
 
 /// Metrics, the request timeout and one log line per request (method, route, status, time;

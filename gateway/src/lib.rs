@@ -74,7 +74,10 @@
 //! address outside its allow-list gets `403`; a covering key over its rate gets `429`
 //! (`X-Error-Code: GatedRepo`, `Retry-After`). Nothing of the artifact is read before the
 //! answer is known. Keys come as `Authorization: Bearer <key>` (the scheme in any case),
-//! which is what `huggingface_hub` sends for `token=`.
+//! which is what `huggingface_hub` sends for `token=`, or as a client certificate (mutual TLS)
+//! bound to a key by one of its names ([`CertName`]), which then acts as that key and wins over
+//! a bearer header; certificates are revocable by serial number or fingerprint per request
+//! (see the `clientcert` module docs and docs/mtls.md).
 //!
 //! **Secrets**: read capabilities live only in the registry and in memory; no endpoint, log
 //! line or `Debug` output shows one. API keys are stored as hashes only and the audit log
@@ -85,6 +88,7 @@ mod apikey;
 mod auth;
 mod body;
 mod cache;
+mod clientcert;
 mod conns;
 mod devcert;
 mod error;
@@ -117,6 +121,11 @@ pub use auth::{
 };
 pub use body::{BLOCK_LEN, CLIENT_STALL_MAX, READ_AHEAD_BLOCKS, SMALL_BODY_MAX, SMALL_READS_MAX};
 pub use cache::CHUNK_CACHE_BYTES;
+pub use clientcert::{
+    AuditCert, CERT_DER_LEN_MAX, CERT_NAME_LEN_MAX, CERT_NAMES_MAX, CERT_REVOCATIONS_MAX,
+    CERT_SERIAL_LEN_MAX, CertError, CertName, CertNameKind, CertRevocation, ClientCert,
+    ClientIdentity, RevokeCert, RevokedCert, cert_sha256,
+};
 pub use devcert::{IssuedCert, LocalCa, LocalTls, write_key, write_local_tls};
 pub use error::Error;
 pub use handlers::{OPEN_CACHE_TTL, PATHS_INFO_MAX};

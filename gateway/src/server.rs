@@ -514,7 +514,7 @@ fn service(
                 .take(256)
                 .collect();
             req.extensions_mut()
-                .insert(ClientAddr(client, Arc::from(route)));
+                .insert(ClientAddr(client, Arc::from(route), None));
             let resp = app.oneshot(req.map(axum::body::Body::new)).await?;
             Ok(resp.map(|b| {
                 axum::body::Body::new(BusyBody {

@@ -528,6 +528,7 @@ impl Usage {
             status,
             reason: FIRST_USE_REASON.into(),
             count: 1,
+            client_cert: None,
         };
         let keys = db.keys.clone();
         match tokio::task::spawn_blocking(move || keys.append_note(entry)).await {

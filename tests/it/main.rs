@@ -6,6 +6,7 @@
 mod cli;
 mod devnet;
 mod gateway;
+mod mtls;
 mod net;
 mod private;
 mod usage;

@@ -201,18 +201,19 @@ pub fn new_key(
         expires_in_secs,
         allow_ips: allow_ips.iter().map(|s| s.parse().unwrap()).collect(),
         rate_per_minute,
+        client_cert: None,
     }
 }
 
 /// What a request got: status, error code and message, body.
-struct Got {
-    status: u16,
+pub struct Got {
+    pub status: u16,
     code: Option<String>,
     message: Option<String>,
     body: Vec<u8>,
 }
 
-async fn get(c: &reqwest::Client, url: &str, key: Option<&str>) -> Got {
+pub async fn get(c: &reqwest::Client, url: &str, key: Option<&str>) -> Got {
     let mut r = c.get(url);
     if let Some(k) = key {
         r = r.bearer_auth(k);
@@ -238,7 +239,7 @@ async fn get(c: &reqwest::Client, url: &str, key: Option<&str>) -> Got {
 /// `got` is a denial with `status` and its error code (a bad key is refused as the Hub refuses
 /// a bad token; no covering key looks like a missing repository), a short JSON error, none of
 /// `file`'s bytes.
-fn denied(got: &Got, status: u16, file: &[u8], what: &str) {
+pub fn denied(got: &Got, status: u16, file: &[u8], what: &str) {
     assert_eq!(
         got.status,
         status,
@@ -273,7 +274,7 @@ fn denied(got: &Got, status: u16, file: &[u8], what: &str) {
     }
 }
 
-fn served(got: &Got, file: &[u8], what: &str) {
+pub fn served(got: &Got, file: &[u8], what: &str) {
     assert_eq!(
         got.status,
         200,
@@ -680,6 +681,8 @@ async fn admin_api_needs_its_token() {
             ("GET", "/admin/audit"),
             ("POST", "/admin/repos"),
             ("POST", "/admin/keys/0123456789abcdef/revoke"),
+            ("POST", "/admin/certs/revoke"),
+            ("GET", "/admin/certs/revoked"),
         ] {
             let mut r = match method {
                 "GET" => c.get(format!("{}{path}", kg.admin_url)),
@@ -723,6 +726,7 @@ async fn admin_api_needs_its_token() {
             expires_in_secs: None,
             allow_ips: vec![],
             rate_per_minute: None,
+            client_cert: None,
         })
         .await
         .unwrap_err();

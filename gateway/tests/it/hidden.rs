@@ -365,6 +365,7 @@ async fn anonymous_flood_leaves_key_uses_in_the_audit_log() {
             expires_in_secs: None,
             allow_ips: vec![],
             rate_per_minute: None,
+            client_cert: None,
         })
         .unwrap();
     let c = client();

@@ -9,6 +9,7 @@ mod auth;
 mod hf;
 mod hidden;
 mod limits;
+mod mtls;
 mod tls;
 mod usage;
 
