@@ -626,6 +626,119 @@ async fn listings_and_operability() {
             .unwrap(),
         "ok\n"
     );
+    let m = c
+        .get(format!("{}/metrics", fx.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("cairn_gateway_requests_total{route=\"/api/models/{org}/{name}\",method=\"GET\",status=\"200\"}"), "{m}");
+    assert!(
+        m.contains("cairn_gateway_request_duration_seconds_bucket"),
+        "{m}"
+    );
+    assert!(m.contains("cairn_gateway_body_bytes_sent_total"), "{m}");
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_ranges() {
+    let fx = Fixture::start(3 * 1024 * 1024).await;
+    let data = Arc::new(fx.files["model.safetensors"].clone());
+    let len = data.len() as u64;
+    let c = client();
+    let url = fx.resolve_url(&fx.commit.to_string(), "model.safetensors");
+    let mut tasks = Vec::new();
+    for i in 0..50u64 {
+        let (c, url, data) = (c.clone(), url.clone(), data.clone());
+        // Spread over the file, some crossing chunk edges, sizes from 1 byte to ~600 KiB.
+        let a = (i * 7_919_993) % len;
+        let b = (a + 1 + (i * i * 257) % 600_000).min(len);
+        tasks.push(tokio::spawn(async move {
+            let r = get_range(&c, &url, &format!("bytes={a}-{}", b - 1)).await;
+            assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+            let body = r.bytes().await.unwrap();
+            assert_eq!(&body[..], &data[a as usize..b as usize], "range {a}-{b}");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    fx.shutdown().await;
+}
+
+/// A corrupted shard is never served: with one bad shard of a chunk the read goes around it
+/// (k = 2 of n = 3); with two, the response is aborted mid-stream, never wrong bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_shards_are_never_served() {
+    // About 12 chunks: more than one read window, so the failure comes after bytes were sent.
+    let fx = Fixture::start(12 * 1024 * 1024).await;
+    let data = fx.files["model.safetensors"].clone();
+    let c = client();
+    let url = fx.resolve_url("main", "model.safetensors");
+    let f = fx
+        .private
+        .files
+        .iter()
+        .find(|f| f.path == "model.safetensors")
+        .unwrap();
+    let bad_chunk = f.first_chunk as usize + f.chunk_count as usize - 2;
+    let shards = fx.manifest.chunks()[bad_chunk].shards.clone();
+
+    fx.corrupt_shard(&shards[0]);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        &r.bytes().await.unwrap()[..],
+        &data[..],
+        "read around one bad shard"
+    );
+
+    fx.corrupt_shard(&shards[1]);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "headers go out before the bad chunk is reached"
+    );
+    let got = r.bytes().await;
+    assert!(
+        got.is_err(),
+        "the body must end with an error, got {} bytes",
+        got.map(|b| b.len()).unwrap_or(0)
+    );
+    // A range inside the bad chunk: an error, never bytes.
+    let off: u64 = chunk_lens(&fx, "model.safetensors")[..bad_chunk - f.first_chunk as usize]
+        .iter()
+        .sum();
+    // The failure may come before hyper has flushed the headers (the connection then closes
+    // with no response at all) or after (the body ends with an error).
+    let r = c
+        .get(&url)
+        .header(RANGE, format!("bytes={}-{}", off + 5, off + 100))
+        .send()
+        .await;
+    match r {
+        Ok(r) => match r.status() {
+            StatusCode::PARTIAL_CONTENT => assert!(r.bytes().await.is_err()),
+            s => assert!(s.is_server_error(), "{s}"),
+        },
+        // No response at all is the expected failure, and a crashed server gives the same:
+        // the server must still be running and answering.
+        Err(_) => {
+            assert!(
+                !fx.server.as_ref().unwrap().is_finished(),
+                "the gateway's server task ended"
+            );
+            let h = c.get(format!("{}/healthz", fx.url)).send().await.unwrap();
+            assert_eq!(h.status(), StatusCode::OK);
+        }
+    }
+    // Other chunks still read fine.
+    let r = get_range(&c, &url, "bytes=0-999").await;
+    assert_eq!(&r.bytes().await.unwrap()[..], &data[..1000]);
     let read_errors = metric(&c, &fx.url, "cairn_gateway_read_errors_total").await;
     assert!(read_errors > 0.0);
     fx.shutdown().await;
