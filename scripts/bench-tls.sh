@@ -89,10 +89,10 @@ curl -sf --cacert "$ca" --http2 "$tls$path" | cmp - "$work/model/weights.bin"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 cpu_per_gb() { # pid, curl args... -> "gateway client" CPU seconds per GB of one full GET
   local pid="$1"; shift
-  local g0 c0 g1 c1
-  g0=$(cpu_ticks "$pid"); c0=$(awk '{print $16 + $17}' /proc/$BASHPID/stat)
+  local g0 c0 g1 c1 me=$BASHPID   # this subshell: curl's parent, which collects its CPU time
+  g0=$(cpu_ticks "$pid"); c0=$(awk '{print $16 + $17}' "/proc/$me/stat")
   curl -sf -o /dev/null "$@"
-  g1=$(cpu_ticks "$pid"); c1=$(awk '{print $16 + $17}' /proc/$BASHPID/stat)
+  g1=$(cpu_ticks "$pid"); c1=$(awk '{print $16 + $17}' "/proc/$me/stat")
   python3 -c "t=$(getconf CLK_TCK); gb=$bytes/1e9; print(f'{($g1-$g0)/t/gb:.2f} {($c1-$c0)/t/gb:.2f}')"
 }
 read p_gcpu p_ccpu <<<"$(cpu_per_gb "$plain_pid" "$plain$path")"
