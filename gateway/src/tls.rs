@@ -22,7 +22,8 @@
 //! new connections get the new certificate (and client CA), while connections already open keep
 //! the session they negotiated until they end: nothing is dropped. When they fail (for example
 //! the certificate was replaced but the key not yet), the gateway keeps serving the previous
-//! certificate, logs why once per change, and tries again at the next poll. An expired or
+//! certificate, logs why once per change, and tries again as soon as a file changes again (the
+//! key arriving after its certificate) or on `SIGHUP`. An expired or
 //! mismatched pair is never loaded. Cancel safety: dropping the reload task stops reloading
 //! and changes nothing else.
 //!
