@@ -410,3 +410,46 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     kg.shutdown().await;
     fx.shutdown().await;
 }
+
+/// A client that opens a connection to the HTTPS port and never completes a handshake (silent,
+/// or sending bytes that are not TLS) is closed after the header timeout, and meanwhile a real
+/// client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_and_garbage_handshakes_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, files) = server_files(tmp.path());
+    let config = GatewayConfig {
+        header_read_timeout: Duration::from_millis(500),
+        ..tls_config(&files)
+    };
+    let fx = Fixture::start_with(1000, config).await;
+    let addr = fx.url.trim_start_matches("https://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut garbage = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    garbage
+        .write_all(b"\x16\x03\x01\xff\xffnot a client hello at all")
+        .await
+        .unwrap();
+    let r = https_client(ca.cert_pem(), &[b"h2", b"http/1.1"])
+        .get(format!("{}/healthz", fx.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for (what, s) in [("silent", &mut silent), ("garbage", &mut garbage)] {
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    // A TLS alert may come first; then the close.
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the {what} connection was not closed");
+    }
+    fx.shutdown().await;
+}
