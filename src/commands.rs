@@ -5,11 +5,12 @@ use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use cairn_erasure::Params;
-use cairn_store::{
-    AddOptions, Cid, KeyMode, Manifest, PrivatePart, ReadCap, Store, encode_artifact,
-    read_artifact, read_file,
+use cairn_artifact::{
+    AddOptions, Cid, KeyMode, Manifest, PrivatePart, ReadCap, encode_artifact, read_artifact,
+    read_file,
 };
+use cairn_erasure::Params;
+use cairn_store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{self, DataDir};
@@ -275,7 +276,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let progress = |n: u64| bar.inc(n);
             match file {
                 None => read_artifact(
-                    &cairn_store::Artifact {
+                    &cairn_artifact::Artifact {
                         cid: cap.cid,
                         manifest: &manifest,
                         private: &private,
@@ -289,7 +290,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         .files
                         .iter()
                         .find(|f| f.path == path)
-                        .ok_or_else(|| cairn_store::Error::FileNotFound {
+                        .ok_or_else(|| cairn_artifact::Error::FileNotFound {
                             artifact: cap.cid,
                             path: path.clone(),
                         })?;
@@ -298,7 +299,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         let mut stdout =
                             std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
                         read_file(
-                            &cairn_store::Artifact {
+                            &cairn_artifact::Artifact {
                                 cid: cap.cid,
                                 manifest: &manifest,
                                 private: &private,
@@ -523,8 +524,8 @@ pub fn write_one(
     cid: &Cid,
     manifest: &Manifest,
     private: &PrivatePart,
-    store: &dyn cairn_store::ShardSource,
-    f: &cairn_store::FileEntry,
+    store: &dyn cairn_artifact::ShardSource,
+    f: &cairn_artifact::FileEntry,
     out: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<()> {
@@ -537,7 +538,7 @@ pub fn write_one(
         std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
     );
     let res = read_file(
-        &cairn_store::Artifact {
+        &cairn_artifact::Artifact {
             cid: *(cid),
             manifest,
             private,
@@ -644,7 +645,7 @@ fn demo_in(tmp: &Path, size_mib: u64) -> anyhow::Result<()> {
     let (manifest, private) = open(&store, &cap)?;
     let start = Instant::now();
     read_artifact(
-        &cairn_store::Artifact {
+        &cairn_artifact::Artifact {
             cid: cap.cid,
             manifest: &manifest,
             private: &private,

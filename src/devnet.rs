@@ -14,22 +14,21 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use cairn_artifact::{AddOptions, KeyMode, read_artifact};
 use cairn_erasure::Params;
 use cairn_node::{Network, NetworkConfig, PeerAddr, PublishOptions};
-use cairn_store::{AddOptions, KeyMode, read_artifact};
 
 use crate::config::DataDir;
 use crate::gatewaycmd::gateway_dir;
 use crate::netcmd::runtime;
 use crate::units::human;
+use cairn_artifact::ReadCap;
 use cairn_gateway::GATEWAY_ADDR_FILE;
-use cairn_store::ReadCap;
 
 /// Log filter of the devnet's processes (unless `CAIRN_LOG` says otherwise): Cairn's own events
 /// at info, its dependencies at warn. iroh's info-level spans, created for every datagram sent,
 /// cost several percent of a node's CPU.
-const DEVNET_LOG: &str =
-    "warn,cairn=info,cairn_node=info,cairn_swarm=info,cairn_gateway=info,cairn_store=info";
+const DEVNET_LOG: &str = "warn,cairn=info,cairn_node=info,cairn_swarm=info,cairn_gateway=info,cairn_store=info,cairn_artifact=info";
 
 /// Time allowed for a node to start and for the network to see every node.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -415,7 +414,7 @@ fn demo_with(
     let start = Instant::now();
     let art = rt.block_on(net.open(&report.cap))?;
     read_artifact(
-        &cairn_store::Artifact {
+        &cairn_artifact::Artifact {
             cid: report.cap.cid,
             manifest: &art.manifest,
             private: &art.private,

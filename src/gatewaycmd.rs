@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cairn_artifact::ReadCap;
 use cairn_gateway::{
     ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AccessPolicy, AdminClient, ArtifactSource, CertName,
     CertRevocation, GatewayConfig, IpNet, LocalSource, NetworkSource, NewKey, RepoId, RepoKind,
     RevokeCert, Scope, TlsFiles, UsageCounts, UsageRow, run_gateway_with,
 };
 use cairn_node::{Network, NetworkConfig};
-use cairn_store::ReadCap;
 
 use crate::config::DataDir;
 use crate::netcmd::{parse_peers, runtime};

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use cairn_artifact::{AddOptions, ReadCap, read_artifact, read_file};
 use cairn_node::{Network, NetworkConfig, NodeConfig, PeerAddr, PublishOptions, run_node};
-use cairn_store::{AddOptions, ReadCap, read_artifact, read_file};
 
 use crate::commands::{bar, write_one};
 use crate::config::DataDir;
@@ -175,7 +175,7 @@ pub fn get(
         let progress = |n: u64| bar.inc(n);
         match file {
             None => read_artifact(
-                &cairn_store::Artifact {
+                &cairn_artifact::Artifact {
                     cid: cap.cid,
                     manifest: &art.manifest,
                     private: &art.private,
@@ -190,7 +190,7 @@ pub fn get(
                     .files
                     .iter()
                     .find(|f| f.path == path)
-                    .ok_or_else(|| cairn_store::Error::FileNotFound {
+                    .ok_or_else(|| cairn_artifact::Error::FileNotFound {
                         artifact: cap.cid,
                         path: path.to_string(),
                     })?;
@@ -198,7 +198,7 @@ pub fn get(
                 if out.as_os_str() == "-" {
                     let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
                     read_file(
-                        &cairn_store::Artifact {
+                        &cairn_artifact::Artifact {
                             cid: cap.cid,
                             manifest: &art.manifest,
                             private: &art.private,

@@ -8,9 +8,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use cairn_artifact::{Chunker, Cid, WINDOW_CHUNKS, shard_cid};
 use cairn_encryption::{ChunkKey, ConvergenceSecret, seal_chunk_in_place};
 use cairn_erasure::{Codec, Params};
-use cairn_store::{Chunker, Cid, WINDOW_CHUNKS, shard_cid};
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use rand::{RngCore, SeedableRng};
 use rayon::prelude::*;

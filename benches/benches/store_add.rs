@@ -11,9 +11,10 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
+use cairn_artifact::{AddOptions, KeyMode, encode_artifact};
 use cairn_encryption::ConvergenceSecret;
 use cairn_erasure::Params;
-use cairn_store::{AddOptions, KeyMode, Store, StoreConfig, encode_artifact};
+use cairn_store::{Store, StoreConfig};
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use rand::{RngCore, SeedableRng};
 use tempfile::TempDir;

@@ -10,7 +10,7 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use cairn_store::{Cid, outboard, prove_range, shard_cid, verify_range};
+use cairn_artifact::{Cid, outboard, prove_range, shard_cid, verify_range};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 

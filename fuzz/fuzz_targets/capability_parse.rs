@@ -2,7 +2,7 @@
 //! parsed capability printed and parsed again must be the same capability.
 #![no_main]
 
-use cairn_store::ReadCap;
+use cairn_artifact::ReadCap;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|s: &str| {

@@ -2,7 +2,7 @@
 //! an encode/decode round trip unchanged (the CID a reader checks is over the encoded form).
 #![no_main]
 
-use cairn_store::Manifest;
+use cairn_artifact::Manifest;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

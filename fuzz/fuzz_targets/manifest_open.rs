@@ -15,7 +15,7 @@
 
 use cairn_encryption::{ArtifactKey, TAG_LEN};
 use cairn_erasure::Params;
-use cairn_store::{
+use cairn_artifact::{
     ChunkEntry, ChunkSecret, FileEntry, Manifest, PrivatePart, shard_cid, validate_path,
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};

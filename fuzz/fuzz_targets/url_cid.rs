@@ -9,7 +9,7 @@
 mod common_registry;
 
 use cairn_gateway::fuzzing::url_cid;
-use cairn_store::Cid;
+use cairn_artifact::Cid;
 use common_registry::known;
 use libfuzzer_sys::fuzz_target;
 

@@ -109,7 +109,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_store::Cid;
+use cairn_artifact::Cid;
 use rand::RngCore;
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -1540,7 +1540,7 @@ mod tests {
 
     #[test]
     fn scopes_parse_print_cover() {
-        let cid = cairn_store::manifest_cid(b"x");
+        let cid = cairn_artifact::manifest_cid(b"x");
         for s in [
             "read:repo:org/name".to_string(),
             "read:prefix:org/".to_string(),
@@ -1549,7 +1549,7 @@ mod tests {
             let p: Scope = s.parse().unwrap();
             assert_eq!(p.to_string(), s);
         }
-        let other = cairn_store::manifest_cid(b"y");
+        let other = cairn_artifact::manifest_cid(b"y");
         let repo: Scope = "read:repo:org/name".parse().unwrap();
         assert!(repo.covers(Op::Read, Some("org/name"), &cid));
         assert!(!repo.covers(Op::Read, Some("org/name2"), &cid));
@@ -1623,7 +1623,7 @@ mod tests {
             restricted: true,
             token,
             repo: Some(format!("models/{repo}")),
-            artifact: cairn_store::manifest_cid(b"x"),
+            artifact: cairn_artifact::manifest_cid(b"x"),
             client_ip: Some("127.0.0.1".parse().unwrap()),
             route: "GET /x".into(),
             time: now(),

@@ -99,7 +99,7 @@ pub struct AccessRequest<'a> {
     /// `models/org/name` or `datasets/org/name` when asked by name; `None` when asked by CID.
     pub repo: Option<&'a str>,
     /// The artifact's manifest CID.
-    pub artifact: cairn_store::Cid,
+    pub artifact: cairn_artifact::Cid,
     /// What is asked.
     pub operation: Operation,
     /// The caller's address (the peer socket address the gateway sees).

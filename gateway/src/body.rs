@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_store::{ChunkCache, FileEntry};
+use cairn_artifact::{ChunkCache, FileEntry};
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -343,7 +343,7 @@ pub(crate) fn stream_file(
                 .map_err(|e| {
                     // The client's going away surfaces as an I/O error of the output.
                     match e {
-                        cairn_store::Error::Io { source, .. }
+                        cairn_artifact::Error::Io { source, .. }
                             if source.kind() == io::ErrorKind::BrokenPipe =>
                         {
                             source

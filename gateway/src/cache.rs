@@ -22,7 +22,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_store::{ChunkCache, Cid, Claim};
+use cairn_artifact::{ChunkCache, Cid, Claim};
 use prometheus_client::metrics::counter::Counter;
 use quick_cache::sync::Cache;
 use quick_cache::{OptionsBuilder, Weighter};
@@ -72,7 +72,7 @@ pub(crate) struct ChunkLru {
 impl ChunkLru {
     /// A cache holding at most `bytes` of plaintext; 0 turns caching off.
     pub fn new(bytes: u64) -> Self {
-        let avg = cairn_store::CHUNK_AVG as u64;
+        let avg = cairn_artifact::CHUNK_AVG as u64;
         Self {
             chunks: (bytes > 0).then(|| {
                 // Half the space for chunks seen once: with the default (3 %) a new chunk of a
@@ -197,7 +197,7 @@ mod tests {
     use super::*;
 
     fn cid(n: u8) -> Cid {
-        cairn_store::shard_cid(&[n])
+        cairn_artifact::shard_cid(&[n])
     }
 
     #[test]

@@ -921,7 +921,7 @@ mod tests {
         let repo = format!("models/{repo}");
         let req = AccessRequest {
             repo: Some(&repo),
-            artifact: cairn_store::manifest_cid(b"x"),
+            artifact: cairn_artifact::manifest_cid(b"x"),
             operation: Operation::Read,
             client_ip: Some(ip.parse().unwrap()),
             route: "GET /x",

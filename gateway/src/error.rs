@@ -119,7 +119,7 @@ pub enum Error {
     },
     /// The local store failed, or could not produce verified bytes.
     #[error(transparent)]
-    Store(#[from] cairn_store::Error),
+    Store(#[from] cairn_artifact::Error),
     /// The network client failed to open an artifact.
     #[error(transparent)]
     Network(#[from] cairn_node::Error),
@@ -165,7 +165,7 @@ impl Error {
             | Error::Tls { .. }
             | Error::PlainHttpOnNetwork { .. } => (500, None),
             // Data that cannot be had or verified right now: the gateway is fine, upstream is not.
-            Error::Store(cairn_store::Error::ManifestNotFound(_)) => (404, Some("RepoNotFound")),
+            Error::Store(cairn_artifact::Error::ManifestNotFound(_)) => (404, Some("RepoNotFound")),
             Error::Store(_) | Error::Network(_) => (502, None),
             Error::Busy { .. } => (503, None),
             Error::Registry { .. } | Error::Io { .. } => (500, None),

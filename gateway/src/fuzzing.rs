@@ -3,7 +3,7 @@
 
 use axum::http::HeaderValue;
 
-use cairn_store::Cid;
+use cairn_artifact::Cid;
 
 use crate::{CertError, ClientCert, ClientIdentity};
 

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cairn_store::{Artifact, ChunkCache, Cid, FileEntry};
+use cairn_artifact::{Artifact, ChunkCache, Cid, FileEntry};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -422,7 +422,7 @@ const STAND_IN: AccessPolicy = AccessPolicy::ApiKeyScopes(Vec::new());
 
 /// The artifact a missing repository is checked against: no registration names it.
 fn missing_cid() -> Cid {
-    cairn_store::manifest_cid(b"cairn-gateway: no artifact")
+    cairn_artifact::manifest_cid(b"cairn-gateway: no artifact")
 }
 
 /// Resolves and authorizes a repository revision and opens its artifact.

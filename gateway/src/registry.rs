@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cairn_store::{Cid, ReadCap};
+use cairn_artifact::{Cid, ReadCap};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -532,7 +532,7 @@ mod tests {
 
     #[test]
     fn commit_ids_round_trip() {
-        let cid = cairn_store::manifest_cid(b"x");
+        let cid = cairn_artifact::manifest_cid(b"x");
         let c = CommitId::of(&cid);
         let s = c.to_string();
         assert_eq!(s.len(), 40);

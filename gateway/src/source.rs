@@ -9,10 +9,11 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cairn_node::{ClientStats, Network, RemoteArtifact};
-use cairn_store::{
-    Artifact, ChunkCache, Cid, FileEntry, Manifest, PrivatePart, ReadCap, Store, read_file_pieces,
+use cairn_artifact::{
+    Artifact, ChunkCache, Cid, FileEntry, Manifest, PrivatePart, ReadCap, read_file_pieces,
 };
+use cairn_node::{ClientStats, Network, RemoteArtifact};
+use cairn_store::Store;
 
 use crate::{BoxFuture, Error};
 
@@ -30,7 +31,7 @@ pub trait OpenArtifact: Send + Sync {
         range: Range<u64>,
         cache: &dyn ChunkCache,
         emit: &mut Emit<'_>,
-    ) -> Result<(), cairn_store::Error>;
+    ) -> Result<(), cairn_artifact::Error>;
 }
 
 /// Where [`OpenArtifact::read`] puts the bytes it read: pieces sharing the opened chunks' memory.
@@ -83,7 +84,7 @@ impl OpenArtifact for LocalArtifact {
         range: Range<u64>,
         cache: &dyn ChunkCache,
         emit: &mut Emit<'_>,
-    ) -> Result<(), cairn_store::Error> {
+    ) -> Result<(), cairn_artifact::Error> {
         read_file_pieces(&self.artifact(), &*self.store, cache, file, range, emit)
     }
 }
@@ -147,7 +148,7 @@ impl OpenArtifact for NetArtifact {
         range: Range<u64>,
         cache: &dyn ChunkCache,
         emit: &mut Emit<'_>,
-    ) -> Result<(), cairn_store::Error> {
+    ) -> Result<(), cairn_artifact::Error> {
         let source = self.net.source(&self.remote);
         read_file_pieces(&self.artifact(), &source, cache, file, range, emit)
     }

@@ -10,7 +10,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
-use cairn_store::{CODEC_DAG_CBOR, Cid, Error as StoreError, Store};
+use cairn_artifact::{CODEC_DAG_CBOR, Cid, Error as StoreError};
+use cairn_store::Store;
 use cairn_swarm::{BackendError, ShardBackend};
 
 /// Most shards committed together.
@@ -220,7 +221,8 @@ impl ShardBackend for StoreBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_store::{StoreConfig, shard_cid};
+    use cairn_artifact::shard_cid;
+    use cairn_store::StoreConfig;
 
     #[test]
     fn concurrent_puts_are_grouped_and_all_answered() {
@@ -318,13 +320,13 @@ mod tests {
             .unwrap();
 
         // A record of an artifact whose manifest the node holds is kept, and counted.
-        let private = cairn_store::PrivatePart {
+        let private = cairn_artifact::PrivatePart {
             format: 1,
             name: None,
             files: Vec::new(),
             chunks: Vec::new(),
         };
-        let (artifact, manifest) = cairn_store::Manifest::seal(
+        let (artifact, manifest) = cairn_artifact::Manifest::seal(
             cairn_erasure::Params::new(3, 2).unwrap(),
             Vec::new(),
             &private,

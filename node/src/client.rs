@@ -27,11 +27,11 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_erasure::Params;
-use cairn_store::{
+use cairn_artifact::{
     AddOptions, ChunkEntry, Cid, EncodedChunk, Error as StoreError, Manifest, PrivatePart, ReadCap,
     ShardSink, ShardSlots, ShardSource, encode_artifact,
 };
+use cairn_erasure::Params;
 use cairn_swarm::{
     BoundEndpoint, ClientStats, EndpointAddr, EndpointId, HolderRecord, RECORD_AHEAD_MAX,
     SecretKey, ShardClient, ShardConfig, ShardLocation, SignedRecord, TopicId, choose_record,
@@ -297,7 +297,7 @@ impl Network {
     /// the probes' connections stay pooled for the work. Readers need no probe: the holder
     /// record requests tell them who answers (see [`Network::open`]).
     async fn probe(&self) -> (Vec<Peer>, HashSet<EndpointId>) {
-        let probe = [cairn_store::shard_cid(b"cairn probe")];
+        let probe = [cairn_artifact::shard_cid(b"cairn probe")];
         let peers = self.peers();
         let addrs: Vec<EndpointAddr> = peers.iter().map(|p| p.addr.endpoint_addr()).collect();
         let answers = join_all(

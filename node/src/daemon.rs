@@ -193,7 +193,8 @@ pub async fn run_node_with_housekeeping(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_store::{StoreConfig, shard_cid};
+    use cairn_artifact::shard_cid;
+    use cairn_store::StoreConfig;
     use cairn_swarm::{ShardClient, generate_secret_key};
 
     /// The periodic gc: a shard its only owner released goes at the next housekeeping round,

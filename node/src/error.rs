@@ -1,4 +1,4 @@
-use cairn_store::Cid;
+use cairn_artifact::Cid;
 
 /// Errors of the node and the network client.
 #[derive(Debug, thiserror::Error)]
@@ -6,7 +6,7 @@ use cairn_store::Cid;
 pub enum Error {
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] cairn_store::Error),
+    Store(#[from] cairn_artifact::Error),
     /// The peer layer failed.
     #[error(transparent)]
     Swarm(#[from] cairn_swarm::Error),

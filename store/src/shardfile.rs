@@ -15,17 +15,12 @@
 
 use bao_tree::BaoTree;
 
-use crate::bao::BLOCK_SIZE;
+use cairn_artifact::{BLOCK_SIZE, SHARD_LEN_MAX};
 
 /// Length of the header.
 pub const HEADER_LEN: usize = 64;
-/// The largest shard accepted: a sealed chunk of at most `CHUNK_MAX` plus its tag, cut into at
-/// least one shard, with headroom.
-pub const SHARD_LEN_MAX: u64 = 8 * 1024 * 1024;
 const MAGIC: &[u8; 8] = b"CAIRNSHD";
 const VERSION: u16 = 1;
-
-const _: () = assert!(crate::chunker::CHUNK_MAX as u64 + 16 <= SHARD_LEN_MAX);
 
 /// A parsed shard file header.
 #[derive(Clone, Debug, PartialEq, Eq)]

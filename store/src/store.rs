@@ -27,9 +27,10 @@ use redb::{
     ReadableTableMetadata, TableDefinition,
 };
 
-use crate::ids::blake3_digest;
-use crate::shardfile::{HEADER_LEN, SHARD_LEN_MAX, ShardHeader};
-use crate::{Cid, Error, Manifest, ShardSlots, bao};
+use cairn_artifact::{Cid, Error, Manifest, SHARD_LEN_MAX, ShardSlots, blake3_digest};
+
+use crate::db::DbResult;
+use crate::shardfile::{HEADER_LEN, ShardHeader};
 
 /// Format of the data directory; bumped on any incompatible change to tables or files.
 const STORE_FORMAT: u64 = 1;
@@ -182,14 +183,14 @@ impl Store {
             )),
             other => Error::Db(format!("{}: {other}", db_path.display())),
         })?;
-        let tx = db.begin_write()?;
+        let tx = db.begin_write().db()?;
         {
-            let mut meta = tx.open_table(META)?;
-            let found = meta.get(META_FORMAT)?.map(|v| v.value());
+            let mut meta = tx.open_table(META).db()?;
+            let found = meta.get(META_FORMAT).db()?.map(|v| v.value());
             match found {
                 None => {
-                    meta.insert(META_FORMAT, STORE_FORMAT)?;
-                    meta.insert(META_USED, 0)?;
+                    meta.insert(META_FORMAT, STORE_FORMAT).db()?;
+                    meta.insert(META_USED, 0).db()?;
                 }
                 Some(v) if v == STORE_FORMAT => {}
                 Some(v) => {
@@ -200,14 +201,14 @@ impl Store {
                     });
                 }
             }
-            tx.open_table(SHARDS)?;
-            tx.open_table(MANIFESTS)?;
-            tx.open_table(PINS)?;
-            tx.open_table(NAMES)?;
-            tx.open_multimap_table(OWNERS)?;
-            tx.open_table(RECORDS)?;
+            tx.open_table(SHARDS).db()?;
+            tx.open_table(MANIFESTS).db()?;
+            tx.open_table(PINS).db()?;
+            tx.open_table(NAMES).db()?;
+            tx.open_multimap_table(OWNERS).db()?;
+            tx.open_table(RECORDS).db()?;
         }
-        tx.commit()?;
+        tx.commit().db()?;
         Ok(Self {
             dir: dir.to_path_buf(),
             db,
@@ -228,8 +229,10 @@ impl Store {
 
     fn used(&self, tx: &redb::WriteTransaction) -> Result<u64, Error> {
         Ok(tx
-            .open_table(META)?
-            .get(META_USED)?
+            .open_table(META)
+            .db()?
+            .get(META_USED)
+            .db()?
             .map(|v| v.value())
             .unwrap_or(0))
     }
@@ -263,12 +266,13 @@ impl Store {
     ) -> Result<Vec<PutOutcome>, Error> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let held: Vec<bool> = {
-            let rtx = self.db.begin_read()?;
-            let t = rtx.open_table(SHARDS)?;
+            let rtx = self.db.begin_read().db()?;
+            let t = rtx.open_table(SHARDS).db()?;
             shards
                 .iter()
                 .map(|(c, _)| t.get(c.to_bytes().as_slice()).map(|v| v.is_some()))
-                .collect::<Result<_, _>>()?
+                .collect::<Result<_, _>>()
+                .db()?
         };
         // The same CID may appear twice in one batch (identical chunks); write it once.
         let mut seen = HashSet::new();
@@ -286,7 +290,7 @@ impl Store {
                     ),
                 });
             }
-            if blake3_digest(cid).is_none() || cid.codec() != crate::CODEC_RAW {
+            if blake3_digest(cid).is_none() || cid.codec() != cairn_artifact::CODEC_RAW {
                 return Err(Error::Corrupted {
                     cid: *cid,
                     reason: "not a raw BLAKE3 shard CID".into(),
@@ -298,7 +302,7 @@ impl Store {
             .map(|&i| ShardHeader::new(shards[i].1.len() as u64, [0; 32]).file_len())
             .sum();
         {
-            let tx = self.db.begin_write()?;
+            let tx = self.db.begin_write().db()?;
             let used = self.used(&tx)?;
             if used + needed > self.quota {
                 return Err(Error::QuotaExceeded {
@@ -307,7 +311,7 @@ impl Store {
                     quota: self.quota,
                 });
             }
-            tx.abort()?;
+            tx.abort().db()?;
         }
         // Write temporary files in parallel.
         let tmp: Vec<(usize, PathBuf, u64)> = new
@@ -318,7 +322,7 @@ impl Store {
                 let outboard: std::borrow::Cow<[u8]> = match outboards {
                     Some(o) => std::borrow::Cow::Borrowed(o[i]),
                     None => {
-                        let (root, outboard) = bao::outboard(data);
+                        let (root, outboard) = cairn_artifact::outboard(data);
                         if root.as_bytes() != &digest {
                             return Err(Error::Corrupted {
                                 cid: *cid,
@@ -357,22 +361,25 @@ impl Store {
             }
             sync_filesystem(&self.dir)?;
         }
-        let tx = self.db.begin_write()?;
+        let tx = self.db.begin_write().db()?;
         {
             let used = self.used(&tx)?;
-            let mut t = tx.open_table(SHARDS)?;
+            let mut t = tx.open_table(SHARDS).db()?;
             for (i, _, len) in &tmp {
-                t.insert(shards[*i].0.to_bytes().as_slice(), *len)?;
+                t.insert(shards[*i].0.to_bytes().as_slice(), *len).db()?;
             }
-            tx.open_table(META)?.insert(META_USED, used + needed)?;
+            tx.open_table(META)
+                .db()?
+                .insert(META_USED, used + needed)
+                .db()?;
             if let Some(owner) = owner {
-                let mut o = tx.open_multimap_table(OWNERS)?;
+                let mut o = tx.open_multimap_table(OWNERS).db()?;
                 for (cid, _) in shards {
-                    o.insert(cid.to_bytes().as_slice(), owner)?;
+                    o.insert(cid.to_bytes().as_slice(), owner).db()?;
                 }
             }
         }
-        tx.commit()?;
+        tx.commit().db()?;
         Ok((0..shards.len())
             .map(|i| {
                 if held[i] || !new.contains(&i) {
@@ -394,10 +401,12 @@ impl Store {
 
     /// Whether the store holds `cid` (a row exists; the bytes are checked on read).
     pub fn has_shard(&self, cid: &Cid) -> Result<bool, Error> {
-        let rtx = self.db.begin_read()?;
+        let rtx = self.db.begin_read().db()?;
         Ok(rtx
-            .open_table(SHARDS)?
-            .get(cid.to_bytes().as_slice())?
+            .open_table(SHARDS)
+            .db()?
+            .get(cid.to_bytes().as_slice())
+            .db()?
             .is_some())
     }
 
@@ -456,7 +465,7 @@ impl Store {
         if with_outboard {
             outboard.resize(header.outboard_len as usize, 0);
             f.read_exact(&mut outboard).map_err(Error::io(&path))?;
-            let (_, want) = bao::outboard(&data);
+            let (_, want) = cairn_artifact::outboard(&data);
             if want != outboard {
                 return Err(corrupted("bao outboard does not match the data".into()));
             }
@@ -468,21 +477,23 @@ impl Store {
     /// `gc` once no owner and no pinned manifest needs them.
     pub fn release(&self, cid: &Cid, owner: [u8; 32]) -> Result<bool, Error> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = self.db.begin_write()?;
+        let tx = self.db.begin_write().db()?;
         let had = tx
-            .open_multimap_table(OWNERS)?
-            .remove(cid.to_bytes().as_slice(), owner)?;
-        tx.commit()?;
+            .open_multimap_table(OWNERS)
+            .db()?
+            .remove(cid.to_bytes().as_slice(), owner)
+            .db()?;
+        tx.commit().db()?;
         Ok(had)
     }
 
     /// The remote owners of a shard.
     pub fn owners(&self, cid: &Cid) -> Result<Vec<[u8; 32]>, Error> {
-        let rtx = self.db.begin_read()?;
-        let t = rtx.open_multimap_table(OWNERS)?;
+        let rtx = self.db.begin_read().db()?;
+        let t = rtx.open_multimap_table(OWNERS).db()?;
         let mut out = Vec::new();
-        for v in t.get(cid.to_bytes().as_slice())? {
-            out.push(v?.value());
+        for v in t.get(cid.to_bytes().as_slice()).db()? {
+            out.push(v.db()?.value());
         }
         Ok(out)
     }
@@ -494,16 +505,23 @@ impl Store {
     /// nothing of an artifact has no reason to keep its record.
     pub fn put_record(&self, artifact: &Cid, record: &[u8]) -> Result<(), Error> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = self.db.begin_write()?;
+        let tx = self.db.begin_write().db()?;
         {
             let key = artifact.to_bytes();
-            if tx.open_table(MANIFESTS)?.get(key.as_slice())?.is_none() {
+            if tx
+                .open_table(MANIFESTS)
+                .db()?
+                .get(key.as_slice())
+                .db()?
+                .is_none()
+            {
                 return Err(Error::ManifestNotFound(*artifact));
             }
             let used = self.used(&tx)?;
-            let mut t = tx.open_table(RECORDS)?;
+            let mut t = tx.open_table(RECORDS).db()?;
             let old = t
-                .get(key.as_slice())?
+                .get(key.as_slice())
+                .db()?
                 .map(|v| v.value().len() as u64)
                 .unwrap_or(0);
             let new_used = used - old.min(used) + record.len() as u64;
@@ -514,18 +532,19 @@ impl Store {
                     quota: self.quota,
                 });
             }
-            t.insert(key.as_slice(), record)?;
-            tx.open_table(META)?.insert(META_USED, new_used)?;
+            t.insert(key.as_slice(), record).db()?;
+            tx.open_table(META).db()?.insert(META_USED, new_used).db()?;
         }
-        tx.commit()?;
+        tx.commit().db()?;
         Ok(())
     }
 
     /// The holder record stored for `artifact`.
     pub fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, Error> {
-        let rtx = self.db.begin_read()?;
-        let t = rtx.open_table(RECORDS)?;
-        Ok(t.get(artifact.to_bytes().as_slice())?
+        let rtx = self.db.begin_read().db()?;
+        let t = rtx.open_table(RECORDS).db()?;
+        Ok(t.get(artifact.to_bytes().as_slice())
+            .db()?
             .map(|v| v.value().to_vec()))
     }
 
@@ -533,7 +552,7 @@ impl Store {
     /// a node keeps the manifests of artifacts whose shards it holds, for readers, until every
     /// owner has released them.
     pub fn put_manifest(&self, cid: &Cid, manifest: &[u8], owner: [u8; 32]) -> Result<(), Error> {
-        if crate::manifest_cid(manifest) != *cid {
+        if cairn_artifact::manifest_cid(manifest) != *cid {
             return Err(Error::BadManifest {
                 what: cid.to_string(),
                 reason: "bytes do not match the CID".into(),
@@ -541,34 +560,38 @@ impl Store {
         }
         Manifest::decode(manifest, &cid.to_string())?;
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = self.db.begin_write()?;
+        let tx = self.db.begin_write().db()?;
         {
             let key = cid.to_bytes();
             self.insert_manifest(&tx, &key, manifest)?;
-            tx.open_multimap_table(OWNERS)?
-                .insert(key.as_slice(), owner)?;
+            tx.open_multimap_table(OWNERS)
+                .db()?
+                .insert(key.as_slice(), owner)
+                .db()?;
         }
-        tx.commit()?;
+        tx.commit().db()?;
         Ok(())
     }
 
     /// Whether the store holds a manifest.
     pub fn has_manifest(&self, cid: &Cid) -> Result<bool, Error> {
-        let rtx = self.db.begin_read()?;
+        let rtx = self.db.begin_read().db()?;
         Ok(rtx
-            .open_table(MANIFESTS)?
-            .get(cid.to_bytes().as_slice())?
+            .open_table(MANIFESTS)
+            .db()?
+            .get(cid.to_bytes().as_slice())
+            .db()?
             .is_some())
     }
 
     /// Reads back every shard and checks it against its CID; returns the ones that fail.
     pub fn verify_all(&self) -> Result<Vec<(Cid, String)>, Error> {
         let cids: Vec<Cid> = {
-            let rtx = self.db.begin_read()?;
-            let t = rtx.open_table(SHARDS)?;
+            let rtx = self.db.begin_read().db()?;
+            let t = rtx.open_table(SHARDS).db()?;
             let mut v = Vec::new();
-            for row in t.iter()? {
-                let (k, _) = row?;
+            for row in t.iter().db()? {
+                let (k, _) = row.db()?;
                 v.push(
                     Cid::try_from(k.value())
                         .map_err(|e| Error::Db(format!("shard key is not a CID: {e}")))?,
@@ -593,8 +616,8 @@ impl Store {
         manifest: &[u8],
     ) -> Result<(), Error> {
         let used = self.used(tx)?;
-        let mut mt = tx.open_table(MANIFESTS)?;
-        if mt.get(key)?.is_none() {
+        let mut mt = tx.open_table(MANIFESTS).db()?;
+        if mt.get(key).db()?.is_none() {
             let needed = manifest.len() as u64;
             if used + needed > self.quota {
                 return Err(Error::QuotaExceeded {
@@ -603,8 +626,11 @@ impl Store {
                     quota: self.quota,
                 });
             }
-            mt.insert(key, manifest)?;
-            tx.open_table(META)?.insert(META_USED, used + needed)?;
+            mt.insert(key, manifest).db()?;
+            tx.open_table(META)
+                .db()?
+                .insert(META_USED, used + needed)
+                .db()?;
         }
         Ok(())
     }
@@ -619,7 +645,7 @@ impl Store {
         expires_at: Option<u64>,
     ) -> Result<(), Error> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = self.db.begin_write()?;
+        let tx = self.db.begin_write().db()?;
         {
             let key = cid.to_bytes();
             self.insert_manifest(&tx, &key, manifest)?;
@@ -628,25 +654,31 @@ impl Store {
                 expires_at,
                 pinned_at: now(),
             };
-            tx.open_table(PINS)?
-                .insert(key.as_slice(), pin.encode().as_slice())?;
+            tx.open_table(PINS)
+                .db()?
+                .insert(key.as_slice(), pin.encode().as_slice())
+                .db()?;
             if let Some(name) = name {
-                tx.open_table(NAMES)?.insert(name, key.as_slice())?;
+                tx.open_table(NAMES)
+                    .db()?
+                    .insert(name, key.as_slice())
+                    .db()?;
             }
         }
-        tx.commit()?;
+        tx.commit().db()?;
         Ok(())
     }
 
     /// The manifest bytes of `cid`.
     pub fn get_manifest(&self, cid: &Cid) -> Result<Vec<u8>, Error> {
-        let rtx = self.db.begin_read()?;
-        let t = rtx.open_table(MANIFESTS)?;
+        let rtx = self.db.begin_read().db()?;
+        let t = rtx.open_table(MANIFESTS).db()?;
         let v = t
-            .get(cid.to_bytes().as_slice())?
+            .get(cid.to_bytes().as_slice())
+            .db()?
             .ok_or(Error::ManifestNotFound(*cid))?;
         let bytes = v.value().to_vec();
-        if crate::manifest_cid(&bytes) != *cid {
+        if cairn_artifact::manifest_cid(&bytes) != *cid {
             return Err(Error::BadManifest {
                 what: cid.to_string(),
                 reason: "stored bytes do not match the CID".into(),
@@ -657,9 +689,9 @@ impl Store {
 
     /// The manifest CID a name points to.
     pub fn resolve_name(&self, name: &str) -> Result<Option<Cid>, Error> {
-        let rtx = self.db.begin_read()?;
-        let t = rtx.open_table(NAMES)?;
-        let Some(v) = t.get(name)? else {
+        let rtx = self.db.begin_read().db()?;
+        let t = rtx.open_table(NAMES).db()?;
+        let Some(v) = t.get(name).db()? else {
             return Ok(None);
         };
         Cid::try_from(v.value())
@@ -670,10 +702,16 @@ impl Store {
     /// Pins an artifact the store already holds.
     pub fn pin(&self, cid: &Cid, expires_at: Option<u64>) -> Result<(), Error> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = self.db.begin_write()?;
+        let tx = self.db.begin_write().db()?;
         {
             let key = cid.to_bytes();
-            if tx.open_table(MANIFESTS)?.get(key.as_slice())?.is_none() {
+            if tx
+                .open_table(MANIFESTS)
+                .db()?
+                .get(key.as_slice())
+                .db()?
+                .is_none()
+            {
                 return Err(Error::ManifestNotFound(*cid));
             }
             let pin = Pin {
@@ -681,32 +719,36 @@ impl Store {
                 expires_at,
                 pinned_at: now(),
             };
-            tx.open_table(PINS)?
-                .insert(key.as_slice(), pin.encode().as_slice())?;
+            tx.open_table(PINS)
+                .db()?
+                .insert(key.as_slice(), pin.encode().as_slice())
+                .db()?;
         }
-        tx.commit()?;
+        tx.commit().db()?;
         Ok(())
     }
 
     /// Removes a pin; returns whether there was one. The data stays until `gc`.
     pub fn unpin(&self, cid: &Cid) -> Result<bool, Error> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = self.db.begin_write()?;
+        let tx = self.db.begin_write().db()?;
         let had = tx
-            .open_table(PINS)?
-            .remove(cid.to_bytes().as_slice())?
+            .open_table(PINS)
+            .db()?
+            .remove(cid.to_bytes().as_slice())
+            .db()?
             .is_some();
-        tx.commit()?;
+        tx.commit().db()?;
         Ok(had)
     }
 
     /// All pins, live or lapsed.
     pub fn pins(&self) -> Result<Vec<Pin>, Error> {
-        let rtx = self.db.begin_read()?;
-        let t = rtx.open_table(PINS)?;
+        let rtx = self.db.begin_read().db()?;
+        let t = rtx.open_table(PINS).db()?;
         let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
+        for row in t.iter().db()? {
+            let (k, v) = row.db()?;
             let cid = Cid::try_from(k.value())
                 .map_err(|e| Error::Db(format!("pin key is not a CID: {e}")))?;
             out.push(Pin::decode(cid, v.value())?);
@@ -716,17 +758,19 @@ impl Store {
 
     /// Usage against quota.
     pub fn stat(&self) -> Result<Stat, Error> {
-        let rtx = self.db.begin_read()?;
+        let rtx = self.db.begin_read().db()?;
         Ok(Stat {
             used: rtx
-                .open_table(META)?
-                .get(META_USED)?
+                .open_table(META)
+                .db()?
+                .get(META_USED)
+                .db()?
                 .map(|v| v.value())
                 .unwrap_or(0),
             quota: self.quota,
-            shards: rtx.open_table(SHARDS)?.len()?,
-            manifests: rtx.open_table(MANIFESTS)?.len()?,
-            pins: rtx.open_table(PINS)?.len()?,
+            shards: rtx.open_table(SHARDS).db()?.len().db()?,
+            manifests: rtx.open_table(MANIFESTS).db()?.len().db()?,
+            pins: rtx.open_table(PINS).db()?.len().db()?,
         })
     }
 
@@ -737,14 +781,14 @@ impl Store {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let now = now();
         let mut report = GcReport::default();
-        let tx = self.db.begin_write()?;
+        let tx = self.db.begin_write().db()?;
         let mut dead_files = Vec::new();
         let held: HashSet<Vec<u8>>;
         {
-            let pins = tx.open_table(PINS)?;
+            let pins = tx.open_table(PINS).db()?;
             let mut live_manifests = HashSet::new();
-            for row in pins.iter()? {
-                let (k, v) = row?;
+            for row in pins.iter().db()? {
+                let (k, v) = row.db()?;
                 let cid = Cid::try_from(k.value()).map_err(|e| Error::Db(e.to_string()))?;
                 if Pin::decode(cid, v.value())?.is_live(now) {
                     live_manifests.insert(k.value().to_vec());
@@ -752,17 +796,17 @@ impl Store {
             }
             {
                 // A manifest a remote publisher stored here (for readers) is live while owned.
-                let owners = tx.open_multimap_table(OWNERS)?;
-                for row in owners.iter()? {
-                    let (k, _) = row?;
+                let owners = tx.open_multimap_table(OWNERS).db()?;
+                for row in owners.iter().db()? {
+                    let (k, _) = row.db()?;
                     live_manifests.insert(k.value().to_vec());
                 }
             }
-            let mut manifests = tx.open_table(MANIFESTS)?;
+            let mut manifests = tx.open_table(MANIFESTS).db()?;
             let mut live_shards: HashSet<Vec<u8>> = HashSet::new();
             let mut dead_manifests = Vec::new();
-            for row in manifests.iter()? {
-                let (k, v) = row?;
+            for row in manifests.iter().db()? {
+                let (k, v) = row.db()?;
                 if live_manifests.contains(k.value()) {
                     // A manifest that no longer decodes protects nothing, but must not stop gc.
                     match Manifest::decode(v.value(), "stored manifest") {
@@ -774,39 +818,39 @@ impl Store {
                 }
             }
             for (k, len) in dead_manifests {
-                manifests.remove(k.as_slice())?;
+                manifests.remove(k.as_slice()).db()?;
                 report.manifests += 1;
                 report.bytes += len;
             }
             {
                 // A holder record goes with the manifest it describes (and one without any, as
                 // older builds stored, goes now).
-                let mut records = tx.open_table(RECORDS)?;
+                let mut records = tx.open_table(RECORDS).db()?;
                 let mut dead_records = Vec::new();
-                for row in records.iter()? {
-                    let (k, v) = row?;
-                    if manifests.get(k.value())?.is_none() {
+                for row in records.iter().db()? {
+                    let (k, v) = row.db()?;
+                    if manifests.get(k.value()).db()?.is_none() {
                         dead_records.push((k.value().to_vec(), v.value().len() as u64));
                     }
                 }
                 for (k, len) in dead_records {
-                    records.remove(k.as_slice())?;
+                    records.remove(k.as_slice()).db()?;
                     report.records += 1;
                     report.bytes += len;
                 }
             }
             {
-                let owners = tx.open_multimap_table(OWNERS)?;
-                for row in owners.iter()? {
-                    let (k, _) = row?;
+                let owners = tx.open_multimap_table(OWNERS).db()?;
+                for row in owners.iter().db()? {
+                    let (k, _) = row.db()?;
                     live_shards.insert(k.value().to_vec());
                 }
             }
-            let mut shards = tx.open_table(SHARDS)?;
+            let mut shards = tx.open_table(SHARDS).db()?;
             let mut dead = Vec::new();
             let mut keep = HashSet::new();
-            for row in shards.iter()? {
-                let (k, v) = row?;
+            for row in shards.iter().db()? {
+                let (k, v) = row.db()?;
                 if live_shards.contains(k.value()) {
                     keep.insert(k.value().to_vec());
                 } else {
@@ -814,18 +858,19 @@ impl Store {
                 }
             }
             for (k, len) in dead {
-                shards.remove(k.as_slice())?;
+                shards.remove(k.as_slice()).db()?;
                 let cid = Cid::try_from(k.as_slice()).map_err(|e| Error::Db(e.to_string()))?;
                 dead_files.push(self.shard_path(&cid));
                 report.shards += 1;
                 report.bytes += len;
             }
             held = keep;
-            let mut meta = tx.open_table(META)?;
-            let used = meta.get(META_USED)?.map(|v| v.value()).unwrap_or(0);
-            meta.insert(META_USED, used.saturating_sub(report.bytes))?;
+            let mut meta = tx.open_table(META).db()?;
+            let used = meta.get(META_USED).db()?.map(|v| v.value()).unwrap_or(0);
+            meta.insert(META_USED, used.saturating_sub(report.bytes))
+                .db()?;
         }
-        tx.commit()?;
+        tx.commit().db()?;
         // Rows are gone; now the files. A crash here leaves orphans the next gc removes.
         for p in dead_files {
             match fs::remove_file(&p) {
@@ -859,8 +904,8 @@ impl Store {
     }
 }
 
-impl crate::ShardSink for Store {
-    fn put_window(&self, chunks: Vec<crate::EncodedChunk>) -> Result<(), Error> {
+impl cairn_artifact::ShardSink for Store {
+    fn put_window(&self, chunks: Vec<cairn_artifact::EncodedChunk>) -> Result<(), Error> {
         let batch: Vec<(Cid, &[u8])> = chunks
             .iter()
             .flat_map(|c| c.shards.iter().map(|(cid, b)| (*cid, b.as_slice())))
@@ -879,22 +924,22 @@ impl crate::ShardSink for Store {
     }
 }
 
-impl crate::ShardSource for Store {
+impl cairn_artifact::ShardSource for Store {
     fn fetch(
         &self,
         artifact: &Cid,
         index: usize,
-        chunk: &crate::ChunkEntry,
+        chunk: &cairn_artifact::ChunkEntry,
         params: cairn_erasure::Params,
     ) -> Result<ShardSlots, Error> {
-        crate::fetch_data_first(artifact, index, chunk, params, |c| self.get_shard(c))
+        cairn_artifact::fetch_data_first(artifact, index, chunk, params, |c| self.get_shard(c))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard_cid;
+    use cairn_artifact::shard_cid;
 
     fn store(quota: u64) -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
@@ -917,9 +962,9 @@ mod tests {
         );
         assert_eq!(s.get_shard(&ca).unwrap(), a);
         let (d, ob) = s.get_shard_with_outboard(&ca).unwrap();
-        let proof = crate::prove_range(&ca, &d, &ob, 10..20_000).unwrap();
+        let proof = cairn_artifact::prove_range(&ca, &d, &ob, 10..20_000).unwrap();
         assert_eq!(
-            crate::verify_range(&ca, d.len() as u64, 10..20_000, &proof).unwrap(),
+            cairn_artifact::verify_range(&ca, d.len() as u64, 10..20_000, &proof).unwrap(),
             &a[10..20_000]
         );
         assert_eq!(s.stat().unwrap().shards, 1);
@@ -1009,10 +1054,43 @@ mod tests {
         assert!(!s.has_shard(&c).unwrap());
     }
 
+    /// A manifest of `nchunks` made-up chunks (nothing stored behind them).
+    fn sample_manifest(nchunks: usize) -> (Manifest, cairn_artifact::PrivatePart) {
+        use cairn_artifact::{ChunkEntry, ChunkSecret, FileEntry, PrivatePart};
+        use serde_bytes::ByteBuf;
+        let chunks = (0..nchunks)
+            .map(|i| ChunkEntry {
+                sealed_len: 116 + i as u64,
+                shards: (0..5).map(|j| shard_cid(&[i as u8, j])).collect(),
+            })
+            .collect();
+        let secrets: Vec<ChunkSecret> = (0..nchunks)
+            .map(|i| ChunkSecret {
+                key: ByteBuf::from(vec![i as u8; 32]),
+                hash: ByteBuf::from(vec![1; 32]),
+                len: 100 + i as u64,
+            })
+            .collect();
+        let private = PrivatePart {
+            format: 1,
+            name: None,
+            files: vec![FileEntry {
+                path: "model.safetensors".into(),
+                size: secrets.iter().map(|s| s.len).sum(),
+                first_chunk: 0,
+                chunk_count: nchunks as u64,
+            }],
+            chunks: secrets,
+        };
+        let key = cairn_encryption::ArtifactKey::random();
+        let params = cairn_erasure::Params::DEFAULT;
+        (Manifest::seal(params, chunks, &private, &key), private)
+    }
+
     #[test]
     fn records_and_manifests_for_readers() {
         let (_d, s) = store(1 << 30);
-        let (mf, _, _) = crate::manifest::tests::sample(2);
+        let (mf, _) = sample_manifest(2);
         let (m, mbytes) = mf.encode();
         assert_eq!(s.get_record(&m).unwrap(), None);
         assert!(matches!(
@@ -1024,7 +1102,7 @@ mod tests {
             s.put_manifest(&m, b"other bytes", [1; 32]),
             Err(Error::BadManifest { .. })
         ));
-        let junk = crate::manifest_cid(b"junk");
+        let junk = cairn_artifact::manifest_cid(b"junk");
         assert!(matches!(
             s.put_manifest(&junk, b"junk", [1; 32]),
             Err(Error::BadManifest { .. })
@@ -1058,7 +1136,7 @@ mod tests {
     #[test]
     fn records_are_collected_with_pinned_artifacts_too() {
         let (_d, s) = store(1 << 30);
-        let (mf, _, _) = crate::manifest::tests::sample(1);
+        let (mf, _) = sample_manifest(1);
         let (m, mbytes) = mf.encode();
         s.commit_artifact(&m, &mbytes, None, None).unwrap();
         s.put_record(&m, b"record").unwrap();
@@ -1076,20 +1154,20 @@ mod tests {
         dir: &Path,
         files: &[(&str, &[u8])],
         expires_at: Option<u64>,
-    ) -> (Cid, Manifest, crate::ReadCap) {
+    ) -> (Cid, Manifest, cairn_artifact::ReadCap) {
         for (name, bytes) in files {
             fs::create_dir_all(dir).unwrap();
             fs::write(dir.join(name), bytes).unwrap();
         }
-        let opts = crate::AddOptions {
+        let opts = cairn_artifact::AddOptions {
             params: cairn_erasure::Params::DEFAULT,
-            key_mode: crate::KeyMode::Convergent(cairn_encryption::ConvergenceSecret::from_bytes(
-                [3; 32],
-            )),
+            key_mode: cairn_artifact::KeyMode::Convergent(
+                cairn_encryption::ConvergenceSecret::from_bytes([3; 32]),
+            ),
             name: None,
             record_signers: Vec::new(),
         };
-        let (m, cap) = crate::encode_artifact(dir, &opts, s, &|_| {}).unwrap();
+        let (m, cap) = cairn_artifact::encode_artifact(dir, &opts, s, &|_| {}).unwrap();
         let (cid, bytes) = m.encode();
         s.commit_artifact(&cid, &bytes, None, expires_at).unwrap();
         (cid, m, cap)
@@ -1143,12 +1221,12 @@ mod tests {
         }
         let out = d.path().join("out");
         let private = mb.open(&b, &cap_b.key).unwrap();
-        let art = crate::Artifact {
+        let art = cairn_artifact::Artifact {
             cid: b,
             manifest: &mb,
             private: &private,
         };
-        crate::read_artifact(&art, &s, &out, &|_| {}).unwrap();
+        cairn_artifact::read_artifact(&art, &s, &out, &|_| {}).unwrap();
         assert_eq!(fs::read(out.join("shared")).unwrap(), shared);
         assert_eq!(fs::read(out.join("own")).unwrap(), b_own);
 

@@ -6,7 +6,7 @@
 
 use cid::Version;
 
-pub use cairn_store::{
+pub use cairn_artifact::{
     CODEC_DAG_CBOR, CODEC_RAW, Cid, MULTIHASH_BLAKE3, blake3_digest, manifest_cid, shard_cid,
 };
 

@@ -821,19 +821,19 @@ async fn manifests_travel_over_put_and_get() {
 /// A manifest of two chunks (k = 2, m = 1) whose records `signers` may sign, with its CID.
 fn manifest_for(signers: &[&SecretKey], seed: u8) -> (Cid, Vec<u8>) {
     let chunks = (0..2u8)
-        .map(|i| cairn_store::ChunkEntry {
+        .map(|i| cairn_artifact::ChunkEntry {
             sealed_len: 100,
             shards: (0..3u8).map(|j| shard_cid(&[seed, i, j])).collect(),
         })
         .collect();
-    let private = cairn_store::PrivatePart {
+    let private = cairn_artifact::PrivatePart {
         format: 1,
         name: None,
         files: Vec::new(),
         chunks: Vec::new(),
     };
     let keys: Vec<[u8; 32]> = signers.iter().map(|k| *k.public().as_bytes()).collect();
-    cairn_store::Manifest::seal(
+    cairn_artifact::Manifest::seal(
         cairn_erasure::Params::new(2, 1).unwrap(),
         chunks,
         &private,

@@ -18,7 +18,7 @@ use crate::protocol::{
     read_record_payload,
 };
 use crate::record::{HolderRecord, RECORD_AHEAD_MAX, too_far_ahead, unix_ms_now};
-use cairn_store::Manifest;
+use cairn_artifact::Manifest;
 
 /// Where a server finds the signed announcements it answers PEERS with.
 pub type PeerSource = Arc<dyn Fn() -> Vec<Vec<u8>> + Send + Sync>;

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cairn_store::{CHUNK_MAX, CHUNK_MIN};
+use cairn_artifact::{CHUNK_MAX, CHUNK_MIN};
 
 use crate::util::*;
 
@@ -453,7 +453,7 @@ fn gc_keeps_shared_chunks_when_a_timed_pin_lapses() {
     }
     let cap_a = cap_of(&n.ok(&["add", a.to_str().unwrap(), "--pin-for", "1s"]));
     let cap_b = cap_of(&n.ok(&["add", b.to_str().unwrap(), "--pin-for", "1h"]));
-    let shards = |cap: &cairn_store::ReadCap| -> HashSet<cairn_store::Cid> {
+    let shards = |cap: &cairn_artifact::ReadCap| -> HashSet<cairn_artifact::Cid> {
         n.manifest(cap).shard_cids().copied().collect()
     };
     let (of_a, of_b) = (shards(&cap_a), shards(&cap_b));

@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_store::{Chunker, HEADER_LEN};
+use cairn_artifact::Chunker;
+use cairn_store::HEADER_LEN;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, RANGE};

@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use cairn_artifact::{Cid, Manifest, manifest_cid};
 use cairn_node::{Network, NetworkConfig, PeerAddr};
-use cairn_store::{Cid, HEADER_LEN, Manifest, manifest_cid};
+use cairn_store::HEADER_LEN;
 use cairn_swarm::{
     BackendError, GOSSIP_ALPN, Gossip, HolderRecord, Membership, MembershipConfig, PeerTable,
     Router, SHARD_ALPN, ShardBackend, ShardClient, ShardConfig, ShardServer, endpoint_offline,

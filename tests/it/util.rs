@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cairn_store::{Manifest, ReadCap, Store, StoreConfig};
+use cairn_artifact::{Manifest, ReadCap};
+use cairn_store::{Store, StoreConfig};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
@@ -89,7 +90,7 @@ impl Node {
         Manifest::decode(&bytes, "test").unwrap()
     }
 
-    pub fn shard_file(&self, cid: &cairn_store::Cid) -> PathBuf {
+    pub fn shard_file(&self, cid: &cairn_artifact::Cid) -> PathBuf {
         let s = cid.to_string();
         self.dir
             .join("store/shards")

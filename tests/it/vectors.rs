@@ -20,12 +20,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use cairn_artifact::{
+    AddOptions, ChunkSecret, FileEntry, KeyMode, Manifest, PrivatePart, ReadCap, encode_artifact,
+    manifest_cid, shard_cid,
+};
 use cairn_encryption::{ChunkKey, ConvergenceSecret, seal_chunk};
 use cairn_erasure::{Codec, Params};
-use cairn_store::{
-    AddOptions, ChunkSecret, FileEntry, KeyMode, Manifest, PrivatePart, ReadCap, ShardHeader,
-    Store, StoreConfig, encode_artifact, manifest_cid, shard_cid,
-};
+use cairn_store::{ShardHeader, Store, StoreConfig};
 use cairn_swarm::{Announcement, HolderRecord, PeerTable, SecretKey, TopicId, topic_id};
 
 const REGEN: &str = "CAIRN_REGEN_VECTORS";
@@ -373,7 +374,7 @@ fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_be_bytes());
 }
 
-fn put_cid(out: &mut Vec<u8>, cid: &cairn_store::Cid) {
+fn put_cid(out: &mut Vec<u8>, cid: &cairn_artifact::Cid) {
     let b = cid.to_bytes();
     out.push(b.len() as u8);
     out.extend_from_slice(&b);

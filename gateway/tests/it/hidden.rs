@@ -14,12 +14,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use cairn_artifact::{AddOptions, KeyMode, ReadCap, encode_artifact};
 use cairn_erasure::Params;
 use cairn_gateway::{
     AccessPolicy, ApiKeyAuthorizer, ApiKeyStore, CommitId, Gateway, GatewayConfig, LocalSource,
     NewKey, Registry, RepoKind,
 };
-use cairn_store::{AddOptions, KeyMode, ReadCap, encode_artifact};
 use reqwest::header::AUTHORIZATION;
 
 use crate::auth::Keyed;
@@ -124,7 +124,7 @@ async fn hidden_answers_exactly_like_missing() {
         .unwrap();
     let other_commit = CommitId::of(&other.cid).to_string();
     let zero = "0".repeat(40);
-    let missing_cid = cairn_store::manifest_cid(b"never registered").to_string();
+    let missing_cid = cairn_artifact::manifest_cid(b"never registered").to_string();
     let other_cid = other.cid.to_string();
     let u = |p: &str| format!("{}{p}", kg.url);
     // (POST?, hidden URL, missing URL, the hidden name, the missing name)

@@ -17,13 +17,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cairn_artifact::{AddOptions, Cid, KeyMode, Manifest, PrivatePart, ReadCap, encode_artifact};
 use cairn_erasure::Params;
 use cairn_gateway::{
     AccessPolicy, CommitId, Gateway, GatewayConfig, LocalSource, Registry, RepoId, RepoKind,
 };
-use cairn_store::{
-    AddOptions, Cid, KeyMode, Manifest, PrivatePart, ReadCap, Store, StoreConfig, encode_artifact,
-};
+use cairn_store::{Store, StoreConfig};
 use rand::RngCore;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, IF_NONE_MATCH, RANGE};

@@ -18,11 +18,15 @@ use cairn_erasure::Params;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::{CHUNK_MAX, Cid, Error, SHARD_LEN_MAX, manifest_cid};
+use crate::{CHUNK_MAX, Cid, Error, manifest_cid};
 
 /// Largest encoded manifest accepted (public part with the sealed private part inside).
 /// At ~250 bytes per chunk this allows artifacts of about 250 000 chunks (~250 GiB).
 pub const MANIFEST_LEN_MAX: usize = 64 * 1024 * 1024;
+/// The largest shard accepted: a sealed chunk of at most `CHUNK_MAX` plus its tag, cut into at
+/// least one shard, with headroom.
+pub const SHARD_LEN_MAX: u64 = 8 * 1024 * 1024;
+const _: () = assert!(CHUNK_MAX as u64 + 16 <= SHARD_LEN_MAX);
 /// Format version of the private part (and of public parts before record signers).
 const FORMAT: u32 = 1;
 /// Format version of the public part written now: format 1 plus `record_signers`. Format 1

@@ -2,7 +2,10 @@ use std::path::PathBuf;
 
 use crate::Cid;
 
-/// Errors of the store and the pipeline.
+/// Errors of the data path: the format, the pipelines, and what a [`ShardSink`](crate::ShardSink)
+/// or [`ShardSource`](crate::ShardSource) reports (a disk store's database, quota and format
+/// errors are variants here so that they travel through the pipeline unchanged; the disk store
+/// converts its database errors into [`Error::Db`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -128,26 +131,9 @@ fn fmt_missing(m: &[(Cid, String)]) -> String {
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    /// A mapper from an I/O error on `path` (for `map_err`).
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
     }
 }
-
-macro_rules! db_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::Db(e.to_string())
-            }
-        }
-    )*};
-}
-db_from!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);

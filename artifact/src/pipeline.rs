@@ -825,7 +825,7 @@ mod tests {
     use rand::RngCore;
 
     use super::*;
-    use crate::{Store, StoreConfig};
+    use crate::MemShards;
 
     /// A cache that keeps everything (the gateway's bounded one is tested in the gateway).
     #[derive(Default)]
@@ -840,9 +840,9 @@ mod tests {
         }
     }
 
-    /// The store, except that chunks in `broken` cannot be had; counts the chunks asked for.
+    /// The shards, except that chunks in `broken` cannot be had; counts the chunks asked for.
     struct Flaky<'a> {
-        store: &'a Store,
+        store: &'a MemShards,
         broken: Vec<usize>,
         asked: AtomicUsize,
     }
@@ -871,7 +871,7 @@ mod tests {
 
     struct Fixture {
         _dir: tempfile::TempDir,
-        store: Store,
+        store: MemShards,
         data: Vec<u8>,
         cid: Cid,
         manifest: Manifest,
@@ -887,8 +887,7 @@ mod tests {
             let mut data = vec![0u8; len];
             rand::rng().fill_bytes(&mut data);
             std::fs::write(input.join("f.bin"), &data).unwrap();
-            let store =
-                Store::open(&dir.path().join("store"), StoreConfig { quota: 1 << 32 }).unwrap();
+            let store = MemShards::new();
             let opts = AddOptions {
                 params: Params::DEFAULT,
                 key_mode: KeyMode::Random,

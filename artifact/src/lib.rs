@@ -1,0 +1,48 @@
+//! Cairn's artifact format: how a folder becomes content-addressed shards and back, with no disk
+//! store and no network.
+//!
+//! - [`Chunker`] cuts files into content-defined chunks (FastCDC, about 1 MiB on average), so a
+//!   new version of a model re-uses the chunks that did not change.
+//! - [`shard_cid`] / [`manifest_cid`] / [`verify_shard`]: CIDv1 with a BLAKE3 multihash; the bao
+//!   helpers ([`outboard`], [`prove_range`], [`verify_range`]) prove ranges of a shard against its
+//!   CID alone.
+//! - [`Manifest`] is the artifact's DAG-CBOR document: a public part (per chunk: shard CIDs and
+//!   lengths, the erasure parameters) that is enough to audit and repair, and a sealed
+//!   [`PrivatePart`] (file tree, chunk keys, plaintext hashes).
+//! - [`ReadCap`] is what a reader needs: the manifest CID and the artifact key.
+//! - [`encode_artifact`] runs the publish pipeline (chunk, seal, erasure-code, address) and
+//!   hands shards to a [`ShardSink`]; [`read_file_pieces`] / [`read_file`] / [`read_artifact`]
+//!   run it backwards from any `k` shards per chunk taken from a [`ShardSource`], verifying every
+//!   byte; [`ChunkCache`] keeps opened chunks for readers of many ranges.
+//!
+//! Where shards live is someone else's business: `cairn-store` keeps them on a disk, the peer
+//! layer on other nodes; both plug in through the sink and source traits.
+
+mod bao;
+mod capability;
+mod chunker;
+mod error;
+mod ids;
+mod manifest;
+mod mem;
+mod pipeline;
+
+pub use bao::{BLOCK_SIZE, outboard, prove_range, verify_range};
+pub use capability::ReadCap;
+pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, Chunker};
+pub use cid::Cid;
+pub use error::Error;
+pub use ids::{
+    CODEC_DAG_CBOR, CODEC_RAW, MULTIHASH_BLAKE3, blake3_digest, manifest_cid, shard_cid,
+    verify_shard,
+};
+pub use manifest::{
+    ChunkEntry, ChunkSecret, FileEntry, MANIFEST_LEN_MAX, Manifest, PrivatePart,
+    RECORD_SIGNERS_MAX, SHARD_LEN_MAX, validate_path,
+};
+pub use mem::MemShards;
+pub use pipeline::{
+    AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, ShardSink, ShardSlots,
+    ShardSource, WINDOW_CHUNKS, encode_artifact, fetch_data_first, read_artifact, read_file,
+    read_file_pieces,
+};
