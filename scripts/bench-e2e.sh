@@ -46,9 +46,14 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 small_len=$((256 * 1024 * 1024))
 big_len=$((4 * 1024 * 1024 * 1024))
 
-echo "building release binary..." >&2
-cargo build --release -p cairn --manifest-path "$root/Cargo.toml" >&2
-cairn="$root/target/release/cairn"
+# CAIRN_BIN measures another build (before/after comparisons in one sitting).
+if [ -n "${CAIRN_BIN:-}" ]; then
+    cairn="$CAIRN_BIN"
+else
+    echo "building release binary..." >&2
+    cargo build --release -p cairn --manifest-path "$root/Cargo.toml" >&2
+    cairn="$root/target/release/cairn"
+fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/cairn-bench-e2e.XXXXXX")"
 cleanup() {

@@ -42,7 +42,7 @@ pub use manifest::{
 };
 pub use mem::MemShards;
 pub use pipeline::{
-    AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, ShardSink, ShardSlots,
-    ShardSource, WINDOW_CHUNKS, encode_artifact, fetch_data_first, read_artifact, read_file,
-    read_file_pieces,
+    AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, SINK_QUEUED,
+    ShardSink, ShardSlots, ShardSource, WINDOW_CHUNKS, encode_artifact, fetch_data_first,
+    read_artifact, read_file, read_file_pieces,
 };

@@ -67,12 +67,16 @@ impl ShardSource for MemShards {
         params: Params,
     ) -> Result<ShardSlots, Error> {
         crate::fetch_data_first(artifact, index, chunk, params, |cid| {
-            self.shards
+            let bytes = self
+                .shards
                 .lock()
                 .expect("not poisoned")
                 .get(cid)
                 .cloned()
-                .ok_or(Error::ShardNotFound(*cid))
+                .ok_or(Error::ShardNotFound(*cid))?;
+            // The contract of `fetch_data_first`: what `get` returns matches its CID.
+            crate::verify_shard(cid, &bytes)?;
+            Ok(bytes)
         })
     }
 }

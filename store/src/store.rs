@@ -4,13 +4,14 @@
 //! ```text
 //! store.redb                 metadata (tables below)
 //! shards/<xx>/<cid>          shard files (see `shardfile`), xx = last two characters of the CID
-//! tmp/                       files being written; anything here after a crash is garbage
+//! tmp/                       unused since shard files are written in place; emptied by gc
 //! ```
 //! # Crash safety
 //! redb is the source of truth: a shard exists only once its row is committed, and a row is
-//! committed only after its file was written, synced and renamed into place (then the rename is
-//! synced too). A crash before the commit leaves a file without a row, which nothing reads and
-//! `gc` removes; a crash after it leaves both. An artifact becomes visible (manifest and pin
+//! committed only after its file was written in place and synced. A crash before the commit
+//! leaves a file without a row (possibly half written), which nothing reads (every read starts
+//! from the row), a later put of the same shard overwrites and `gc` removes; a crash after it
+//! leaves both. An artifact becomes visible (manifest and pin
 //! rows) in one transaction after all its shards are committed, so a partial artifact is never
 //! visible. Deletion runs the other way: rows first, then files.
 
@@ -238,7 +239,7 @@ impl Store {
     }
 
     /// Stores a batch of shards: verifies each against its CID, checks the quota for the whole
-    /// batch, writes the files (temporary file, sync, rename, sync) and commits their rows in one
+    /// batch, writes the files (in place, then one sync) and commits their rows in one
     /// transaction. On any error nothing of the batch becomes visible.
     pub fn put_shards(&self, shards: &[(Cid, &[u8])]) -> Result<Vec<PutOutcome>, Error> {
         self.put_shards_owned(shards, None)
@@ -313,8 +314,11 @@ impl Store {
             }
             tx.abort().db()?;
         }
-        // Write temporary files in parallel.
-        let tmp: Vec<(usize, PathBuf, u64)> = new
+        // Write the files in place, in parallel, then make them durable with one sync. No
+        // temporary name and no rename: the row, committed after the sync, is what makes a
+        // shard exist, and nothing reads a shard file without its row (see the crash-safety
+        // notes at the top). This halved the syncs of a batch and dropped a rename per shard.
+        let written: Vec<(usize, PathBuf, u64)> = new
             .par_iter()
             .map(|&i| {
                 let (cid, data) = &shards[i];
@@ -339,10 +343,10 @@ impl Store {
                         reason: "outboard has the wrong length".into(),
                     });
                 }
-                let path = self
-                    .dir
-                    .join("tmp")
-                    .join(format!("{cid}.{}", rand::random::<u64>()));
+                let path = self.shard_path(cid);
+                let parent = path.parent().expect("shard paths have a parent");
+                crate::create_dir_private(parent).map_err(Error::io(parent))?;
+                // A file left by an interrupted put of the same shard (no row) is replaced.
                 let mut f = crate::create_private(&path).map_err(Error::io(&path))?;
                 f.write_all(&header.encode()).map_err(Error::io(&path))?;
                 f.write_all(data).map_err(Error::io(&path))?;
@@ -350,22 +354,20 @@ impl Store {
                 Ok((i, path, header.file_len()))
             })
             .collect::<Result<_, Error>>()
-            .inspect_err(|_| self.clean_tmp())?;
-        if !tmp.is_empty() {
-            sync_filesystem(&self.dir.join("tmp"))?;
-            for (i, path, _) in &tmp {
-                let dst = self.shard_path(&shards[*i].0);
-                let parent = dst.parent().expect("shard paths have a parent");
-                crate::create_dir_private(parent).map_err(Error::io(parent))?;
-                fs::rename(path, &dst).map_err(Error::io(&dst))?;
-            }
+            .inspect_err(|_| {
+                // Files of this batch have no rows: remove them now rather than at the next gc.
+                for &i in &new {
+                    let _ = fs::remove_file(self.shard_path(&shards[i].0));
+                }
+            })?;
+        if !written.is_empty() {
             sync_filesystem(&self.dir)?;
         }
         let tx = self.db.begin_write().db()?;
         {
             let used = self.used(&tx)?;
             let mut t = tx.open_table(SHARDS).db()?;
-            for (i, _, len) in &tmp {
+            for (i, _, len) in &written {
                 t.insert(shards[*i].0.to_bytes().as_slice(), *len).db()?;
             }
             tx.open_table(META)
