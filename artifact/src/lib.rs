@@ -29,7 +29,7 @@ mod pipeline;
 
 pub use bao::{BLOCK_SIZE, outboard, prove_range, verify_range};
 pub use capability::ReadCap;
-pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, Chunker};
+pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, CHUNK_SPARE, Chunker};
 pub use cid::Cid;
 pub use error::Error;
 pub use ids::{

@@ -9,7 +9,7 @@
 //! plaintext hash checked before a single byte is written out.
 
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,8 @@ use crate::{Chunker, Cid, Error, Manifest, ReadCap, validate_path};
 pub const WINDOW_CHUNKS: usize = 8;
 /// Windows coded and waiting for the sink while it stores the one before.
 pub const SINK_QUEUED: usize = 1;
+// Sealing a chunk in place appends the tag into the chunker's spare capacity.
+const _: () = assert!(crate::CHUNK_SPARE >= cairn_encryption::TAG_LEN);
 
 /// How chunk keys are made.
 #[derive(Clone, Debug)]
@@ -301,7 +303,7 @@ fn seal_and_code(index: usize, plain: Plain, mode: &KeyMode, codec: &Codec) -> S
 struct Reader<'a> {
     files: &'a [InputFile],
     file: usize,
-    chunker: Option<Chunker<BufReader<File>>>,
+    chunker: Option<Chunker<File>>,
     /// Chunks produced by each file so far (its `chunk_count`).
     counts: Vec<u64>,
     /// Bytes read per file, checked against the size seen at listing time.
@@ -315,7 +317,7 @@ impl Reader<'_> {
             let f = &self.files[self.file];
             if self.chunker.is_none() {
                 let h = File::open(&f.path).map_err(|e| bad_input(&f.path, e.to_string()))?;
-                self.chunker = Some(Chunker::new(BufReader::with_capacity(1 << 20, h)));
+                self.chunker = Some(Chunker::new(h));
             }
             match self.chunker.as_mut().expect("set above").next() {
                 Some(Ok(data)) => {
