@@ -46,9 +46,9 @@ pub use owner_only::{
     write_private_replace,
 };
 pub use pipeline::{
-    AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, ShardSink, ShardSlots,
-    ShardSource, WINDOW_CHUNKS, encode_artifact, fetch_data_first, read_artifact, read_file,
-    read_file_pieces,
+    AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, Resumed, ShardSink,
+    ShardSlots, ShardSource, WINDOW_CHUNKS, encode_artifact, fetch_data_first, partial_path,
+    read_artifact, read_file, read_file_pieces, read_file_resume,
 };
 pub use shardfile::{HEADER_LEN, SHARD_LEN_MAX, ShardHeader};
 pub use store::{GcReport, Pin, PutOutcome, Stat, Store, StoreConfig};
