@@ -832,7 +832,9 @@ pub fn partial_path(dst: &Path) -> PathBuf {
 /// to its size first, so the work of checking is bounded by the file's size. The chunks not
 /// verified are fetched through `source` (each run of consecutive ones as one read, so the
 /// usual case, a read killed part way, is one pipelined read of the rest), written at their
-/// offsets, and the file is synced and renamed to `dst`.
+/// offsets, and the file is synced and renamed to `dst`. With no partial file, a `dst` of the
+/// file's size whose every chunk verifies (written by an earlier read of the same artifact) is
+/// kept and nothing is fetched.
 ///
 /// This lives in the pipeline rather than in the command line so that every reader with a
 /// [`ShardSource`] (a local store, the network) resumes the same way. The partial file is
@@ -846,20 +848,63 @@ pub fn read_file_resume(
     dst: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Resumed, Error> {
-    use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 
+    // (index, offset, length) of every chunk of the file.
+    let first = file.first_chunk as usize;
+    let mut chunks = Vec::with_capacity(file.chunk_count as usize);
+    let mut off = 0u64;
+    for i in first..first + file.chunk_count as usize {
+        let len = art.private.chunks[i].len;
+        chunks.push((i, off, len));
+        off += len;
+    }
+    // Whether `f` (`on_disk` bytes long) holds each chunk, hashed and matched.
+    let verify = |f: &File, path: &Path, on_disk: u64| -> Result<Vec<bool>, Error> {
+        chunks
+            .par_iter()
+            .map(|&(i, off, len)| {
+                if off + len > on_disk {
+                    return Ok(false);
+                }
+                let mut buf = vec![0u8; len as usize];
+                f.read_exact_at(&mut buf, off).map_err(Error::io(path))?;
+                Ok(blake3::hash(&buf).as_bytes().as_slice()
+                    == art.private.chunks[i].hash.as_slice())
+            })
+            .collect()
+    };
     let tmp = partial_path(dst);
+    let no_follow = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
+    // A whole-artifact read killed after some files were renamed into place finds them here:
+    // a destination of the right size whose every chunk verifies is kept as it is.
+    if !tmp.exists()
+        && let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(no_follow)
+            .open(dst)
+        && let Ok(meta) = f.metadata()
+        && owned_file(&meta)
+        && meta.len() == file.size
+        && verify(&f, dst, file.size)?.iter().all(|ok| *ok)
+    {
+        progress(file.size);
+        return Ok(Resumed {
+            verified: file.size,
+            fetched: 0,
+        });
+    }
+
     let mut opts = crate::private_options();
     opts.read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        .custom_flags(no_follow);
     let out = opts.open(&tmp).map_err(Error::io(&tmp))?;
     let meta = out.metadata().map_err(Error::io(&tmp))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if !meta.is_file() || meta.uid() != me {
+    if !owned_file(&meta) {
         return Err(Error::Io {
             path: tmp,
             source: std::io::Error::other(
@@ -877,27 +922,7 @@ pub fn read_file_resume(
         out.set_len(file.size).map_err(Error::io(&tmp))?;
         on_disk = file.size;
     }
-
-    // (index, offset, length) of every chunk, and whether the partial file holds it verified.
-    let first = file.first_chunk as usize;
-    let mut chunks = Vec::with_capacity(file.chunk_count as usize);
-    let mut off = 0u64;
-    for i in first..first + file.chunk_count as usize {
-        let len = art.private.chunks[i].len;
-        chunks.push((i, off, len));
-        off += len;
-    }
-    let good: Vec<bool> = chunks
-        .par_iter()
-        .map(|&(i, off, len)| -> Result<bool, Error> {
-            if off + len > on_disk {
-                return Ok(false);
-            }
-            let mut buf = vec![0u8; len as usize];
-            out.read_exact_at(&mut buf, off).map_err(Error::io(&tmp))?;
-            Ok(blake3::hash(&buf).as_bytes().as_slice() == art.private.chunks[i].hash.as_slice())
-        })
-        .collect::<Result<_, Error>>()?;
+    let good = verify(&out, &tmp, on_disk)?;
     let mut done = Resumed::default();
     for (c, ok) in chunks.iter().zip(&good) {
         if *ok {
@@ -960,6 +985,14 @@ pub fn read_file_resume(
     drop(out);
     std::fs::rename(&tmp, dst).map_err(Error::io(dst))?;
     Ok(done)
+}
+
+/// Whether `meta` is a regular file of this process's user: only such a file is read back as
+/// earlier output (another user's could be changed under the read).
+fn owned_file(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    meta.is_file() && meta.uid() == unsafe { libc::geteuid() }
 }
 
 /// The process umask, read from `/proc/self/status` (`umask(2)` can only read it by changing it,
@@ -1288,6 +1321,24 @@ mod tests {
             broken: Vec::new(),
             asked: AtomicUsize::new(0),
         };
+        let r = read_file_resume(&fx.art(), &source, &fx.private.files[0], &dst, &|_| {}).unwrap();
+        assert_eq!(r.verified, 0);
+        assert_eq!(source.asked.load(Ordering::Relaxed), n);
+        assert!(std::fs::read(&dst).unwrap() == fx.data);
+
+        // The same read again finds the finished file verified and fetches nothing; a finished
+        // file with a flipped byte is not trusted and is read again whole.
+        let source = Flaky {
+            store: &fx.store,
+            broken: Vec::new(),
+            asked: AtomicUsize::new(0),
+        };
+        let r = read_file_resume(&fx.art(), &source, &fx.private.files[0], &dst, &|_| {}).unwrap();
+        assert_eq!((r.verified, r.fetched), (fx.data.len() as u64, 0));
+        assert_eq!(source.asked.load(Ordering::Relaxed), 0);
+        let mut spoiled = fx.data.clone();
+        spoiled[fx.data.len() / 2] ^= 1;
+        std::fs::write(&dst, &spoiled).unwrap();
         let r = read_file_resume(&fx.art(), &source, &fx.private.files[0], &dst, &|_| {}).unwrap();
         assert_eq!(r.verified, 0);
         assert_eq!(source.asked.load(Ordering::Relaxed), n);
