@@ -912,6 +912,16 @@ pub fn read_file_resume(
             ),
         });
     }
+    // Two reads into one destination would interleave their writes and race to the rename; the
+    // lock (held until after the rename) turns the second into a clear error.
+    if out.try_lock().is_err() {
+        return Err(Error::Io {
+            path: tmp,
+            source: std::io::Error::other(
+                "another read is writing this partial file; wait for it to end or stop it",
+            ),
+        });
+    }
     if meta.permissions().mode() & 0o077 != 0 {
         // A partial file of an older build, created with the umask's mode.
         out.set_permissions(std::fs::Permissions::from_mode(crate::FILE_MODE))
@@ -982,8 +992,8 @@ pub fn read_file_resume(
     out.sync_all().map_err(Error::io(&tmp))?;
     out.set_permissions(std::fs::Permissions::from_mode(0o666 & !umask()))
         .map_err(Error::io(&tmp))?;
-    drop(out);
     std::fs::rename(&tmp, dst).map_err(Error::io(dst))?;
+    drop(out);
     Ok(done)
 }
 
@@ -1343,6 +1353,18 @@ mod tests {
         assert_eq!(r.verified, 0);
         assert_eq!(source.asked.load(Ordering::Relaxed), n);
         assert!(std::fs::read(&dst).unwrap() == fx.data);
+
+        // A second read into the same destination while one is writing is refused.
+        std::fs::write(partial_path(&dst), b"").unwrap();
+        let busy = File::open(partial_path(&dst)).unwrap();
+        busy.lock().unwrap();
+        let res = read_file_resume(&fx.art(), &source, &fx.private.files[0], &dst, &|_| {});
+        assert!(
+            matches!(&res, Err(Error::Io { source, .. }) if source.to_string().contains("another read")),
+            "{res:?}"
+        );
+        drop(busy);
+        std::fs::remove_file(partial_path(&dst)).unwrap();
 
         // A read that fails part way keeps what it verified, owner-only, for the next one.
         let source = Flaky {
