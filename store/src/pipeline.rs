@@ -1366,6 +1366,16 @@ mod tests {
         drop(busy);
         std::fs::remove_file(partial_path(&dst)).unwrap();
 
+        // A symbolic link planted as the partial file is not followed: the read fails and the
+        // file it points to is untouched.
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, partial_path(&dst)).unwrap();
+        let res = read_file_resume(&fx.art(), &source, &fx.private.files[0], &dst, &|_| {});
+        assert!(matches!(res, Err(Error::Io { .. })), "{res:?}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        std::fs::remove_file(partial_path(&dst)).unwrap();
+
         // A read that fails part way keeps what it verified, owner-only, for the next one.
         let source = Flaky {
             store: &fx.store,
