@@ -7,7 +7,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use cairn_artifact::{
     AddOptions, Cid, KeyMode, Manifest, PrivatePart, ReadCap, encode_artifact, read_artifact,
-    read_file,
 };
 use cairn_erasure::Params;
 use cairn_store::Store;
@@ -271,78 +270,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let store = DataDir::open(&dir)?.open_store()?;
             let cap = parse_cap(&cap)?;
             let (manifest, private) = open(&store, &cap)?;
-            let start = Instant::now();
-            let bar = bar(private.files.iter().map(|f| f.size).sum());
-            let progress = |n: u64| bar.inc(n);
-            match file {
-                None => read_artifact(
-                    &cairn_artifact::Artifact {
-                        cid: cap.cid,
-                        manifest: &manifest,
-                        private: &private,
-                    },
-                    &store,
-                    &out,
-                    &progress,
-                )?,
-                Some(path) => {
-                    let f = private
-                        .files
-                        .iter()
-                        .find(|f| f.path == path)
-                        .ok_or_else(|| cairn_artifact::Error::FileNotFound {
-                            artifact: cap.cid,
-                            path: path.clone(),
-                        })?;
-                    bar.set_length(f.size);
-                    if out.as_os_str() == "-" {
-                        let mut stdout =
-                            std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-                        read_file(
-                            &cairn_artifact::Artifact {
-                                cid: cap.cid,
-                                manifest: &manifest,
-                                private: &private,
-                            },
-                            &store,
-                            f,
-                            0..f.size,
-                            &mut stdout,
-                            &progress,
-                        )?;
-                        stdout.flush()?;
-                    } else {
-                        write_one(&cap.cid, &manifest, &private, &store, f, &out, &progress)?;
-                    }
-                }
-            }
-            bar.finish_and_clear();
-            let secs = start.elapsed().as_secs_f64();
-            eprintln!(
-                "fetched and verified {} in {:.2} s ({}/s)",
-                human(bar.position()),
-                secs,
-                human((bar.position() as f64 / secs.max(1e-9)) as u64)
-            );
-            Ok(())
+            crate::getls::get(
+                &local_opened(&cap, &manifest, &private),
+                &store,
+                file.as_deref(),
+                &out,
+            )
         }
         Command::Ls { cap, cap_file } => {
             let cap = cap_arg(cap, cap_file)?;
             let store = DataDir::open(&dir)?.open_store()?;
             let cap = parse_cap(&cap)?;
             let (manifest, private) = open(&store, &cap)?;
-            if let Some(n) = &private.name {
-                println!("# {n}");
-            }
-            println!(
-                "# {} chunks, {}-of-{}",
-                manifest.chunks().len(),
-                manifest.params().k(),
-                manifest.params().n()
-            );
-            for f in &private.files {
-                println!("{:>14} {}", f.size, f.path);
-            }
+            crate::getls::ls(&local_opened(&cap, &manifest, &private));
             Ok(())
         }
         Command::Pin { cid, pin_for } => {
@@ -513,51 +453,25 @@ fn input_size(path: &Path) -> u64 {
     walk(path)
 }
 
+/// An artifact of the local store as `get` and `ls` take it.
+fn local_opened<'a>(
+    cap: &ReadCap,
+    manifest: &'a Manifest,
+    private: &'a PrivatePart,
+) -> crate::getls::Opened<'a> {
+    crate::getls::Opened {
+        cid: cap.cid,
+        manifest,
+        private,
+        placement: None,
+    }
+}
+
 fn open(store: &Store, cap: &ReadCap) -> anyhow::Result<(Manifest, PrivatePart)> {
     let bytes = store.get_manifest(&cap.cid)?;
     let manifest = Manifest::decode(&bytes, &cap.cid.to_string())?;
     let private = manifest.open(&cap.cid, &cap.key)?;
     Ok((manifest, private))
-}
-
-pub fn write_one(
-    cid: &Cid,
-    manifest: &Manifest,
-    private: &PrivatePart,
-    store: &dyn cairn_artifact::ShardSource,
-    f: &cairn_artifact::FileEntry,
-    out: &Path,
-    progress: &(dyn Fn(u64) + Sync),
-) -> anyhow::Result<()> {
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = parent.join(format!(".cairn-partial-{}", std::process::id()));
-    let mut w = std::io::BufWriter::new(
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
-    );
-    let res = read_file(
-        &cairn_artifact::Artifact {
-            cid: *(cid),
-            manifest,
-            private,
-        },
-        store,
-        f,
-        0..f.size,
-        &mut w,
-        progress,
-    )
-    .map_err(anyhow::Error::from)
-    .and_then(|_| Ok(w.flush()?));
-    drop(w);
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(())
 }
 
 /// The README's first command at this stage: a temporary store, a sample model folder added and

@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod devnet;
 mod gatewaycmd;
+mod getls;
 mod netcmd;
 mod units;
 

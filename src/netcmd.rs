@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use cairn_artifact::{AddOptions, ReadCap, read_artifact, read_file};
-use cairn_node::{Network, NetworkConfig, NodeConfig, PeerAddr, PublishOptions, run_node};
+use cairn_artifact::{AddOptions, ReadCap};
+use cairn_node::{
+    Network, NetworkConfig, NodeConfig, PeerAddr, PublishOptions, RemoteArtifact, run_node,
+};
 
-use crate::commands::{bar, write_one};
+use crate::commands::bar;
 use crate::config::DataDir;
+use crate::getls::Opened;
 use crate::units::human;
 
 /// A runtime for the network: two workers, matching the machine this runs on by default.
@@ -61,7 +64,7 @@ pub fn node(
         let handle = run_node(config).await?;
         let addr = handle.peer_addr();
         let addr_file = dd.path.join("node.addr");
-        cairn_store::write_private_replace(&addr_file, format!("{addr}\n").as_bytes())
+        cairn_artifact::write_private_replace(&addr_file, format!("{addr}\n").as_bytes())
             .with_context(|| format!("cannot write {}", addr_file.display()))?;
         println!("node {addr}");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -168,70 +171,12 @@ pub fn get(
     let cap: ReadCap = cap.parse()?;
     let rt = runtime()?;
     let net = rt.block_on(connect(peers, network, None))?;
-    let res = (|| -> anyhow::Result<u64> {
-        let art = rt.block_on(net.open(&cap))?;
-        let source = net.source(&art);
-        let bar = bar(art.private.files.iter().map(|f| f.size).sum());
-        let progress = |n: u64| bar.inc(n);
-        match file {
-            None => read_artifact(
-                &cairn_artifact::Artifact {
-                    cid: cap.cid,
-                    manifest: &art.manifest,
-                    private: &art.private,
-                },
-                &source,
-                out,
-                &progress,
-            )?,
-            Some(path) => {
-                let f = art
-                    .private
-                    .files
-                    .iter()
-                    .find(|f| f.path == path)
-                    .ok_or_else(|| cairn_artifact::Error::FileNotFound {
-                        artifact: cap.cid,
-                        path: path.to_string(),
-                    })?;
-                bar.set_length(f.size);
-                if out.as_os_str() == "-" {
-                    let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-                    read_file(
-                        &cairn_artifact::Artifact {
-                            cid: cap.cid,
-                            manifest: &art.manifest,
-                            private: &art.private,
-                        },
-                        &source,
-                        f,
-                        0..f.size,
-                        &mut stdout,
-                        &progress,
-                    )?;
-                    std::io::Write::flush(&mut stdout)?;
-                } else {
-                    write_one(
-                        &cap.cid,
-                        &art.manifest,
-                        &art.private,
-                        &source,
-                        f,
-                        out,
-                        &progress,
-                    )?;
-                }
-            }
-        }
-        bar.finish_and_clear();
-        Ok(bar.position())
-    })();
+    let res = rt
+        .block_on(net.open(&cap))
+        .map_err(anyhow::Error::from)
+        .and_then(|art| crate::getls::get(&remote_opened(&art), &net.source(&art), file, out));
     rt.block_on(net.close());
-    let start = Instant::now();
-    let bytes = res?;
-    let _ = start;
-    eprintln!("fetched and verified {}", human(bytes));
-    Ok(())
+    res
 }
 
 pub fn ls(peers: &[String], network: &str, cap: &str) -> anyhow::Result<()> {
@@ -240,24 +185,24 @@ pub fn ls(peers: &[String], network: &str, cap: &str) -> anyhow::Result<()> {
     let net = rt.block_on(connect(peers, network, None))?;
     let res = rt.block_on(net.open(&cap));
     rt.block_on(net.close());
-    let art = res?;
-    if let Some(n) = &art.private.name {
-        println!("# {n}");
-    }
-    println!(
-        "# {} chunks, {}-of-{} on {} nodes{}",
-        art.manifest.chunks().len(),
-        art.manifest.params().k(),
-        art.manifest.params().n(),
-        art.record.nodes.len(),
-        if art.record.reduced_durability {
-            " (reduced durability)"
-        } else {
-            ""
-        }
-    );
-    for f in &art.private.files {
-        println!("{:>14} {}", f.size, f.path);
-    }
+    crate::getls::ls(&remote_opened(&res?));
     Ok(())
+}
+
+/// An artifact opened on the network as `get` and `ls` take it; `ls` adds its holders.
+fn remote_opened(art: &RemoteArtifact) -> Opened<'_> {
+    Opened {
+        cid: art.cid,
+        manifest: &art.manifest,
+        private: &art.private,
+        placement: Some(format!(
+            "on {} nodes{}",
+            art.record.nodes.len(),
+            if art.record.reduced_durability {
+                " (reduced durability)"
+            } else {
+                ""
+            }
+        )),
+    }
 }

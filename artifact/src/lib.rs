@@ -25,6 +25,7 @@ mod error;
 mod ids;
 mod manifest;
 mod mem;
+mod owner_only;
 mod pipeline;
 
 pub use bao::{BLOCK_SIZE, outboard, prove_range, verify_range};
@@ -41,8 +42,11 @@ pub use manifest::{
     RECORD_SIGNERS_MAX, SHARD_LEN_MAX, validate_path,
 };
 pub use mem::MemShards;
+pub use owner_only::{
+    DIR_MODE, FILE_MODE, create_dir_private, create_private, private_options, write_private_replace,
+};
 pub use pipeline::{
-    AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, SINK_QUEUED,
+    AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, Resumed, SINK_QUEUED,
     ShardSink, ShardSlots, ShardSource, WINDOW_CHUNKS, encode_artifact, fetch_data_first,
-    read_artifact, read_file, read_file_pieces,
+    partial_path, read_artifact, read_file, read_file_pieces, read_file_resume,
 };

@@ -813,38 +813,241 @@ enum Fetched {
     Shards(Result<ShardSlots, Error>),
 }
 
-/// Writes every file of the artifact under `out_dir`. Each file is written to a temporary name
-/// and renamed when complete and verified, so a failed read never leaves a file that looks whole.
+/// Writes every file of the artifact under `out_dir`, each through [`read_file_resume`]: a
+/// file whose earlier read was interrupted continues from the chunks verified on disk. Returns
+/// the bytes found verified and the bytes fetched, over all files.
 pub fn read_artifact(
     art: &Artifact<'_>,
     source: &dyn ShardSource,
     out_dir: &Path,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<(), Error> {
+) -> Result<Resumed, Error> {
+    let mut total = Resumed::default();
     for f in &art.private.files {
         let dst = out_dir.join(&f.path);
         let parent = dst
             .parent()
             .expect("validated relative paths have a parent");
         std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
-        let tmp = parent.join(format!(
-            ".{}.cairn-partial",
-            dst.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-        ));
-        let mut w = std::io::BufWriter::with_capacity(
-            1 << 20,
-            File::create(&tmp).map_err(Error::io(&tmp))?,
-        );
-        let res = read_file(art, source, f, 0..f.size, &mut w, progress)
-            .and_then(|_| w.flush().map_err(Error::io(&tmp)));
-        drop(w);
-        if let Err(e) = res {
-            let _ = std::fs::remove_file(&tmp);
+        let r = read_file_resume(art, source, f, &dst, progress)?;
+        total.verified += r.verified;
+        total.fetched += r.fetched;
+    }
+    Ok(total)
+}
+
+/// What [`read_file_resume`] found on disk and what it fetched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resumed {
+    /// Plaintext bytes of whole chunks found in the partial file and matching their hash.
+    pub verified: u64,
+    /// Plaintext bytes fetched from the source.
+    pub fetched: u64,
+}
+
+/// The partial file of a read into `dst`: `.<name>.cairn-partial` beside it. The name is stable
+/// (not per process) so that a read run again after a kill finds it.
+pub fn partial_path(dst: &Path) -> PathBuf {
+    let name = dst
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    dst.with_file_name(format!(".{name}.cairn-partial"))
+}
+
+/// Writes the whole of `file` to `dst`, continuing from what an interrupted earlier read left
+/// in [`partial_path`]`(dst)`. Nothing on disk is trusted: each chunk whose plaintext lies
+/// wholly inside the partial file is hashed (BLAKE3) and kept only if it matches the hash the
+/// private part gives for it; a partial file of another artifact or file, or with a flipped
+/// byte, costs the chunks it spoils and nothing else. A partial file longer than `file` is cut
+/// to its size first, so the work of checking is bounded by the file's size. The chunks not
+/// verified are fetched through `source` (each run of consecutive ones as one read, so the
+/// usual case, a read killed part way, is one pipelined read of the rest), written at their
+/// offsets, and the file is synced and renamed to `dst`. With no partial file, a `dst` of the
+/// file's size whose every chunk verifies (written by an earlier read of the same artifact) is
+/// kept and nothing is fetched.
+///
+/// This lives in the pipeline rather than in the command line so that every reader with a
+/// [`ShardSource`] (a local store, the network) resumes the same way. The partial file is
+/// created 0600 and opened without following a symbolic link; one owned by another user is
+/// refused. It is left in place on error when it holds anything, so the next read continues
+/// from it; the finished file gets the mode the process umask gives a new file.
+pub fn read_file_resume(
+    art: &Artifact<'_>,
+    source: &dyn ShardSource,
+    file: &FileEntry,
+    dst: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Resumed, Error> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+
+    // (index, offset, length) of every chunk of the file.
+    let first = file.first_chunk as usize;
+    let mut chunks = Vec::with_capacity(file.chunk_count as usize);
+    let mut off = 0u64;
+    for i in first..first + file.chunk_count as usize {
+        let len = art.private.chunks[i].len;
+        chunks.push((i, off, len));
+        off += len;
+    }
+    // Whether `f` (`on_disk` bytes long) holds each chunk, hashed and matched.
+    let verify = |f: &File, path: &Path, on_disk: u64| -> Result<Vec<bool>, Error> {
+        chunks
+            .par_iter()
+            .map(|&(i, off, len)| {
+                if off + len > on_disk {
+                    return Ok(false);
+                }
+                let mut buf = vec![0u8; len as usize];
+                f.read_exact_at(&mut buf, off).map_err(Error::io(path))?;
+                Ok(blake3::hash(&buf).as_bytes().as_slice()
+                    == art.private.chunks[i].hash.as_slice())
+            })
+            .collect()
+    };
+    let tmp = partial_path(dst);
+    let no_follow = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
+    // A whole-artifact read killed after some files were renamed into place finds them here:
+    // a destination of the right size whose every chunk verifies is kept as it is.
+    if !tmp.exists()
+        && let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(no_follow)
+            .open(dst)
+        && let Ok(meta) = f.metadata()
+        && owned_file(&meta)
+        && meta.len() == file.size
+        && verify(&f, dst, file.size)?.iter().all(|ok| *ok)
+    {
+        progress(file.size);
+        return Ok(Resumed {
+            verified: file.size,
+            fetched: 0,
+        });
+    }
+
+    let mut opts = crate::private_options();
+    opts.read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(no_follow);
+    let out = opts.open(&tmp).map_err(Error::io(&tmp))?;
+    let meta = out.metadata().map_err(Error::io(&tmp))?;
+    if !owned_file(&meta) {
+        return Err(Error::Io {
+            path: tmp,
+            source: std::io::Error::other(
+                "the partial file is not a regular file of this user; remove it and read again",
+            ),
+        });
+    }
+    // Two reads into one destination would interleave their writes and race to the rename; the
+    // lock (held until after the rename) turns the second into a clear error.
+    if out.try_lock().is_err() {
+        return Err(Error::Io {
+            path: tmp,
+            source: std::io::Error::other(
+                "another read is writing this partial file; wait for it to end or stop it",
+            ),
+        });
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        // A partial file of an older build, created with the umask's mode.
+        out.set_permissions(std::fs::Permissions::from_mode(crate::FILE_MODE))
+            .map_err(Error::io(&tmp))?;
+    }
+    let mut on_disk = meta.len();
+    if on_disk > file.size {
+        out.set_len(file.size).map_err(Error::io(&tmp))?;
+        on_disk = file.size;
+    }
+    let good = verify(&out, &tmp, on_disk)?;
+    let mut done = Resumed::default();
+    for (c, ok) in chunks.iter().zip(&good) {
+        if *ok {
+            done.verified += c.2;
+        }
+    }
+    progress(done.verified);
+
+    // Each run of chunks not verified is read as one range, written where it belongs. Runs are
+    // read in file order, so the partial file grows from its end like a fresh read.
+    let fetched = (|| -> Result<u64, Error> {
+        let mut fetched = 0;
+        let mut j = 0;
+        while j < chunks.len() {
+            if good[j] {
+                j += 1;
+                continue;
+            }
+            let start = chunks[j].1;
+            while j < chunks.len() && !good[j] {
+                j += 1;
+            }
+            let end = chunks[j - 1].1 + chunks[j - 1].2;
+            let mut at = start;
+            read_file_pieces(
+                art,
+                source,
+                &NoCache,
+                file,
+                start..end,
+                &mut |piece: Bytes| {
+                    out.write_all_at(&piece, at)?;
+                    at += piece.len() as u64;
+                    progress(piece.len() as u64);
+                    Ok(())
+                },
+            )?;
+            fetched += end - start;
+        }
+        Ok(fetched)
+    })();
+    match fetched {
+        Ok(n) => done.fetched = n,
+        Err(e) => {
+            // Kept for the next read if it holds anything; an empty one is only clutter.
+            if out.metadata().is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&tmp);
+            }
             return Err(e);
         }
-        std::fs::rename(&tmp, &dst).map_err(Error::io(&dst))?;
     }
-    Ok(())
+    // Verified chunks and fetched ones cover the file; anything past it (a chunk of a longer
+    // file that failed its check) goes.
+    if out.metadata().map_err(Error::io(&tmp))?.len() != file.size {
+        out.set_len(file.size).map_err(Error::io(&tmp))?;
+    }
+    out.sync_all().map_err(Error::io(&tmp))?;
+    out.set_permissions(std::fs::Permissions::from_mode(0o666 & !umask()))
+        .map_err(Error::io(&tmp))?;
+    std::fs::rename(&tmp, dst).map_err(Error::io(dst))?;
+    drop(out);
+    Ok(done)
+}
+
+/// Whether `meta` is a regular file of this process's user: only such a file is read back as
+/// earlier output (another user's could be changed under the read).
+fn owned_file(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    meta.is_file() && meta.uid() == unsafe { libc::geteuid() }
+}
+
+/// The process umask, read from `/proc/self/status` (`umask(2)` can only read it by changing it,
+/// which races with other threads creating files). Where it cannot be read, 077: the finished
+/// file then keeps the partial file's owner-only mode.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o077)
 }
 
 #[cfg(test)]
@@ -1100,6 +1303,126 @@ mod tests {
             );
             assert!(out == fx.data[..out.len()], "chunk {bad}");
         }
+    }
+
+    /// A read resumed from a partial file: a flipped byte in one chunk costs that chunk, the
+    /// chunks past the partial's end are fetched, nothing verified is fetched again. A partial
+    /// of other bytes, longer than the file, is cut to size and entirely refetched. Without the
+    /// hash check the flipped byte would survive; without the resume every chunk would be asked.
+    #[test]
+    fn a_resumed_read_fetches_only_what_the_partial_file_does_not_hold_verified() {
+        use std::os::unix::fs::PermissionsExt;
+        let fx = Fixture::new(24 << 20);
+        let n = fx.manifest.chunks().len();
+        assert!(n >= 8, "24 MiB in {n} chunks");
+        let ends: Vec<u64> = fx
+            .private
+            .chunks
+            .iter()
+            .scan(0, |at, c| {
+                *at += c.len;
+                Some(*at)
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("out.bin");
+        let partial = partial_path(&dst);
+        assert_eq!(partial, dir.path().join(".out.bin.cairn-partial"));
+        // Chunks 0..half whole, chunk `half` cut short; a byte flipped in chunk 1.
+        let half = n / 2;
+        let cut = ends[half - 1] as usize + 1000;
+        let mut bytes = fx.data[..cut].to_vec();
+        bytes[ends[0] as usize + 7] ^= 0x40;
+        std::fs::write(&partial, &bytes).unwrap();
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let source = Flaky {
+            store: &fx.store,
+            broken: Vec::new(),
+            asked: AtomicUsize::new(0),
+        };
+        let r = read_file_resume(&fx.art(), &source, &fx.private.files[0], &dst, &|_| {}).unwrap();
+        assert!(std::fs::read(&dst).unwrap() == fx.data);
+        assert!(!partial.exists());
+        let chunk1 = ends[1] - ends[0];
+        assert_eq!(r.verified, ends[half - 1] - chunk1);
+        assert_eq!(r.fetched, fx.data.len() as u64 - r.verified);
+        // Chunk 1 and the chunks from `half` on.
+        assert_eq!(source.asked.load(Ordering::Relaxed), 1 + n - half);
+
+        // A partial of another file's bytes, longer than this one: nothing matches.
+        let other = {
+            let mut v = vec![0u8; fx.data.len() + 5000];
+            rand::rng().fill_bytes(&mut v);
+            v
+        };
+        std::fs::write(&partial, &other).unwrap();
+        let source = Flaky {
+            store: &fx.store,
+            broken: Vec::new(),
+            asked: AtomicUsize::new(0),
+        };
+        let r = read_file_resume(&fx.art(), &source, &fx.private.files[0], &dst, &|_| {}).unwrap();
+        assert_eq!(r.verified, 0);
+        assert_eq!(source.asked.load(Ordering::Relaxed), n);
+        assert!(std::fs::read(&dst).unwrap() == fx.data);
+
+        // The same read again finds the finished file verified and fetches nothing; a finished
+        // file with a flipped byte is not trusted and is read again whole.
+        let source = Flaky {
+            store: &fx.store,
+            broken: Vec::new(),
+            asked: AtomicUsize::new(0),
+        };
+        let r = read_file_resume(&fx.art(), &source, &fx.private.files[0], &dst, &|_| {}).unwrap();
+        assert_eq!((r.verified, r.fetched), (fx.data.len() as u64, 0));
+        assert_eq!(source.asked.load(Ordering::Relaxed), 0);
+        let mut spoiled = fx.data.clone();
+        spoiled[fx.data.len() / 2] ^= 1;
+        std::fs::write(&dst, &spoiled).unwrap();
+        let r = read_file_resume(&fx.art(), &source, &fx.private.files[0], &dst, &|_| {}).unwrap();
+        assert_eq!(r.verified, 0);
+        assert_eq!(source.asked.load(Ordering::Relaxed), n);
+        assert!(std::fs::read(&dst).unwrap() == fx.data);
+
+        // A second read into the same destination while one is writing is refused.
+        std::fs::write(partial_path(&dst), b"").unwrap();
+        let busy = File::open(partial_path(&dst)).unwrap();
+        busy.lock().unwrap();
+        let res = read_file_resume(&fx.art(), &source, &fx.private.files[0], &dst, &|_| {});
+        assert!(
+            matches!(&res, Err(Error::Io { source, .. }) if source.to_string().contains("another read")),
+            "{res:?}"
+        );
+        drop(busy);
+        std::fs::remove_file(partial_path(&dst)).unwrap();
+
+        // A symbolic link planted as the partial file is not followed: the read fails and the
+        // file it points to is untouched.
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, partial_path(&dst)).unwrap();
+        let res = read_file_resume(&fx.art(), &source, &fx.private.files[0], &dst, &|_| {});
+        assert!(matches!(res, Err(Error::Io { .. })), "{res:?}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        std::fs::remove_file(partial_path(&dst)).unwrap();
+
+        // A read that fails part way keeps what it verified, owner-only, for the next one.
+        let source = Flaky {
+            store: &fx.store,
+            broken: vec![half],
+            asked: AtomicUsize::new(0),
+        };
+        let dst2 = dir.path().join("again.bin");
+        let res = read_file_resume(&fx.art(), &source, &fx.private.files[0], &dst2, &|_| {});
+        assert!(matches!(res, Err(Error::ShardsUnavailable { chunk, .. }) if chunk == half));
+        assert!(!dst2.exists());
+        let left = std::fs::read(partial_path(&dst2)).unwrap();
+        assert!(left.len() as u64 <= ends[half - 1] && left == fx.data[..left.len()]);
+        let mode = std::fs::metadata(partial_path(&dst2))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -11,13 +11,15 @@
 //! manifests (`cairn-artifact`).
 
 mod db;
-mod owner_only;
+mod private_db;
 mod shardfile;
 mod store;
 
-pub use owner_only::{
-    DIR_MODE, FILE_MODE, create_dir_private, create_private, create_private_db, private_options,
-    write_private_replace,
+/// The owner-only file helpers live with the format crate (its reads write output files too);
+/// they are re-exported here, beside the data directory they are mostly used for.
+pub use cairn_artifact::{
+    DIR_MODE, FILE_MODE, create_dir_private, create_private, private_options, write_private_replace,
 };
+pub use private_db::create_private_db;
 pub use shardfile::{HEADER_LEN, ShardHeader};
 pub use store::{GcReport, Pin, PutOutcome, Stat, Store, StoreConfig};

@@ -399,6 +399,20 @@ impl Devnet {
     pub fn start_gateway_with(&self, name: &str, args: &[&str]) -> DevGateway {
         let dir = self.tmp.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
+        let peer = ["--peer".to_string(), self.addr(0)];
+        DevGateway::start(dir, &peer, args)
+    }
+}
+
+impl DevGateway {
+    /// A gateway over the local store of the data directory `dir` (no network).
+    pub fn start_local(dir: &Path) -> DevGateway {
+        DevGateway::start(dir.to_path_buf(), &[], &[])
+    }
+
+    /// Starts `cairn --data-dir dir [peer] gateway --listen 127.0.0.1:0 [args]` and waits
+    /// (bounded) for its `gateway.addr`.
+    fn start(dir: PathBuf, peer: &[String], args: &[&str]) -> DevGateway {
         let addr_file = dir.join("gateway/gateway.addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = std::fs::OpenOptions::new()
@@ -409,7 +423,7 @@ impl Devnet {
         let mut c = cairn();
         c.arg("--data-dir")
             .arg(&dir)
-            .args(["--peer", &self.addr(0)])
+            .args(peer)
             .args(["gateway", "--listen", "127.0.0.1:0"])
             .args(args)
             .env("CAIRN_LOG", "info,iroh=warn,noq=warn")
@@ -440,9 +454,7 @@ impl Devnet {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
 
-impl DevGateway {
     /// A gateway started by someone else (a `cairn devnet`): its data directory and URL.
     pub fn attach(dir: PathBuf, url: String) -> DevGateway {
         DevGateway {

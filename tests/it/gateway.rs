@@ -42,13 +42,13 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Runs `fut` on a fresh runtime, failing the test if it takes longer than `HTTP_TIMEOUT`.
-fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
+pub(crate) fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
     runtime()
         .block_on(async { tokio::time::timeout(HTTP_TIMEOUT, fut).await })
         .unwrap_or_else(|_| panic!("{what} did not finish in {HTTP_TIMEOUT:?}"))
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     client_from(None)
 }
 
@@ -98,7 +98,7 @@ fn weights(net: &Devnet, seed: u64, len: usize) -> (PathBuf, Vec<u8>) {
     (src, data)
 }
 
-fn resolve(gw: &DevGateway, repo: &str, path: &str) -> String {
+pub(crate) fn resolve(gw: &DevGateway, repo: &str, path: &str) -> String {
     format!("{}/{repo}/resolve/main/{path}", gw.url)
 }
 
@@ -292,7 +292,7 @@ fn assert_serving(gw: &DevGateway) {
 }
 
 /// The gateway's `/metrics` text.
-fn metrics(gw: &DevGateway) -> String {
+pub(crate) fn metrics(gw: &DevGateway) -> String {
     bounded("a metrics scrape", async {
         client()
             .get(format!("{}/metrics", gw.url))
@@ -307,7 +307,7 @@ fn metrics(gw: &DevGateway) -> String {
 
 /// The value of the unlabelled sample `name` in a metrics text. A missing sample fails the
 /// test: read as 0, a renamed or dropped counter would pass every `== 0` check.
-fn metric(text: &str, name: &str) -> u64 {
+pub(crate) fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no sample {name} in the metrics:\n{text}"))
@@ -568,7 +568,12 @@ print(ds[7]["text"])
 /// its cache in `hf_home`, no token and no offline mode, bounded by `HTTP_TIMEOUT`; returns its
 /// standard output. Fails the test, naming the pip package, when `package` cannot be imported
 /// (the test must not be skipped), and with the script's output when it fails.
-fn python_against(gateway_url: &str, hf_home: &Path, package: &str, script: &str) -> String {
+pub(crate) fn python_against(
+    gateway_url: &str,
+    hf_home: &Path,
+    package: &str,
+    script: &str,
+) -> String {
     python_against_env(gateway_url, hf_home, package, script, &[])
 }
 

@@ -57,18 +57,6 @@ pub fn write_private_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     res
 }
 
-/// Opens (creating with mode 0600 if needed) a redb database at `path`. Like
-/// `redb::Database::create`, which would create the file with the umask's mode.
-pub fn create_private_db(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
-    let file = private_options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
-    redb::Database::builder().create_with_backend(redb::backends::FileBackend::new(file)?)
-}
-
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
@@ -93,11 +81,5 @@ mod tests {
         assert_eq!(mode(&f), 0o600);
         assert_eq!(std::fs::read(&f).unwrap(), b"x");
         assert!(!d.join("f.tmp").exists());
-        let db = d.join("x.redb");
-        drop(create_private_db(&db).unwrap());
-        assert_eq!(mode(&db), 0o600);
-        // Reopening an existing database works and keeps its mode.
-        drop(create_private_db(&db).unwrap());
-        assert_eq!(mode(&db), 0o600);
     }
 }
