@@ -5,9 +5,7 @@ use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use cairn_artifact::{
-    AddOptions, Cid, KeyMode, Manifest, PrivatePart, ReadCap, encode_artifact, read_artifact,
-};
+use cairn_artifact::{AddOptions, Cid, KeyMode, ReadCap, encode_artifact, read_artifact};
 use cairn_erasure::Params;
 use cairn_store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -269,9 +267,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let (cap, file) = cap_and_file(cap, file, cap_file)?;
             let store = DataDir::open(&dir)?.open_store()?;
             let cap = parse_cap(&cap)?;
-            let (manifest, private) = open(&store, &cap)?;
+            let art = store.open_artifact(&cap)?;
             crate::getls::get(
-                &local_opened(&cap, &manifest, &private),
+                &crate::getls::Opened {
+                    art: &art,
+                    placement: None,
+                },
                 &store,
                 file.as_deref(),
                 &out,
@@ -281,8 +282,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let cap = cap_arg(cap, cap_file)?;
             let store = DataDir::open(&dir)?.open_store()?;
             let cap = parse_cap(&cap)?;
-            let (manifest, private) = open(&store, &cap)?;
-            crate::getls::ls(&local_opened(&cap, &manifest, &private));
+            let art = store.open_artifact(&cap)?;
+            crate::getls::ls(&crate::getls::Opened {
+                art: &art,
+                placement: None,
+            });
             Ok(())
         }
         Command::Pin { cid, pin_for } => {
@@ -453,27 +457,6 @@ fn input_size(path: &Path) -> u64 {
     walk(path)
 }
 
-/// An artifact of the local store as `get` and `ls` take it.
-fn local_opened<'a>(
-    cap: &ReadCap,
-    manifest: &'a Manifest,
-    private: &'a PrivatePart,
-) -> crate::getls::Opened<'a> {
-    crate::getls::Opened {
-        cid: cap.cid,
-        manifest,
-        private,
-        placement: None,
-    }
-}
-
-fn open(store: &Store, cap: &ReadCap) -> anyhow::Result<(Manifest, PrivatePart)> {
-    let bytes = store.get_manifest(&cap.cid)?;
-    let manifest = Manifest::decode(&bytes, &cap.cid.to_string())?;
-    let private = manifest.open(&cap.cid, &cap.key)?;
-    Ok((manifest, private))
-}
-
 /// The README's first command at this stage: a temporary store, a sample model folder added and
 /// fetched back, every byte compared.
 fn demo(size_mib: u64) -> anyhow::Result<()> {
@@ -556,24 +539,15 @@ fn demo_in(tmp: &Path, size_mib: u64) -> anyhow::Result<()> {
     );
 
     let out = tmp.join("fetched");
-    let (manifest, private) = open(&store, &cap)?;
+    let art = store.open_artifact(&cap)?;
     let start = Instant::now();
-    read_artifact(
-        &cairn_artifact::Artifact {
-            cid: cap.cid,
-            manifest: &manifest,
-            private: &private,
-        },
-        &store,
-        &out,
-        &|_| {},
-    )?;
+    read_artifact(&art.artifact(), &store, &out, &|_| {})?;
     let secs = start.elapsed().as_secs_f64();
     println!(
         "fetched it back in {secs:.2} s: {}/s",
         human((bytes as f64 / secs) as u64)
     );
-    for f in &private.files {
+    for f in &art.private.files {
         let a = std::fs::read(model.join(&f.path))?;
         let b = std::fs::read(out.join(&f.path))?;
         if a != b {

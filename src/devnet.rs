@@ -413,16 +413,7 @@ fn demo_with(
     let _ = std::fs::remove_dir_all(&out);
     let start = Instant::now();
     let art = rt.block_on(net.open(&report.cap))?;
-    read_artifact(
-        &cairn_artifact::Artifact {
-            cid: report.cap.cid,
-            manifest: &art.manifest,
-            private: &art.private,
-        },
-        &net.source(&art),
-        &out,
-        &|_| {},
-    )?;
+    read_artifact(&art.artifact(), &net.source(&art), &out, &|_| {})?;
     let secs = start.elapsed().as_secs_f64();
     println!(
         "fetched it back from the network in {secs:.2} s ({}/s)",

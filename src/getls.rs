@@ -9,31 +9,25 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use cairn_artifact::{Artifact, Cid, Manifest, PrivatePart, Resumed, ShardSource, read_file};
+use cairn_artifact::{OpenedArtifact, Resumed, ShardSource, read_file};
 
 use crate::commands::bar;
 use crate::units::human;
 
 /// An artifact opened from a read capability, wherever it came from.
 pub struct Opened<'a> {
-    /// The manifest CID.
-    pub cid: Cid,
-    /// The manifest.
-    pub manifest: &'a Manifest,
-    /// Its private part, opened with the capability's key.
-    pub private: &'a PrivatePart,
+    /// The manifest and its opened private part.
+    pub art: &'a OpenedArtifact,
     /// Where the shards are, when the target knows (the network: holders and durability),
     /// added to `ls`'s summary line.
     pub placement: Option<String>,
 }
 
-impl Opened<'_> {
-    fn artifact(&self) -> Artifact<'_> {
-        Artifact {
-            cid: self.cid,
-            manifest: self.manifest,
-            private: self.private,
-        }
+impl std::ops::Deref for Opened<'_> {
+    type Target = OpenedArtifact;
+
+    fn deref(&self) -> &OpenedArtifact {
+        self.art
     }
 }
 
@@ -47,21 +41,13 @@ pub fn get(
     out: &Path,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
-    let bar = bar(opened.private.files.iter().map(|f| f.size).sum());
+    let bar = bar(opened.size());
     let progress = |n: u64| bar.inc(n);
     let art = opened.artifact();
     let resumed = match file {
         None => cairn_artifact::read_artifact(&art, source, out, &progress)?,
         Some(path) => {
-            let f = opened
-                .private
-                .files
-                .iter()
-                .find(|f| f.path == path)
-                .ok_or_else(|| cairn_artifact::Error::FileNotFound {
-                    artifact: opened.cid,
-                    path: path.to_string(),
-                })?;
+            let f = opened.file(path)?;
             bar.set_length(f.size);
             if out.as_os_str() == "-" {
                 let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());

@@ -192,9 +192,7 @@ pub fn ls(peers: &[String], network: &str, cap: &str) -> anyhow::Result<()> {
 /// An artifact opened on the network as `get` and `ls` take it; `ls` adds its holders.
 fn remote_opened(art: &RemoteArtifact) -> Opened<'_> {
     Opened {
-        cid: art.cid,
-        manifest: &art.manifest,
-        private: &art.private,
+        art,
         placement: Some(format!(
             "on {} nodes{}",
             art.record.nodes.len(),

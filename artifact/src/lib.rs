@@ -25,6 +25,7 @@ mod error;
 mod ids;
 mod manifest;
 mod mem;
+mod opened;
 mod owner_only;
 mod pipeline;
 
@@ -42,6 +43,7 @@ pub use manifest::{
     RECORD_SIGNERS_MAX, SHARD_LEN_MAX, validate_path,
 };
 pub use mem::MemShards;
+pub use opened::OpenedArtifact;
 pub use owner_only::{
     DIR_MODE, FILE_MODE, create_dir_private, create_private, private_options, write_private_replace,
 };

@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_artifact::{
-    AddOptions, ChunkEntry, Cid, EncodedChunk, Error as StoreError, Manifest, PrivatePart, ReadCap,
-    ShardSink, ShardSlots, ShardSource, encode_artifact,
+    AddOptions, ChunkEntry, Cid, EncodedChunk, Error as StoreError, Manifest, OpenedArtifact,
+    ReadCap, ShardSink, ShardSlots, ShardSource, encode_artifact,
 };
 use cairn_erasure::Params;
 use cairn_swarm::{
@@ -210,18 +210,23 @@ pub struct PublishReport {
     pub reduced_durability: bool,
 }
 
-/// An artifact opened for reading.
+/// An artifact opened for reading on the network: the opened artifact (which it derefs to) and
+/// where its shards are.
 pub struct RemoteArtifact {
-    /// The manifest CID.
-    pub cid: Cid,
-    /// The manifest.
-    pub manifest: Manifest,
-    /// The opened private part.
-    pub private: PrivatePart,
+    /// The manifest and its opened private part.
+    pub opened: OpenedArtifact,
     /// The holder record.
     pub record: HolderRecord,
     /// Holders that did not answer the record request: asked only if the rest cannot make `k`.
     unreachable: HashSet<EndpointId>,
+}
+
+impl std::ops::Deref for RemoteArtifact {
+    type Target = OpenedArtifact;
+
+    fn deref(&self) -> &OpenedArtifact {
+        &self.opened
+    }
 }
 
 impl Network {
@@ -617,7 +622,6 @@ impl Network {
             .map(|(id, _)| *id)
             .filter(|id| asked_ids.contains(id) && !answered.contains(id))
             .collect();
-        let private = manifest.open(&cap.cid, &cap.key)?;
         if record.holders.len() != manifest.chunks().len()
             || record.k as usize != manifest.params().k()
             || record.m as usize != manifest.params().m()
@@ -628,9 +632,7 @@ impl Network {
             )));
         }
         Ok(RemoteArtifact {
-            cid: cap.cid,
-            manifest,
-            private,
+            opened: OpenedArtifact::from_manifest(cap, manifest)?,
             record,
             unreachable,
         })

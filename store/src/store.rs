@@ -689,6 +689,14 @@ impl Store {
         Ok(bytes)
     }
 
+    /// Opens the artifact `cap` names from the manifest this store holds.
+    pub fn open_artifact(
+        &self,
+        cap: &cairn_artifact::ReadCap,
+    ) -> Result<cairn_artifact::OpenedArtifact, Error> {
+        cairn_artifact::OpenedArtifact::open(cap, &self.get_manifest(&cap.cid)?)
+    }
+
     /// The manifest CID a name points to.
     pub fn resolve_name(&self, name: &str) -> Result<Option<Cid>, Error> {
         let rtx = self.db.begin_read().db()?;
