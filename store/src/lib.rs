@@ -12,6 +12,9 @@
 //! - [`ReadCap`] is what a reader needs: the manifest CID and the artifact key.
 //! - [`Store`] owns a data directory: shard files (with BLAKE3/bao outboards) written atomically,
 //!   redb metadata, pins, garbage collection and a quota that is never exceeded.
+//! - [`read_safetensors_header`] and [`SafetensorsHeader::select`] turn a safetensors file's
+//!   header and name patterns into the header and source ranges of a file of only those
+//!   tensors, so a reader fetches their chunks and not the whole file's.
 //! - [`create_dir_private`], [`create_private`], [`create_private_db`]: folders (0700) and files
 //!   (0600) only their owner can open, from the system call that creates them.
 //!
@@ -25,6 +28,7 @@ mod ids;
 mod manifest;
 mod owner_only;
 mod pipeline;
+mod safetensors;
 mod shardfile;
 mod store;
 
@@ -49,6 +53,11 @@ pub use pipeline::{
     AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, ShardSink, ShardSlots,
     ShardSource, WINDOW_CHUNKS, encode_artifact, fetch_data_first, read_artifact, read_file,
     read_file_pieces,
+};
+pub use safetensors::{
+    RecentChunks, SAFETENSORS_HEADER_LEN_MAX, SAFETENSORS_HEADER_PROBE, SafetensorsHeader,
+    TENSOR_PATTERN_LEN_MAX, TENSOR_PATTERNS_MAX, TensorError, TensorSelection,
+    check_tensor_patterns, read_safetensors_header, safetensors_header_len, tensor_pattern_matches,
 };
 pub use shardfile::{HEADER_LEN, SHARD_LEN_MAX, ShardHeader};
 pub use store::{GcReport, Pin, PutOutcome, Stat, Store, StoreConfig};
