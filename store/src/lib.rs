@@ -55,8 +55,8 @@ pub use pipeline::{
     read_file_pieces,
 };
 pub use safetensors::{
-    RecentChunks, SAFETENSORS_HEADER_LEN_MAX, SAFETENSORS_HEADER_PROBE, SafetensorsHeader,
-    TENSOR_PATTERN_LEN_MAX, TENSOR_PATTERNS_MAX, TensorError, TensorSelection,
+    RecentChunks, SAFETENSORS_HEADER_LEN_MAX, SAFETENSORS_HEADER_PROBE, SAFETENSORS_LEN_PREFIX,
+    SafetensorsHeader, TENSOR_PATTERN_LEN_MAX, TENSOR_PATTERNS_MAX, TensorError, TensorSelection,
     check_tensor_patterns, read_safetensors_header, safetensors_header_len, tensor_pattern_matches,
 };
 pub use shardfile::{HEADER_LEN, SHARD_LEN_MAX, ShardHeader};

@@ -35,7 +35,7 @@ use serde_json::{Map, Value};
 use crate::{ChunkCache, Cid};
 
 /// Bytes of the little-endian header length that opens a safetensors file.
-pub const LEN_PREFIX: u64 = 8;
+pub const SAFETENSORS_LEN_PREFIX: u64 = 8;
 /// Longest JSON header accepted: 100 MB, the reference implementation's limit (a header that
 /// long describes millions of tensors; real ones are kilobytes to a few megabytes).
 pub const SAFETENSORS_HEADER_LEN_MAX: u64 = 100_000_000;
@@ -53,7 +53,7 @@ pub const TENSOR_PATTERN_LEN_MAX: usize = 1024;
 pub enum TensorError {
     /// The file cannot hold the 8-byte header length.
     #[error(
-        "not a safetensors file: {size} bytes, shorter than the {LEN_PREFIX}-byte header length"
+        "not a safetensors file: {size} bytes, shorter than the {SAFETENSORS_LEN_PREFIX}-byte header length"
     )]
     TooShort {
         /// The file's size.
@@ -114,17 +114,17 @@ pub enum TensorError {
 }
 
 /// The header length `n` from the first bytes of a file of `size` bytes (`prefix` holds at
-/// least [`LEN_PREFIX`] bytes, or the whole file when it is shorter), checked against
+/// least [`SAFETENSORS_LEN_PREFIX`] bytes, or the whole file when it is shorter), checked against
 /// [`SAFETENSORS_HEADER_LEN_MAX`] and the file's size.
 pub fn safetensors_header_len(prefix: &[u8], size: u64) -> Result<u64, TensorError> {
-    let Some(bytes) = prefix.get(..LEN_PREFIX as usize) else {
+    let Some(bytes) = prefix.get(..SAFETENSORS_LEN_PREFIX as usize) else {
         return Err(TensorError::TooShort { size });
     };
     let len = u64::from_le_bytes(bytes.try_into().expect("eight bytes"));
     if len > SAFETENSORS_HEADER_LEN_MAX {
         return Err(TensorError::HeaderTooLarge { len });
     }
-    if LEN_PREFIX + len > size {
+    if SAFETENSORS_LEN_PREFIX + len > size {
         return Err(TensorError::HeaderPastEnd { len, size });
     }
     Ok(len)
@@ -133,19 +133,19 @@ pub fn safetensors_header_len(prefix: &[u8], size: u64) -> Result<u64, TensorErr
 /// Reads and parses the header of a safetensors file of `size` bytes through `read`, which
 /// returns exactly the bytes of the range it is given: first [`SAFETENSORS_HEADER_PROBE`] bytes (or the
 /// whole file when shorter), then, for a longer header, the rest of it. Never asks for more
-/// than the header's bytes, so never more than [`SAFETENSORS_HEADER_LEN_MAX`] + [`LEN_PREFIX`].
+/// than the header's bytes, so never more than [`SAFETENSORS_HEADER_LEN_MAX`] + [`SAFETENSORS_LEN_PREFIX`].
 pub fn read_safetensors_header<E: From<TensorError>>(
     size: u64,
     read: &mut dyn FnMut(Range<u64>) -> Result<Vec<u8>, E>,
 ) -> Result<SafetensorsHeader, E> {
-    if size < LEN_PREFIX {
+    if size < SAFETENSORS_LEN_PREFIX {
         return Err(TensorError::TooShort { size }.into());
     }
-    let probe = size.min(SAFETENSORS_HEADER_PROBE.max(LEN_PREFIX));
+    let probe = size.min(SAFETENSORS_HEADER_PROBE.max(SAFETENSORS_LEN_PREFIX));
     let mut head = read(0..probe)?;
     assert_eq!(head.len() as u64, probe, "read returns the range asked");
     let len = safetensors_header_len(&head, size)?;
-    let end = LEN_PREFIX + len;
+    let end = SAFETENSORS_LEN_PREFIX + len;
     if end > probe {
         let rest = read(probe..end)?;
         assert_eq!(
@@ -156,7 +156,7 @@ pub fn read_safetensors_header<E: From<TensorError>>(
         head.extend_from_slice(&rest);
     }
     Ok(SafetensorsHeader::parse(
-        &head[LEN_PREFIX as usize..end as usize],
+        &head[SAFETENSORS_LEN_PREFIX as usize..end as usize],
         size,
     )?)
 }
@@ -177,13 +177,13 @@ impl SafetensorsHeader {
         if len > SAFETENSORS_HEADER_LEN_MAX {
             return Err(TensorError::HeaderTooLarge { len });
         }
-        if LEN_PREFIX + len > size {
+        if SAFETENSORS_LEN_PREFIX + len > size {
             return Err(TensorError::HeaderPastEnd { len, size });
         }
         let metadata: Metadata =
             serde_json::from_slice(json).map_err(|e| TensorError::BadHeader(e.to_string()))?;
         let covered = metadata.data_len() as u64;
-        let data = size - LEN_PREFIX - len;
+        let data = size - SAFETENSORS_LEN_PREFIX - len;
         if covered != data {
             return Err(TensorError::DataMismatch { covered, data });
         }
@@ -192,7 +192,7 @@ impl SafetensorsHeader {
 
     /// Where the data section starts in the file.
     pub fn data_start(&self) -> u64 {
-        LEN_PREFIX + self.len
+        SAFETENSORS_LEN_PREFIX + self.len
     }
 
     /// The tensors' names, in the order of their data in the file.
@@ -264,8 +264,11 @@ impl SafetensorsHeader {
             }
         }
         let mut json = serde_json::to_vec(&Value::Object(out)).expect("a JSON value serializes");
-        json.resize(json.len().next_multiple_of(LEN_PREFIX as usize), b' ');
-        let mut header = Vec::with_capacity(LEN_PREFIX as usize + json.len());
+        json.resize(
+            json.len().next_multiple_of(SAFETENSORS_LEN_PREFIX as usize),
+            b' ',
+        );
+        let mut header = Vec::with_capacity(SAFETENSORS_LEN_PREFIX as usize + json.len());
         header.extend_from_slice(&(json.len() as u64).to_le_bytes());
         header.extend_from_slice(&json);
         Ok(TensorSelection {
@@ -369,21 +372,24 @@ fn glob_chars(p: &[char], s: &[char]) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-/// Opened chunks a tensor read keeps: the last [`RecentChunks::KEPT`] it opened, so that the
-/// next range, which starts where or after the previous one ended, takes a chunk they share
-/// from memory instead of fetching it again. Looks into `inner` (a gateway's shared cache, or
-/// [`NoCache`](crate::NoCache)) for the others and offers it every chunk opened.
-pub struct RecentChunks<'a> {
-    inner: &'a dyn ChunkCache,
+/// Opened chunks a tensor read keeps: the [`RecentChunks::KEPT`] furthest into the file of
+/// those it opened. A tensor read goes forward through one file, and each range starts where
+/// or after the previous one ended, so a chunk two ranges share is the furthest one opened for
+/// the first and is taken from memory instead of being fetched again (the furthest, not the
+/// last: a window's chunks are opened in parallel and offered in any order). Looks into
+/// `inner` (a view of a gateway's shared cache, or [`NoCache`](crate::NoCache)) for the
+/// others and offers it every chunk opened.
+pub struct RecentChunks<C> {
+    inner: C,
     kept: Mutex<VecDeque<(Cid, usize, Bytes)>>,
 }
 
-impl<'a> RecentChunks<'a> {
+impl<C: ChunkCache> RecentChunks<C> {
     /// Chunks kept: at most 2 × [`CHUNK_MAX`](crate::CHUNK_MAX) bytes of memory.
     pub const KEPT: usize = 2;
 
     /// A cache in front of `inner`.
-    pub fn new(inner: &'a dyn ChunkCache) -> Self {
+    pub fn new(inner: C) -> Self {
         Self {
             inner,
             kept: Mutex::new(VecDeque::with_capacity(Self::KEPT + 1)),
@@ -395,7 +401,7 @@ impl<'a> RecentChunks<'a> {
     }
 }
 
-impl ChunkCache for RecentChunks<'_> {
+impl<C: ChunkCache> ChunkCache for RecentChunks<C> {
     fn get(&self, artifact: &Cid, index: usize) -> Option<Bytes> {
         let kept = self
             .kept()
@@ -410,8 +416,11 @@ impl ChunkCache for RecentChunks<'_> {
             let mut kept = self.kept();
             kept.retain(|(c, i, _)| !(c == artifact && *i == index));
             kept.push_back((*artifact, index, plain.clone()));
-            while kept.len() > Self::KEPT {
-                kept.pop_front();
+            if kept.len() > Self::KEPT {
+                let nearest = (0..kept.len())
+                    .min_by_key(|&j| kept[j].1)
+                    .expect("more than KEPT entries");
+                kept.remove(nearest);
             }
         }
         self.inner.insert(artifact, index, plain);
@@ -728,7 +737,7 @@ mod tests {
     }
 
     #[test]
-    fn recent_chunks_keep_the_last_two_and_offer_everything_inward() {
+    fn recent_chunks_keep_the_two_furthest_and_offer_everything_inward() {
         struct Count(std::sync::atomic::AtomicUsize);
         impl ChunkCache for Count {
             fn get(&self, _: &Cid, _: usize) -> Option<Bytes> {
@@ -738,16 +747,16 @@ mod tests {
                 self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        let inner = Count(Default::default());
-        let c = RecentChunks::new(&inner);
+        let c = RecentChunks::new(Count(Default::default()));
         let cid = crate::manifest_cid(b"x");
-        for i in 0..3 {
+        // A window opened in parallel offers its chunks in any order.
+        for i in [2, 3, 0, 1] {
             c.insert(&cid, i, Bytes::from(vec![i as u8]));
         }
-        assert_eq!(inner.0.load(std::sync::atomic::Ordering::Relaxed), 3);
-        assert!(c.get(&cid, 0).is_none());
+        assert_eq!(c.inner.0.load(std::sync::atomic::Ordering::Relaxed), 4);
+        assert!(c.get(&cid, 0).is_none() && c.get(&cid, 1).is_none());
+        assert_eq!(c.get(&cid, 3).unwrap()[..], [3]);
         assert_eq!(c.get(&cid, 2).unwrap()[..], [2]);
-        assert_eq!(c.get(&cid, 1).unwrap()[..], [1]);
         assert!(c.get(&crate::manifest_cid(b"y"), 1).is_none());
     }
 
