@@ -9,6 +9,7 @@ mod gateway;
 mod mtls;
 mod net;
 mod private;
+mod tensors;
 mod usage;
 mod util;
 mod vectors;
