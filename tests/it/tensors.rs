@@ -25,7 +25,8 @@ use crate::util::*;
 const TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Writes the test model with the Python package: 31 layers of a 2 MiB F32 weight, an F16 bias
-/// and three I64 steps, a 1 MiB U8 embedding and an empty F32 norm; metadata kept.
+/// and three I64 steps, a 1 MiB U8 embedding and an empty F32 norm, metadata kept; and a file
+/// of 4000 tiny tensors.
 const WRITE: &str = r#"
 import sys
 import numpy as np
@@ -39,6 +40,8 @@ for i in range(31):
 t["model.embed_tokens.weight"] = rng.integers(0, 255, (1024, 1024), dtype=np.uint8)
 t["model.norm.weight"] = np.zeros((0,), dtype=np.float32)
 save_file(t, sys.argv[1], metadata={"format": "np", "source": "cairn test"})
+# A header longer than the first read (4000 small tensors, some 250 KB of JSON).
+save_file({f"t.{i}": np.full((2,), i % 251, dtype=np.uint8) for i in range(4000)}, sys.argv[2])
 "#;
 
 /// Loads the original and the part with the Python package: the part holds exactly the
@@ -107,7 +110,8 @@ fn check_part(src: &Path, part: &Path, patterns: &[&str]) -> usize {
 fn model_folder(dir: &Path) -> PathBuf {
     fs::create_dir_all(dir.join("bad")).unwrap();
     let model = dir.join("model.safetensors");
-    python(WRITE, &[model.to_str().unwrap()]);
+    let many = dir.join("many.safetensors");
+    python(WRITE, &[model.to_str().unwrap(), many.to_str().unwrap()]);
     fs::write(dir.join("config.json"), br#"{"model_type": "test"}"#).unwrap();
     let mut huge = (cairn_store::SAFETENSORS_HEADER_LEN_MAX + 1)
         .to_le_bytes()
@@ -278,6 +282,34 @@ fn tensors_through_the_gateway_and_the_cli_fetch_only_their_chunks() {
     assert_eq!(status, 200, "{msg}");
     fs::write(&part, &body).unwrap();
     assert_eq!(check_part(&model, &part, &pats), 12);
+
+    // HEAD answers the length of the same body (from the header: reqwest's `content_length`
+    // is the empty body's).
+    let head = runtime().block_on(async {
+        let r = client()
+            .head(url("model.safetensors", &query.join("&")))
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.headers()[reqwest::header::CONTENT_LENGTH]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .ok(),
+        )
+    });
+    assert_eq!(head, (200, Some(body.len() as u64)));
+
+    // A header longer than the first read is read in two steps.
+    let many = src.join("many.safetensors");
+    let many_bytes = fs::read(&many).unwrap();
+    assert!(layout(&many_bytes).0 > cairn_store::SAFETENSORS_HEADER_PROBE);
+    let (status, msg, body) = get(&url("many.safetensors", "select=t.3999&select=t.7"));
+    assert_eq!(status, 200, "{msg}");
+    fs::write(&part, &body).unwrap();
+    assert_eq!(check_part(&many, &part, &["t.3999", "t.7"]), 2);
 
     // Refusals: a clear 400 naming the reason, and the gateway keeps serving.
     for (path, query, want) in [
