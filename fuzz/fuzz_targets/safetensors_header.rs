@@ -8,9 +8,7 @@
 
 use std::ops::Range;
 
-use cairn_store::{
-    SAFETENSORS_HEADER_LEN_MAX, TensorError, read_safetensors_header,
-};
+use cairn_store::{SAFETENSORS_HEADER_LEN_MAX, TensorError, read_safetensors_header};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
@@ -22,8 +20,14 @@ fuzz_target!(|input: &[u8]| {
     let patterns: Vec<&str> = pats.split(',').collect();
     let size = file.len() as u64;
     let header = read_safetensors_header::<TensorError>(size, &mut |r: Range<u64>| {
-        assert!(r.start < r.end && r.end <= size, "asked {r:?} of {size} bytes");
-        assert!(r.end <= 8 + SAFETENSORS_HEADER_LEN_MAX, "asked {r:?}, past any header");
+        assert!(
+            r.start < r.end && r.end <= size,
+            "asked {r:?} of {size} bytes"
+        );
+        assert!(
+            r.end <= 8 + SAFETENSORS_HEADER_LEN_MAX,
+            "asked {r:?}, past any header"
+        );
         Ok(file[r.start as usize..r.end as usize].to_vec())
     });
     let reference = safetensors::SafeTensors::deserialize(file);
@@ -44,7 +48,11 @@ fuzz_target!(|input: &[u8]| {
     let mut out = sel.header.clone();
     let mut last = header.data_start();
     for r in &sel.ranges {
-        assert!(last <= r.start && r.start < r.end && r.end <= size, "{:?}", sel.ranges);
+        assert!(
+            last <= r.start && r.start < r.end && r.end <= size,
+            "{:?}",
+            sel.ranges
+        );
         last = r.end;
         out.extend_from_slice(&file[r.start as usize..r.end as usize]);
     }
@@ -53,7 +61,14 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(got.len(), sel.tensors.len());
     for name in &sel.tensors {
         let (a, b) = (got.tensor(name).unwrap(), reference.tensor(name).unwrap());
-        assert_eq!((a.dtype(), a.shape(), a.data()), (b.dtype(), b.shape(), b.data()));
-        assert!(patterns.iter().any(|p| cairn_store::tensor_pattern_matches(p, name)));
+        assert_eq!(
+            (a.dtype(), a.shape(), a.data()),
+            (b.dtype(), b.shape(), b.data())
+        );
+        assert!(
+            patterns
+                .iter()
+                .any(|p| cairn_store::tensor_pattern_matches(p, name))
+        );
     }
 });
