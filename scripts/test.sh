@@ -65,7 +65,7 @@ if ! cmp -s "$req" "$venv/.cairn-requirements" || ! "$venv/bin/python3" -c '' >/
 fi
 export PATH="$venv/bin:$PATH"
 export VIRTUAL_ENV="$venv"
-python3 -c 'import huggingface_hub, datasets, transformers' 2>/dev/null ||
+python3 -c 'import huggingface_hub, datasets, transformers, safetensors' 2>/dev/null ||
     die "the Python clients in $venv do not import: remove $venv and run this again"
 
 exec cargo nextest run --no-fail-fast "$@"

@@ -153,6 +153,34 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             cap_file,
             out,
+            tensor,
+        } if !tensor.is_empty() => {
+            let (cap, file) = cap_and_file(cap, file, cap_file)?;
+            if cli.peers.is_empty() {
+                crate::tensors::get_local(
+                    &DataDir::open(&dir)?,
+                    &cap,
+                    file.as_deref(),
+                    &tensor,
+                    &out,
+                )
+            } else {
+                crate::tensors::get_net(
+                    &cli.peers,
+                    &cli.network,
+                    &cap,
+                    file.as_deref(),
+                    &tensor,
+                    &out,
+                )
+            }
+        }
+        Command::Get {
+            cap,
+            file,
+            cap_file,
+            out,
+            ..
         } if !cli.peers.is_empty() => {
             let (cap, file) = cap_and_file(cap, file, cap_file)?;
             crate::netcmd::get(&cli.peers, &cli.network, &cap, file.as_deref(), &out)
@@ -263,6 +291,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             cap_file,
             out,
+            ..
         } => {
             let (cap, file) = cap_and_file(cap, file, cap_file)?;
             let store = DataDir::open(&dir)?.open_store()?;

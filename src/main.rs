@@ -7,6 +7,7 @@ mod devnet;
 mod gatewaycmd;
 mod getls;
 mod netcmd;
+mod tensors;
 mod units;
 
 use std::path::PathBuf;
@@ -84,6 +85,11 @@ enum Command {
         /// Output directory (whole artifact) or file path (one file).
         #[arg(short, long)]
         out: PathBuf,
+        /// Only these tensors of a safetensors file: a name, or a pattern where `*` matches any
+        /// run of characters and `?` one (repeat for more); writes a safetensors file of them,
+        /// fetching only their chunks and the header's.
+        #[arg(long, value_name = "PATTERN")]
+        tensor: Vec<String>,
     },
     /// List an artifact's files.
     Ls {

@@ -33,7 +33,7 @@ pub fn parse_peers(peers: &[String]) -> anyhow::Result<Vec<PeerAddr>> {
         .collect()
 }
 
-async fn connect(
+pub async fn connect(
     peers: &[String],
     network: &str,
     key: Option<[u8; 32]>,

@@ -13,7 +13,13 @@
 //! - [`encode_artifact`] runs the publish pipeline (chunk, seal, erasure-code, address) and
 //!   hands shards to a [`ShardSink`]; [`read_file_pieces`] / [`read_file`] / [`read_artifact`]
 //!   run it backwards from any `k` shards per chunk taken from a [`ShardSource`], verifying every
-//!   byte; [`ChunkCache`] keeps opened chunks for readers of many ranges.
+//!   byte; [`ChunkCache`] keeps opened chunks for readers of many ranges;
+//!   [`read_file_resume`] continues a read from the verified chunks of a partial file.
+//! - [`OpenedArtifact`]: a capability and manifest bytes, checked and opened: what every reader
+//!   reads from.
+//! - [`read_safetensors_header`] and [`SafetensorsHeader::select`] turn a safetensors file's
+//!   header and name patterns into the header and source ranges of a file of only those
+//!   tensors, so a reader fetches their chunks and not the whole file's.
 //!
 //! Where shards live is someone else's business: `cairn-store` keeps them on a disk, the peer
 //! layer on other nodes; both plug in through the sink and source traits.
@@ -28,6 +34,7 @@ mod mem;
 mod opened;
 mod owner_only;
 mod pipeline;
+mod safetensors;
 
 pub use bao::{BLOCK_SIZE, outboard, prove_range, verify_range};
 pub use capability::ReadCap;
@@ -51,4 +58,9 @@ pub use pipeline::{
     AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, Resumed, SINK_QUEUED,
     ShardSink, ShardSlots, ShardSource, WINDOW_CHUNKS, encode_artifact, fetch_data_first,
     partial_path, read_artifact, read_file, read_file_pieces, read_file_resume,
+};
+pub use safetensors::{
+    RecentChunks, SAFETENSORS_HEADER_LEN_MAX, SAFETENSORS_HEADER_PROBE, SAFETENSORS_LEN_PREFIX,
+    SafetensorsHeader, TENSOR_PATTERN_LEN_MAX, TENSOR_PATTERNS_MAX, TensorError, TensorSelection,
+    check_tensor_patterns, read_safetensors_header, safetensors_header_len, tensor_pattern_matches,
 };

@@ -326,9 +326,24 @@ pub(crate) fn stream_file(
     metrics: Arc<Metrics>,
     permit: StreamPermit,
 ) -> ChannelBody {
+    stream_parts(art, file, Bytes::new(), vec![range], cache, metrics, permit)
+}
+
+/// As [`stream_file`], for a body made of `head` (bytes held in memory, sent first) and then
+/// `ranges` of `file`, in order (a safetensors file of selected tensors: its new header, then
+/// the tensors' bytes).
+pub(crate) fn stream_parts(
+    art: Arc<dyn OpenArtifact>,
+    file: FileEntry,
+    head: Bytes,
+    ranges: Vec<Range<u64>>,
+    cache: Arc<dyn ChunkCache + Send>,
+    metrics: Arc<Metrics>,
+    permit: StreamPermit,
+) -> ChannelBody {
     let permit = Arc::new(permit);
     let (tx, rx) = mpsc::channel(READ_AHEAD_BLOCKS);
-    let len = range.end - range.start;
+    let len = head.len() as u64 + ranges.iter().map(|r| r.end - r.start).sum::<u64>();
     if len > 0 {
         let rt = tokio::runtime::Handle::current();
         let m = metrics.clone();
@@ -336,28 +351,35 @@ pub(crate) fn stream_file(
         tokio::task::spawn_blocking(move || {
             let _permit = held;
             let sender = Sender { tx, rt };
-            let res = art
-                .read(&file, range.clone(), &*cache, &mut |piece| {
-                    sender.send_piece(piece)
-                })
-                .map_err(|e| {
-                    // The client's going away surfaces as an I/O error of the output.
-                    match e {
-                        cairn_artifact::Error::Io { source, .. }
-                            if source.kind() == io::ErrorKind::BrokenPipe =>
-                        {
-                            source
+            let mut res = sender.send_piece(head);
+            for range in &ranges {
+                if res.is_err() {
+                    break;
+                }
+                res = art
+                    .read(&file, range.clone(), &*cache, &mut |piece| {
+                        sender.send_piece(piece)
+                    })
+                    .map_err(|e| {
+                        // The client's going away surfaces as an I/O error of the output.
+                        match e {
+                            cairn_artifact::Error::Io { source, .. }
+                                if source.kind() == io::ErrorKind::BrokenPipe =>
+                            {
+                                source
+                            }
+                            other => io::Error::other(other.to_string()),
                         }
-                        other => io::Error::other(other.to_string()),
-                    }
-                });
+                    });
+            }
             if let Err(e) = res {
                 if e.kind() != io::ErrorKind::BrokenPipe {
                     m.read_errors.inc();
                     tracing::warn!(
                         artifact = %art.artifact().cid,
                         path = %file.path,
-                        ?range,
+                        first = ?ranges.first(),
+                        ranges = ranges.len(),
                         error = %e,
                         "read failed mid-stream; aborting the response"
                     );

@@ -53,6 +53,8 @@ pub(crate) struct AppState {
     pub streams: Arc<StreamLimits>,
     /// Requests, bytes and denials per principal (see `usage`).
     pub usage: Arc<Usage>,
+    /// Bytes of safetensors headers held at once by tensor reads (see `tensors`).
+    pub tensor_headers: Arc<tokio::sync::Semaphore>,
 }
 
 /// How long an opened artifact (manifest, private part, holder record) is reused before it is
@@ -91,6 +93,9 @@ impl AppState {
             config,
             opened: Mutex::new(HashMap::new()),
             chunks,
+            tensor_headers: Arc::new(tokio::sync::Semaphore::new(
+                crate::tensors::TENSOR_HEADER_BYTES_MAX as usize,
+            )),
         }
     }
 
@@ -171,15 +176,15 @@ impl AppState {
 }
 
 /// What the handlers need from the request besides the path.
-struct RequestInfo {
-    client: Option<SocketAddr>,
+pub(crate) struct RequestInfo {
+    pub client: Option<SocketAddr>,
     route: Arc<str>,
     credential: Option<Credential>,
     client_cert: Option<Arc<crate::ClientCert>>,
 }
 
 impl RequestInfo {
-    fn from(headers: &HeaderMap, client: Option<ClientAddr>) -> Self {
+    pub fn from(headers: &HeaderMap, client: Option<ClientAddr>) -> Self {
         let credential = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -198,9 +203,9 @@ impl RequestInfo {
 
 /// An error answer: status, `X-Error-Code`, `X-Error-Message`, a JSON body, and the commit id
 /// when one is known (the HF client caches "file does not exist at this commit").
-struct ApiError {
-    error: Error,
-    commit: Option<CommitId>,
+pub(crate) struct ApiError {
+    pub error: Error,
+    pub commit: Option<CommitId>,
 }
 
 impl From<Error> for ApiError {
@@ -265,7 +270,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Builds the router over `state`.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -313,6 +318,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route(
             "/datasets/{org}/{name}/resolve/{rev}/{*path}",
             get(resolve::<true>),
+        )
+        .route(
+            "/{org}/{name}/tensors/{rev}/{*path}",
+            get(crate::tensors::tensors::<false>),
+        )
+        .route(
+            "/datasets/{org}/{name}/tensors/{rev}/{*path}",
+            get(crate::tensors::tensors::<true>),
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_max))
@@ -408,7 +421,7 @@ async fn not_found() -> ApiError {
     Error::BadRequest("no such endpoint".into()).into()
 }
 
-fn kind_of(dataset: bool) -> RepoKind {
+pub(crate) fn kind_of(dataset: bool) -> RepoKind {
     if dataset {
         RepoKind::Dataset
     } else {
@@ -431,7 +444,7 @@ fn missing_cid() -> Cid {
 /// exactly as a missing one (`RepoNotFound`, or `RevisionNotFound` in a repository the caller
 /// may see), and a missing one goes through the same authorization, against a restricted
 /// stand-in, so that the time taken does not tell them apart either.
-async fn open_repo(
+pub(crate) async fn open_repo(
     st: &AppState,
     kind: RepoKind,
     org: &str,
@@ -531,7 +544,7 @@ fn content_type(path: &str) -> &'static str {
 
 /// The file at `path`, by binary search: `Manifest::open` refuses a file list that is not
 /// sorted and unique, so the list is its own index.
-fn find_file<'a>(files: &'a [FileEntry], path: &str) -> Option<&'a FileEntry> {
+pub(crate) fn find_file<'a>(files: &'a [FileEntry], path: &str) -> Option<&'a FileEntry> {
     files
         .binary_search_by(|f| f.path.as_str().cmp(path))
         .ok()

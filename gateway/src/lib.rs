@@ -100,6 +100,7 @@ mod range;
 mod registry;
 mod server;
 mod source;
+mod tensors;
 mod tls;
 mod usage;
 
@@ -135,6 +136,7 @@ pub use registry::{
 };
 pub use server::{Gateway, GatewayConfig};
 pub use source::{ArtifactSource, Emit, LocalSource, NetworkSource, OpenArtifact};
+pub use tensors::{TENSOR_HEADER_BYTES_MAX, TENSORS_QUERY_PARAM};
 pub use tls::{
     ALPN, CertSummary, PEM_CERTS_MAX, PEM_FILE_BYTES_MAX, PeerCertificate, RELOAD_POLL, TlsFiles,
 };

@@ -10,6 +10,7 @@ mod mtls;
 mod net;
 mod private;
 mod resume;
+mod tensors;
 mod usage;
 mod util;
 mod vectors;
