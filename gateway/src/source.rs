@@ -9,9 +9,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cairn_artifact::{
-    Artifact, ChunkCache, Cid, FileEntry, Manifest, PrivatePart, ReadCap, read_file_pieces,
-};
+use cairn_artifact::{Artifact, ChunkCache, FileEntry, OpenedArtifact, ReadCap, read_file_pieces};
 use cairn_node::{ClientStats, Network, RemoteArtifact};
 use cairn_store::Store;
 
@@ -64,18 +62,12 @@ impl LocalSource {
 
 struct LocalArtifact {
     store: Arc<Store>,
-    cid: Cid,
-    manifest: Manifest,
-    private: PrivatePart,
+    opened: OpenedArtifact,
 }
 
 impl OpenArtifact for LocalArtifact {
     fn artifact(&self) -> Artifact<'_> {
-        Artifact {
-            cid: self.cid,
-            manifest: &self.manifest,
-            private: &self.private,
-        }
+        self.opened.artifact()
     }
 
     fn read(
@@ -96,15 +88,8 @@ impl ArtifactSource for LocalSource {
         Box::pin(async move {
             // Reading and decrypting a manifest touches the disk: keep it off the workers.
             tokio::task::spawn_blocking(move || -> Result<Arc<dyn OpenArtifact>, Error> {
-                let bytes = store.get_manifest(&cap.cid)?;
-                let manifest = Manifest::decode(&bytes, &cap.cid.to_string())?;
-                let private = manifest.open(&cap.cid, &cap.key)?;
-                Ok(Arc::new(LocalArtifact {
-                    store,
-                    cid: cap.cid,
-                    manifest,
-                    private,
-                }))
+                let opened = store.open_artifact(&cap)?;
+                Ok(Arc::new(LocalArtifact { store, opened }))
             })
             .await
             .map_err(|e| Error::Io {
@@ -135,11 +120,7 @@ struct NetArtifact {
 
 impl OpenArtifact for NetArtifact {
     fn artifact(&self) -> Artifact<'_> {
-        Artifact {
-            cid: self.remote.cid,
-            manifest: &self.remote.manifest,
-            private: &self.remote.private,
-        }
+        self.remote.artifact()
     }
 
     fn read(
