@@ -25,7 +25,7 @@ pub fn shard_cid(bytes: &[u8]) -> Cid {
 }
 
 /// The CID of a shard whose BLAKE3 hash (or bao root, the same value) is `hash`.
-pub(crate) fn shard_cid_from_hash(hash: &blake3::Hash) -> Cid {
+pub fn shard_cid_from_hash(hash: &blake3::Hash) -> Cid {
     cid_of(CODEC_RAW, hash)
 }
 

@@ -43,7 +43,7 @@ pub use cid::Cid;
 pub use error::Error;
 pub use ids::{
     CODEC_DAG_CBOR, CODEC_RAW, MULTIHASH_BLAKE3, blake3_digest, manifest_cid, shard_cid,
-    verify_shard,
+    shard_cid_from_hash, verify_shard,
 };
 pub use manifest::{
     ChunkEntry, ChunkSecret, FileEntry, MANIFEST_LEN_MAX, Manifest, PrivatePart,

@@ -1,5 +1,12 @@
-//! Throughput of each stage of the publish pipeline over 64 MiB of random bytes, beside a memcpy
-//! baseline measured in the same run, then the whole pipeline on one thread and on rayon's pool.
+//! Throughput of each stage of the publish and read pipelines over 64 MiB of random bytes,
+//! beside a memcpy baseline measured in the same run, then the real pipelines
+//! (`encode_artifact` into memory, `read_file` back out) on one thread and on two.
+//!
+//! Each stage is called as the pipeline calls it: chunks come with the spare capacity the
+//! chunker gives them (sealing appends its tag there without reallocating), shards are
+//! addressed with their bao outboard (one BLAKE3 pass gives CID and outboard), and opening is
+//! checked against the plaintext hash. `../shared/notes/kernels.md`-style kernel rates for this
+//! CPU are what a stage can reach; `docs/performance.md` puts the two side by side.
 //!
 //! Random bytes are the worst case for FastCDC (no early cut points repeat) and representative of
 //! model weights, which compress and dedup poorly. The buffer comes from a seeded RNG, so cut
@@ -8,8 +15,11 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use cairn_artifact::{Chunker, Cid, WINDOW_CHUNKS, shard_cid};
-use cairn_encryption::{ChunkKey, ConvergenceSecret, seal_chunk_in_place};
+use cairn_artifact::{
+    AddOptions, Artifact, CHUNK_SPARE, Chunker, Cid, KeyMode, MemShards, WINDOW_CHUNKS,
+    encode_artifact, outboard, read_file, shard_cid_from_hash,
+};
+use cairn_encryption::{ChunkKey, ConvergenceSecret, open_chunk_in_place, seal_chunk_in_place};
 use cairn_erasure::{Codec, Params};
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use rand::{RngCore, SeedableRng};
@@ -44,7 +54,10 @@ fn process(chunk: Vec<u8>, secret: &ConvergenceSecret, codec: &Codec) -> Vec<(Ci
     codec
         .encode(&buf)
         .into_iter()
-        .map(|s| (shard_cid(&s), s))
+        .map(|s| {
+            let (root, _outboard) = outboard(&s);
+            (shard_cid_from_hash(&root), s)
+        })
         .collect()
 }
 
@@ -86,10 +99,22 @@ fn stages(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
-    // Sealing works in place, so each iteration gets a fresh copy of the chunks, made untimed.
+    // Sealing works in place, so each iteration gets a fresh copy of the chunks, made untimed,
+    // with the spare capacity the chunker gives (a plain `clone` has none: the tag would
+    // reallocate and copy every chunk, which is what an earlier version of this bench measured).
+    let with_spare = |chunks: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        chunks
+            .iter()
+            .map(|c| {
+                let mut v = Vec::with_capacity(c.len() + CHUNK_SPARE);
+                v.extend_from_slice(c);
+                v
+            })
+            .collect()
+    };
     g.bench_function("seal", |b| {
         b.iter_batched_ref(
-            || plain.clone(),
+            || with_spare(&plain),
             |chunks| {
                 for c in chunks.iter_mut() {
                     seal_chunk_in_place(&key, c);
@@ -97,6 +122,27 @@ fn stages(c: &mut Criterion) {
             },
             BatchSize::PerIteration,
         )
+    });
+    g.bench_function("open", |b| {
+        b.iter_batched_ref(
+            || with_spare(&sealed),
+            |chunks| {
+                for c in chunks.iter_mut() {
+                    open_chunk_in_place(&key, c).expect("sealed above");
+                }
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // The shards of every chunk, made once: what `outboard` hashes (5/3 of the input).
+    let shards: Vec<Vec<u8>> = sealed.iter().flat_map(|s| codec.encode(s)).collect();
+    g.bench_function("outboard_of_shards", |b| {
+        b.iter(|| {
+            shards
+                .iter()
+                .map(|s| outboard(black_box(s)).0)
+                .collect::<Vec<_>>()
+        })
     });
     g.bench_function("erasure_encode_3+2", |b| {
         b.iter(|| {
@@ -146,5 +192,68 @@ fn stages(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stages);
+/// The real pipelines on a pool of `threads`: `encode_artifact` of a 64 MiB file (read from the
+/// page cache) into memory, and `read_file` of it back out of memory.
+fn whole(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let path = dir.path().join("model.bin");
+    std::fs::write(&path, input()).expect("write the input");
+    let opts = AddOptions {
+        params: Params::DEFAULT,
+        key_mode: KeyMode::Convergent(secret()),
+        name: None,
+        record_signers: Vec::new(),
+    };
+    let mut g = c.benchmark_group("whole");
+    g.throughput(Throughput::Bytes(INPUT_LEN as u64))
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(6));
+    g.bench_function("memcpy", |b| {
+        let src = input();
+        let mut dst = vec![0u8; INPUT_LEN];
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&dst);
+        })
+    });
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("build a thread pool");
+        g.bench_function(format!("encode_artifact_{threads}t"), |b| {
+            b.iter(|| {
+                pool.install(|| {
+                    let mem = MemShards::new();
+                    encode_artifact(&path, &opts, &mem, &|_| {}).expect("encode");
+                    mem
+                })
+            })
+        });
+        let mem = MemShards::new();
+        let (manifest, cap) = encode_artifact(&path, &opts, &mem, &|_| {}).expect("encode");
+        let private = manifest.open(&cap.cid, &cap.key).expect("open");
+        let art = Artifact {
+            cid: cap.cid,
+            manifest: &manifest,
+            private: &private,
+        };
+        let file = &private.files[0];
+        g.bench_function(format!("read_file_{threads}t"), |b| {
+            let mut out = Vec::with_capacity(INPUT_LEN);
+            b.iter(|| {
+                out.clear();
+                pool.install(|| {
+                    read_file(&art, &mem, file, 0..file.size, &mut out, &|_| {}).expect("read")
+                });
+                black_box(&out);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, stages, whole);
 criterion_main!(benches);
