@@ -377,6 +377,12 @@ impl Network {
         self.client.stats()
     }
 
+    /// Requests this client sent (or attempted) to the peer `id` (see
+    /// [`ShardClient::requests_to`]).
+    pub fn requests_to(&self, id: &EndpointId) -> u64 {
+        self.client.requests_to(id)
+    }
+
     /// This client's endpoint id (the publisher identity).
     pub fn id(&self) -> EndpointId {
         self.bound.endpoint.id()
