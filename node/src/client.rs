@@ -544,10 +544,10 @@ impl Network {
     /// most one manifest request to the peer that sent it.
     pub async fn open(&self, cap: &ReadCap) -> Result<RemoteArtifact, Error> {
         // Every known peer (up to RECORD_ASK_MAX) is asked at once. Once a record is in, the
-        // others get RECORD_GRACE more to offer theirs; a peer that has not answered by then
-        // counts as unreachable for this read, so a dead node costs one grace period here
-        // instead of a connect timeout on every chunk. If no record then in hand is usable, the
-        // rest are waited for (each bounded by the client's timeouts).
+        // others get a grace (see RECORD_GRACE) to offer theirs; a peer that has not answered
+        // by then counts as unreachable for this read, so a dead node costs one grace period
+        // here instead of a connect timeout on every chunk. If no record then in hand is
+        // usable, the rest are waited for (each bounded by the client's timeouts).
         let started = tokio::time::Instant::now();
         let asked: Vec<EndpointAddr> = self
             .peers()
@@ -792,28 +792,6 @@ impl Network {
         }
         None
     }
-}
-
-/// Whether some chunk of `record` has fewer than k shards on holders outside `silent`.
-fn short_chunks(record: &HolderRecord, silent: &HashSet<EndpointId>) -> bool {
-    if silent.is_empty() {
-        return false;
-    }
-    record.holders.iter().any(|shards| {
-        shards
-            .iter()
-            .filter(|&&h| {
-                record
-                    .nodes
-                    .get(h as usize)
-                    .is_some_and(|(id, _)| !silent.contains(id))
-            })
-            .count()
-            < record.k as usize
-    })
-}
-
-impl Network {
     fn holder_addrs(&self, record: &HolderRecord) -> Vec<EndpointAddr> {
         let known = self.peers();
         record
@@ -1296,9 +1274,51 @@ async fn ask_peers(
     Ok(peers)
 }
 
+/// Whether some chunk of `record` has fewer than k shards on holders outside `silent`.
+fn short_chunks(record: &HolderRecord, silent: &HashSet<EndpointId>) -> bool {
+    if silent.is_empty() {
+        return false;
+    }
+    record.holders.iter().any(|shards| {
+        shards
+            .iter()
+            .filter(|&&h| {
+                record
+                    .nodes
+                    .get(h as usize)
+                    .is_some_and(|(id, _)| !silent.contains(id))
+            })
+            .count()
+            < record.k as usize
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_is_short_when_silent_holders_leave_fewer_than_k_shards() {
+        let ids: Vec<EndpointId> = (0..5).map(|_| generate_secret_key().public()).collect();
+        let record = HolderRecord {
+            artifact: cairn_artifact::shard_cid(b"artifact"),
+            version: 1,
+            k: 3,
+            m: 2,
+            reduced_durability: false,
+            nodes: ids.iter().map(|id| (*id, Vec::new())).collect(),
+            // The second chunk has two shards on node 0.
+            holders: vec![vec![0, 1, 2, 3, 4], vec![0, 0, 1, 3, 4]],
+        };
+        let silent =
+            |which: &[usize]| -> HashSet<EndpointId> { which.iter().map(|&i| ids[i]).collect() };
+        assert!(!short_chunks(&record, &silent(&[])));
+        assert!(!short_chunks(&record, &silent(&[3, 4])));
+        // Node 0 gone costs the second chunk two shards, leaving three.
+        assert!(!short_chunks(&record, &silent(&[0])));
+        assert!(short_chunks(&record, &silent(&[0, 3])));
+        assert!(short_chunks(&record, &silent(&[1, 3, 4])));
+    }
 
     #[test]
     fn peer_addr_parses_and_prints() {
