@@ -39,7 +39,7 @@ use cairn_swarm::{
     secret_key_from_bytes, topic_id,
 };
 use futures_util::StreamExt;
-use futures_util::future::join_all;
+use futures_util::future::{BoxFuture, join_all};
 use futures_util::stream::FuturesUnordered;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -53,6 +53,9 @@ pub const WINDOWS_IN_FLIGHT: usize = 4;
 pub const HEDGE_AFTER: Duration = Duration::from_millis(300);
 /// Time allowed for closing the endpoint once the work is done.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Time allowed for closing the endpoint when some connection attempt never completed (see
+/// [`Network::close`]): enough for the endpoint to send the queued close frames.
+const CLOSE_ABANDONED_TIMEOUT: Duration = Duration::from_millis(20);
 /// Fails unless at least `need` of `results` succeeded, naming why the others did not.
 fn enough(
     results: Vec<Result<(), cairn_swarm::Error>>,
@@ -75,8 +78,24 @@ fn enough(
 
 /// Time a peer has to answer the probe at connect.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
-/// Once one holder record has arrived, how long other peers may still answer with a newer one.
+/// Once one holder record has arrived, how long other peers may still answer with a newer one:
+/// `RECORD_GRACE_FACTOR` times the time the first answer took, within `RECORD_GRACE_MIN` and
+/// `RECORD_GRACE`. Peers at a similar distance answer within a few times the fastest one's time
+/// (on loopback about 5 ms, across the Internet a few hundred); a fixed 250 ms was the largest
+/// cost of a read on a LAN with a node gone (0.25 s of a 0.6 s fetch of 128 MiB). A peer that
+/// misses the grace is only asked for shards last (see [`RemoteArtifact`]).
 const RECORD_GRACE: Duration = Duration::from_millis(250);
+/// See [`RECORD_GRACE`].
+const RECORD_GRACE_MIN: Duration = Duration::from_millis(25);
+/// See [`RECORD_GRACE`].
+const RECORD_GRACE_FACTOR: u32 = 3;
+/// When the peers that answered the record request hold fewer than k shards of some chunk, how
+/// long (from the request) the others are waited for before they count as down for the read
+/// and the read fails at once, naming them. A live peer connects and answers within one or two
+/// round trips (about 1 ms on a LAN, at most a few hundred across the Internet); a node that
+/// died without closing its connections never answers, and waiting for the connect timeout
+/// (3 s) on each chunk is what made such a read take 3.6 s to fail.
+const SILENT_DOWN_AFTER: Duration = Duration::from_millis(750);
 /// Most peers asked for a holder record at once.
 const RECORD_ASK_MAX: usize = 64;
 
@@ -217,8 +236,14 @@ pub struct RemoteArtifact {
     pub opened: OpenedArtifact,
     /// The holder record.
     pub record: HolderRecord,
-    /// Holders that did not answer the record request: asked only if the rest cannot make `k`.
-    unreachable: HashSet<EndpointId>,
+    /// Holders that did not answer the record request (with why): asked only if the rest
+    /// cannot make `k`.
+    unreachable: HashMap<EndpointId, String>,
+    /// Until when a chunk that only `unreachable` holders could complete fails at once, without
+    /// asking them: set when they were given [`SILENT_DOWN_AFTER`] to answer and did not, for
+    /// the client's `peer_down_for` (a long-running reader that keeps the artifact asks them
+    /// again after that, in case they came back).
+    down_until: Option<tokio::time::Instant>,
 }
 
 impl std::ops::Deref for RemoteArtifact {
@@ -352,6 +377,12 @@ impl Network {
         self.client.stats()
     }
 
+    /// Requests this client sent (or attempted) to the peer `id` (see
+    /// [`ShardClient::requests_to`]).
+    pub fn requests_to(&self, id: &EndpointId) -> u64 {
+        self.client.requests_to(id)
+    }
+
     /// This client's endpoint id (the publisher identity).
     pub fn id(&self) -> EndpointId {
         self.bound.endpoint.id()
@@ -361,12 +392,21 @@ impl Network {
     pub async fn close(&self) {
         self.client.close().await;
         // iroh waits about 3 s for connection attempts to peers that never answered; a client
-        // that has finished its work does not need to wait for them.
-        if tokio::time::timeout(CLOSE_TIMEOUT, self.bound.endpoint.close())
+        // that has finished its work does not need to wait for them. When there are such
+        // attempts (a node died), the wait is shorter still: the live peers' close frames were
+        // queued above and leave at once, and only the wait for their acknowledgements is cut
+        // (a peer that misses one closes the connection at its idle timeout, as it would
+        // after a crash). With a holder gone the full wait was half the cost of a 128 MiB read.
+        let limit = if self.client.abandoned_connects() {
+            CLOSE_ABANDONED_TIMEOUT
+        } else {
+            CLOSE_TIMEOUT
+        };
+        if tokio::time::timeout(limit, self.bound.endpoint.close())
             .await
             .is_err()
         {
-            debug!("endpoint close took longer than {CLOSE_TIMEOUT:?}; leaving it");
+            debug!("endpoint close took longer than {limit:?}; leaving it");
         }
     }
 
@@ -504,23 +544,25 @@ impl Network {
     /// most one manifest request to the peer that sent it.
     pub async fn open(&self, cap: &ReadCap) -> Result<RemoteArtifact, Error> {
         // Every known peer (up to RECORD_ASK_MAX) is asked at once. Once a record is in, the
-        // others get RECORD_GRACE more to offer theirs; a peer that has not answered by then
-        // counts as unreachable for this read, so a dead node costs one grace period here
-        // instead of a connect timeout on every chunk. If no record then in hand is usable, the
-        // rest are waited for (each bounded by the client's timeouts).
+        // others get a grace (see RECORD_GRACE) to offer theirs; a peer that has not answered
+        // by then counts as unreachable for this read, so a dead node costs one grace period
+        // here instead of a connect timeout on every chunk. If no record then in hand is
+        // usable, the rest are waited for (each bounded by the client's timeouts).
+        let started = tokio::time::Instant::now();
         let asked: Vec<EndpointAddr> = self
             .peers()
             .iter()
             .take(RECORD_ASK_MAX)
             .map(|p| p.addr.endpoint_addr())
             .collect();
-        let mut pending: FuturesUnordered<_> = asked
-            .iter()
-            .map(|a| async move { (a.id, self.client.get_record(a, &cap.cid).await) })
-            .collect();
+        let ask = |a: EndpointAddr| -> BoxFuture<'_, _> {
+            Box::pin(async move { (a.id, self.client.get_record(&a, &cap.cid).await) })
+        };
+        let mut pending: FuturesUnordered<_> = asked.iter().cloned().map(ask).collect();
         let mut records: Vec<(EndpointId, SignedRecord)> = Vec::new();
         let mut reasons = Vec::new();
         let mut answered = HashSet::new();
+        let mut failed: HashMap<EndpointId, String> = HashMap::new();
         let mut manifest: Option<Manifest> = None;
         let mut tried = HashSet::new();
         let mut why_manifest = Vec::new();
@@ -540,7 +582,12 @@ impl Network {
                     Ok(Some(rec)) if rec.record.artifact == cap.cid => {
                         answered.insert(id);
                         records.push((id, rec));
-                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + RECORD_GRACE);
+                        deadline.get_or_insert_with(|| {
+                            let first = started.elapsed();
+                            let grace =
+                                (first * RECORD_GRACE_FACTOR).clamp(RECORD_GRACE_MIN, RECORD_GRACE);
+                            tokio::time::Instant::now() + grace
+                        });
                     }
                     Ok(Some(_)) => {
                         answered.insert(id);
@@ -553,7 +600,10 @@ impl Network {
                         answered.insert(id);
                         reasons.push(format!("{} has none", id.fmt_short()));
                     }
-                    Err(e) => reasons.push(e.to_string()),
+                    Err(e) => {
+                        failed.insert(id, e.to_string());
+                        reasons.push(e.to_string());
+                    }
                 }
             }
             if manifest.is_none() {
@@ -615,13 +665,6 @@ impl Network {
             );
         }
         let record = signed.record;
-        let asked_ids: HashSet<EndpointId> = asked.iter().map(|a| a.id).collect();
-        let unreachable: HashSet<EndpointId> = record
-            .nodes
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| asked_ids.contains(id) && !answered.contains(id))
-            .collect();
         if record.holders.len() != manifest.chunks().len()
             || record.k as usize != manifest.params().k()
             || record.m as usize != manifest.params().m()
@@ -631,10 +674,82 @@ impl Network {
                 cap.cid
             )));
         }
+        let asked_ids: HashSet<EndpointId> = asked.iter().map(|a| a.id).collect();
+        // Holders the peer list does not name: a node that has been silent for a while drops
+        // out of it (see `PEER_SILENCE_MAX`), so these are likely gone.
+        let unlisted: Vec<usize> = (0..record.nodes.len())
+            .filter(|&i| !asked_ids.contains(&record.nodes[i].0))
+            .collect();
+        let silent = |answered: &HashSet<EndpointId>| -> HashSet<EndpointId> {
+            record
+                .nodes
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !answered.contains(id))
+                .collect()
+        };
+        // If the peers that answered cannot make k shards of some chunk, the silent ones are
+        // needed: they get until SILENT_DOWN_AFTER from the request (their requests are still
+        // running; holders not in the peer list are asked now), and those still silent then
+        // are down for this read.
+        let mut down_until = None;
+        if short_chunks(&record, &silent(&answered)) {
+            let mut deadline = started + SILENT_DOWN_AFTER;
+            if !unlisted.is_empty() {
+                let addrs = self.holder_addrs(&record);
+                for &i in unlisted.iter().take(RECORD_ASK_MAX) {
+                    pending.push(ask(addrs[i].clone()));
+                }
+                deadline = tokio::time::Instant::now() + SILENT_DOWN_AFTER;
+            }
+            while let Ok(Some((id, answer))) =
+                tokio::time::timeout_at(deadline, pending.next()).await
+            {
+                match answer {
+                    Ok(_) => {
+                        answered.insert(id);
+                    }
+                    Err(e) => {
+                        failed.insert(id, e.to_string());
+                    }
+                }
+                if !short_chunks(&record, &silent(&answered)) {
+                    break;
+                }
+            }
+            if short_chunks(&record, &silent(&answered)) {
+                down_until = Some(tokio::time::Instant::now() + self.client.config().peer_down_for);
+            }
+        }
+        let unreachable: HashMap<EndpointId, String> = silent(&answered)
+            .into_iter()
+            .map(|id| {
+                let why = failed.remove(&id).unwrap_or_else(|| {
+                    if down_until.is_some() {
+                        format!(
+                            "holder {} did not answer within {SILENT_DOWN_AFTER:?}",
+                            id.fmt_short()
+                        )
+                    } else if asked_ids.contains(&id) {
+                        format!(
+                            "holder {} did not answer the holder record request in time",
+                            id.fmt_short()
+                        )
+                    } else {
+                        format!(
+                            "holder {} is not among the live peers listed",
+                            id.fmt_short()
+                        )
+                    }
+                });
+                (id, why)
+            })
+            .collect();
         Ok(RemoteArtifact {
             opened: OpenedArtifact::from_manifest(cap, manifest)?,
             record,
             unreachable,
+            down_until,
         })
     }
 
@@ -677,7 +792,6 @@ impl Network {
         }
         None
     }
-
     fn holder_addrs(&self, record: &HolderRecord) -> Vec<EndpointAddr> {
         let known = self.peers();
         record
@@ -997,13 +1111,34 @@ impl NetSource<'_> {
                 holder: self.addrs[*h as usize].clone(),
             })
             .collect();
-        // Holders that did not answer the record request go only if the rest cannot make k.
+        // Holders that did not answer the record request go only if the rest cannot make k,
+        // and not even then while they count as down (they were waited for in `open`): the
+        // chunk fails at once, naming them, instead of after a connect timeout.
         let reachable = locations
             .iter()
-            .filter(|l| !self.art.unreachable.contains(&l.holder.id))
+            .filter(|l| !self.art.unreachable.contains_key(&l.holder.id))
             .count();
         if reachable >= params.k() {
-            locations.retain(|l| !self.art.unreachable.contains(&l.holder.id));
+            locations.retain(|l| !self.art.unreachable.contains_key(&l.holder.id));
+        } else if self
+            .art
+            .down_until
+            .is_some_and(|until| tokio::time::Instant::now() < until)
+        {
+            let missing = locations
+                .iter()
+                .filter_map(|l| {
+                    let why = self.art.unreachable.get(&l.holder.id)?;
+                    Some((l.cid, why.clone()))
+                })
+                .collect();
+            return Err(StoreError::ShardsUnavailable {
+                artifact: *artifact,
+                chunk: index,
+                present: reachable,
+                k: params.k(),
+                missing,
+            });
         }
         match fetch_any_k(&self.net.client, locations, params.k(), HEDGE_AFTER).await {
             Ok(shards) => {
@@ -1025,8 +1160,8 @@ impl NetSource<'_> {
                         .collect();
                     if !why.is_empty() {
                         missing.push((*cid, why.join("; ")));
-                    } else if self.art.unreachable.contains(&holder) {
-                        missing.push((*cid, format!("holder {} unreachable", holder.fmt_short())));
+                    } else if let Some(why) = self.art.unreachable.get(&holder) {
+                        missing.push((*cid, why.clone()));
                     }
                 }
                 Err(StoreError::ShardsUnavailable {
@@ -1139,9 +1274,51 @@ async fn ask_peers(
     Ok(peers)
 }
 
+/// Whether some chunk of `record` has fewer than k shards on holders outside `silent`.
+fn short_chunks(record: &HolderRecord, silent: &HashSet<EndpointId>) -> bool {
+    if silent.is_empty() {
+        return false;
+    }
+    record.holders.iter().any(|shards| {
+        shards
+            .iter()
+            .filter(|&&h| {
+                record
+                    .nodes
+                    .get(h as usize)
+                    .is_some_and(|(id, _)| !silent.contains(id))
+            })
+            .count()
+            < record.k as usize
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_is_short_when_silent_holders_leave_fewer_than_k_shards() {
+        let ids: Vec<EndpointId> = (0..5).map(|_| generate_secret_key().public()).collect();
+        let record = HolderRecord {
+            artifact: cairn_artifact::shard_cid(b"artifact"),
+            version: 1,
+            k: 3,
+            m: 2,
+            reduced_durability: false,
+            nodes: ids.iter().map(|id| (*id, Vec::new())).collect(),
+            // The second chunk has two shards on node 0.
+            holders: vec![vec![0, 1, 2, 3, 4], vec![0, 0, 1, 3, 4]],
+        };
+        let silent =
+            |which: &[usize]| -> HashSet<EndpointId> { which.iter().map(|&i| ids[i]).collect() };
+        assert!(!short_chunks(&record, &silent(&[])));
+        assert!(!short_chunks(&record, &silent(&[3, 4])));
+        // Node 0 gone costs the second chunk two shards, leaving three.
+        assert!(!short_chunks(&record, &silent(&[0])));
+        assert!(short_chunks(&record, &silent(&[0, 3])));
+        assert!(short_chunks(&record, &silent(&[1, 3, 4])));
+    }
 
     #[test]
     fn peer_addr_parses_and_prints() {

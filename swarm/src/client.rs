@@ -63,6 +63,8 @@ impl Default for ShardConfig {
 struct PeerSlot {
     conn: tokio::sync::Mutex<Option<Connection>>,
     inflight: Semaphore,
+    /// Requests sent (or attempted) to this peer since the slot was made.
+    requests: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -85,6 +87,7 @@ struct Counters {
     timeouts: AtomicU64,
     skipped: AtomicU64,
     shard_bytes: AtomicU64,
+    abandoned_connects: AtomicU64,
 }
 
 /// What a [`ShardClient`] has done since it was made (for metrics).
@@ -101,6 +104,10 @@ pub struct ClientStats {
     pub skipped: u64,
     /// Bytes of verified shards and manifests received.
     pub shard_bytes: u64,
+    /// Connection attempts given up before the handshake ended (timed out, or their request
+    /// cancelled): the endpoint keeps trying them for up to about 3 s, which its close waits
+    /// for unless told otherwise (see [`ShardClient::abandoned_connects`]).
+    pub abandoned_connects: u64,
 }
 
 /// Sends shard requests to peers, reusing one connection per peer.
@@ -182,7 +189,24 @@ impl ShardClient {
             timeouts: c.timeouts.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
             shard_bytes: c.shard_bytes.load(Ordering::Relaxed),
+            abandoned_connects: c.abandoned_connects.load(Ordering::Relaxed),
         }
+    }
+
+    /// Requests sent (or attempted) to `id` while it has been in the pool: how often a reader
+    /// asked a holder, for tests and diagnostics. Zero for a peer never asked (or evicted).
+    pub fn requests_to(&self, id: &EndpointId) -> u64 {
+        self.lock_pool()
+            .get(id)
+            .map_or(0, |slot| slot.requests.load(Ordering::Relaxed))
+    }
+
+    /// Whether a connection attempt was given up before its handshake ended. Such a peer never
+    /// answered (typically a node that died without closing its connections), and the endpoint
+    /// keeps retrying its handshake for up to about 3 s; waiting for that when closing serves
+    /// nobody, so closers bound their wait more tightly when this is true.
+    pub fn abandoned_connects(&self) -> bool {
+        self.inner.stats.abandoned_connects.load(Ordering::Relaxed) > 0
     }
 
     /// The configuration this client was built with.
@@ -474,6 +498,7 @@ impl ShardClient {
         let slot = Arc::new(PeerSlot {
             conn: tokio::sync::Mutex::new(None),
             inflight: Semaphore::new(self.inner.config.peer_inflight_max.max(1)),
+            requests: AtomicU64::new(0),
         });
         pool.insert(id, slot.clone());
         slot
@@ -497,9 +522,15 @@ impl ShardClient {
             });
         }
         let limit = self.inner.config.connect_timeout;
+        // Counts the attempt as abandoned unless the handshake ends (either way) first.
+        let mut attempt = Abandoned {
+            count: &self.inner.stats.abandoned_connects,
+            settled: false,
+        };
         let fresh =
             tokio::time::timeout(limit, self.inner.endpoint.connect(addr.clone(), SHARD_ALPN))
                 .await
+                .inspect(|_| attempt.settled = true)
                 .map_err(|_| {
                     // Still holding the slot's lock: no waiter starts a connect of its own.
                     self.set_down(addr.id);
@@ -543,6 +574,7 @@ impl ShardClient {
             _ => Some(self.inner.config.reply_start_timeout),
         };
         let slot = self.slot(addr.id);
+        slot.requests.fetch_add(1, Ordering::Relaxed);
         let exchange = async {
             let _permit = slot
                 .inflight
@@ -618,6 +650,20 @@ impl ShardClient {
 pub const SLOW_AFTER: Duration = Duration::from_millis(300);
 /// Shortest time a slow peer stays slow (when `peer_down_for` is shorter).
 const SLOW_FOR_MIN: Duration = Duration::from_secs(1);
+
+/// Counts a connection attempt dropped (cancelled or timed out) before its handshake ended.
+struct Abandoned<'a> {
+    count: &'a AtomicU64,
+    settled: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Marks the peer slow if dropped before the request settled, after `SLOW_AFTER`.
 struct SlowWatch<'a> {

@@ -445,7 +445,8 @@ async fn silent_peers_time_out() {
             other => panic!("expected PeerDown, got {other:?}"),
         }
     }
-    for c in [&client, &silent_client] {
+    // Only the connect that timed out left a handshake behind.
+    for (c, abandoned_connects) in [(&client, 0), (&silent_client, 1)] {
         assert_eq!(
             c.stats(),
             ClientStats {
@@ -454,8 +455,10 @@ async fn silent_peers_time_out() {
                 timeouts: 1,
                 skipped: 1,
                 shard_bytes: 0,
+                abandoned_connects,
             }
         );
+        assert_eq!(c.abandoned_connects(), abandoned_connects > 0);
     }
     bound.endpoint.close().await;
     router.shutdown().await.unwrap();
