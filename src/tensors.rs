@@ -132,15 +132,8 @@ pub fn get_local(
 ) -> anyhow::Result<()> {
     let cap: ReadCap = cap.parse()?;
     let store = dd.open_store()?;
-    let bytes = store.get_manifest(&cap.cid)?;
-    let manifest = cairn_artifact::Manifest::decode(&bytes, &cap.cid.to_string())?;
-    let private = manifest.open(&cap.cid, &cap.key)?;
-    let art = Artifact {
-        cid: cap.cid,
-        manifest: &manifest,
-        private: &private,
-    };
-    write_selected(&art, &store, file, patterns, out)
+    let art = store.open_artifact(&cap)?;
+    write_selected(&art.artifact(), &store, file, patterns, out)
 }
 
 /// `cairn get --tensor` over the network.
@@ -158,12 +151,13 @@ pub fn get_net(
     let net = rt.block_on(crate::netcmd::connect(peers, network, None))?;
     let res = (|| {
         let remote = rt.block_on(net.open(&cap))?;
-        let art = Artifact {
-            cid: cap.cid,
-            manifest: &remote.manifest,
-            private: &remote.private,
-        };
-        write_selected(&art, &net.source(&remote), file, patterns, out)
+        write_selected(
+            &remote.artifact(),
+            &net.source(&remote),
+            file,
+            patterns,
+            out,
+        )
     })();
     rt.block_on(net.close());
     res
