@@ -13,7 +13,8 @@
 //! - [`encode_artifact`] runs the publish pipeline (chunk, seal, erasure-code, address) and
 //!   hands shards to a [`ShardSink`]; [`read_file_pieces`] / [`read_file`] / [`read_artifact`]
 //!   run it backwards from any `k` shards per chunk taken from a [`ShardSource`], verifying every
-//!   byte; [`ChunkCache`] keeps opened chunks for readers of many ranges;
+//!   byte; [`read_stream`] is the async read core (a stream of verified pieces from an
+//!   [`AsyncShardSource`], with only the CPU work on the rayon pool); [`ChunkCache`] keeps opened chunks for readers of many ranges;
 //!   [`read_file_resume`] continues a read from the verified chunks of a partial file.
 //! - [`OpenedArtifact`]: a capability and manifest bytes, checked and opened: what every reader
 //!   reads from.
@@ -35,6 +36,7 @@ mod opened;
 mod owner_only;
 mod pipeline;
 mod safetensors;
+mod stream;
 
 pub use bao::{BLOCK_SIZE, outboard, prove_range, verify_range};
 pub use capability::ReadCap;
@@ -55,12 +57,14 @@ pub use owner_only::{
     DIR_MODE, FILE_MODE, create_dir_private, create_private, private_options, write_private_replace,
 };
 pub use pipeline::{
-    AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, Resumed, SINK_QUEUED,
-    ShardSink, ShardSlots, ShardSource, WINDOW_CHUNKS, encode_artifact, fetch_data_first,
-    partial_path, read_artifact, read_file, read_file_pieces, read_file_resume,
+    AddOptions, Artifact, ChunkCache, Claim, EncodedChunk, KeyMode, NoCache, READ_IN_FLIGHT,
+    READ_QUEUED, Resumed, SINK_QUEUED, ShardSink, ShardSlots, ShardSource, WINDOW_CHUNKS,
+    encode_artifact, fetch_data_first, partial_path, read_artifact, read_file, read_file_pieces,
+    read_file_resume,
 };
 pub use safetensors::{
     RecentChunks, SAFETENSORS_HEADER_LEN_MAX, SAFETENSORS_HEADER_PROBE, SAFETENSORS_LEN_PREFIX,
     SafetensorsHeader, TENSOR_PATTERN_LEN_MAX, TENSOR_PATTERNS_MAX, TensorError, TensorSelection,
     check_tensor_patterns, read_safetensors_header, safetensors_header_len, tensor_pattern_matches,
 };
+pub use stream::{AsyncShardSource, BoxFuture, OnCpuPool, on_cpu, read_stream};

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use serde_bytes::ByteBuf;
 
 use crate::manifest::{ChunkEntry, ChunkSecret, FileEntry, PrivatePart};
+use crate::stream::BoxFuture;
 use crate::{Chunker, Cid, Error, Manifest, ReadCap, validate_path};
 
 /// Chunks processed together. A publish holds at most four windows: one being read, one being
@@ -462,28 +463,50 @@ pub struct Artifact<'a> {
 }
 
 /// Rebuilds, opens and checks one chunk from its shard slots.
-fn chunk_plain(
+pub(crate) fn chunk_plain(
     o: &Artifact<'_>,
     codec: &Codec,
     index: usize,
     slots: ShardSlots,
 ) -> Result<Vec<u8>, Error> {
-    let entry = &o.manifest.chunks()[index];
-    let mut sealed = codec.decode(slots, entry.sealed_len as usize)?;
-    open_chunk_in_place(&o.private.chunk_key(index), &mut sealed).map_err(|source| {
-        Error::Crypto {
-            artifact: o.cid,
-            source,
+    ChunkOpener::new(o, index).open(codec, slots)
+}
+
+/// What opening one chunk needs, owned, so the work can move to the CPU pool.
+pub(crate) struct ChunkOpener {
+    cid: Cid,
+    index: usize,
+    sealed_len: usize,
+    key: cairn_encryption::ChunkKey,
+    hash: ByteBuf,
+}
+
+impl ChunkOpener {
+    pub(crate) fn new(o: &Artifact<'_>, index: usize) -> Self {
+        Self {
+            cid: o.cid,
+            index,
+            sealed_len: o.manifest.chunks()[index].sealed_len as usize,
+            key: o.private.chunk_key(index),
+            hash: o.private.chunks[index].hash.clone(),
         }
-    })?;
-    let secret = &o.private.chunks[index];
-    if blake3::hash(&sealed).as_bytes().as_slice() != secret.hash.as_slice() {
-        return Err(Error::BadManifest {
-            what: format!("{} chunk {index}", o.cid),
-            reason: "plaintext hash mismatch".into(),
-        });
     }
-    Ok(sealed)
+
+    /// Rebuilds the sealed chunk from `slots`, opens it and checks its plaintext hash.
+    pub(crate) fn open(self, codec: &Codec, slots: ShardSlots) -> Result<Vec<u8>, Error> {
+        let mut sealed = codec.decode(slots, self.sealed_len)?;
+        open_chunk_in_place(&self.key, &mut sealed).map_err(|source| Error::Crypto {
+            artifact: self.cid,
+            source,
+        })?;
+        if blake3::hash(&sealed).as_bytes().as_slice() != self.hash.as_slice() {
+            return Err(Error::BadManifest {
+                what: format!("{} chunk {}", self.cid, self.index),
+                reason: "plaintext hash mismatch".into(),
+            });
+        }
+        Ok(sealed)
+    }
 }
 
 /// Opened chunks kept between reads, for a reader that serves many ranges of the same files (a
@@ -495,8 +518,8 @@ fn chunk_plain(
 /// [`claim`](ChunkCache::claim)s a chunk nobody holds is expected to open it and
 /// [`insert`](ChunkCache::insert) it (or [`abandon`](ChunkCache::abandon) the claim), and
 /// readers that find it claimed may [`wait`](ChunkCache::wait) for it instead of fetching it a
-/// second time. The read pipeline waits only once its own claims are settled, so two readers
-/// can never wait for each other.
+/// second time. Only the async read core ([`read_stream`](crate::read_stream)) claims, and it
+/// waits only once its own claims are settled, so two readers can never wait for each other.
 pub trait ChunkCache: Sync {
     /// The opened chunk `index` of `artifact`, if held.
     fn get(&self, artifact: &Cid, index: usize) -> Option<Bytes>;
@@ -510,10 +533,11 @@ pub trait ChunkCache: Sync {
             None => Claim::Mine,
         }
     }
-    /// Waits (bounded) for a chunk another reader claimed; None if it gave up or time ran out,
-    /// and the caller then opens the chunk itself.
-    fn wait(&self, _artifact: &Cid, _index: usize) -> Option<Bytes> {
-        None
+    /// Waits (bounded in time: the implementation's timer) for a chunk another reader claimed;
+    /// None if it gave up or time ran out, and the caller then opens the chunk itself. Async:
+    /// a waiter holds no thread.
+    fn wait(&self, _artifact: &Cid, _index: usize) -> BoxFuture<'static, Option<Bytes>> {
+        Box::pin(std::future::ready(None))
     }
     /// Gives up a claim without a chunk (the read failed or stopped): waiters stop waiting.
     fn abandon(&self, _artifact: &Cid, _index: usize) {}
@@ -538,6 +562,27 @@ impl ChunkCache for NoCache {
         None
     }
     fn insert(&self, _: &Cid, _: usize, _: Bytes) {}
+}
+
+/// Clamps `range` to `file` and lists the chunks that cover it: (index in the manifest, offset
+/// of the chunk in the file), in file order.
+pub(crate) fn chunks_of_range(
+    art: &Artifact<'_>,
+    file: &FileEntry,
+    range: Range<u64>,
+) -> (Range<u64>, Vec<(usize, u64)>) {
+    let range = range.start.min(file.size)..range.end.min(file.size);
+    let first = file.first_chunk as usize;
+    let mut offset = 0u64;
+    let mut wanted = Vec::new();
+    for i in first..first + file.chunk_count as usize {
+        let len = art.private.chunks[i].len;
+        if offset < range.end && offset + len > range.start {
+            wanted.push((i, offset));
+        }
+        offset += len;
+    }
+    (range, wanted)
 }
 
 /// Writes bytes `range` of `file` to `out`, fetching, checking and opening chunks a window at a
@@ -582,21 +627,9 @@ pub fn read_file_pieces(
     range: Range<u64>,
     emit: &mut (dyn FnMut(Bytes) -> std::io::Result<()> + Send),
 ) -> Result<(), Error> {
-    let (o, manifest, private) = (art, art.manifest, art.private);
+    let (o, manifest) = (art, art.manifest);
     let codec = Codec::new(manifest.params());
-    let range = range.start.min(file.size)..range.end.min(file.size);
-    // Find the chunks that cover the range.
-    let first = file.first_chunk as usize;
-    let chunks = first..first + file.chunk_count as usize;
-    let mut offset = 0u64;
-    let mut wanted = Vec::new();
-    for i in chunks {
-        let len = private.chunks[i].len;
-        if offset < range.end && offset + len > range.start {
-            wanted.push((i, offset));
-        }
-        offset += len;
-    }
+    let (range, wanted) = chunks_of_range(art, file, range);
 
     let io_err = |e: std::io::Error| Error::Io {
         path: PathBuf::from(&file.path),
@@ -675,15 +708,31 @@ pub fn read_file_pieces(
 
     let total = wanted.len();
     if total <= WINDOW_CHUNKS {
-        // One window (a typical ranged read): concurrent readers of the same chunks share them.
-        let opened = open_window_shared(o, source, cache, &codec, &wanted)?;
-        return open_and_emit(
-            opened
-                .into_iter()
-                .zip(&wanted)
-                .map(|(plain, &(i, off))| (i, off, Fetched::Open(plain)))
-                .collect(),
-        );
+        // One window (a typical ranged read): fetched at once, opened in parallel.
+        let cached: Vec<Option<Bytes>> =
+            wanted.iter().map(|&(i, _)| cache.get(&o.cid, i)).collect();
+        let asked: Vec<(usize, &ChunkEntry)> = wanted
+            .iter()
+            .zip(&cached)
+            .filter(|(_, c)| c.is_none())
+            .map(|(&(i, _), _)| (i, &manifest.chunks()[i]))
+            .collect();
+        let mut fetched = source
+            .fetch_window(&o.cid, manifest.params(), &asked)
+            .into_iter();
+        let run = wanted
+            .iter()
+            .zip(cached)
+            .map(|(&(i, off), c)| match c {
+                Some(plain) => (i, off, Fetched::Open(plain)),
+                None => (
+                    i,
+                    off,
+                    Fetched::Shards(fetched.next().expect("one result per chunk asked")),
+                ),
+            })
+            .collect();
+        return open_and_emit(run);
     }
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(READ_QUEUED);
@@ -713,83 +762,6 @@ pub fn read_file_pieces(
         }
         Ok(())
     })
-}
-
-/// Opens the chunks of one window (index, offset), sharing work with concurrent readers through
-/// `cache`: first the chunks this reader claimed are fetched, opened and inserted (never
-/// waiting for anyone), then the chunks others claimed are waited for, and whatever a wait did
-/// not deliver is fetched here after all. Claims not settled on the way out (an error) are
-/// abandoned, so no reader waits for a chunk that will not come.
-fn open_window_shared(
-    o: &Artifact<'_>,
-    source: &dyn ShardSource,
-    cache: &dyn ChunkCache,
-    codec: &Codec,
-    w: &[(usize, u64)],
-) -> Result<Vec<Bytes>, Error> {
-    struct Abandon<'a> {
-        cache: &'a dyn ChunkCache,
-        cid: Cid,
-        claimed: Vec<usize>,
-    }
-    impl Drop for Abandon<'_> {
-        fn drop(&mut self) {
-            // After an insert the claim is settled and this does nothing to it.
-            for &i in &self.claimed {
-                self.cache.abandon(&self.cid, i);
-            }
-        }
-    }
-    let mut out: Vec<Option<Bytes>> = vec![None; w.len()];
-    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
-    for (j, &(i, _)) in w.iter().enumerate() {
-        match cache.claim(&o.cid, i) {
-            Claim::Hit(plain) => out[j] = Some(plain),
-            Claim::Mine => mine.push(j),
-            Claim::Theirs => theirs.push(j),
-        }
-    }
-    let _settle = Abandon {
-        cache,
-        cid: o.cid,
-        claimed: mine.iter().map(|&j| w[j].0).collect(),
-    };
-    let fetch_and_open = |which: &[usize]| -> Result<Vec<(usize, Bytes)>, Error> {
-        if which.is_empty() {
-            return Ok(Vec::new());
-        }
-        let asked: Vec<(usize, &ChunkEntry)> = which
-            .iter()
-            .map(|&j| (w[j].0, &o.manifest.chunks()[w[j].0]))
-            .collect();
-        let fetched = source.fetch_window(&o.cid, o.manifest.params(), &asked);
-        which
-            .par_iter()
-            .zip(fetched.into_par_iter())
-            .map(|(&j, slots)| {
-                let plain = Bytes::from(chunk_plain(o, codec, w[j].0, slots?)?);
-                cache.insert(&o.cid, w[j].0, plain.clone());
-                Ok((j, plain))
-            })
-            .collect()
-    };
-    for (j, plain) in fetch_and_open(&mine)? {
-        out[j] = Some(plain);
-    }
-    let mut left = Vec::new();
-    for j in theirs {
-        match cache.wait(&o.cid, w[j].0) {
-            Some(plain) => out[j] = Some(plain),
-            None => left.push(j),
-        }
-    }
-    for (j, plain) in fetch_and_open(&left)? {
-        out[j] = Some(plain);
-    }
-    Ok(out
-        .into_iter()
-        .map(|p| p.expect("every chunk was found, fetched or waited for"))
-        .collect())
 }
 
 /// A chunk on its way from the source to the output: index, offset in the file, content.

@@ -16,12 +16,13 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use cairn_artifact::{
-    AddOptions, Artifact, CHUNK_SPARE, Chunker, Cid, KeyMode, MemShards, WINDOW_CHUNKS,
-    encode_artifact, outboard, read_file, shard_cid_from_hash,
+    AddOptions, Artifact, CHUNK_SPARE, Chunker, Cid, KeyMode, MemShards, NoCache, OnCpuPool,
+    WINDOW_CHUNKS, encode_artifact, outboard, read_file, read_stream, shard_cid_from_hash,
 };
 use cairn_encryption::{ChunkKey, ConvergenceSecret, open_chunk_in_place, seal_chunk_in_place};
 use cairn_erasure::{Codec, Params};
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use futures_util::StreamExt;
 use rand::{RngCore, SeedableRng};
 use rayon::prelude::*;
 
@@ -252,6 +253,32 @@ fn whole(c: &mut Criterion) {
             })
         });
     }
+    // The async read core (what the gateway reads through), on the global pool (one thread per
+    // core), the stream pulled from this thread: against read_file_2t it is the cost of the
+    // futures, the oneshots and a local source's fetches going through the CPU pool.
+    let mem = std::sync::Arc::new(MemShards::new());
+    let (manifest, cap) = encode_artifact(&path, &opts, &*mem, &|_| {}).expect("encode");
+    let private = manifest.open(&cap.cid, &cap.key).expect("open");
+    let art = Artifact {
+        cid: cap.cid,
+        manifest: &manifest,
+        private: &private,
+    };
+    let file = &private.files[0];
+    let source = OnCpuPool(mem.clone());
+    g.bench_function("read_stream", |b| {
+        let mut out = Vec::with_capacity(INPUT_LEN);
+        b.iter(|| {
+            out.clear();
+            let mut pieces = Box::pin(read_stream(art, &source, &NoCache, file, 0..file.size));
+            futures_executor::block_on(async {
+                while let Some(piece) = pieces.next().await {
+                    out.extend_from_slice(&piece.expect("read"));
+                }
+            });
+            black_box(&out);
+        })
+    });
     g.finish();
 }
 

@@ -1,23 +1,25 @@
 //! Streaming a file out of an artifact with bounded read-ahead, on a bounded set of readers.
 //!
-//! The store's read pipeline runs in `spawn_blocking` and hands its pieces of opened chunks to
-//! a bounded channel of [`READ_AHEAD_BLOCKS`] frames of at most [`BLOCK_LEN`] bytes (slices of
-//! the chunks, not copies), so a slow client holds back the reader instead of filling memory.
-//! The HTTP body is the channel's receiving end. When the read fails part-way, the body ends
-//! with an error, and hyper aborts the connection: the client sees a truncated transfer (shorter
-//! than `Content-Length`), never a short body that looks complete.
+//! A streamed body is read by a task on the runtime that pulls the artifact's stream of verified
+//! pieces ([`OpenArtifact::stream`], the async read core) and hands them to a bounded channel of
+//! [`READ_AHEAD_BLOCKS`] frames of at most [`BLOCK_LEN`] bytes (slices of the chunks, not
+//! copies), so a slow client holds back the reader instead of filling memory: while the channel
+//! is full the task does not pull, and the read core fetches nothing more. The HTTP body is the
+//! channel's receiving end. When the read fails part-way, the body ends with an error, and hyper
+//! aborts the connection: the client sees a truncated transfer (shorter than `Content-Length`),
+//! never a short body that looks complete.
 //!
-//! A streaming reader holds a blocking thread (two for reads longer than a window: the store's
-//! fetcher runs beside it) and its read-ahead: the frames in the channel plus the chunks the
-//! pipeline has in flight, queued and being opened (about 24 chunks, some 25 MiB with 1 MiB
+//! No thread is held by a stream: network fetches are futures, and a chunk's rebuilding,
+//! decryption and hashing (and a local store's reads) run on the CPU pool. A stream holds its
+//! read-ahead: the frames in the channel plus the chunks the read core has in flight (at most
+//! [`READ_IN_FLIGHT`](cairn_artifact::READ_IN_FLIGHT) beyond the frames, some 10 MiB with 1 MiB
 //! chunks). So the number of streams is bounded ([`StreamLimits`]): at most `streams_max` in
 //! all and `streams_per_client_max` per client address; a request that finds none free within
 //! `stream_wait` gets `503`. A client that stops reading is cut off by the connection's write
 //! timeout (see `server`), which ends its stream. Bodies of at most [`SMALL_BODY_MAX`] bytes
 //! (configuration files, JSON, ranges of a few pages) are read before the answer and copied out
-//! of their chunks, so they take no stream and a stalled client keeps only those bytes.
-//! Authorization and manifest opening run in `spawn_blocking` too; the tokio pool (512 threads)
-//! always has room for them beside the bounded streams.
+//! of their chunks, so they take no stream and a stalled client keeps only those bytes; at most
+//! [`SMALL_READS_MAX`] of them are read at once.
 
 use std::collections::HashMap;
 use std::io;
@@ -31,6 +33,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_artifact::{ChunkCache, FileEntry};
+use futures_util::StreamExt;
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -179,18 +182,11 @@ type Item = Result<Bytes, io::Error>;
 /// The reader's end of the channel.
 struct Sender {
     tx: mpsc::Sender<Item>,
-    rt: tokio::runtime::Handle,
 }
 
 impl Sender {
-    fn send(&self, item: Item) -> io::Result<()> {
-        let tx = &self.tx;
-        // The timer is created inside `block_on`, which enters the runtime: this thread may be
-        // a rayon worker that has no runtime context of its own.
-        match self
-            .rt
-            .block_on(async { tokio::time::timeout(CLIENT_STALL_MAX, tx.send(item)).await })
-        {
+    async fn send(&self, item: Item) -> io::Result<()> {
+        match tokio::time::timeout(CLIENT_STALL_MAX, self.tx.send(item)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -205,10 +201,10 @@ impl Sender {
 
     /// Sends a piece of an opened chunk as frames of at most [`BLOCK_LEN`] bytes. The frames
     /// share the chunk's memory: nothing is copied.
-    fn send_piece(&self, mut piece: Bytes) -> io::Result<()> {
+    async fn send_piece(&self, mut piece: Bytes) -> io::Result<()> {
         while !piece.is_empty() {
             let frame = piece.split_to(piece.len().min(BLOCK_LEN));
-            self.send(Ok(frame))?;
+            self.send(Ok(frame)).await?;
         }
         Ok(())
     }
@@ -280,35 +276,10 @@ pub(crate) async fn read_small(
     if len == 0 {
         return Ok(Bytes::new());
     }
-    let permit = limits.small().await?;
-    let res = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut out = Vec::with_capacity(len as usize);
-        art.read(&file, range, &*cache, &mut |piece| {
-            if out.len() + piece.len() > len as usize {
-                return Err(io::Error::other(
-                    "the reader produced more bytes than the file range holds",
-                ));
-            }
-            out.extend_from_slice(&piece);
-            Ok(())
-        })?;
-        if out.len() as u64 != len {
-            return Err(Error::Io {
-                what: format!("reading {}", file.path),
-                source: io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file ended before its length",
-                ),
-            });
-        }
-        Ok(Bytes::from(out))
-    })
-    .await
-    .map_err(|e| Error::Io {
-        what: "reading a small body".into(),
-        source: io::Error::other(e.to_string()),
-    })?;
+    let _permit = limits.small().await?;
+    let res = read_exact(&*art, &file, range, &*cache)
+        .await
+        .map(Bytes::from);
     match &res {
         Ok(b) => metrics.bytes_sent.inc_by(b.len() as u64),
         Err(_) => metrics.read_errors.inc(),
@@ -316,7 +287,41 @@ pub(crate) async fn read_small(
     res
 }
 
-/// Starts reading `range` of `file` on a blocking thread and returns the body that streams it;
+/// Reads exactly `range` of `file` into memory of its own (the caller bounds its length): an
+/// error if the stream gives more or fewer bytes.
+pub(crate) async fn read_exact(
+    art: &dyn OpenArtifact,
+    file: &FileEntry,
+    range: Range<u64>,
+    cache: &dyn ChunkCache,
+) -> Result<Vec<u8>, Error> {
+    let len = (range.end - range.start) as usize;
+    let mut out = Vec::with_capacity(len);
+    let mut pieces = art.stream(file, range, cache);
+    let short = |why: &str, kind| Error::Io {
+        what: format!("reading {}", file.path),
+        source: io::Error::new(kind, why.to_string()),
+    };
+    while let Some(piece) = pieces.next().await {
+        let piece = piece?;
+        if out.len() + piece.len() > len {
+            return Err(short(
+                "the reader produced more bytes than the file range holds",
+                io::ErrorKind::Other,
+            ));
+        }
+        out.extend_from_slice(&piece);
+    }
+    if out.len() != len {
+        return Err(short(
+            "the file ended before its length",
+            io::ErrorKind::UnexpectedEof,
+        ));
+    }
+    Ok(out)
+}
+
+/// Starts reading `range` of `file` in a task and returns the body that streams it;
 /// `permit` is held until both the reader and the body are done.
 pub(crate) fn stream_file(
     art: Arc<dyn OpenArtifact>,
@@ -345,32 +350,26 @@ pub(crate) fn stream_parts(
     let (tx, rx) = mpsc::channel(READ_AHEAD_BLOCKS);
     let len = head.len() as u64 + ranges.iter().map(|r| r.end - r.start).sum::<u64>();
     if len > 0 {
-        let rt = tokio::runtime::Handle::current();
         let m = metrics.clone();
         let held = permit.clone();
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(async move {
             let _permit = held;
-            let sender = Sender { tx, rt };
-            let mut res = sender.send_piece(head);
-            for range in &ranges {
+            let sender = Sender { tx };
+            let mut res = sender.send_piece(head).await;
+            'ranges: for range in &ranges {
                 if res.is_err() {
                     break;
                 }
-                res = art
-                    .read(&file, range.clone(), &*cache, &mut |piece| {
-                        sender.send_piece(piece)
-                    })
-                    .map_err(|e| {
-                        // The client's going away surfaces as an I/O error of the output.
-                        match e {
-                            cairn_artifact::Error::Io { source, .. }
-                                if source.kind() == io::ErrorKind::BrokenPipe =>
-                            {
-                                source
-                            }
-                            other => io::Error::other(other.to_string()),
-                        }
-                    });
+                let mut pieces = art.stream(&file, range.clone(), &*cache);
+                while let Some(piece) = pieces.next().await {
+                    res = match piece {
+                        Ok(piece) => sender.send_piece(piece).await,
+                        Err(e) => Err(io::Error::other(e.to_string())),
+                    };
+                    if res.is_err() {
+                        break 'ranges;
+                    }
+                }
             }
             if let Err(e) = res {
                 if e.kind() != io::ErrorKind::BrokenPipe {
@@ -385,7 +384,7 @@ pub(crate) fn stream_parts(
                     );
                 }
                 // Tell the body why; if the client is gone this fails, which is fine.
-                let _ = sender.send(Err(e));
+                let _ = sender.send(Err(e)).await;
             }
         });
     }

@@ -18,14 +18,15 @@
 //! key; a request reaches the cache only after it was authorized for that artifact.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_artifact::{ChunkCache, Cid, Claim};
+use cairn_artifact::{BoxFuture, ChunkCache, Cid, Claim};
 use prometheus_client::metrics::counter::Counter;
 use quick_cache::sync::Cache;
 use quick_cache::{OptionsBuilder, Weighter};
+use tokio::sync::watch;
 
 /// Default size of the opened-chunk cache: room for the chunks of a few dozen concurrent
 /// ranged readers, while a gateway streaming a large file stays well under 150 MiB in all.
@@ -35,18 +36,23 @@ pub const FLIGHT_WAIT: Duration = Duration::from_secs(30);
 /// Most chunks being opened under a claim at once; past it readers fetch without claiming.
 const FLIGHTS_MAX: usize = 4096;
 
-/// A chunk being opened by one reader, waited for by others.
-#[derive(Default)]
+/// A chunk being opened by one reader, waited for by others: None while under way; then the
+/// chunk, or None if the claim was abandoned. Waiters hold a receiver, not a thread.
 struct Flight {
-    /// None while under way; then the chunk, or None if the claim was abandoned.
-    done: Mutex<Option<Option<Bytes>>>,
-    ready: Condvar,
+    done: watch::Sender<Option<Option<Bytes>>>,
+}
+
+impl Default for Flight {
+    fn default() -> Self {
+        Self {
+            done: watch::Sender::new(None),
+        }
+    }
 }
 
 impl Flight {
     fn settle(&self, plain: Option<Bytes>) {
-        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(plain);
-        self.ready.notify_all();
+        self.done.send_replace(Some(plain));
     }
 }
 
@@ -152,26 +158,29 @@ impl ChunkCache for ChunkLru {
         Claim::Mine
     }
 
-    fn wait(&self, artifact: &Cid, index: usize) -> Option<Bytes> {
+    fn wait(&self, artifact: &Cid, index: usize) -> BoxFuture<'static, Option<Bytes>> {
         let key = (*artifact, index);
-        let flight = self.flights().get(&key).cloned();
-        let got = match flight {
-            // Settled between the claim and now: the cache has it, or it was abandoned.
-            None => self.chunks.as_ref().and_then(|c| c.get(&key)),
-            Some(f) => {
-                let done = f.done.lock().unwrap_or_else(|p| p.into_inner());
-                let (done, _) = f
-                    .ready
-                    .wait_timeout_while(done, FLIGHT_WAIT, |d| d.is_none())
-                    .unwrap_or_else(|p| p.into_inner());
-                done.clone().flatten()
-            }
-        };
-        match got {
-            Some(_) => self.hits.inc(),
-            None => self.misses.inc(),
-        };
-        got
+        let flight = self.flights().get(&key).map(|f| f.done.subscribe());
+        // Settled between the claim and now: the cache has it, or it was abandoned.
+        let settled = self.chunks.as_ref().and_then(|c| c.get(&key));
+        let (hits, misses) = (self.hits.clone(), self.misses.clone());
+        Box::pin(async move {
+            let got = match flight {
+                None => settled,
+                Some(mut rx) => {
+                    match tokio::time::timeout(FLIGHT_WAIT, rx.wait_for(|d| d.is_some())).await {
+                        Ok(Ok(done)) => done.clone().flatten(),
+                        // Timed out, or the flight was dropped unsettled.
+                        _ => None,
+                    }
+                }
+            };
+            match got {
+                Some(_) => hits.inc(),
+                None => misses.inc(),
+            };
+            got
+        })
     }
 
     fn abandon(&self, artifact: &Cid, index: usize) {
@@ -233,35 +242,36 @@ mod tests {
         }
     }
 
-    #[test]
-    fn concurrent_readers_share_one_opening() {
+    #[tokio::test]
+    async fn concurrent_readers_share_one_opening() {
         let lru = Arc::new(ChunkLru::new(4 << 20));
         let chunk = Bytes::from(vec![9u8; 1000]);
         assert!(matches!(lru.claim(&cid(1), 0), Claim::Mine));
         assert!(matches!(lru.claim(&cid(1), 0), Claim::Theirs));
         // Waiters are released by the insert.
-        let waiters: Vec<_> = (0..4)
-            .map(|_| {
-                let lru = lru.clone();
-                std::thread::spawn(move || lru.wait(&cid(1), 0))
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(50));
+        let waiters: Vec<_> = (0..4).map(|_| tokio::spawn(lru.wait(&cid(1), 0))).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
         lru.insert(&cid(1), 0, chunk.clone());
         for w in waiters {
-            assert_eq!(w.join().unwrap().as_deref(), Some(&chunk[..]));
+            assert_eq!(w.await.unwrap().as_deref(), Some(&chunk[..]));
         }
         assert!(matches!(lru.claim(&cid(1), 0), Claim::Hit(_)));
         // An abandoned claim releases its waiters empty-handed, and the next reader claims it.
         assert!(matches!(lru.claim(&cid(2), 0), Claim::Mine));
-        let waiter = {
-            let lru = lru.clone();
-            std::thread::spawn(move || lru.wait(&cid(2), 0))
-        };
-        std::thread::sleep(Duration::from_millis(50));
+        let waiter = tokio::spawn(lru.wait(&cid(2), 0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
         lru.abandon(&cid(2), 0);
-        assert!(waiter.join().unwrap().is_none());
+        assert!(waiter.await.unwrap().is_none());
         assert!(matches!(lru.claim(&cid(2), 0), Claim::Mine));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_a_claim_never_settled_ends_at_the_flight_wait() {
+        let lru = Arc::new(ChunkLru::new(4 << 20));
+        assert!(matches!(lru.claim(&cid(1), 0), Claim::Mine));
+        let started = tokio::time::Instant::now();
+        assert!(lru.wait(&cid(1), 0).await.is_none());
+        assert!(started.elapsed() >= FLIGHT_WAIT);
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub use registry::{
     ArtifactEntry, CommitId, Lookup, REPO_PART_LEN_MAX, Registry, RepoId, RepoKind, Resolved,
 };
 pub use server::{Gateway, GatewayConfig};
-pub use source::{ArtifactSource, Emit, LocalSource, NetworkSource, OpenArtifact};
+pub use source::{ArtifactSource, LocalSource, NetworkSource, OpenArtifact, Pieces};
 pub use tensors::{TENSOR_HEADER_BYTES_MAX, TENSORS_QUERY_PARAM};
 pub use tls::{
     ALPN, CertSummary, PEM_CERTS_MAX, PEM_FILE_BYTES_MAX, PeerCertificate, RELOAD_POLL, TlsFiles,

@@ -1,17 +1,22 @@
 //! Where artifacts come from: the local store, or the network.
 //!
 //! [`ArtifactSource::open`] turns a read capability into an [`OpenArtifact`]: the manifest and
-//! its opened private part, plus whatever is needed to fetch shards. [`OpenArtifact::read`] is
-//! blocking (the store's read pipeline runs on threads); the gateway calls it from
-//! `spawn_blocking`, never from the runtime's worker threads.
+//! its opened private part, plus whatever is needed to fetch shards. [`OpenArtifact::stream`]
+//! reads through the async read core ([`read_stream`]): network fetches are futures on the
+//! gateway's runtime, a local store's reads and every chunk's rebuilding, decryption and hashing
+//! run on the CPU pool, and no thread blocks waiting for either.
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cairn_artifact::{Artifact, ChunkCache, FileEntry, OpenedArtifact, ReadCap, read_file_pieces};
-use cairn_node::{ClientStats, Network, RemoteArtifact};
+use cairn_artifact::{
+    Artifact, ChunkCache, FileEntry, OnCpuPool, OpenedArtifact, ReadCap, read_stream,
+};
+use cairn_node::{ClientStats, NetShards, Network};
 use cairn_store::Store;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 
 use crate::{BoxFuture, Error};
 
@@ -20,20 +25,20 @@ pub trait OpenArtifact: Send + Sync {
     /// The manifest and its private part.
     fn artifact(&self) -> Artifact<'_>;
 
-    /// Hands the verified bytes `range` of `file` to `emit`, in order, taking opened chunks from
-    /// `cache` where it holds them and offering it the others. Blocking. An error may come after
-    /// some bytes were emitted; the caller must then not present the output as complete.
-    fn read(
-        &self,
+    /// The verified bytes `range` of `file`, in order, as pieces sharing the opened chunks'
+    /// memory, taking opened chunks from `cache` where it holds them and offering it the others.
+    /// An error may come after some pieces; the caller must then not present the output as
+    /// complete.
+    fn stream<'a>(
+        &'a self,
         file: &FileEntry,
         range: Range<u64>,
-        cache: &dyn ChunkCache,
-        emit: &mut Emit<'_>,
-    ) -> Result<(), cairn_artifact::Error>;
+        cache: &'a dyn ChunkCache,
+    ) -> Pieces<'a>;
 }
 
-/// Where [`OpenArtifact::read`] puts the bytes it read: pieces sharing the opened chunks' memory.
-pub type Emit<'a> = dyn FnMut(Bytes) -> std::io::Result<()> + Send + 'a;
+/// What [`OpenArtifact::stream`] yields.
+pub type Pieces<'a> = BoxStream<'a, Result<Bytes, cairn_artifact::Error>>;
 
 /// Opens artifacts from read capabilities.
 pub trait ArtifactSource: Send + Sync + 'static {
@@ -61,7 +66,7 @@ impl LocalSource {
 }
 
 struct LocalArtifact {
-    store: Arc<Store>,
+    shards: OnCpuPool<Store>,
     opened: OpenedArtifact,
 }
 
@@ -70,14 +75,13 @@ impl OpenArtifact for LocalArtifact {
         self.opened.artifact()
     }
 
-    fn read(
-        &self,
+    fn stream<'a>(
+        &'a self,
         file: &FileEntry,
         range: Range<u64>,
-        cache: &dyn ChunkCache,
-        emit: &mut Emit<'_>,
-    ) -> Result<(), cairn_artifact::Error> {
-        read_file_pieces(&self.artifact(), &*self.store, cache, file, range, emit)
+        cache: &'a dyn ChunkCache,
+    ) -> Pieces<'a> {
+        read_stream(self.artifact(), &self.shards, cache, file, range).boxed()
     }
 }
 
@@ -89,7 +93,10 @@ impl ArtifactSource for LocalSource {
             // Reading and decrypting a manifest touches the disk: keep it off the workers.
             tokio::task::spawn_blocking(move || -> Result<Arc<dyn OpenArtifact>, Error> {
                 let opened = store.open_artifact(&cap)?;
-                Ok(Arc::new(LocalArtifact { store, opened }))
+                Ok(Arc::new(LocalArtifact {
+                    shards: OnCpuPool(store),
+                    opened,
+                }))
             })
             .await
             .map_err(|e| Error::Io {
@@ -114,24 +121,21 @@ impl NetworkSource {
 }
 
 struct NetArtifact {
-    net: Arc<Network>,
-    remote: RemoteArtifact,
+    shards: NetShards,
 }
 
 impl OpenArtifact for NetArtifact {
     fn artifact(&self) -> Artifact<'_> {
-        self.remote.artifact()
+        self.shards.remote().artifact()
     }
 
-    fn read(
-        &self,
+    fn stream<'a>(
+        &'a self,
         file: &FileEntry,
         range: Range<u64>,
-        cache: &dyn ChunkCache,
-        emit: &mut Emit<'_>,
-    ) -> Result<(), cairn_artifact::Error> {
-        let source = self.net.source(&self.remote);
-        read_file_pieces(&self.artifact(), &source, cache, file, range, emit)
+        cache: &'a dyn ChunkCache,
+    ) -> Pieces<'a> {
+        read_stream(self.artifact(), &self.shards, cache, file, range).boxed()
     }
 }
 
@@ -140,8 +144,7 @@ impl ArtifactSource for NetworkSource {
         Box::pin(async move {
             let remote = self.net.open(cap).await?;
             Ok(Arc::new(NetArtifact {
-                net: self.net.clone(),
-                remote,
+                shards: NetShards::new(self.net.clone(), Arc::new(remote)),
             }) as Arc<dyn OpenArtifact>)
         })
     }

@@ -21,9 +21,8 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use cairn_artifact::{
-    ChunkCache, FileEntry, RecentChunks, SAFETENSORS_HEADER_PROBE, SAFETENSORS_LEN_PREFIX,
-    SafetensorsHeader, TENSOR_PATTERNS_MAX, TensorError, check_tensor_patterns,
-    safetensors_header_len,
+    FileEntry, RecentChunks, SAFETENSORS_HEADER_PROBE, SAFETENSORS_LEN_PREFIX, SafetensorsHeader,
+    TENSOR_PATTERNS_MAX, TensorError, check_tensor_patterns, safetensors_header_len,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -69,8 +68,7 @@ fn bad(path: &str, e: TensorError) -> Error {
     Error::BadRequest(format!("{path}: {e}"))
 }
 
-/// Reads exactly `range` of `file` into memory on a blocking thread (a header: bounded by the
-/// caller).
+/// Reads exactly `range` of `file` into memory (a header: bounded by the caller).
 async fn read_exact(
     st: &AppState,
     art: Arc<dyn OpenArtifact>,
@@ -78,35 +76,7 @@ async fn read_exact(
     range: Range<u64>,
 ) -> Result<Vec<u8>, Error> {
     // The header's chunk is what every tensor read of this file needs first: worth sharing.
-    let cache: Arc<dyn ChunkCache + Send> = st.chunks.clone();
-    let len = (range.end - range.start) as usize;
-    let res = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::with_capacity(len);
-        art.read(&file, range, &*cache, &mut |piece| {
-            if out.len() + piece.len() > len {
-                return Err(std::io::Error::other(
-                    "the reader produced more bytes than the header holds",
-                ));
-            }
-            out.extend_from_slice(&piece);
-            Ok(())
-        })?;
-        if out.len() != len {
-            return Err(Error::Io {
-                what: format!("reading the header of {}", file.path),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the file ended before its header",
-                ),
-            });
-        }
-        Ok(out)
-    })
-    .await
-    .map_err(|e| Error::Io {
-        what: "reading a safetensors header".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let res = crate::body::read_exact(&*art, &file, range, &*st.chunks).await;
     if res.is_err() {
         st.metrics.read_errors.inc();
     }

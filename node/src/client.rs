@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_artifact::{
-    AddOptions, ChunkEntry, Cid, EncodedChunk, Error as StoreError, Manifest, OpenedArtifact,
-    ReadCap, ShardSink, ShardSlots, ShardSource, encode_artifact,
+    AddOptions, AsyncShardSource, ChunkEntry, Cid, EncodedChunk, Error as StoreError, Manifest,
+    OpenedArtifact, ReadCap, ShardSink, ShardSlots, ShardSource, encode_artifact,
 };
 use cairn_erasure::Params;
 use cairn_swarm::{
@@ -1099,79 +1099,143 @@ impl NetSource<'_> {
         chunk: &ChunkEntry,
         params: Params,
     ) -> Result<ShardSlots, StoreError> {
-        let holders = &self.art.record.holders[index];
-        let mut locations: Vec<ShardLocation> = chunk
-            .shards
+        fetch_chunk(
+            self.net,
+            self.art,
+            &self.addrs,
+            artifact,
+            index,
+            chunk,
+            params,
+        )
+        .await
+    }
+}
+
+/// An owned reader of one artifact's shards from their holders, for the async read core
+/// ([`cairn_artifact::read_stream`]): each fetch is a future on the caller's runtime, with the
+/// client's timeouts and hedging; nothing blocks a thread.
+pub struct NetShards {
+    net: Arc<Network>,
+    art: Arc<RemoteArtifact>,
+    addrs: Vec<EndpointAddr>,
+}
+
+impl NetShards {
+    /// Reads `art`'s shards through `net`.
+    pub fn new(net: Arc<Network>, art: Arc<RemoteArtifact>) -> Self {
+        let addrs = net.holder_addrs(&art.record);
+        Self { net, art, addrs }
+    }
+
+    /// The artifact read.
+    pub fn remote(&self) -> &RemoteArtifact {
+        &self.art
+    }
+}
+
+impl AsyncShardSource for NetShards {
+    fn fetch<'a>(
+        &'a self,
+        artifact: &'a Cid,
+        index: usize,
+        chunk: &'a ChunkEntry,
+        params: Params,
+    ) -> BoxFuture<'a, Result<ShardSlots, StoreError>> {
+        Box::pin(fetch_chunk(
+            &self.net,
+            &self.art,
+            &self.addrs,
+            artifact,
+            index,
+            chunk,
+            params,
+        ))
+    }
+}
+
+/// Fetches any `k` verified shards of chunk `index` from their holders (see [`fetch_any_k`]),
+/// skipping holders known to be down while the rest can make `k`.
+async fn fetch_chunk(
+    net: &Network,
+    art: &RemoteArtifact,
+    addrs: &[EndpointAddr],
+    artifact: &Cid,
+    index: usize,
+    chunk: &ChunkEntry,
+    params: Params,
+) -> Result<ShardSlots, StoreError> {
+    let holders = &art.record.holders[index];
+    let mut locations: Vec<ShardLocation> = chunk
+        .shards
+        .iter()
+        .zip(holders)
+        .enumerate()
+        .map(|(j, (cid, h))| ShardLocation {
+            index: j,
+            cid: *cid,
+            holder: addrs[*h as usize].clone(),
+        })
+        .collect();
+    // Holders that did not answer the record request go only if the rest cannot make k,
+    // and not even then while they count as down (they were waited for in `open`): the
+    // chunk fails at once, naming them, instead of after a connect timeout.
+    let reachable = locations
+        .iter()
+        .filter(|l| !art.unreachable.contains_key(&l.holder.id))
+        .count();
+    if reachable >= params.k() {
+        locations.retain(|l| !art.unreachable.contains_key(&l.holder.id));
+    } else if art
+        .down_until
+        .is_some_and(|until| tokio::time::Instant::now() < until)
+    {
+        let missing = locations
             .iter()
-            .zip(holders)
-            .enumerate()
-            .map(|(j, (cid, h))| ShardLocation {
-                index: j,
-                cid: *cid,
-                holder: self.addrs[*h as usize].clone(),
+            .filter_map(|l| {
+                let why = art.unreachable.get(&l.holder.id)?;
+                Some((l.cid, why.clone()))
             })
             .collect();
-        // Holders that did not answer the record request go only if the rest cannot make k,
-        // and not even then while they count as down (they were waited for in `open`): the
-        // chunk fails at once, naming them, instead of after a connect timeout.
-        let reachable = locations
-            .iter()
-            .filter(|l| !self.art.unreachable.contains_key(&l.holder.id))
-            .count();
-        if reachable >= params.k() {
-            locations.retain(|l| !self.art.unreachable.contains_key(&l.holder.id));
-        } else if self
-            .art
-            .down_until
-            .is_some_and(|until| tokio::time::Instant::now() < until)
-        {
-            let missing = locations
-                .iter()
-                .filter_map(|l| {
-                    let why = self.art.unreachable.get(&l.holder.id)?;
-                    Some((l.cid, why.clone()))
-                })
-                .collect();
-            return Err(StoreError::ShardsUnavailable {
+        return Err(StoreError::ShardsUnavailable {
+            artifact: *artifact,
+            chunk: index,
+            present: reachable,
+            k: params.k(),
+            missing,
+        });
+    }
+    match fetch_any_k(&net.client, locations, params.k(), HEDGE_AFTER).await {
+        Ok(shards) => {
+            let mut slots = vec![None; params.n()];
+            for (j, b) in shards {
+                slots[j] = Some(b);
+            }
+            Ok(slots)
+        }
+        Err(e) => {
+            let mut missing: Vec<(Cid, String)> = Vec::new();
+            for (j, cid) in chunk.shards.iter().enumerate() {
+                let holder = addrs[holders[j] as usize].id;
+                let why: Vec<String> = e
+                    .missing
+                    .iter()
+                    .filter(|f| f.index == j)
+                    .map(|f| format!("{}: {}", f.peer, f.reason))
+                    .collect();
+                if !why.is_empty() {
+                    missing.push((*cid, why.join("; ")));
+                } else if let Some(why) = art.unreachable.get(&holder) {
+                    missing.push((*cid, why.clone()));
+                }
+            }
+            Err(StoreError::ShardsUnavailable {
                 artifact: *artifact,
                 chunk: index,
-                present: reachable,
+                present: e.got,
                 k: params.k(),
                 missing,
-            });
-        }
-        match fetch_any_k(&self.net.client, locations, params.k(), HEDGE_AFTER).await {
-            Ok(shards) => {
-                let mut slots = vec![None; params.n()];
-                for (j, b) in shards {
-                    slots[j] = Some(b);
-                }
-                Ok(slots)
-            }
-            Err(e) => {
-                let mut missing: Vec<(Cid, String)> = Vec::new();
-                for (j, cid) in chunk.shards.iter().enumerate() {
-                    let holder = self.addrs[holders[j] as usize].id;
-                    let why: Vec<String> = e
-                        .missing
-                        .iter()
-                        .filter(|f| f.index == j)
-                        .map(|f| format!("{}: {}", f.peer, f.reason))
-                        .collect();
-                    if !why.is_empty() {
-                        missing.push((*cid, why.join("; ")));
-                    } else if let Some(why) = self.art.unreachable.get(&holder) {
-                        missing.push((*cid, why.clone()));
-                    }
-                }
-                Err(StoreError::ShardsUnavailable {
-                    artifact: *artifact,
-                    chunk: index,
-                    present: e.got,
-                    k: params.k(),
-                    missing,
-                })
-            }
+            })
         }
     }
 }

@@ -17,6 +17,8 @@ mod error;
 
 pub use backend::StoreBackend;
 pub use cairn_swarm::ClientStats;
-pub use client::{Network, NetworkConfig, PeerAddr, PublishOptions, PublishReport, RemoteArtifact};
+pub use client::{
+    NetShards, Network, NetworkConfig, PeerAddr, PublishOptions, PublishReport, RemoteArtifact,
+};
 pub use daemon::{NodeConfig, NodeHandle, run_node, run_node_with_housekeeping};
 pub use error::Error;
