@@ -2,19 +2,23 @@
 # Benchmark of the HTTP gateway over a 5-node devnet (3-of-5), beside a baseline from the same
 # run: nginx serving the same file from local disk.
 #
-#   scripts/bench-gateway.sh [--mib N] [--rss-gib G]
+#   scripts/bench-gateway.sh [--mib N] [--rss-gib G] [--profile]
 #
 # Prints: full GET MB/s (gateway vs nginx), median and p90 latency of a 1 MiB range in the middle
 # of the file (100 requests each), and the gateway's peak RSS while streaming G GiB (default 0 =
-# skip; 4 is the figure).
+# skip; 4 is the figure). With --profile, also where the gateway's CPU time goes during 5
+# full GETs: CPU-seconds per thread kind (tokio workers, blocking-pool threads, rayon, the
+# read pipeline's fetcher) and, when `perf` is installed, the top symbols.
 set -euo pipefail
 mib=256
 rss_gib=0
+profile=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --mib) mib="$2"; shift 2 ;;
     --rss-gib) rss_gib="$2"; shift 2 ;;
-    *) echo "usage: $0 [--mib N] [--rss-gib G]" >&2; exit 2 ;;
+    --profile) profile=1; shift ;;
+    *) echo "usage: $0 [--mib N] [--rss-gib G] [--profile]" >&2; exit 2 ;;
   esac
 done
 command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
@@ -108,4 +112,38 @@ if [ "$rss_gib" -gt 0 ]; then
     r=$(ps -o rss= -p "$gw_pid" | tr -d ' '); [ "${r:-0}" -gt "$peak" ] && peak=$r; sleep 0.2
   done
   echo "gateway peak RSS while streaming $rss_gib GiB: $((peak / 1024)) MiB"
+fi
+
+if [ "$profile" = 1 ]; then
+  gw_pid=$(pgrep -f -- "--data-dir $work/net/gateway-node" | head -1)
+  # CPU clock ticks per thread, summed by thread name with trailing digits and dashes removed.
+  ticks() {
+    for t in /proc/"$gw_pid"/task/*; do
+      name=$(tr -d '\n' < "$t/comm" | sed 's/[-0-9]*$//')
+      # utime and stime are fields 14 and 15 of stat; the name (field 2) may hold spaces.
+      set -- $(sed 's/^.*) //' "$t/stat")
+      echo "$name ${12} ${13}"
+    done | awk '{u[$1]+=$2; s[$1]+=$3} END {for (k in u) print k, u[k], s[k]}' | sort
+  }
+  hz=$(getconf CLK_TCK)
+  ticks > "$work/ticks.before"
+  perf_pid=""
+  if command -v perf >/dev/null; then
+    perf record -q -F 499 -g -p "$gw_pid" -o "$work/perf.data" >/dev/null 2>&1 &
+    perf_pid=$!
+    sleep 0.5
+  fi
+  start=$(date +%s.%N)
+  for _ in 1 2 3 4 5; do curl -sf -o /dev/null "$gw/bench/model/resolve/main/weights.bin"; done
+  wall=$(python3 -c "import time; print(f'{time.time() - $start:.2f}')")
+  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; fi
+  ticks > "$work/ticks.after"
+  echo "gateway CPU while serving 5 full GETs ($((5 * mib)) MiB in ${wall} s wall), per thread kind (user+system s):"
+  join -a 2 -e 0 -o 0,1.2,1.3,2.2,2.3 "$work/ticks.before" "$work/ticks.after" |
+    awk -v hz="$hz" '{u=($4-$2)/hz; s=($5-$3)/hz; if (u+s > 0) printf "  %-22s %6.2f user %6.2f system\n", $1, u, s}'
+  if [ -n "$perf_pid" ] && [ -s "$work/perf.data" ]; then
+    echo "top symbols (self time, perf):"
+    perf report -i "$work/perf.data" --no-children --sort sym --stdio 2>/dev/null |
+      grep -E '^ +[0-9]' | head -15
+  fi
 fi

@@ -5,9 +5,8 @@ use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use cairn_artifact::{AddOptions, Cid, KeyMode, ReadCap, encode_artifact, read_artifact};
+use cairn_artifact::{AddOptions, Cid, KeyMode, ReadCap, read_artifact};
 use cairn_erasure::Params;
-use cairn_store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{self, DataDir};
@@ -107,13 +106,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 KeyMode::Convergent(dd.convergence_secret()?)
             };
+            let opts = AddOptions {
+                params,
+                key_mode,
+                name,
+                record_signers: Vec::new(),
+            };
             if !cli.peers.is_empty() {
-                let opts = AddOptions {
-                    params,
-                    key_mode,
-                    name: name.clone(),
-                    record_signers: Vec::new(),
-                };
                 return crate::netcmd::add(
                     &cli.peers,
                     &cli.network,
@@ -124,28 +123,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let store = dd.open_store()?;
-            let (cap, bytes, secs) = add(
-                &store,
-                &path,
-                AddOptions {
-                    params,
-                    key_mode,
-                    name: name.clone(),
-                    record_signers: Vec::new(),
+            crate::getls::add(
+                crate::getls::AddTarget::Local {
+                    store: &store,
+                    expires,
                 },
-                expires,
+                &path,
+                opts,
             )?;
-            eprintln!(
-                "added {} in {:.2} s ({}/s)",
-                human(bytes),
-                secs,
-                human((bytes as f64 / secs.max(1e-9)) as u64)
-            );
-            println!("artifact: {}", cap.cid);
-            if let Some(n) = name {
-                println!("name: {n}");
-            }
-            println!("read capability: {cap}");
             Ok(())
         }
         Command::Get {
@@ -442,50 +427,6 @@ pub fn bar(len: u64) -> ProgressBar {
     bar
 }
 
-/// Adds `path` to `store` and makes it visible. On failure, runs gc so nothing half-added stays.
-pub fn add(
-    store: &Store,
-    path: &Path,
-    opts: AddOptions,
-    expires: Option<u64>,
-) -> anyhow::Result<(ReadCap, u64, f64)> {
-    let start = Instant::now();
-    let total = input_size(path);
-    let bar = bar(total);
-    let res = encode_artifact(path, &opts, store, &|done| bar.set_position(done)).and_then(
-        |(manifest, cap)| {
-            let (cid, bytes) = manifest.encode();
-            store.commit_artifact(&cid, &bytes, opts.name.as_deref(), expires)?;
-            Ok(cap)
-        },
-    );
-    bar.finish_and_clear();
-    match res {
-        Ok(cap) => Ok((cap, total, start.elapsed().as_secs_f64())),
-        Err(e) => {
-            // Shards of a failed add are unpinned; reclaim them now rather than at the next gc.
-            if let Err(gc) = store.gc() {
-                tracing::warn!("cleanup after the failed add did not finish: {gc}");
-            }
-            Err(e)
-                .with_context(|| format!("adding {} failed; nothing was published", path.display()))
-        }
-    }
-}
-
-fn input_size(path: &Path) -> u64 {
-    fn walk(p: &Path) -> u64 {
-        match std::fs::symlink_metadata(p) {
-            Ok(m) if m.is_file() => m.len(),
-            Ok(m) if m.is_dir() => std::fs::read_dir(p)
-                .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum())
-                .unwrap_or(0),
-            _ => 0,
-        }
-    }
-    walk(path)
-}
-
 /// The README's first command at this stage: a temporary store, a sample model folder added and
 /// fetched back, every byte compared.
 fn demo(size_mib: u64) -> anyhow::Result<()> {
@@ -549,15 +490,15 @@ fn demo_in(tmp: &Path, size_mib: u64) -> anyhow::Result<()> {
         name: Some("demo/sample-model".into()),
         record_signers: Vec::new(),
     };
-    let (cap, bytes, secs) = add(&store, &model, opts, None)?;
-    println!(
-        "added sample-model ({}) in {:.2} s: {}/s",
-        human(bytes),
-        secs,
-        human((bytes as f64 / secs) as u64)
-    );
-    println!("  artifact CID:    {}", cap.cid);
-    println!("  read capability: {cap}");
+    let added = crate::getls::add(
+        crate::getls::AddTarget::Local {
+            store: &store,
+            expires: None,
+        },
+        &model,
+        opts,
+    )?;
+    let cap = added.cap;
     let s = store.stat()?;
     println!(
         "  store: {} shards, {} on disk ({}-of-{} erasure coding)",
@@ -574,7 +515,7 @@ fn demo_in(tmp: &Path, size_mib: u64) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     println!(
         "fetched it back in {secs:.2} s: {}/s",
-        human((bytes as f64 / secs) as u64)
+        human((added.bytes as f64 / secs) as u64)
     );
     for f in &art.private.files {
         let a = std::fs::read(model.join(&f.path))?;

@@ -1,6 +1,8 @@
-//! `get` and `ls`, written once for every target: the local store and the network each open the
-//! capability their own way (a manifest from the store; records, then a manifest, from peers)
-//! and hand over an [`Opened`] artifact with a [`ShardSource`]; everything after that is here.
+//! `get`, `ls` and `add`, written once for every target. For `get` and `ls` the local store and
+//! the network each open the capability their own way (a manifest from the store; records, then
+//! a manifest, from peers) and hand over an [`Opened`] artifact with a [`ShardSource`];
+//! everything after that is here. `add` runs the publish pipeline into an [`AddTarget`] and
+//! reports it the same way for both.
 //!
 //! Resuming is not done here but in the read pipeline (`read_file_resume`), which every
 //! `ShardSource` shares; this module only reports it.
@@ -9,7 +11,10 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use cairn_artifact::{OpenedArtifact, Resumed, ShardSource, read_file};
+use anyhow::Context;
+use cairn_artifact::{AddOptions, OpenedArtifact, ReadCap, Resumed, ShardSource, read_file};
+use cairn_node::{Network, PublishOptions};
+use cairn_store::Store;
 
 use crate::commands::bar;
 use crate::units::human;
@@ -101,5 +106,114 @@ pub fn ls(opened: &Opened<'_>) {
     );
     for f in &opened.private.files {
         println!("{:>14} {}", f.size, f.path);
+    }
+}
+
+/// Where `cairn add` puts an artifact.
+pub enum AddTarget<'a> {
+    /// The local store; pinned until `expires` (unix seconds), or for good.
+    Local {
+        store: &'a Store,
+        expires: Option<u64>,
+    },
+    /// Distinct nodes of the network, with a holder record on each.
+    Network {
+        net: &'a Network,
+        allow_reduced_durability: bool,
+    },
+}
+
+/// What `cairn add` made.
+pub struct Added {
+    /// The read capability.
+    pub cap: ReadCap,
+    /// Bytes of input.
+    pub bytes: u64,
+}
+
+/// `cairn add`: publishes `path` into `target` with a progress bar, then prints what was made (the
+/// rate on stderr; the artifact, name and read capability on stdout, for scripts). A failed add
+/// leaves nothing published: the local store collects the shards it wrote, the network's
+/// holders collect theirs unpinned (and a re-run resumes, skipping shards already placed).
+pub fn add(target: AddTarget<'_>, path: &Path, opts: AddOptions) -> anyhow::Result<Added> {
+    let start = Instant::now();
+    let bytes = input_size(path);
+    let bar = bar(bytes);
+    let progress = |done: u64| bar.set_position(done);
+    let name = opts.name.clone();
+    let res = match target {
+        AddTarget::Local { store, expires } => {
+            let res = cairn_artifact::encode_artifact(path, &opts, store, &progress).and_then(
+                |(manifest, cap)| {
+                    let (cid, manifest) = manifest.encode();
+                    store.commit_artifact(&cid, &manifest, opts.name.as_deref(), expires)?;
+                    Ok(cap)
+                },
+            );
+            if res.is_err() {
+                // Shards of a failed add are unpinned; reclaim them now, not at the next gc.
+                if let Err(gc) = store.gc() {
+                    tracing::warn!("cleanup after the failed add did not finish: {gc}");
+                }
+            }
+            res.map(|cap| (cap, String::new()))
+                .with_context(|| format!("adding {} failed; nothing was published", path.display()))
+        }
+        AddTarget::Network {
+            net,
+            allow_reduced_durability,
+        } => net
+            .publish(
+                path,
+                &PublishOptions {
+                    add: opts,
+                    allow_reduced_durability,
+                },
+                &progress,
+            )
+            .map(|report| {
+                if report.reduced_durability {
+                    eprintln!(
+                        "warning: reduced durability: fewer nodes than shards per chunk; losing one node may lose more than one shard of a chunk"
+                    );
+                }
+                let placed = format!(
+                    " to {} nodes: {} shards sent, {} already there",
+                    report.nodes, report.sent, report.skipped
+                );
+                (report.cap, placed)
+            })
+            .with_context(|| {
+                format!(
+                    "publishing {} failed; nothing was published (run the same add again to resume)",
+                    path.display()
+                )
+            }),
+    };
+    bar.finish_and_clear();
+    let (cap, placed) = res?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "added {} in {:.2} s ({}/s){placed}",
+        human(bytes),
+        secs,
+        human((bytes as f64 / secs.max(1e-9)) as u64)
+    );
+    println!("artifact: {}", cap.cid);
+    if let Some(n) = name {
+        println!("name: {n}");
+    }
+    println!("read capability: {cap}");
+    Ok(Added { cap, bytes })
+}
+
+/// Bytes in the regular files under `path` (for the progress bar; the pipeline checks sizes).
+fn input_size(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|rd| rd.flatten().map(|e| input_size(&e.path())).sum())
+            .unwrap_or(0),
+        _ => 0,
     }
 }

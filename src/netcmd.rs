@@ -3,18 +3,13 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 use cairn_artifact::{AddOptions, ReadCap};
-use cairn_node::{
-    Network, NetworkConfig, NodeConfig, PeerAddr, PublishOptions, RemoteArtifact, run_node,
-};
+use cairn_node::{Network, NetworkConfig, NodeConfig, PeerAddr, RemoteArtifact, run_node};
 
-use crate::commands::bar;
 use crate::config::DataDir;
 use crate::getls::Opened;
-use crate::units::human;
 
 /// A runtime for the network: two workers, matching the machine this runs on by default.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -108,57 +103,16 @@ pub fn add(
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
     let net = rt.block_on(connect(peers, network, Some(dd.publisher_key()?)))?;
-    let total = dir_size(path);
-    let bar = bar(total);
-    let start = Instant::now();
-    let name = add.name.clone();
-    let res = net.publish(
-        path,
-        &PublishOptions {
-            add,
+    let res = crate::getls::add(
+        crate::getls::AddTarget::Network {
+            net: &net,
             allow_reduced_durability,
         },
-        &|done| bar.set_position(done),
+        path,
+        add,
     );
-    bar.finish_and_clear();
     rt.block_on(net.close());
-    let report = res.with_context(|| {
-        format!(
-            "publishing {} failed; nothing was published (run the same add again to resume)",
-            path.display()
-        )
-    })?;
-    let secs = start.elapsed().as_secs_f64();
-    eprintln!(
-        "published {} in {:.2} s ({}/s) to {} nodes: {} shards sent, {} already there",
-        human(total),
-        secs,
-        human((total as f64 / secs.max(1e-9)) as u64),
-        report.nodes,
-        report.sent,
-        report.skipped
-    );
-    if report.reduced_durability {
-        eprintln!(
-            "warning: reduced durability: fewer nodes than shards per chunk; losing one node may lose more than one shard of a chunk"
-        );
-    }
-    println!("artifact: {}", report.cap.cid);
-    if let Some(n) = name {
-        println!("name: {n}");
-    }
-    println!("read capability: {}", report.cap);
-    Ok(())
-}
-
-fn dir_size(p: &Path) -> u64 {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_file() => m.len(),
-        Ok(m) if m.is_dir() => std::fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
-            .unwrap_or(0),
-        _ => 0,
-    }
+    res.map(|_| ())
 }
 
 pub fn get(
