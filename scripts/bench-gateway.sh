@@ -126,6 +126,13 @@ if [ "$profile" = 1 ]; then
     done | awk '{u[$1]+=$2; s[$1]+=$3} END {for (k in u) print k, u[k], s[k]}' | sort
   }
   hz=$(getconf CLK_TCK)
+  # CPU ticks (user+system) of the five node processes together, which serve the shards.
+  node_ticks() {
+    for p in $(pgrep -f -- "--data-dir $work/net/node-"); do
+      sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}'
+    done | awk '{t += $1} END {print t + 0}'
+  }
+  n0=$(node_ticks)
   ticks > "$work/ticks.before"
   perf_pid=""
   if command -v perf >/dev/null; then
@@ -138,6 +145,8 @@ if [ "$profile" = 1 ]; then
   wall=$(python3 -c "import time; print(f'{time.time() - $start:.2f}')")
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; fi
   ticks > "$work/ticks.after"
+  n1=$(node_ticks)
+  echo "node processes (5) CPU while serving them: $(python3 -c "print(f'{($n1 - $n0) / $hz:.2f}')") s"
   echo "gateway CPU while serving 5 full GETs ($((5 * mib)) MiB in ${wall} s wall), per thread kind (user+system s):"
   join -a 2 -e 0 -o 0,1.2,1.3,2.2,2.3 "$work/ticks.before" "$work/ticks.after" |
     awk -v hz="$hz" '{u=($4-$2)/hz; s=($5-$3)/hz; if (u+s > 0) printf "  %-22s %6.2f user %6.2f system\n", $1, u, s}'

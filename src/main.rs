@@ -314,6 +314,14 @@ fn main() -> ExitCode {
         // plain text that grep and editors read.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // The CPU pool (chunking, sealing, coding, hashing) gets a name of its own, so a profile or
+    // `top -H` tells it from the async runtime's threads.
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("cairn-cpu-{i}"))
+        .build_global()
+    {
+        tracing::debug!("the CPU pool was set up already: {e}");
+    }
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
