@@ -689,7 +689,7 @@ struct OpenAnon {
 
 /// How anonymous denials are grouped: the IPv4 address, or the /64 of an IPv6 address (one
 /// host usually holds a whole /64, and could otherwise make a new entry per request).
-fn client_key(ip: Option<IpAddr>) -> String {
+pub(crate) fn client_key(ip: Option<IpAddr>) -> String {
     match ip.map(|i| i.to_canonical()) {
         None => "unknown".into(),
         Some(IpAddr::V4(a)) => a.to_string(),
@@ -989,7 +989,7 @@ impl ApiKeyStore {
         Ok(out)
     }
 
-    fn append_audit(&self, mut entry: AuditEntry) -> Result<(), Error> {
+    pub(crate) fn append_audit(&self, mut entry: AuditEntry) -> Result<(), Error> {
         let mut next = self.audit_next.lock().unwrap_or_else(|p| p.into_inner());
         entry.seq = *next;
         let bytes = serde_json::to_vec(&entry).map_err(|e| self.err(e))?;
@@ -1063,7 +1063,7 @@ impl ApiKeyStore {
 
     /// Counts an anonymous denial into its client address's open entry, or opens one (see the
     /// module docs).
-    fn append_anonymous(&self, mut entry: AuditEntry) -> Result<(), Error> {
+    pub(crate) fn append_anonymous(&self, mut entry: AuditEntry) -> Result<(), Error> {
         let mut log = self.anon.lock().unwrap_or_else(|p| p.into_inner());
         let log = &mut *log;
         let key = entry.client_ip.clone().unwrap_or_else(|| "unknown".into());
@@ -1471,7 +1471,7 @@ impl Authorizer for ApiKeyAuthorizer {
                     return (Decision::Allow, Principal::Anonymous);
                 }
                 AccessPolicy::Public => false,
-                AccessPolicy::ApiKeyScopes(_) => true,
+                AccessPolicy::ApiKeyScopes(_) | AccessPolicy::Gated(_) => true,
             };
             let q = Query {
                 restricted,

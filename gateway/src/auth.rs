@@ -40,12 +40,36 @@ pub enum AccessPolicy {
     /// policy (e.g. a team name) for a later grouping feature; [`crate::ApiKeyAuthorizer`] does
     /// not consult them today, it checks the key's own scopes.
     ApiKeyScopes(Vec<String>),
+    /// Anyone may see the repository and list its files; its bytes go to callers whose wallet
+    /// session's address passes the on-chain gate, or whose API key has a scope covering it
+    /// (marketplace backends). See the `access` module.
+    Gated(crate::access::policy::Gate),
 }
 
 impl AccessPolicy {
-    /// Whether the artifact is shown as `private` in Hugging Face repository info.
+    /// Whether the artifact is shown as `private` in Hugging Face repository info (and hidden
+    /// from callers without a covering key). A gated repository is not private: it is shown,
+    /// with `gated`, so that clients know to sign in.
     pub fn is_restricted(&self) -> bool {
-        !matches!(self, AccessPolicy::Public)
+        matches!(self, AccessPolicy::ApiKeyScopes(_))
+    }
+
+    /// The gate, for a gated repository.
+    pub fn gate(&self) -> Option<&crate::access::policy::Gate> {
+        match self {
+            AccessPolicy::Gated(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// How much the policy keeps out: public 0, gated 1, API keys only 2. An artifact asked by
+    /// CID gets the strictest policy of the revisions that name it.
+    pub fn strictness(&self) -> u8 {
+        match self {
+            AccessPolicy::Public => 0,
+            AccessPolicy::Gated(_) => 1,
+            AccessPolicy::ApiKeyScopes(_) => 2,
+        }
     }
 }
 
@@ -123,6 +147,10 @@ pub enum DenialKind {
     Forbidden,
     /// Valid credentials used too often: 429.
     RateLimited,
+    /// A gated repository's bytes asked by a caller who does not pass its gate (or has no
+    /// credential): 403 with `X-Error-Code: GatedRepo`, which Hugging Face clients raise as
+    /// `GatedRepoError`.
+    Gated,
     /// No credential, or none that covers what was asked: answered exactly as if it did not
     /// exist (404), see the module docs.
     Hidden,
@@ -135,6 +163,7 @@ impl DenialKind {
             DenialKind::Unauthenticated => 401,
             DenialKind::Forbidden => 403,
             DenialKind::RateLimited => 429,
+            DenialKind::Gated => 403,
             DenialKind::Hidden => 404,
         }
     }
@@ -194,6 +223,11 @@ impl Authorizer for PublicOnly {
             AccessPolicy::ApiKeyScopes(_) => Decision::Deny {
                 kind: DenialKind::Hidden,
                 reason: "this gateway serves no restricted repository".into(),
+            },
+            AccessPolicy::Gated(_) if _request.operation == Operation::List => Decision::Allow,
+            AccessPolicy::Gated(_) => Decision::Deny {
+                kind: DenialKind::Gated,
+                reason: "this gateway checks no chain: a gated repository stays closed".into(),
             },
         };
         Box::pin(std::future::ready(d))

@@ -55,6 +55,11 @@ pub(crate) struct AppState {
     pub usage: Arc<Usage>,
     /// Bytes of safetensors headers held at once by tensor reads (see `tensors`).
     pub tensor_headers: Arc<tokio::sync::Semaphore>,
+    /// Wallet sign-in and the chains gates are checked on; `None`: no `/auth` endpoints, and
+    /// gated repositories stay closed.
+    pub siwe: Option<Arc<crate::access::siwe::Siwe>>,
+    /// Nonces handed out per client address (see `access::routes`).
+    pub nonce_limiter: crate::access::routes::NonceLimiter,
 }
 
 /// How long an opened artifact (manifest, private part, holder record) is reused before it is
@@ -71,6 +76,7 @@ impl AppState {
         authorizer: Arc<dyn Authorizer>,
         config: GatewayConfig,
         usage: Arc<Usage>,
+        siwe: Option<Arc<crate::access::siwe::Siwe>>,
     ) -> Self {
         let chunks = Arc::new(ChunkLru::new(config.chunk_cache_bytes));
         let streams = Arc::new(StreamLimits::new(
@@ -85,6 +91,7 @@ impl AppState {
                 streams.open.clone(),
                 source.clone(),
                 &usage,
+                siwe.as_ref().map(|s| s.chains().as_ref()),
             )),
             usage,
             source,
@@ -96,7 +103,25 @@ impl AppState {
             tensor_headers: Arc::new(tokio::sync::Semaphore::new(
                 crate::tensors::TENSOR_HEADER_BYTES_MAX as usize,
             )),
+            siwe,
+            nonce_limiter: crate::access::routes::NonceLimiter::new(),
         }
+    }
+
+    /// Counts a sign-in outcome (`ok` or the refusal's class).
+    pub fn siwe_outcomes(&self, class: &'static str) {
+        self.metrics
+            .sign_ins
+            .get_or_create(&crate::metrics::OutcomeLabels { outcome: class })
+            .inc();
+    }
+
+    /// Turns on wallet sign-in and gate checks (before the gateway is shared), registering the
+    /// chain metrics.
+    pub fn set_siwe(&mut self, siwe: Arc<crate::access::siwe::Siwe>) {
+        let metrics = Arc::get_mut(&mut self.metrics).expect("metrics not shared yet");
+        metrics.register_chains(siwe.chains());
+        self.siwe = Some(siwe);
     }
 
     async fn open(&self, entry: &ArtifactEntry) -> Result<Arc<dyn OpenArtifact>, Error> {
@@ -277,6 +302,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let body_max = state.config.body_bytes_max;
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/auth", get(crate::access::routes::page))
+        .route("/auth/page.js", get(crate::access::routes::page))
+        .route("/auth/nonce", get(crate::access::routes::nonce))
+        .route("/auth/siwe", post(crate::access::routes::sign_in))
+        .route(
+            "/auth/session",
+            get(crate::access::routes::whoami).delete(crate::access::routes::sign_out),
+        )
         .route("/metrics", get(metrics))
         .route("/api/artifacts/{cid}", get(artifact_info))
         .route("/artifacts/{cid}/{*path}", get(artifact_file))
@@ -402,8 +435,19 @@ async fn observe(State(st): St, req: Request, next: Next) -> Response {
     resp.map(|b| Body::new(CountingBody::new(b, sink)))
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `ok`, or `degraded` (still 200: the gateway serves what needs no chain) with the chains
+/// whose RPC does not answer, so gated reads are being denied.
+async fn healthz(State(st): St) -> String {
+    match st.siwe.as_ref().map(|s| s.chains().unhealthy()) {
+        Some(down) if !down.is_empty() => {
+            let ids: Vec<String> = down.iter().map(u64::to_string).collect();
+            format!(
+                "degraded: no answer from the RPC of chain {}\n",
+                ids.join(", ")
+            )
+        }
+        _ => "ok\n".into(),
+    }
 }
 
 async fn metrics(State(st): St) -> Response {
@@ -829,7 +873,9 @@ async fn repo_info_impl(
         "lastModified": when,
         "createdAt": when,
         "private": resolved.entry.policy.is_restricted(),
-        "gated": false,
+        // As the Hub says it: `"auto"` for a gated repository (access follows a rule, here an
+        // on-chain one), `false` otherwise.
+        "gated": if resolved.entry.policy.gate().is_some() { json!("auto") } else { json!(false) },
         "disabled": false,
         "downloads": 0,
         "likes": 0,

@@ -83,6 +83,7 @@
 //! line or `Debug` output shows one. API keys are stored as hashes only and the audit log
 //! holds key ids, never secrets. Logs never include request headers (API keys).
 
+pub mod access;
 mod admin;
 mod apikey;
 mod auth;

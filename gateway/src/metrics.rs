@@ -71,6 +71,12 @@ impl prometheus_client::encoding::EncodeLabelValue for MethodLabel {
     }
 }
 
+/// The outcome of a sign-in: `ok` or one of the closed set of refusal classes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 pub(crate) struct Metrics {
@@ -83,6 +89,8 @@ pub(crate) struct Metrics {
     pub tls_not_after: Gauge,
     /// Certificate changes that could not be loaded (the previous one stayed in service).
     pub tls_reload_failures: Counter,
+    /// Wallet sign-ins by outcome.
+    pub sign_ins: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -140,6 +148,7 @@ impl Metrics {
         streams: Gauge,
         source: Arc<dyn ArtifactSource>,
         usage: &Usage,
+        chains: Option<&crate::access::chain::Chains>,
     ) -> Self {
         let mut registry = Registry::with_prefix("cairn_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -195,6 +204,15 @@ impl Metrics {
         );
         registry.register_collector(Box::new(SourceCollector(source)));
         usage.register(&mut registry);
+        let sign_ins = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "sign_ins",
+            "Wallet sign-ins (POST /auth/siwe) by outcome: ok, or why they were refused",
+            sign_ins.clone(),
+        );
+        if let Some(c) = chains {
+            c.register(&mut registry);
+        }
         Self {
             registry,
             requests,
@@ -203,7 +221,13 @@ impl Metrics {
             read_errors,
             tls_not_after,
             tls_reload_failures,
+            sign_ins,
         }
+    }
+
+    /// Adds the chain metrics (a gateway given its chains after it was made).
+    pub fn register_chains(&mut self, chains: &crate::access::chain::Chains) {
+        chains.register(&mut self.registry);
     }
 
     pub fn encode(&self) -> String {

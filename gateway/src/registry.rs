@@ -318,7 +318,7 @@ impl Registry {
             let (registered_at, by_cid) = match arts.get(key.as_slice()).map_err(|e| self.err(e))? {
                 Some(v) => {
                     let old = self.decode(v.value())?;
-                    let strictest = if old.policy.is_restricted() && !policy.is_restricted() {
+                    let strictest = if old.policy.strictness() > policy.strictness() {
                         old.policy
                     } else {
                         policy.clone()

@@ -157,8 +157,30 @@ impl Gateway {
         assert!(config.connections_per_client_max > 0);
         assert!(config.streams_max > 0 && config.streams_per_client_max > 0);
         Self {
-            state: Arc::new(AppState::new(registry, source, authorizer, config, usage)),
+            state: Arc::new(AppState::new(
+                registry, source, authorizer, config, usage, None,
+            )),
         }
+    }
+
+    /// A gateway whose authorizer combines API keys (`keys`), wallet sessions and on-chain
+    /// gates (`siwe` and its chains), and which serves the sign-in endpoints under `/auth`.
+    pub fn with_access(
+        config: GatewayConfig,
+        registry: Arc<Registry>,
+        source: Arc<dyn ArtifactSource>,
+        keys: Arc<crate::ApiKeyStore>,
+        usage: Arc<Usage>,
+        siwe: Arc<crate::access::siwe::Siwe>,
+    ) -> Self {
+        let authorizer = Arc::new(crate::access::authorizer::AccessAuthorizer::new(
+            keys,
+            siwe.clone(),
+        ));
+        let mut gw = Self::with_usage(config, registry, source, authorizer.clone(), usage);
+        let st = Arc::get_mut(&mut gw.state).expect("a gateway just made is not shared");
+        st.set_siwe(siwe);
+        gw
     }
 
     /// The usage counters of this gateway.
