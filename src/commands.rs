@@ -207,14 +207,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             dataset,
             private,
             public,
+            gate,
         } => {
             let cap = cap_arg(cap, cap_file)?;
-            let visibility = match (private, public) {
-                (true, _) => Some(true),
-                (_, true) => Some(false),
-                _ => None,
-            };
-            crate::gatewaycmd::register(&dir, &repo, &cap, dataset, visibility)
+            let policy = crate::gatewaycmd::policy_arg(private, public, gate.as_deref())?;
+            crate::gatewaycmd::register(&dir, &repo, &cap, dataset, policy)
+        }
+        Command::Gate {
+            repo,
+            policy,
+            remove,
+            private,
+            dataset,
+        } => {
+            let policy = crate::gatewaycmd::policy_arg(private, remove, policy.as_deref())?
+                .context("give a policy, --remove or --private")?;
+            crate::gatewaycmd::set_gate(&dir, &repo, dataset, policy)
         }
         Command::Apikey { action } => {
             use crate::ApikeyCmd as A;

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cairn_artifact::ReadCap;
+use cairn_gateway::access::policy::Gate;
 use cairn_gateway::{
     ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE, AccessPolicy, AdminClient, ArtifactSource, CertName,
-    CertRevocation, GatewayConfig, IpNet, LocalSource, NetworkSource, NewKey, RepoId, RepoKind,
-    RevokeCert, Scope, TlsFiles, UsageCounts, UsageRow, run_gateway_with,
+    CertRevocation, ChainRpc, GatewayConfig, IpNet, LocalSource, NetworkSource, NewKey, RepoId,
+    RepoKind, RevokeCert, Scope, TlsFiles, UsageCounts, UsageRow, run_gateway_with,
 };
 use cairn_node::{Network, NetworkConfig};
 
@@ -83,6 +84,14 @@ pub struct Transport {
     /// header of anyone else is ignored.
     #[arg(long, value_name = "NET")]
     pub trusted_proxy: Vec<String>,
+    /// A chain whose token holdings gate repositories: `<chain id>=<RPC URL>` (repeatable).
+    /// The gateway asks each RPC its `eth_chainId` at start and refuses a mismatch.
+    #[arg(long, value_name = "ID=URL")]
+    pub chain: Vec<String>,
+    /// Where users reach this gateway (`https://models.example.org`): what wallet sign-in
+    /// messages must name. Default: the listening address.
+    #[arg(long, value_name = "URL")]
+    pub public_origin: Option<String>,
 }
 
 impl Transport {
@@ -103,6 +112,15 @@ impl Transport {
                     .with_context(|| format!("--trusted-proxy {n:?}"))
             })
             .collect::<anyhow::Result<_>>()?;
+        c.chains = self
+            .chain
+            .iter()
+            .map(|s| {
+                s.parse::<ChainRpc>()
+                    .map_err(|e| anyhow::anyhow!("--chain: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        c.public_origin = self.public_origin.clone();
         Ok(())
     }
 }
@@ -172,47 +190,89 @@ fn admin(data_dir: &Path) -> anyhow::Result<AdminClient> {
 }
 
 /// Registers a read capability as the newest revision of `org/name` on the running gateway.
-/// `private`: `Some(true)` restricts it to API keys, `Some(false)` makes it public, `None` keeps
-/// the visibility of the repository's `main` (public for a new repository), so re-registering
-/// a private repository never opens it by omission.
+/// `policy` `None` keeps the policy of the repository's `main` (public for a new repository),
+/// so re-registering a private or gated repository never opens it by omission.
 pub fn register(
     data_dir: &Path,
     repo: &str,
     cap: &str,
     dataset: bool,
-    private: Option<bool>,
+    policy: Option<AccessPolicy>,
 ) -> anyhow::Result<()> {
+    let (kind, repo) = repo_arg(repo, dataset)?;
+    let cap: ReadCap = cap.parse()?;
+    let kept = policy.is_none();
+    let client = admin(data_dir)?;
+    let (commit, restricted, gate) =
+        runtime()?.block_on(client.register_gated(kind, &repo, &cap, policy))?;
+    println!(
+        "{repo} revision {commit} (main), {}",
+        describe(restricted, gate.as_deref())
+    );
+    if kept && (restricted || gate.is_some()) {
+        eprintln!("{repo} keeps its access policy; pass --public to make it readable by anyone");
+    }
+    Ok(())
+}
+
+fn repo_arg(repo: &str, dataset: bool) -> anyhow::Result<(RepoKind, RepoId)> {
     let (org, name) = repo
         .split_once('/')
         .context("the repository must look like org/name")?;
-    let repo = RepoId::new(org, name)?;
-    let cap: ReadCap = cap.parse()?;
     let kind = if dataset {
         RepoKind::Dataset
     } else {
         RepoKind::Model
     };
-    let policy = private.map(|p| {
-        if p {
-            AccessPolicy::ApiKeyScopes(Vec::new())
-        } else {
-            AccessPolicy::Public
+    Ok((kind, RepoId::new(org, name)?))
+}
+
+fn describe(restricted: bool, gate: Option<&str>) -> String {
+    match (restricted, gate) {
+        (true, _) => "private: readable with an API key only".into(),
+        (false, Some(g)) => {
+            format!("gated: readable by wallets that pass {g}, and API keys scoped to it")
         }
-    });
+        (false, None) => "public".into(),
+    }
+}
+
+/// The policy of `--private`, `--public` or `--gate <policy>` (`None` when none is given).
+/// `--gate` takes the one-line shorthand, JSON, or `@file` holding either.
+pub fn policy_arg(
+    private: bool,
+    public: bool,
+    gate: Option<&str>,
+) -> anyhow::Result<Option<AccessPolicy>> {
+    Ok(match (private, public, gate) {
+        (true, _, _) => Some(AccessPolicy::ApiKeyScopes(Vec::new())),
+        (_, true, _) => Some(AccessPolicy::Public),
+        (_, _, Some(g)) => {
+            let text = match g.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the policy file {path}"))?,
+                None => g.to_string(),
+            };
+            Some(AccessPolicy::Gated(Gate::parse(&text)?))
+        }
+        _ => None,
+    })
+}
+
+/// Sets, changes or removes the gate of `org/name`'s `main` on the running gateway.
+pub fn set_gate(
+    data_dir: &Path,
+    repo: &str,
+    dataset: bool,
+    policy: AccessPolicy,
+) -> anyhow::Result<()> {
+    let (kind, repo) = repo_arg(repo, dataset)?;
     let client = admin(data_dir)?;
-    let (commit, restricted) =
-        runtime()?.block_on(client.register_keeping(kind, &repo, &cap, policy))?;
+    let (commit, restricted, gate) = runtime()?.block_on(client.set_policy(kind, &repo, policy))?;
     println!(
         "{repo} revision {commit} (main), {}",
-        if restricted {
-            "private: readable with an API key only"
-        } else {
-            "public"
-        }
+        describe(restricted, gate.as_deref())
     );
-    if private.is_none() && restricted {
-        eprintln!("{repo} stays private; pass --public to make it readable by anyone");
-    }
     Ok(())
 }
 

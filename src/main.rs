@@ -171,13 +171,35 @@ enum Command {
         /// Register it as a dataset (default: a model).
         #[arg(long)]
         dataset: bool,
-        /// Readable only with an API key whose scopes cover it. Without --private or --public, a
-        /// repository keeps the visibility its `main` has (a new one is public).
-        #[arg(long, conflicts_with = "public")]
+        /// Readable only with an API key whose scopes cover it. Without --private, --public or
+        /// --gate, a repository keeps the policy its `main` has (a new one is public).
+        #[arg(long, conflicts_with_all = ["public", "gate"])]
         private: bool,
-        /// Readable by anyone; needed to make a private repository public.
-        #[arg(long)]
+        /// Readable by anyone; needed to make a private or gated repository public.
+        #[arg(long, conflicts_with = "gate")]
         public: bool,
+        /// Gated on chain: readable by wallets whose address passes this policy (shorthand such
+        /// as `erc1155:31337:0xabc…:7>=1`, JSON, or `@file`; docs/access-policy.md), and by API
+        /// keys with a scope covering it. The gateway must check every chain it names.
+        #[arg(long, value_name = "POLICY")]
+        gate: Option<String>,
+    },
+    /// Set, change or remove the on-chain gate of a repository on the running gateway.
+    Gate {
+        /// Repository, `org/name`.
+        repo: String,
+        /// The new gate (shorthand, JSON or `@file`, as for `register --gate`).
+        #[arg(required_unless_present_any = ["remove", "private"], conflicts_with_all = ["remove", "private"])]
+        policy: Option<String>,
+        /// Remove the gate: the repository becomes public.
+        #[arg(long, conflicts_with = "private")]
+        remove: bool,
+        /// Remove the gate and make the repository private (API keys only).
+        #[arg(long)]
+        private: bool,
+        /// The repository is a dataset.
+        #[arg(long)]
+        dataset: bool,
     },
     /// Manage the running gateway's API keys.
     Apikey {

@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::apikey::{ApiKeyAuthorizer, ApiKeyStore, AuditEntry, CreatedKey, KeyInfo, NewKey};
+use crate::apikey::{ApiKeyStore, AuditEntry, CreatedKey, KeyInfo, NewKey};
 use crate::clientcert::{RevokeCert, RevokedCert};
 use crate::source::ArtifactSource;
 use crate::usage::{USAGE_FLUSH_EVERY, Usage, UsageRow};
@@ -159,6 +159,7 @@ struct AdminState {
     registry: Arc<Registry>,
     keys: Arc<ApiKeyStore>,
     usage: Arc<Usage>,
+    siwe: Option<Arc<crate::access::siwe::Siwe>>,
     token: String,
 }
 
@@ -196,6 +197,7 @@ pub(crate) fn router(
     registry: Arc<Registry>,
     keys: Arc<ApiKeyStore>,
     usage: Arc<Usage>,
+    siwe: Option<Arc<crate::access::siwe::Siwe>>,
     auth: AdminAuth,
     cfg: &GatewayConfig,
 ) -> Router {
@@ -203,11 +205,13 @@ pub(crate) fn router(
         registry,
         keys,
         usage,
+        siwe,
         token: auth.token,
     });
     let timeout = cfg.request_timeout;
     Router::new()
         .route("/admin/repos", post(register))
+        .route("/admin/repos/policy", post(set_policy))
         .route("/admin/keys", post(create_key).get(list_keys))
         .route("/admin/keys/{id}/revoke", post(revoke_key))
         .route("/admin/keys/{id}/rotate", post(rotate_key))
@@ -215,6 +219,9 @@ pub(crate) fn router(
         .route("/admin/certs/revoked", get(revoked_certs))
         .route("/admin/audit", get(audit))
         .route("/admin/usage", get(usage_totals))
+        .route("/admin/sessions", get(list_sessions))
+        .route("/admin/sessions/{id}/revoke", post(revoke_session))
+        .route("/admin/chains/cache/clear", post(clear_chain_cache))
         .fallback(|| async { plain_error(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .layer(DefaultBodyLimit::max(cfg.body_bytes_max))
         .layer(middleware::from_fn_with_state(st.clone(), check_token))
@@ -265,6 +272,52 @@ async fn blocking<T: Send + 'static>(
         .map_err(AdminError)
 }
 
+/// `GET /admin/sessions`: wallet sessions not yet expired (no secret: ids and addresses).
+async fn list_sessions(State(st): St) -> Result<Response, AdminError> {
+    let Some(siwe) = st.siwe.clone() else {
+        return Ok(axum::Json(json!({ "sessions": [] })).into_response());
+    };
+    let list = blocking(move || siwe.sessions(AUDIT_LIMIT_MAX)).await?;
+    let rows: Vec<serde_json::Value> = list
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "address": s.address.to_checksum(None),
+                "chain_id": s.chain_id,
+                "created_at": s.created_at,
+                "expires_at": s.expires_at,
+                "revoked": s.revoked,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "sessions": rows })).into_response())
+}
+
+/// `POST /admin/sessions/{id}/revoke`.
+async fn revoke_session(
+    State(st): St,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, AdminError> {
+    let Some(siwe) = st.siwe.clone() else {
+        return Err(Error::KeyNotFound { id }.into());
+    };
+    let shown = id.clone();
+    if !blocking(move || siwe.revoke(&id)).await? {
+        return Err(Error::KeyNotFound { id: shown }.into());
+    }
+    Ok(axum::Json(json!({ "id": shown, "revoked": true })).into_response())
+}
+
+/// `POST /admin/chains/cache/clear`: forgets cached chain answers (after a known reorg, or to
+/// apply a transfer at once).
+async fn clear_chain_cache(State(st): St) -> Response {
+    if let Some(s) = &st.siwe {
+        s.chains().clear_cache();
+    }
+    axum::Json(json!({ "cleared": true })).into_response()
+}
+
 /// `POST /admin/repos`.
 #[derive(Serialize, Deserialize)]
 struct RegisterBody {
@@ -282,6 +335,62 @@ struct RegisterAnswer {
     /// Whether the revision is restricted (readable with an API key only).
     #[serde(default)]
     restricted: bool,
+    /// The revision's gate, in shorthand, when it is gated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gate: Option<String>,
+}
+
+/// `POST /admin/repos/policy`: a new policy for a repository's `main` (the gate changed or
+/// removed).
+#[derive(Serialize, Deserialize)]
+struct PolicyBody {
+    kind: RepoKind,
+    repo: String,
+    policy: AccessPolicy,
+}
+
+/// Refuses a gate this gateway cannot check: bounds, and every chain it names configured.
+fn check_gate(st: &AdminState, policy: Option<&AccessPolicy>) -> Result<(), Error> {
+    if let Some(AccessPolicy::Gated(g)) = policy {
+        g.check_bounds()
+            .map_err(|e| Error::BadRequest(e.to_string()))?;
+        let configured = st
+            .siwe
+            .as_ref()
+            .map(|s| s.chains().ids())
+            .unwrap_or_default();
+        if let Some(c) = g.chains().into_iter().find(|c| !configured.contains(c)) {
+            return Err(Error::BadRequest(format!(
+                "the gate names chain {c}, which this gateway does not check (start it with --chain {c}=<RPC URL>)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn set_policy(
+    State(st): St,
+    axum::Json(b): axum::Json<PolicyBody>,
+) -> Result<Response, AdminError> {
+    let repo: RepoId = b.repo.parse()?;
+    check_gate(&st, Some(&b.policy))?;
+    let reg = st.registry.clone();
+    let (commit, policy) = blocking(move || {
+        let main = reg
+            .lookup(b.kind, &repo, "main")?
+            .main
+            .ok_or_else(|| Error::RepoNotFound {
+                repo: format!("{}/{repo}", b.kind.plural()),
+            })?;
+        reg.register_keeping(b.kind, &repo, &main.entry.cap, Some(b.policy))
+    })
+    .await?;
+    Ok(axum::Json(RegisterAnswer {
+        commit: commit.to_string(),
+        restricted: policy.is_restricted(),
+        gate: policy.gate().map(|g| g.to_string()),
+    })
+    .into_response())
 }
 
 async fn register(
@@ -294,12 +403,14 @@ async fn register(
         .cap
         .parse()
         .map_err(|_| Error::BadRequest("`cap` is not a read capability".into()))?;
+    check_gate(&st, b.policy.as_ref())?;
     let reg = st.registry.clone();
     let (commit, policy) =
         blocking(move || reg.register_keeping(b.kind, &repo, &cap, b.policy)).await?;
     Ok(axum::Json(RegisterAnswer {
         commit: commit.to_string(),
         restricted: policy.is_restricted(),
+        gate: policy.gate().map(|g| g.to_string()),
     })
     .into_response())
 }
@@ -532,6 +643,66 @@ impl AdminClient {
         Ok((commit, a.restricted))
     }
 
+    /// Registers like [`AdminClient::register_keeping`] and also says the revision's gate (in
+    /// shorthand) when it is gated.
+    pub async fn register_gated(
+        &self,
+        kind: RepoKind,
+        repo: &RepoId,
+        cap: &ReadCap,
+        policy: Option<AccessPolicy>,
+    ) -> Result<(CommitId, bool, Option<String>), Error> {
+        let body = Self::json(&RegisterBody {
+            kind,
+            repo: repo.to_string(),
+            cap: cap.to_string(),
+            policy,
+        })?;
+        let a: RegisterAnswer = self.call(hyper::Method::POST, "/admin/repos", body).await?;
+        let commit = CommitId::parse(&a.commit).ok_or_else(|| Error::Admin {
+            url: format!("{}/admin/repos", self.base),
+            status: 200,
+            message: "the answer's commit is not 40 hex digits".into(),
+        })?;
+        Ok((commit, a.restricted, a.gate))
+    }
+
+    /// Gives `repo`'s `main` a new policy (a gate set, changed or removed).
+    pub async fn set_policy(
+        &self,
+        kind: RepoKind,
+        repo: &RepoId,
+        policy: AccessPolicy,
+    ) -> Result<(CommitId, bool, Option<String>), Error> {
+        let body = Self::json(&PolicyBody {
+            kind,
+            repo: repo.to_string(),
+            policy,
+        })?;
+        let a: RegisterAnswer = self
+            .call(hyper::Method::POST, "/admin/repos/policy", body)
+            .await?;
+        let commit = CommitId::parse(&a.commit).ok_or_else(|| Error::Admin {
+            url: format!("{}/admin/repos/policy", self.base),
+            status: 200,
+            message: "the answer's commit is not 40 hex digits".into(),
+        })?;
+        Ok((commit, a.restricted, a.gate))
+    }
+
+    /// Revokes a wallet session by id.
+    pub async fn revoke_session(&self, id: &str) -> Result<(), Error> {
+        check_id(id)?;
+        let _: serde_json::Value = self
+            .call(
+                hyper::Method::POST,
+                &format!("/admin/sessions/{id}/revoke"),
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Creates a key; the answer holds the secret, shown this once.
     pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey, Error> {
         let body = Self::json(&new)?;
@@ -656,7 +827,7 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), Error> {
 /// 1. Refuses an `admin_bind` that is not a loopback address ([`Error::NotLoopback`]).
 /// 2. Opens (creating) `<dir>/gateway.redb`: the [`Registry`] and the [`ApiKeyStore`].
 /// 3. Loads or creates `<dir>/admin.token` ([`load_or_create_admin_token`]).
-/// 4. Binds `bind` (public, [`ApiKeyAuthorizer`], [`GatewayConfig::default`]) and `admin_bind`
+/// 4. Binds `bind` (public, [`crate::access::authorizer::AccessAuthorizer`], [`GatewayConfig::default`]) and `admin_bind`
 ///    (port 0 picks a free port for either).
 /// 5. Writes `<dir>/gateway.addr` and `<dir>/admin.addr`, each one line `http://ip:port` (an
 ///    unspecified bind address is written as loopback), atomically.
@@ -729,8 +900,18 @@ pub async fn run_gateway_with(
         what: "opening the gateway database".into(),
         source: std::io::Error::other(e.to_string()),
     })??;
-    let authorizer = Arc::new(ApiKeyAuthorizer::new(keys.clone()));
-    let gw = Gateway::with_usage(config, registry, source, authorizer, usage.clone());
+    // Every chain answers with the id it was given before anything is served: a gateway must
+    // not start believing the wrong chain.
+    let specs: Vec<(u64, String)> = config
+        .chains
+        .iter()
+        .map(|c| (c.id, c.url.clone()))
+        .collect();
+    let chains = Arc::new(
+        crate::access::chain::Chains::connect(&specs)
+            .await
+            .map_err(|reason| Error::Chain { reason })?,
+    );
     let public = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(io(format!("binding the gateway on {bind}")))?;
@@ -745,6 +926,29 @@ pub async fn run_gateway_with(
         .map_err(io("reading the admin API's address".into()))?;
     let (gw_file, admin_file) = (dir.join(GATEWAY_ADDR_FILE), dir.join(ADMIN_ADDR_FILE));
     let public_url = url_with_scheme(scheme, public_addr);
+    let origin =
+        crate::access::siwe::Origin::parse(config.public_origin.as_deref().unwrap_or(&public_url))
+            .map_err(|reason| Error::Chain { reason })?;
+    let siwe = {
+        let (registry, chains) = (registry.clone(), chains.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::access::siwe::Siwe::open(registry, origin, chains).map(Arc::new)
+        })
+        .await
+        .map_err(|e| Error::Io {
+            what: "opening the sign-in tables".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??
+    };
+    chains.spawn_health_probe();
+    let gw = Gateway::with_access(
+        config,
+        registry,
+        source,
+        keys.clone(),
+        usage.clone(),
+        siwe.clone(),
+    );
     write_atomically(&gw_file, &format!("{public_url}\n"))?;
     write_atomically(&admin_file, &format!("{}\n", url_of(admin_addr)))?;
     tracing::info!(gateway = %public_url, admin = %url_of(admin_addr), "gateway running");

@@ -100,6 +100,13 @@ pub enum Error {
     /// A request was malformed (a body that is not a form or JSON, a path that is too long).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A chain's RPC endpoint could not be used (wrong chain id, no answer), or the public
+    /// origin is not an origin. The reason never holds the RPC URL's path or credentials.
+    #[error("{reason}")]
+    Chain {
+        /// What is wrong.
+        reason: String,
+    },
     /// Every slot of a bounded resource (body streams, reads) is taken and none came free in
     /// time; the client should retry later (`503` with `Retry-After`).
     #[error("{what}: all {limit} are busy; retry later")]
@@ -163,7 +170,8 @@ impl Error {
             Error::NotLoopback { .. }
             | Error::Admin { .. }
             | Error::Tls { .. }
-            | Error::PlainHttpOnNetwork { .. } => (500, None),
+            | Error::PlainHttpOnNetwork { .. }
+            | Error::Chain { .. } => (500, None),
             // Data that cannot be had or verified right now: the gateway is fine, upstream is not.
             Error::Store(cairn_artifact::Error::ManifestNotFound(_)) => (404, Some("RepoNotFound")),
             Error::Store(_) | Error::Network(_) => (502, None),

@@ -135,7 +135,7 @@ pub use range::{RANGE_HEADER_LEN_MAX, RangeRequest, parse_range};
 pub use registry::{
     ArtifactEntry, CommitId, Lookup, REPO_PART_LEN_MAX, Registry, RepoId, RepoKind, Resolved,
 };
-pub use server::{Gateway, GatewayConfig};
+pub use server::{ChainRpc, Gateway, GatewayConfig};
 pub use source::{ArtifactSource, LocalSource, NetworkSource, OpenArtifact, Pieces};
 pub use tensors::{TENSOR_HEADER_BYTES_MAX, TENSORS_QUERY_PARAM};
 pub use tls::{

@@ -67,6 +67,60 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Requests one HTTP/2 connection may have in progress at once.
     pub h2_streams_per_connection_max: u32,
+    /// Chains whose RPC endpoints check the conditions of gated repositories and contract
+    /// wallets' sign-ins. Empty: gated repositories stay closed to wallets (API keys with a
+    /// scope still read them).
+    pub chains: Vec<ChainRpc>,
+    /// Where users reach the gateway (`https://models.example.org`): the domain and URI a
+    /// sign-in message must name. `None`: the listening address, with the scheme it serves.
+    pub public_origin: Option<String>,
+}
+
+/// A chain id and the URL of its JSON-RPC endpoint. `Debug` shows the URL without its path,
+/// query or credentials (hosted endpoints carry an API key there).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChainRpc {
+    /// The EIP-155 chain id; the endpoint's `eth_chainId` must say the same.
+    pub id: u64,
+    /// `http(s)://…`.
+    pub url: String,
+}
+
+impl std::fmt::Debug for ChainRpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}={}",
+            self.id,
+            crate::access::chain::redact_url(&self.url)
+        )
+    }
+}
+
+impl std::str::FromStr for ChainRpc {
+    type Err = String;
+
+    /// `<chain id>=<RPC URL>`, as `cairn gateway --chain` takes it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (id, url) = s.split_once('=').ok_or_else(|| {
+            "expected <chain id>=<RPC URL>, e.g. 31337=http://127.0.0.1:8545".to_string()
+        })?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{id:?} is not a chain id"))?;
+        if id == 0 {
+            return Err("chain id 0 is not a chain".into());
+        }
+        let url = url.trim().to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "chain {id}: the RPC URL must start with http:// or https:// (got {})",
+                crate::access::chain::redact_url(&url)
+            ));
+        }
+        Ok(ChainRpc { id, url })
+    }
 }
 
 impl GatewayConfig {
@@ -101,6 +155,8 @@ impl Default for GatewayConfig {
             insecure_http: false,
             trusted_proxies: Vec::new(),
             h2_streams_per_connection_max: 16,
+            chains: Vec::new(),
+            public_origin: None,
         }
     }
 }
@@ -270,6 +326,7 @@ impl Gateway {
             self.state.registry.clone(),
             keys,
             self.state.usage.clone(),
+            self.state.siwe.clone(),
             auth,
             &cfg,
         );

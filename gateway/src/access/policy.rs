@@ -44,9 +44,9 @@ pub const GATE_CONDITIONS_MAX: usize = 16;
 /// Most confirmations a condition may ask for (about 3 h 20 min of Ethereum blocks).
 pub const CONFIRMATIONS_MAX: u64 = 1000;
 
-/// A gate: one condition, or all / any of several.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// A gate: one condition, or all / any of several. Serialized as the policy JSON of the
+/// module docs (in the registry and the admin API alike), and checked again when read.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Gate {
     /// One condition.
     Condition(Condition),
@@ -57,7 +57,7 @@ pub enum Gate {
 }
 
 /// One on-chain condition on the address of whoever asks.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Condition {
     /// The EIP-155 chain id.
     pub chain: u64,
@@ -70,8 +70,7 @@ pub struct Condition {
 }
 
 /// What a condition asks of its contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Check {
     /// ERC-20 `balanceOf(holder) >= min`.
     Erc20Balance {
@@ -197,6 +196,21 @@ impl Gate {
                 serde_json::json!({ "any": v.iter().map(Gate::to_json).collect::<Vec<_>>() })
             }
         }
+    }
+}
+
+impl Serialize for Gate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Gate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        let g = gate_of(&v, 1, "").map_err(serde::de::Error::custom)?;
+        g.check_bounds().map_err(serde::de::Error::custom)?;
+        Ok(g)
     }
 }
 
@@ -566,6 +580,9 @@ mod tests {
         assert_eq!(g.chains(), vec![1, 31337]);
         assert_eq!(Gate::parse(&g.to_json().to_string()).unwrap(), g);
         assert!(g.to_string().starts_with("any(erc1155:31337:"));
+        // Stored and sent as the same JSON.
+        let back: Gate = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+        assert_eq!(back, g);
         // Too deep, too many, empty lists.
         let mut deep = format!(r#"{{"erc721": {{"chain": 1, "contract": "{A}"}}}}"#);
         for _ in 0..GATE_DEPTH_MAX {
