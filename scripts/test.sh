@@ -8,7 +8,12 @@
 #   Python clients  tests/requirements.txt, into a virtual environment in target/test-env/venv
 #                   (CAIRN_TEST_ENV moves it), put first on PATH for the tests; never into the
 #                   system Python. Reinstalled only when tests/requirements.txt changes.
+#   anvil           the local Ethereum chain of the on-chain access tests: npm's
+#                   @foundry-rs/anvil-linux-amd64 (version pinned below) into target/test-env/npm,
+#                   its path exported as CAIRN_ANVIL (set CAIRN_ANVIL to use your own instead).
+#                   Reinstalled only when absent or when the pinned version changes.
 #   diff, cmp       Debian's diffutils, when absent and when run as root
+#   node, npm       Debian's nodejs and npm, when absent and anvil is to be installed, as root
 # A second run installs nothing and starts the tests within seconds. Without network to the
 # registries, a missing piece fails with one line naming it and how to get it.
 set -euo pipefail
@@ -67,5 +72,29 @@ export PATH="$venv/bin:$PATH"
 export VIRTUAL_ENV="$venv"
 python3 -c 'import huggingface_hub, datasets, transformers, safetensors' 2>/dev/null ||
     die "the Python clients in $venv do not import: remove $venv and run this again"
+
+# anvil, the local chain of the gateway's on-chain access tests (tests/it/anvil.rs), from npm.
+# CAIRN_ANVIL, when set, names an anvil of your own and nothing is installed.
+anvil_version=1.7.1
+anvil_pkg=@foundry-rs/anvil-linux-amd64
+# Whether $1 runs and is anvil $anvil_version (its output captured whole: no SIGPIPE under pipefail).
+anvil_is_pinned() { case "$("$1" --version 2>/dev/null || true)" in *"Version: $anvil_version"[!0-9.]*) return 0 ;; *) return 1 ;; esac; }
+if [ -n "${CAIRN_ANVIL:-}" ]; then
+    "$CAIRN_ANVIL" --version >/dev/null 2>&1 || die "CAIRN_ANVIL=$CAIRN_ANVIL does not run: unset it to have anvil $anvil_version installed, or point it at an anvil"
+else
+    anvil="$envdir/npm/node_modules/$anvil_pkg/bin/anvil"
+    if ! anvil_is_pinned "$anvil"; then
+        [ "$(uname -sm)" = "Linux x86_64" ] ||
+            die "anvil comes from $anvil_pkg, built for Linux x86_64 only: install anvil $anvil_version (Foundry) yourself and set CAIRN_ANVIL to its path"
+        if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+            apt_install nodejs npm
+        fi
+        step "installing anvil $anvil_version from npm ($anvil_pkg) into $envdir/npm"
+        npm install --prefix "$envdir/npm" --no-audit --no-fund "$anvil_pkg@$anvil_version" >>"$log" 2>&1 ||
+            die "anvil could not be installed (no network to the npm registry? see $log): run 'npm install --prefix $envdir/npm $anvil_pkg@$anvil_version'"
+        anvil_is_pinned "$anvil" || die "anvil $anvil_version does not run after its install: try '$anvil --version' (see $log)"
+    fi
+    export CAIRN_ANVIL="$anvil"
+fi
 
 exec cargo nextest run --no-fail-fast "$@"

@@ -3,6 +3,7 @@
 //! Every test drives the real `cairn` binary in its own temporary data directory and checks the
 //! results on disk, through the store library where it needs to look inside.
 
+mod anvil;
 mod cli;
 mod devnet;
 mod gateway;
