@@ -92,6 +92,10 @@ pub struct Transport {
     /// messages must name. Default: the listening address.
     #[arg(long, value_name = "URL")]
     pub public_origin: Option<String>,
+    /// Seconds a chain's "holds the token" answer is believed, 1 to 30 [default: 30]; a
+    /// holder who transfers the token away is denied at most this long after.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=30))]
+    pub chain_cache_secs: Option<u64>,
 }
 
 impl Transport {
@@ -121,6 +125,9 @@ impl Transport {
             })
             .collect::<anyhow::Result<_>>()?;
         c.public_origin = self.public_origin.clone();
+        if let Some(s) = self.chain_cache_secs {
+            c.chain_allow_ttl = Duration::from_secs(s);
+        }
         Ok(())
     }
 }

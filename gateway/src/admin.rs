@@ -908,7 +908,7 @@ pub async fn run_gateway_with(
         .map(|c| (c.id, c.url.clone()))
         .collect();
     let chains = Arc::new(
-        crate::access::chain::Chains::connect(&specs)
+        crate::access::chain::Chains::connect(&specs, config.chain_allow_ttl)
             .await
             .map_err(|reason| Error::Chain { reason })?,
     );

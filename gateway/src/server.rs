@@ -74,6 +74,9 @@ pub struct GatewayConfig {
     /// Where users reach the gateway (`https://models.example.org`): the domain and URI a
     /// sign-in message must name. `None`: the listening address, with the scheme it serves.
     pub public_origin: Option<String>,
+    /// How long a chain's "yes" is believed (at most `access::chain::ALLOW_TTL`, 30 s): a
+    /// holder who transfers the token away is denied at most this long after.
+    pub chain_allow_ttl: Duration,
 }
 
 /// A chain id and the URL of its JSON-RPC endpoint. `Debug` shows the URL without its path,
@@ -157,6 +160,7 @@ impl Default for GatewayConfig {
             h2_streams_per_connection_max: 16,
             chains: Vec::new(),
             public_origin: None,
+            chain_allow_ttl: crate::access::chain::ALLOW_TTL,
         }
     }
 }

@@ -410,6 +410,11 @@ impl DevGateway {
         DevGateway::start(dir.to_path_buf(), &[], &[])
     }
 
+    /// A gateway over the local store of `dir`, with `args` added to `cairn gateway`.
+    pub fn start_local_with(dir: &Path, args: &[&str]) -> DevGateway {
+        DevGateway::start(dir.to_path_buf(), &[], args)
+    }
+
     /// Starts `cairn --data-dir dir [peer] gateway --listen 127.0.0.1:0 [args]` and waits
     /// (bounded) for its `gateway.addr`.
     fn start(dir: PathBuf, peer: &[String], args: &[&str]) -> DevGateway {

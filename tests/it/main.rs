@@ -6,6 +6,7 @@
 mod anvil;
 mod cli;
 mod devnet;
+mod gated;
 mod gateway;
 mod mtls;
 mod net;

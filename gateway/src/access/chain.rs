@@ -155,6 +155,7 @@ struct Cached {
 /// The chains a gateway checks conditions on, and the outcome cache.
 pub struct Chains {
     rpcs: BTreeMap<u64, Arc<Rpc>>,
+    allow_ttl: Duration,
     cache: Cache<Key, Cached>,
     calls: Family<CallLabels, Counter>,
     latency: Histogram,
@@ -198,12 +199,13 @@ fn client() -> reqwest::Client {
 impl Chains {
     /// No chain: every condition is denied as [`ChainError::UnknownChain`].
     pub fn none() -> Self {
-        Self::with(BTreeMap::new())
+        Self::with(BTreeMap::new(), ALLOW_TTL)
     }
 
-    fn with(rpcs: BTreeMap<u64, Arc<Rpc>>) -> Self {
+    fn with(rpcs: BTreeMap<u64, Arc<Rpc>>, allow_ttl: Duration) -> Self {
         Self {
             rpcs,
+            allow_ttl: allow_ttl.min(ALLOW_TTL),
             cache: Cache::new(CACHE_ENTRIES_MAX),
             calls: Family::default(),
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
@@ -214,8 +216,8 @@ impl Chains {
 
     /// Connects to each `(chain id, RPC URL)`, asks its `eth_chainId` and refuses a mismatch,
     /// a duplicate, or an endpoint that does not answer: a gateway must not start believing
-    /// the wrong chain.
-    pub async fn connect(specs: &[(u64, String)]) -> Result<Self, String> {
+    /// the wrong chain. Allows are believed for `allow_ttl` (at most [`ALLOW_TTL`]).
+    pub async fn connect(specs: &[(u64, String)], allow_ttl: Duration) -> Result<Self, String> {
         if specs.len() > CHAINS_MAX {
             return Err(format!("at most {CHAINS_MAX} chains"));
         }
@@ -238,6 +240,9 @@ impl Chains {
                     // Transport errors quote the URL, which may hold a key: say only the class.
                     let why = match &e {
                         alloy::transports::RpcError::ErrorResp(p) => clip(&p.message),
+                        alloy::transports::RpcError::Transport(
+                            alloy::transports::TransportErrorKind::HttpError(h),
+                        ) => format!("it answered HTTP {}", h.status),
                         alloy::transports::RpcError::Transport(_) => "cannot be reached".into(),
                         _ => "an answer that is not JSON-RPC".into(),
                     };
@@ -261,7 +266,7 @@ impl Chains {
                 return Err(format!("chain {id} is given twice"));
             }
         }
-        Ok(Self::with(rpcs))
+        Ok(Self::with(rpcs, allow_ttl))
     }
 
     /// The configured chain ids.
@@ -388,8 +393,8 @@ impl Chains {
                     self.cache_misses.inc();
                     let result = self.call(cond, holder).await;
                     let ttl = match &result {
-                        Ok(o) if o.met => ALLOW_TTL,
-                        _ => DENY_TTL,
+                        Ok(o) if o.met => self.allow_ttl,
+                        _ => DENY_TTL.min(self.allow_ttl),
                     };
                     let _ = guard.insert(Cached {
                         result: result.clone(),
@@ -585,9 +590,12 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         drop(l);
-        let e = Chains::connect(&[(31337, format!("http://127.0.0.1:{port}/key/SECRET"))])
-            .await
-            .unwrap_err();
+        let e = Chains::connect(
+            &[(31337, format!("http://127.0.0.1:{port}/key/SECRET"))],
+            ALLOW_TTL,
+        )
+        .await
+        .unwrap_err();
         assert!(e.contains("chain 31337") && !e.contains("SECRET"), "{e}");
     }
 }
