@@ -214,6 +214,27 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // With --demo and an anvil installed, a local chain for the gated repository.
+    let chain = match (opts.demo, crate::devnetchain::find_anvil()) {
+        (true, Some(anvil)) => {
+            let (child, url) = crate::devnetchain::start_anvil(&anvil, &base)?;
+            nodes.push("anvil".into(), child);
+            match rt.block_on(crate::devnetchain::deploy_demo(&url, &base)) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("no gated demo: the local chain did not come up ({e:#}); see {}", base.join("anvil.log").display());
+                    None
+                }
+            }
+        }
+        (true, None) => {
+            eprintln!(
+                "no gated demo: no anvil found (set CAIRN_ANVIL, put anvil on PATH, or run scripts/test.sh once, which installs it)"
+            );
+            None
+        }
+        _ => None,
+    };
     // The HTTP gateway, reading from the network through node 0.
     let gw_data = base.join("gateway-node");
     let gw_log = cairn_store::create_private(&base.join("gateway.log"))
@@ -246,6 +267,9 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
             .arg(&t.files.cert)
             .arg("--tls-key")
             .arg(&t.files.key);
+    }
+    if let Some(c) = &chain {
+        cmd.arg("--chain").arg(format!("{}={}", c.chain_id, c.url));
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -314,6 +338,41 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
             bail!("the gateway served config.json differently; this is a bug");
         }
         println!("  (checked: the gateway serves config.json byte for byte)");
+        if let Some(c) = &chain {
+            let policy = c.policy();
+            let gate = cairn_gateway::AccessPolicy::Gated(
+                cairn_gateway::access::policy::Gate::parse(&policy)?,
+            );
+            crate::gatewaycmd::register(
+                &gw_data,
+                "demo/gated-model",
+                &cap.to_string(),
+                false,
+                Some(gate),
+            )?;
+            println!(
+                "gated on a local chain ({}, chain {}): demo/gated-model is readable by holders of ERC-1155 pass {} of {}",
+                c.url,
+                c.chain_id,
+                crate::devnetchain::DEMO_PASS_ID,
+                c.pass
+            );
+            println!(
+                "  the demo wallet {} holds one (its key: {}); sign in and download with:",
+                c.wallet.address(),
+                c.key_file.display()
+            );
+            // Not indented: the heredoc and the Python must paste as they are.
+            println!("\n{}\n", c.snippet(&gw_url));
+            println!("  or open {gw_url}/auth in a browser with a wallet on chain {}", c.chain_id);
+            if tls.is_none() {
+                let want = std::fs::read(base.join("sample-model/config.json"))?;
+                rt.block_on(c.check(&gw_url, &want))?;
+                println!(
+                    "  (checked: 403 GatedRepo without a token; the demo wallet signs in and reads config.json)"
+                );
+            }
+        }
     }
     if opts.demo && opts.exit_after_demo {
         println!("stopping the devnet");
@@ -337,7 +396,7 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     println!(
-        "stopping {} processes (nodes and gateway)",
+        "stopping {} processes (nodes, gateway and, with a local chain, anvil)",
         nodes.children.len()
     );
     Ok(())

@@ -4,6 +4,7 @@
 mod commands;
 mod config;
 mod devnet;
+mod devnetchain;
 mod gatewaycmd;
 mod getls;
 mod netcmd;

@@ -38,8 +38,8 @@ fn client() -> reqwest::Client {
 
 /// An answer: status, `X-Error-Code`, body.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     code: String,
     body: Vec<u8>,
 }
@@ -49,7 +49,7 @@ impl Answer {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
     }
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
@@ -135,22 +135,23 @@ impl Msg {
 
 /// A gateway over a local store with one artifact, pointed at an anvil with the tokens
 /// deployed.
-struct Setup {
-    anvil: Anvil,
+pub(crate) struct Setup {
+    pub(crate) anvil: Anvil,
     d: Deployed,
     _node: Node,
-    gw: DevGateway,
+    pub(crate) gw: DevGateway,
     cap: String,
+    ds_cap: String,
     data: Vec<u8>,
-    rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) http: reqwest::Client,
 }
 
 const PASS_ID: u64 = 7;
 const NFT_ID: u64 = 42;
 
 impl Setup {
-    fn new(extra: &[&str]) -> Setup {
+    pub(crate) fn new(extra: &[&str]) -> Setup {
         let rt = runtime();
         let anvil = Anvil::start();
         let d = rt.block_on(deploy_all(&anvil));
@@ -161,6 +162,14 @@ impl Setup {
         std::fs::write(src.join(FILE), &data).unwrap();
         std::fs::write(src.join("config.json"), br#"{"model_type": "gpt2"}"#).unwrap();
         let cap = node.add(&src).to_string();
+        // A small dataset, added before the gateway holds the store.
+        let ds = node.tmp.path().join("ds");
+        std::fs::create_dir_all(ds.join("data")).unwrap();
+        let rows: String = (0..50)
+            .map(|i| format!("{{\"id\": {i}, \"text\": \"row {i}\"}}\n"))
+            .collect();
+        std::fs::write(ds.join("data/train.jsonl"), rows).unwrap();
+        let ds_cap = node.add(&ds).to_string();
         let chain = format!("31337={}", anvil.url);
         let mut args = vec!["--chain", chain.as_str(), "--chain-cache-secs", "2"];
         args.extend_from_slice(extra);
@@ -171,17 +180,18 @@ impl Setup {
             _node: node,
             gw,
             cap,
+            ds_cap,
             data,
             rt,
             http: client(),
         }
     }
 
-    fn gate(&self, repo: &str, policy: &str) {
+    pub(crate) fn gate(&self, repo: &str, policy: &str) {
         self.gw.register(repo, &self.cap, &["--gate", policy]);
     }
 
-    fn pass(&self) -> String {
+    pub(crate) fn pass(&self) -> String {
         format!("erc1155:31337:{}:{PASS_ID}>=1", self.d.erc1155)
     }
 
@@ -242,7 +252,7 @@ impl Setup {
         j["token"].as_str().unwrap().to_string()
     }
 
-    fn get(&self, repo: &str, token: Option<&str>) -> Answer {
+    pub(crate) fn get(&self, repo: &str, token: Option<&str>) -> Answer {
         let mut r = self
             .http
             .get(format!("{}/{repo}/resolve/main/{FILE}", self.gw.url));
@@ -253,7 +263,7 @@ impl Setup {
     }
 
     /// The file is served, whole.
-    fn served(&self, repo: &str, token: Option<&str>) {
+    pub(crate) fn served(&self, repo: &str, token: Option<&str>) {
         let a = self.get(repo, token);
         assert_eq!(a.status, 200, "{repo}: {}", a.text());
         assert!(a.body == self.data, "{repo}: the body is not the file");
@@ -271,7 +281,7 @@ impl Setup {
         assert_no_file_bytes(&a.body, &self.data);
     }
 
-    fn mint1155(&self, to: Address, amount: u64) {
+    pub(crate) fn mint1155(&self, to: Address, amount: u64) {
         self.rt.block_on(mint1155(
             &self.anvil,
             &self.d,
@@ -706,4 +716,69 @@ fn gateway_refuses_to_start_on_the_wrong_chain() {
     assert!(err.contains("says it is chain 31337"), "{err}");
     assert!(!err.contains("secret-key"), "{err}");
     assert!(!Path::new(&n.dir.join("gateway/gateway.addr")).exists());
+}
+
+/// Unmodified Hugging Face clients with a wallet's session token as `HF_TOKEN`, the wallet
+/// signing in from Python with `eth-account` as the devnet's demo tells users to: the model
+/// downloads with `snapshot_download`, the dataset loads with `datasets`; without the token the
+/// client raises `GatedRepoError`.
+#[test]
+fn huggingface_clients_read_gated_repos_with_a_wallet_token() {
+    let s = Setup::new(&[]);
+    s.gate("demo/pass", &s.pass());
+    // A gated dataset.
+    s.gw
+        .register("demo/data", &s.ds_cap, &["--dataset", "--gate", &s.pass()]);
+    let wallet = PrivateKeySigner::random();
+    s.mint1155(wallet.address(), 1);
+    let key = format!("0x{}", data_encoding::HEXLOWER.encode(&wallet.to_bytes()[..]));
+    let script = r#"
+import datetime, json, os, urllib.request
+from eth_account import Account
+from eth_account.messages import encode_defunct
+
+gw = os.environ["HF_ENDPOINT"]
+acct = Account.from_key(os.environ["CAIRN_TEST_WALLET_KEY"])
+n = json.load(urllib.request.urlopen(gw + "/auth/nonce"))
+now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")
+msg = (f"{n['domain']} wants you to sign in with your Ethereum account:\n{acct.address}\n\n"
+       f"Sign in to read gated models.\n\nURI: {n['uri']}\nVersion: 1\n"
+       f"Chain ID: {n['chains'][0]}\nNonce: {n['nonce']}\nIssued At: {iso(now)}\n"
+       f"Expiration Time: {iso(now + datetime.timedelta(hours=1))}")
+sig = acct.sign_message(encode_defunct(text=msg)).signature.hex()
+sig = sig if sig.startswith("0x") else "0x" + sig
+req = urllib.request.Request(gw + "/auth/siwe", method="POST",
+    data=json.dumps({"message": msg, "signature": sig}).encode(),
+    headers={"content-type": "application/json"})
+os.environ["HF_TOKEN"] = json.load(urllib.request.urlopen(req))["token"]
+
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import GatedRepoError
+try:
+    snapshot_download("demo/pass", token=False)
+    print("without token: served")
+except GatedRepoError:
+    print("without token: GatedRepoError")
+path = snapshot_download("demo/pass")
+print("with token:", open(os.path.join(path, "weights.bin"), "rb").read() == open(os.environ["CAIRN_TEST_FILE"], "rb").read())
+from datasets import load_dataset
+d = load_dataset("demo/data", split="train")
+print("dataset rows:", len(d), d[7]["text"])
+"#;
+    let file = s._node.tmp.path().join("model").join(FILE);
+    let out = crate::gateway::python_against_env(
+        &s.gw.url,
+        &s._node.tmp.path().join("hf-home"),
+        "eth_account",
+        script,
+        &[
+            ("CAIRN_TEST_WALLET_KEY", key.as_str()),
+            ("CAIRN_TEST_FILE", file.to_str().unwrap()),
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"without token: GatedRepoError"), "{out}");
+    assert!(lines.contains(&"with token: True"), "{out}");
+    assert!(lines.contains(&"dataset rows: 50 row 7"), "{out}");
 }

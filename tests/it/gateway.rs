@@ -579,7 +579,7 @@ pub(crate) fn python_against(
 
 /// [`python_against`] with `env` added (`SSL_CERT_FILE` for an HTTPS gateway). The trust
 /// variables of the test's own environment are removed first.
-fn python_against_env(
+pub(crate) fn python_against_env(
     gateway_url: &str,
     hf_home: &Path,
     package: &str,
@@ -796,6 +796,36 @@ print(AutoTokenizer.from_pretrained("demo/sample-model")("cairn stores models on
         ["gpt2 4", "[1, 2, 3, 6, 7]"]
     );
 
+    // The gated part (the test command installs anvil, so the devnet runs a local chain): the
+    // devnet checked it itself, and the snippet it printed, run as printed, signs the demo
+    // wallet in and downloads the gated model with the unmodified `huggingface_hub`.
+    assert!(
+        text.contains("(checked: 403 GatedRepo without a token; the demo wallet signs in and reads config.json)"),
+        "{text}"
+    );
+    let start = out
+        .iter()
+        .position(|l| l.contains("CAIRN_DEMO_KEY_FILE=") && l.contains("python3 - <<'EOF'"))
+        .unwrap_or_else(|| panic!("no gated snippet in:\n{text}"));
+    let end = start + out[start..].iter().position(|l| l == "EOF").expect("the snippet ends");
+    let snippet = out[start..=end].join("\n");
+    let mut sh = std::process::Command::new("bash");
+    sh.args(["-c", &snippet])
+        .env("HF_HOME", tmp.path().join("hf-home-gated"))
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_HUB_OFFLINE")
+        .stdin(std::process::Stdio::null());
+    let o = crate::devnet::run_bounded(sh, HTTP_TIMEOUT);
+    let got = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "the printed snippet failed: {got}\n{}", String::from_utf8_lossy(&o.stderr));
+    let dir = PathBuf::from(got.trim().lines().last().unwrap_or_default());
+    assert_eq!(
+        fs::read(dir.join("config.json")).unwrap(),
+        fs::read(base.join("sample-model/config.json")).unwrap()
+    );
+
     // Ctrl-C: every process stops, nothing is left behind.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let stop_deadline = Instant::now() + Duration::from_secs(30);
@@ -816,7 +846,7 @@ print(AutoTokenizer.from_pretrained("demo/sample-model")("cairn stores models on
         rest.push(line);
     }
     assert!(
-        rest.iter().any(|l| l.contains("stopping 6 processes")),
+        rest.iter().any(|l| l.contains("stopping 7 processes")),
         "{rest:?}"
     );
     let base_text = base.to_string_lossy().into_owned();
