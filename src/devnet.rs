@@ -222,7 +222,10 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
             match rt.block_on(crate::devnetchain::deploy_demo(&url, &base)) {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    eprintln!("no gated demo: the local chain did not come up ({e:#}); see {}", base.join("anvil.log").display());
+                    eprintln!(
+                        "no gated demo: the local chain did not come up ({e:#}); see {}",
+                        base.join("anvil.log").display()
+                    );
                     None
                 }
             }
@@ -364,7 +367,10 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
             );
             // Not indented: the heredoc and the Python must paste as they are.
             println!("\n{}\n", c.snippet(&gw_url));
-            println!("  or open {gw_url}/auth in a browser with a wallet on chain {}", c.chain_id);
+            println!(
+                "  or open {gw_url}/auth in a browser with a wallet on chain {}",
+                c.chain_id
+            );
             if tls.is_none() {
                 let want = std::fs::read(base.join("sample-model/config.json"))?;
                 rt.block_on(c.check(&gw_url, &want))?;

@@ -59,8 +59,9 @@ pub fn find_anvil() -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     on_path.or_else(|| {
-        let p =
-            PathBuf::from("target/test-env/npm/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+        let p = PathBuf::from(
+            "target/test-env/npm/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil",
+        );
         p.is_file().then_some(p)
     })
 }

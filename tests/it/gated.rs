@@ -727,11 +727,13 @@ fn huggingface_clients_read_gated_repos_with_a_wallet_token() {
     let s = Setup::new(&[]);
     s.gate("demo/pass", &s.pass());
     // A gated dataset.
-    s.gw
-        .register("demo/data", &s.ds_cap, &["--dataset", "--gate", &s.pass()]);
+    s.gw.register("demo/data", &s.ds_cap, &["--dataset", "--gate", &s.pass()]);
     let wallet = PrivateKeySigner::random();
     s.mint1155(wallet.address(), 1);
-    let key = format!("0x{}", data_encoding::HEXLOWER.encode(&wallet.to_bytes()[..]));
+    let key = format!(
+        "0x{}",
+        data_encoding::HEXLOWER.encode(&wallet.to_bytes()[..])
+    );
     let script = r#"
 import datetime, json, os, urllib.request
 from eth_account import Account

@@ -807,7 +807,11 @@ print(AutoTokenizer.from_pretrained("demo/sample-model")("cairn stores models on
         .iter()
         .position(|l| l.contains("CAIRN_DEMO_KEY_FILE=") && l.contains("python3 - <<'EOF'"))
         .unwrap_or_else(|| panic!("no gated snippet in:\n{text}"));
-    let end = start + out[start..].iter().position(|l| l == "EOF").expect("the snippet ends");
+    let end = start
+        + out[start..]
+            .iter()
+            .position(|l| l == "EOF")
+            .expect("the snippet ends");
     let snippet = out[start..=end].join("\n");
     let mut sh = std::process::Command::new("bash");
     sh.args(["-c", &snippet])
@@ -819,7 +823,11 @@ print(AutoTokenizer.from_pretrained("demo/sample-model")("cairn stores models on
         .stdin(std::process::Stdio::null());
     let o = crate::devnet::run_bounded(sh, HTTP_TIMEOUT);
     let got = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "the printed snippet failed: {got}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "the printed snippet failed: {got}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let dir = PathBuf::from(got.trim().lines().last().unwrap_or_default());
     assert_eq!(
         fs::read(dir.join("config.json")).unwrap(),
