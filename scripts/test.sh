@@ -12,6 +12,11 @@
 #                   @foundry-rs/anvil-linux-amd64 (version pinned below) into target/test-env/npm,
 #                   its path exported as CAIRN_ANVIL (set CAIRN_ANVIL to use your own instead).
 #                   Reinstalled only when absent or when the pinned version changes.
+#   chromium        the headless browser of the sign-in page's test (tests/it/browser.rs):
+#                   Debian's chromium, when /usr/bin/chromium and `chromium` on PATH are absent,
+#                   as root; its path exported as CAIRN_CHROMIUM (set CAIRN_CHROMIUM to use your
+#                   own instead). Playwright (in tests/requirements.txt) drives it and never
+#                   downloads a browser of its own (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1).
 #   diff, cmp       Debian's diffutils, when absent and when run as root
 #   node, npm       Debian's nodejs and npm, when absent and anvil is to be installed, as root
 # A second run installs nothing and starts the tests within seconds. Without network to the
@@ -64,13 +69,13 @@ if ! cmp -s "$req" "$venv/.cairn-requirements" || ! "$venv/bin/python3" -c '' >/
         python3 -m venv "$venv" >>"$log" 2>&1 || die "python3 -m venv failed (see $log): install Python's venv module (Debian: python3-venv)"
     fi
     step "installing the pinned Python clients ($(grep -Ev '^\s*(#|$)' "$req" | tr '\n' ' '))"
-    "$venv/bin/python3" -m pip install --disable-pip-version-check -r "$req" >>"$log" 2>&1 ||
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 "$venv/bin/python3" -m pip install --disable-pip-version-check -r "$req" >>"$log" 2>&1 ||
         die "the Python clients in tests/requirements.txt could not be installed (no network to PyPI? see $log): run '$venv/bin/python3 -m pip install -r tests/requirements.txt'"
     cp "$req" "$venv/.cairn-requirements"
 fi
 export PATH="$venv/bin:$PATH"
 export VIRTUAL_ENV="$venv"
-python3 -c 'import huggingface_hub, datasets, transformers, safetensors' 2>/dev/null ||
+python3 -c 'import huggingface_hub, datasets, transformers, safetensors, playwright.sync_api' 2>/dev/null ||
     die "the Python clients in $venv do not import: remove $venv and run this again"
 
 # anvil, the local chain of the gateway's on-chain access tests (tests/it/anvil.rs), from npm.
@@ -95,6 +100,22 @@ else
         anvil_is_pinned "$anvil" || die "anvil $anvil_version does not run after its install: try '$anvil --version' (see $log)"
     fi
     export CAIRN_ANVIL="$anvil"
+fi
+
+# chromium, the browser the sign-in page's test drives through Playwright, from Debian.
+# CAIRN_CHROMIUM, when set, names a Chromium of your own and nothing is installed.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+if [ -n "${CAIRN_CHROMIUM:-}" ]; then
+    "$CAIRN_CHROMIUM" --version >/dev/null 2>&1 || die "CAIRN_CHROMIUM=$CAIRN_CHROMIUM does not run: unset it to have Debian's chromium installed, or point it at a Chromium"
+else
+    chromium=/usr/bin/chromium
+    [ -x "$chromium" ] || chromium="$(command -v chromium 2>/dev/null || true)"
+    if [ -z "$chromium" ]; then
+        apt_install chromium
+        chromium=/usr/bin/chromium
+    fi
+    "$chromium" --version >/dev/null 2>&1 || die "chromium at $chromium does not run: try '$chromium --version' (see $log)"
+    export CAIRN_CHROMIUM="$chromium"
 fi
 
 exec cargo nextest run --no-fail-fast "$@"

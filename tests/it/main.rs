@@ -4,6 +4,7 @@
 //! results on disk, through the store library where it needs to look inside.
 
 mod anvil;
+mod browser;
 mod cli;
 mod devnet;
 mod gated;
