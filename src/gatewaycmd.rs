@@ -96,6 +96,9 @@ pub struct Transport {
     /// holder who transfers the token away is denied at most this long after.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=30))]
     pub chain_cache_secs: Option<u64>,
+    /// Wallet sign-ins (nonces) one client address may start per minute [default: 30].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub sign_ins_per_minute: Option<u32>,
 }
 
 impl Transport {
@@ -127,6 +130,9 @@ impl Transport {
         c.public_origin = self.public_origin.clone();
         if let Some(s) = self.chain_cache_secs {
             c.chain_allow_ttl = Duration::from_secs(s);
+        }
+        if let Some(n) = self.sign_ins_per_minute {
+            c.nonces_per_client_per_minute = n;
         }
         Ok(())
     }

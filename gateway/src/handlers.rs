@@ -79,6 +79,8 @@ impl AppState {
         siwe: Option<Arc<crate::access::siwe::Siwe>>,
     ) -> Self {
         let chunks = Arc::new(ChunkLru::new(config.chunk_cache_bytes));
+        let nonce_limiter =
+            crate::access::routes::NonceLimiter::new(config.nonces_per_client_per_minute);
         let streams = Arc::new(StreamLimits::new(
             config.streams_max,
             config.streams_per_client_max,
@@ -104,7 +106,7 @@ impl AppState {
                 crate::tensors::TENSOR_HEADER_BYTES_MAX as usize,
             )),
             siwe,
-            nonce_limiter: crate::access::routes::NonceLimiter::new(),
+            nonce_limiter,
         }
     }
 

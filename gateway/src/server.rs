@@ -77,6 +77,9 @@ pub struct GatewayConfig {
     /// How long a chain's "yes" is believed (at most `access::chain::ALLOW_TTL`, 30 s): a
     /// holder who transfers the token away is denied at most this long after.
     pub chain_allow_ttl: Duration,
+    /// Sign-in nonces one client address may get per minute (behind a proxy that is not
+    /// trusted, every client shares its address: raise it there).
+    pub nonces_per_client_per_minute: u32,
 }
 
 /// A chain id and the URL of its JSON-RPC endpoint. `Debug` shows the URL without its path,
@@ -161,6 +164,7 @@ impl Default for GatewayConfig {
             chains: Vec::new(),
             public_origin: None,
             chain_allow_ttl: crate::access::chain::ALLOW_TTL,
+            nonces_per_client_per_minute: crate::access::routes::NONCES_PER_CLIENT_PER_MINUTE,
         }
     }
 }

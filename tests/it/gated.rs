@@ -152,6 +152,11 @@ const NFT_ID: u64 = 42;
 
 impl Setup {
     pub(crate) fn new(extra: &[&str]) -> Setup {
+        Setup::with(2, extra)
+    }
+
+    /// As [`Setup::new`], believing the chain's allows for `cache_secs`.
+    fn with(cache_secs: u32, extra: &[&str]) -> Setup {
         let rt = runtime();
         let anvil = Anvil::start();
         let d = rt.block_on(deploy_all(&anvil));
@@ -171,7 +176,13 @@ impl Setup {
         std::fs::write(ds.join("data/train.jsonl"), rows).unwrap();
         let ds_cap = node.add(&ds).to_string();
         let chain = format!("31337={}", anvil.url);
-        let mut args = vec!["--chain", chain.as_str(), "--chain-cache-secs", "2"];
+        let cache = cache_secs.to_string();
+        let mut args = vec![
+            "--chain",
+            chain.as_str(),
+            "--chain-cache-secs",
+            cache.as_str(),
+        ];
         args.extend_from_slice(extra);
         let gw = DevGateway::start_local_with(&node.dir, &args);
         Setup {
@@ -783,4 +794,73 @@ print("dataset rows:", len(d), d[7]["text"])
     assert!(lines.contains(&"without token: GatedRepoError"), "{out}");
     assert!(lines.contains(&"with token: True"), "{out}");
     assert!(lines.contains(&"dataset rows: 50 row 7"), "{out}");
+}
+
+/// The value of the unlabelled sample `name` in the gateway's metrics.
+fn metric(s: &Setup, name: &str) -> u64 {
+    let text =
+        s.rt.block_on(send(s.http.get(format!("{}/metrics", s.gw.url))))
+            .text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in the metrics:\n{text}"))
+}
+
+/// 1000 concurrent gated range requests from 50 signed-in addresses: every one is answered
+/// `206` with the right bytes, and the chain is asked once per address (concurrent checks of
+/// one address wait for the first one's call).
+#[test]
+fn a_thousand_concurrent_gated_ranges_cost_one_chain_check_per_address() {
+    let s = Setup::with(
+        30,
+        &[
+            "--sign-ins-per-minute",
+            "100",
+            "--connections-per-client",
+            "1000",
+        ],
+    );
+    s.gate("demo/pass", &s.pass());
+    let wallets: Vec<PrivateKeySigner> = (0..50).map(|_| PrivateKeySigner::random()).collect();
+    for w in &wallets {
+        s.mint1155(w.address(), 1);
+    }
+    let tokens: Vec<String> = wallets.iter().map(|w| s.token(w)).collect();
+    let before = metric(&s, "cairn_gateway_chain_cache_misses_total");
+    let url = format!("{}/demo/pass/resolve/main/{FILE}", s.gw.url);
+    let len = s.data.len();
+    let answers = s.rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..1000usize {
+            let (http, url, token) = (s.http.clone(), url.clone(), tokens[i % 50].clone());
+            let off = (i * 257) % (len - 1000);
+            set.spawn(async move {
+                let a = send(
+                    http.get(&url)
+                        .bearer_auth(token)
+                        .header("range", format!("bytes={off}-{}", off + 999)),
+                )
+                .await;
+                (off, a)
+            });
+        }
+        set.join_all().await
+    });
+    let mut bad = 0;
+    for (off, a) in &answers {
+        if a.status != 206 || a.body != s.data[*off..off + 1000] {
+            bad += 1;
+        }
+    }
+    assert_eq!(
+        bad,
+        0,
+        "{bad} of 1000 ranges failed, e.g. {:?}",
+        answers
+            .iter()
+            .find(|(_, a)| a.status != 206)
+            .map(|(_, a)| (a.status, a.text()))
+    );
+    let misses = metric(&s, "cairn_gateway_chain_cache_misses_total") - before;
+    assert_eq!(misses, 50, "chain checks for 50 addresses");
 }

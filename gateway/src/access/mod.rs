@@ -11,5 +11,5 @@
 pub mod authorizer;
 pub mod chain;
 pub mod policy;
-pub(crate) mod routes;
+pub mod routes;
 pub mod siwe;

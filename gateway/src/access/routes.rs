@@ -8,8 +8,9 @@
 //! | GET | `/auth/session` | with the token: `{session, address, chain_id, expires_at}` |
 //! | DELETE | `/auth/session` | with the token: signs it out (204) |
 //!
-//! Nonces are handed out at most [`NONCES_PER_CLIENT_PER_MINUTE`] per client address (an IPv6
-//! client counts by its /64), so one client cannot use up the table for everyone.
+//! Nonces are handed out at most `GatewayConfig::nonces_per_client_per_minute` (default
+//! [`NONCES_PER_CLIENT_PER_MINUTE`]) per client address (an IPv6 client counts by its /64), so
+//! one client cannot use up the table for everyone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,7 @@ use serde_json::json;
 use super::siwe::{SessionCheck, Siwe, SiweError};
 use crate::handlers::{AppState, ClientAddr, header_safe};
 
-/// Nonces one client address may get per minute.
+/// Nonces one client address may get per minute, by default.
 pub const NONCES_PER_CLIENT_PER_MINUTE: u32 = 30;
 /// Client addresses the nonce limiter remembers at once.
 const LIMITER_CLIENTS_MAX: usize = 10_000;
@@ -90,12 +91,14 @@ pub(crate) async fn page(State(st): St, uri: axum::http::Uri) -> Response {
 /// Per-client nonce budget.
 pub(crate) struct NonceLimiter {
     clients: Mutex<HashMap<String, (Instant, u32)>>,
+    per_minute: u32,
 }
 
 impl NonceLimiter {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(per_minute: u32) -> Self {
         Self {
             clients: Mutex::new(HashMap::new()),
+            per_minute,
         }
     }
 
@@ -113,7 +116,7 @@ impl NonceLimiter {
         if now.duration_since(e.0) >= window {
             *e = (now, 0);
         }
-        if e.1 >= NONCES_PER_CLIENT_PER_MINUTE {
+        if e.1 >= self.per_minute {
             return false;
         }
         e.1 += 1;
@@ -131,7 +134,10 @@ pub(crate) async fn nonce(State(st): St, client: Option<axum::Extension<ClientAd
     if !st.nonce_limiter.take(&key) {
         return error(
             429,
-            &format!("at most {NONCES_PER_CLIENT_PER_MINUTE} sign-in nonces a minute per client"),
+            &format!(
+                "at most {} sign-in nonces a minute per client",
+                st.nonce_limiter.per_minute
+            ),
         );
     }
     match tokio::task::spawn_blocking(move || siwe.issue_nonce()).await {
