@@ -7,7 +7,8 @@
 //!   without a certificate still connects (and may use a bearer key). The verified end-entity
 //!   certificate rides in every request's extensions ([`crate::tls::PeerCertificate`]).
 //! - This module reads it into a [`ClientIdentity`] and the key store decides, per request, what
-//!   it may do: the same check as for a bearer key (`apikey` module docs), reached another way.
+//!   it may do: the same check as for a bearer key (`access::keycheck` module docs), reached
+//!   another way.
 //!
 //! # Goals
 //! - A certificate acts exactly as the API key it is bound to: same scopes, IP allow-list, rate
@@ -87,8 +88,9 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::apikey::{KeyInfo, Refusal};
-use crate::auth::DenialKind;
+use crate::access::hook::DenialKind;
+use crate::access::keycheck::Refusal;
+use crate::access::keystore::KeyInfo;
 use crate::registry::now;
 use crate::{ApiKeyStore, Error, LABEL_LEN_MAX};
 
@@ -549,10 +551,10 @@ impl ApiKeyStore {
             )));
         }
         let what = r.what.canonical()?;
-        let reg = self.registry();
-        let e = |x: &dyn fmt::Display| reg.err(x);
+        let db = self.db();
+        let e = |x: &dyn fmt::Display| db.err(x);
         let key = what.table_key();
-        let tx = reg.db().begin_write().map_err(|x| e(&x))?;
+        let tx = db.redb().begin_write().map_err(|x| e(&x))?;
         let entry = {
             let mut t = tx.open_table(CERT_REVOKED).map_err(|x| e(&x))?;
             if let Some(v) = t.get(key.as_str()).map_err(|x| e(&x))? {
@@ -582,9 +584,9 @@ impl ApiKeyStore {
 
     /// Every revoked certificate, fingerprints first, each kind in order.
     pub fn revoked_certs(&self) -> Result<Vec<RevokedCert>, Error> {
-        let reg = self.registry();
-        let e = |x: &dyn fmt::Display| reg.err(x);
-        let rtx = reg.db().begin_read().map_err(|x| e(&x))?;
+        let db = self.db();
+        let e = |x: &dyn fmt::Display| db.err(x);
+        let rtx = db.redb().begin_read().map_err(|x| e(&x))?;
         let t = rtx.open_table(CERT_REVOKED).map_err(|x| e(&x))?;
         let mut out: Vec<RevokedCert> = Vec::new();
         for r in t.iter().map_err(|x| e(&x))? {
@@ -643,7 +645,7 @@ impl ApiKeyStore {
             }
         }
         let keys = rtx
-            .open_table(crate::apikey::APIKEYS)
+            .open_table(crate::access::keystore::APIKEYS)
             .map_err(|_| unreadable())?;
         let mut bound = Vec::new();
         for i in &ids {
@@ -865,7 +867,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use crate::auth::{AccessRequest, Authorizer, Credential, Operation};
+    use crate::access::hook::{AccessRequest, Authorizer, Credential, Operation};
     use crate::{
         AccessPolicy, ApiKeyAuthorizer, AuditDecision, Decision, NewKey, Registry, RevokeCert,
     };

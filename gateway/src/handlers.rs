@@ -16,7 +16,9 @@ use cairn_artifact::{Artifact, ChunkCache, Cid, FileEntry};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{AccessPolicy, AccessRequest, Credential, Decision, DenialKind, Operation};
+use crate::access::hook::{
+    AccessPolicy, AccessRequest, Credential, Decision, DenialKind, Operation,
+};
 use crate::body::{SMALL_BODY_MAX, StreamLimits, read_small, stream_file};
 use crate::cache::ChunkLru;
 use crate::metrics::{MethodLabel, Metrics, RequestLabels, RouteLabels};

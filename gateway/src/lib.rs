@@ -12,15 +12,18 @@
 //! - [`Authorizer`] decides, against the artifact's [`AccessPolicy`], whether a request may see
 //!   it; [`PublicOnly`] is the default, [`ApiKeyAuthorizer`] admits API keys (scoped, hashed,
 //!   revocable, rotatable, rate-limited, IP-restricted, audited; see [`ApiKeyStore`] and the
-//!   `apikey` module docs: key format `cairn_<16 hex>_<43 base64url>`, scopes such as
-//!   `read:repo:org/name`, `read:prefix:org/`, `read:artifact:<cid>`).
+//!   [`access`] module, one file per job: key format `cairn_<16 hex>_<43 base64url>`, scopes
+//!   such as `read:repo:org/name`, `read:prefix:org/`, `read:artifact:<cid>`), and the gateway's
+//!   own authorizer adds wallet sign-ins and on-chain gates.
 //! - [`Usage`] counts requests, response body bytes and denials per [`Principal`] (`key:<id>`
 //!   for a verified key, else `anonymous`): Prometheus counters over a bounded label set, daily
 //!   totals in `gateway.redb` (`cairn apikey usage`), and an audit note on a key's first use
 //!   from each client address (see the `usage` module docs and `docs/usage-metrics.md`).
 //! - [`Gateway::serve`] runs the server until a shutdown future completes;
 //!   [`Gateway::serve_admin`] runs the admin API (JSON, loopback, bearer admin token) that
-//!   [`AdminClient`] talks to; [`run_gateway`] does both for the binary.
+//!   [`AdminClient`] talks to; [`run_gateway`] does both for the binary, over one
+//!   `gateway.redb` that the registry, the key store, the sign-in tables and the usage totals
+//!   share.
 //!
 //! # Endpoints
 //!
@@ -85,12 +88,11 @@
 
 pub mod access;
 mod admin;
-mod apikey;
-mod auth;
 mod body;
 mod cache;
 mod clientcert;
 mod conns;
+mod db;
 mod devcert;
 mod error;
 #[doc(hidden)]
@@ -99,27 +101,34 @@ mod handlers;
 mod metrics;
 mod range;
 mod registry;
+mod run;
 mod server;
 mod source;
 mod tensors;
 mod tls;
 mod usage;
 
-pub use admin::{
-    ADMIN_ADDR_FILE, ADMIN_ANSWER_BYTES_MAX, ADMIN_BODY_BYTES_MAX, ADMIN_CLIENT_TIMEOUT,
-    ADMIN_CONNECTIONS_MAX, ADMIN_REQUEST_TIMEOUT, ADMIN_TOKEN_FILE, AUDIT_LIMIT_MAX, AdminAuth,
-    AdminClient, GATEWAY_ADDR_FILE, load_or_create_admin_token, run_gateway, run_gateway_with,
-};
-pub use apikey::{
-    ALLOW_IPS_PER_KEY_MAX, AUDIT_ANON_ENTRIES_MAX, AUDIT_ANON_WINDOW_SECS, AUDIT_ENTRIES_MAX,
-    AUDIT_SYNC_EVERY, ApiKey, ApiKeyAuthorizer, ApiKeyStore, AuditDecision, AuditEntry, CreatedKey,
-    IpNet, KEY_ID_LEN, KEY_LEN, KEY_LIFETIME_MAX_SECS, KEY_PREFIX, KEY_SECRET_LEN, KeyId, KeyInfo,
-    KeyParseError, LABEL_LEN_MAX, NewKey, Op, RATE_BUCKETS_MAX, SCOPE_LEN_MAX, SCOPES_PER_KEY_MAX,
-    Scope, ScopeTarget, parse_api_key,
-};
-pub use auth::{
+pub use access::hook::{
     AccessPolicy, AccessRequest, Authorizer, BoxFuture, Credential, Decision, DenialKind,
     Operation, PublicOnly,
+};
+pub use access::keycheck::ApiKeyAuthorizer;
+pub use access::keys::{
+    ApiKey, KEY_ID_LEN, KEY_LEN, KEY_PREFIX, KEY_SECRET_LEN, KeyId, KeyParseError, parse_api_key,
+};
+pub use access::keystore::{
+    AUDIT_ANON_ENTRIES_MAX, AUDIT_ANON_WINDOW_SECS, AUDIT_ENTRIES_MAX, AUDIT_SYNC_EVERY,
+    ApiKeyStore, AuditDecision, AuditEntry, CreatedKey, KEY_LIFETIME_MAX_SECS, KeyInfo,
+    LABEL_LEN_MAX, NewKey,
+};
+pub use access::ratelimit::RATE_BUCKETS_MAX;
+pub use access::scopes::{
+    ALLOW_IPS_PER_KEY_MAX, IpNet, Op, SCOPE_LEN_MAX, SCOPES_PER_KEY_MAX, Scope, ScopeTarget,
+};
+pub use admin::{
+    ADMIN_ANSWER_BYTES_MAX, ADMIN_BODY_BYTES_MAX, ADMIN_CLIENT_TIMEOUT, ADMIN_CONNECTIONS_MAX,
+    ADMIN_REQUEST_TIMEOUT, ADMIN_TOKEN_FILE, AUDIT_LIMIT_MAX, AdminAuth, AdminClient,
+    load_or_create_admin_token,
 };
 pub use body::{BLOCK_LEN, CLIENT_STALL_MAX, READ_AHEAD_BLOCKS, SMALL_BODY_MAX, SMALL_READS_MAX};
 pub use cache::CHUNK_CACHE_BYTES;
@@ -135,6 +144,7 @@ pub use range::{RANGE_HEADER_LEN_MAX, RangeRequest, parse_range};
 pub use registry::{
     ArtifactEntry, CommitId, Lookup, REPO_PART_LEN_MAX, Registry, RepoId, RepoKind, Resolved,
 };
+pub use run::{ADMIN_ADDR_FILE, GATEWAY_ADDR_FILE, run_gateway, run_gateway_with};
 pub use server::{ChainRpc, Gateway, GatewayConfig};
 pub use source::{ArtifactSource, LocalSource, NetworkSource, OpenArtifact, Pieces};
 pub use tensors::{TENSOR_HEADER_BYTES_MAX, TENSORS_QUERY_PARAM};

@@ -1,11 +1,10 @@
 //! The repository registry: which `org/name` revisions this gateway serves, and the read
 //! capabilities it holds for them.
 //!
-//! Kept in a small redb database (`gateway.redb` in the gateway's data directory) rather than a
-//! JSON file: registering a revision and moving `main` is one atomic transaction (a crash leaves
-//! the old state or the new one), table names carry a format version like the store's tables,
-//! and the API-key store of the next milestone (hashed keys, revocations, an audit log) needs the
-//! same transactional database, so both live in one file.
+//! Kept in the gateway's redb database (`gateway.redb`, see the `db` module, which the API-key
+//! store, the sign-in tables and the usage totals share) rather than a JSON file: registering a
+//! revision and moving `main` is one atomic transaction (a crash leaves the old state or the new
+//! one), and table names carry a format version like the store's tables.
 //!
 //! Tables (keys are UTF-8; values are the bytes described):
 //! - `gateway-artifacts-1`: manifest CID bytes → JSON `ArtifactRecord` (capability string, access
@@ -21,17 +20,21 @@
 //! cannot be used to get around a repository's restriction.
 //! - `gateway-refs-1`: `"{kind}/{org}/{name}#{ref}"` → commit id (40 hex); `main` is the ref
 //!   every registration moves.
-//! - `gateway-apikeys-1` and `gateway-audit-1` belong to the API-key store (see `apikey.rs`).
+//!
+//! The database's other tables belong to the API-key store (`access::keystore`), client
+//! certificates, wallet sign-ins and usage (the table is in the `db` module docs).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_artifact::{Cid, ReadCap};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::db::GatewayDb;
 use crate::{AccessPolicy, Error};
 
 const ARTIFACTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("gateway-artifacts-1");
@@ -227,8 +230,9 @@ pub struct Resolved {
 
 /// The gateway's registry of repositories and capabilities (see the module docs).
 pub struct Registry {
-    path: PathBuf,
-    db: Database,
+    /// The database the registry's tables live in; the key store, the sign-in tables and the
+    /// usage totals borrow it from here (see [`Registry::db`]).
+    db: Arc<GatewayDb>,
 }
 
 pub(crate) fn now() -> u64 {
@@ -247,17 +251,13 @@ impl Registry {
     /// is created 0700 and the database 0600: it holds every read capability the gateway serves
     /// with, private repositories' included.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        cairn_store::create_dir_private(dir).map_err(|source| Error::Io {
-            what: format!("creating {}", dir.display()),
-            source,
-        })?;
-        let path = dir.join("gateway.redb");
-        let db = cairn_store::create_private_db(&path).map_err(|e| Error::Registry {
-            path: path.clone(),
-            reason: format!("{e}; is another gateway using this data directory?"),
-        })?;
-        let reg = Self { path, db };
-        let tx = reg.db.begin_write().map_err(|e| reg.err(e))?;
+        Self::open_in(Arc::new(GatewayDb::open(dir)?))
+    }
+
+    /// Opens the registry's tables (creating them) in `db`.
+    pub(crate) fn open_in(db: Arc<GatewayDb>) -> Result<Self, Error> {
+        let reg = Self { db };
+        let tx = reg.db.redb().begin_write().map_err(|e| reg.err(e))?;
         {
             tx.open_table(ARTIFACTS).map_err(|e| reg.err(e))?;
             tx.open_table(REVISIONS).map_err(|e| reg.err(e))?;
@@ -267,16 +267,15 @@ impl Registry {
         Ok(reg)
     }
 
-    /// The database, shared with the API-key store (redb allows one open per file).
-    pub(crate) fn db(&self) -> &Database {
+    /// The database the registry lives in, for the parts of the gateway that keep their tables
+    /// beside it (redb allows one open per file): the API-key store, the sign-in tables and the
+    /// usage totals open theirs in it when given this registry.
+    pub(crate) fn db(&self) -> &Arc<GatewayDb> {
         &self.db
     }
 
     pub(crate) fn err(&self, e: impl fmt::Display) -> Error {
-        Error::Registry {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        }
+        self.db.err(e)
     }
 
     /// Registers `cap` as a revision of `repo` with access `policy` and points `main` at it, in
@@ -308,7 +307,7 @@ impl Registry {
         let commit = CommitId::of(&cap.cid);
         let key = cap.cid.to_bytes();
         let rk = repo_key(kind, repo);
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.db.redb().begin_write().map_err(|e| self.err(e))?;
         let policy = match policy {
             Some(p) => p,
             None => self.main_policy(&tx, &rk)?.unwrap_or_default(),
@@ -395,7 +394,7 @@ impl Registry {
 
     /// The artifact with manifest `cid`, if this gateway holds its capability.
     pub fn artifact(&self, cid: &Cid) -> Result<Option<ArtifactEntry>, Error> {
-        let rtx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let rtx = self.db.redb().begin_read().map_err(|e| self.err(e))?;
         let t = rtx.open_table(ARTIFACTS).map_err(|e| self.err(e))?;
         match t.get(cid.to_bytes().as_slice()).map_err(|e| self.err(e))? {
             Some(v) => self.decode(v.value()).map(Some),
@@ -424,7 +423,7 @@ impl Registry {
     /// of which may be missing. The caller decides what a missing or a forbidden one looks like.
     pub fn lookup(&self, kind: RepoKind, repo: &RepoId, rev: &str) -> Result<Lookup, Error> {
         let rk = repo_key(kind, repo);
-        let rtx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let rtx = self.db.redb().begin_read().map_err(|e| self.err(e))?;
         let refs = rtx.open_table(REFS).map_err(|e| self.err(e))?;
         let Some(main_commit) = refs
             .get(format!("{rk}#main").as_str())

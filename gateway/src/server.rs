@@ -336,7 +336,8 @@ impl Gateway {
             self.state.usage.clone(),
             self.state.siwe.clone(),
             auth,
-            &cfg,
+            cfg.body_bytes_max,
+            cfg.request_timeout,
         );
         serve_app(
             app,

@@ -69,7 +69,9 @@ use prometheus_client::metrics::family::Family;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::apikey::{ApiKeyStore, AuditDecision, AuditEntry, KeyId};
+use crate::access::keys::KeyId;
+use crate::access::keystore::{ApiKeyStore, AuditDecision, AuditEntry};
+use crate::db::GatewayDb;
 use crate::registry::now;
 use crate::{Error, Registry};
 
@@ -316,7 +318,7 @@ impl Addrs {
 
 /// Where the totals persist, and the audit log the first-use notes go to.
 struct Db {
-    registry: Arc<Registry>,
+    db: Arc<GatewayDb>,
     keys: Arc<ApiKeyStore>,
 }
 
@@ -380,10 +382,27 @@ impl Usage {
         addrs_per_key_max: usize,
         addrs_max: usize,
     ) -> Result<Self, Error> {
-        let e = |x: &dyn std::fmt::Display| registry.err(x);
+        Self::open_in(
+            registry.db().clone(),
+            keys,
+            labelled_max,
+            addrs_per_key_max,
+            addrs_max,
+        )
+    }
+
+    /// Opens the usage tables in `db` (see [`Usage::open_with_limits`]).
+    pub(crate) fn open_in(
+        db: Arc<GatewayDb>,
+        keys: Arc<ApiKeyStore>,
+        labelled_max: usize,
+        addrs_per_key_max: usize,
+        addrs_max: usize,
+    ) -> Result<Self, Error> {
+        let e = |x: &dyn std::fmt::Display| db.err(x);
         let cutoff = day_of(now()).saturating_sub(USAGE_RETENTION_DAYS);
         let mut loaded = Vec::new();
-        let tx = registry.db().begin_write().map_err(|x| e(&x))?;
+        let tx = db.redb().begin_write().map_err(|x| e(&x))?;
         {
             trim_usage(&mut tx.open_table(USAGE).map_err(|x| e(&x))?, cutoff).map_err(|x| e(&x))?;
             let mut t = tx.open_table(ADDRS).map_err(|x| e(&x))?;
@@ -400,7 +419,7 @@ impl Usage {
         }
         tx.commit().map_err(|x| e(&x))?;
         let u = Self::new(
-            Some(Db { registry, keys }),
+            Some(Db { db, keys }),
             labelled_max,
             addrs_per_key_max,
             addrs_max,
@@ -575,7 +594,7 @@ impl Usage {
         if counts.is_empty() && write.is_empty() && gone.is_empty() {
             return Ok(());
         }
-        let res = write_flush(&db.registry, &counts, &write, &gone);
+        let res = write_flush(&db.db, &counts, &write, &gone);
         if let Err(e) = &res {
             tracing::warn!(error = %e, "usage flush failed; keeping the counts for the next");
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -599,8 +618,8 @@ impl Usage {
             return Ok(Vec::new());
         };
         self.flush()?;
-        let e = |x: &dyn std::fmt::Display| db.registry.err(x);
-        let rtx = db.registry.db().begin_read().map_err(|x| e(&x))?;
+        let e = |x: &dyn std::fmt::Display| db.db.err(x);
+        let rtx = db.db.redb().begin_read().map_err(|x| e(&x))?;
         let t = rtx.open_table(USAGE).map_err(|x| e(&x))?;
         let mut out = Vec::new();
         for r in t.range((day_of(since), "")..).map_err(|x| e(&x))? {
@@ -665,13 +684,13 @@ fn trim_usage(
 }
 
 fn write_flush(
-    registry: &Registry,
+    db: &GatewayDb,
     counts: &HashMap<(u32, Principal), UsageCounts>,
     write: &[(Principal, String, u32)],
     gone: &HashSet<(Principal, String)>,
 ) -> Result<(), Error> {
-    let e = |x: &dyn std::fmt::Display| registry.err(x);
-    let tx = registry.db().begin_write().map_err(|x| e(&x))?;
+    let e = |x: &dyn std::fmt::Display| db.err(x);
+    let tx = db.redb().begin_write().map_err(|x| e(&x))?;
     {
         let mut t = tx.open_table(USAGE).map_err(|x| e(&x))?;
         for ((day, p), c) in counts {

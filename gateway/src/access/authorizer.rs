@@ -20,13 +20,13 @@
 use std::sync::Arc;
 
 use crate::access::chain::Chains;
-use crate::access::siwe::{SESSION_PREFIX, SessionCheck, Siwe};
-use crate::apikey::{AuditDecision, AuditEntry, client_key};
-use crate::auth::{
+use crate::access::hook::{
     AccessPolicy, AccessRequest, Authorizer, BoxFuture, Credential, Decision, DenialKind, Operation,
 };
+use crate::access::keycheck::ApiKeyAuthorizer;
+use crate::access::keystore::{ApiKeyStore, AuditDecision, AuditEntry, client_key};
+use crate::access::siwe::{SESSION_PREFIX, SessionCheck, Siwe};
 use crate::usage::Principal;
-use crate::{ApiKeyAuthorizer, ApiKeyStore};
 
 /// API keys, wallet sessions and on-chain gates (see the module docs).
 pub struct AccessAuthorizer {

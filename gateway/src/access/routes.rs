@@ -130,7 +130,7 @@ pub(crate) async fn nonce(State(st): St, client: Option<axum::Extension<ClientAd
         Ok(s) => s.clone(),
         Err(r) => return r,
     };
-    let key = crate::apikey::client_key(client.map(|c| c.0.0.ip()));
+    let key = crate::access::keystore::client_key(client.map(|c| c.0.0.ip()));
     if !st.nonce_limiter.take(&key) {
         return error(
             429,
@@ -179,7 +179,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::auth::bearer_token)
+        .and_then(crate::access::hook::bearer_token)
         .map(str::to_string)
 }
 

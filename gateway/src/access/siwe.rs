@@ -49,6 +49,7 @@ use subtle::ConstantTimeEq;
 
 use super::chain::Chains;
 use crate::Registry;
+use crate::db::GatewayDb;
 use crate::error::Error;
 
 const NONCES: TableDefinition<&str, u64> = TableDefinition::new("gateway-siwe-nonces-1");
@@ -238,7 +239,7 @@ pub enum SessionCheck {
 
 /// The SIWE side of the gateway: the nonce and session tables, the origin, the chains.
 pub struct Siwe {
-    registry: Arc<Registry>,
+    db: Arc<GatewayDb>,
     origin: Origin,
     chains: Arc<Chains>,
 }
@@ -378,15 +379,20 @@ impl Siwe {
         origin: Origin,
         chains: Arc<Chains>,
     ) -> Result<Self, Error> {
-        let tx = registry.db().begin_write().map_err(|e| registry.err(e))?;
-        tx.open_table(NONCES).map_err(|e| registry.err(e))?;
-        tx.open_table(SESSIONS).map_err(|e| registry.err(e))?;
-        tx.commit().map_err(|e| registry.err(e))?;
-        Ok(Self {
-            registry,
-            origin,
-            chains,
-        })
+        Self::open_in(registry.db().clone(), origin, chains)
+    }
+
+    /// Opens the nonce and session tables in `db`, creating them.
+    pub(crate) fn open_in(
+        db: Arc<GatewayDb>,
+        origin: Origin,
+        chains: Arc<Chains>,
+    ) -> Result<Self, Error> {
+        let tx = db.redb().begin_write().map_err(|e| db.err(e))?;
+        tx.open_table(NONCES).map_err(|e| db.err(e))?;
+        tx.open_table(SESSIONS).map_err(|e| db.err(e))?;
+        tx.commit().map_err(|e| db.err(e))?;
+        Ok(Self { db, origin, chains })
     }
 
     /// The origin messages must name.
@@ -404,7 +410,7 @@ impl Siwe {
         let t = now();
         let nonce = new_nonce();
         let store = |_e: &dyn fmt::Display| SiweError::Store;
-        let mut tx = self.registry.db().begin_write().map_err(|e| store(&e))?;
+        let mut tx = self.db.redb().begin_write().map_err(|e| store(&e))?;
         tx.set_durability(redb::Durability::None)
             .map_err(|e| store(&e))?;
         {
@@ -435,7 +441,7 @@ impl Siwe {
     /// returns, so a crash cannot bring a used nonce back.
     fn take_nonce(&self, nonce: &str) -> Result<bool, SiweError> {
         let store = |_e: &dyn fmt::Display| SiweError::Store;
-        let tx = self.registry.db().begin_write().map_err(|e| store(&e))?;
+        let tx = self.db.redb().begin_write().map_err(|e| store(&e))?;
         let live = {
             let mut tab = tx.open_table(NONCES).map_err(|e| store(&e))?;
             let exp = tab.remove(nonce).map_err(|e| store(&e))?.map(|v| v.value());
@@ -583,7 +589,7 @@ impl Siwe {
         };
         let bytes = serde_json::to_vec(&session).map_err(|_| SiweError::Store)?;
         let store = |_e: &dyn fmt::Display| SiweError::Store;
-        let tx = self.registry.db().begin_write().map_err(|e| store(&e))?;
+        let tx = self.db.redb().begin_write().map_err(|e| store(&e))?;
         {
             let mut tab = tx.open_table(SESSIONS).map_err(|e| store(&e))?;
             let mut n = tab.len().map_err(|e| store(&e))?;
@@ -633,7 +639,7 @@ impl Siwe {
     }
 
     fn session(&self, id: &str) -> Option<Session> {
-        let tx = self.registry.db().begin_read().ok()?;
+        let tx = self.db.redb().begin_read().ok()?;
         let tab = tx.open_table(SESSIONS).ok()?;
         let v = tab.get(id).ok()??;
         serde_json::from_slice(v.value()).ok()
@@ -645,26 +651,22 @@ impl Siwe {
             return Ok(false);
         };
         s.revoked = true;
-        let bytes = serde_json::to_vec(&s).map_err(|e| self.registry.err(e))?;
-        let tx = self
-            .registry
-            .db()
-            .begin_write()
-            .map_err(|e| self.registry.err(e))?;
+        let bytes = serde_json::to_vec(&s).map_err(|e| self.db.err(e))?;
+        let tx = self.db.redb().begin_write().map_err(|e| self.db.err(e))?;
         {
-            let mut tab = tx.open_table(SESSIONS).map_err(|e| self.registry.err(e))?;
+            let mut tab = tx.open_table(SESSIONS).map_err(|e| self.db.err(e))?;
             tab.insert(id, bytes.as_slice())
-                .map_err(|e| self.registry.err(e))?;
+                .map_err(|e| self.db.err(e))?;
         }
-        tx.commit().map_err(|e| self.registry.err(e))?;
+        tx.commit().map_err(|e| self.db.err(e))?;
         tracing::info!(session = %id, "session revoked");
         Ok(true)
     }
 
     /// Live and revoked sessions not yet expired (for the operator), at most `limit`.
     pub fn sessions(&self, limit: usize) -> Result<Vec<Session>, Error> {
-        let e = |x: &dyn fmt::Display| self.registry.err(x);
-        let tx = self.registry.db().begin_read().map_err(|x| e(&x))?;
+        let e = |x: &dyn fmt::Display| self.db.err(x);
+        let tx = self.db.redb().begin_read().map_err(|x| e(&x))?;
         let tab = tx.open_table(SESSIONS).map_err(|x| e(&x))?;
         let t = now();
         let mut out = Vec::new();

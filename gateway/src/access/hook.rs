@@ -5,11 +5,12 @@
 //! [`Authorizer`] for a [`Decision`] against the artifact's [`AccessPolicy`]. Nothing of the
 //! artifact is read before the answer is `Allow`.
 //!
-//! This milestone ships [`PublicOnly`], which serves public artifacts and denies every
-//! restricted one. The API-key store of the next milestone is another `Authorizer`; on-chain
-//! conditions (ERC-20/721/1155 balances checked over JSON-RPC) become further [`AccessPolicy`]
-//! variants, which is why the enum is `#[non_exhaustive]` and the check is asynchronous.
-//! Authorizers must fail closed: an error while checking is a denial, never a grant.
+//! [`PublicOnly`] serves public artifacts and denies every restricted one;
+//! [`crate::ApiKeyAuthorizer`] (the `keycheck` module) admits API keys; the gateway's own,
+//! `authorizer::AccessAuthorizer`, adds wallet sessions and on-chain gates
+//! ([`AccessPolicy::Gated`], ERC-20/721/1155 balances checked over JSON-RPC), which is why the
+//! enum is `#[non_exhaustive]` and the check is asynchronous. Authorizers must fail closed: an
+//! error while checking is a denial, never a grant.
 //!
 //! # What a denial looks like
 //! A caller without a credential that covers a restricted repository, revision or artifact is
