@@ -162,9 +162,12 @@ impl Authorizer for AccessAuthorizer {
                 };
             };
             let siwe = self.siwe.clone();
-            let check = tokio::task::spawn_blocking(move || siwe.check_token(&token))
-                .await
-                .unwrap_or(SessionCheck::Invalid("the session check failed"));
+            let check = match siwe.check_token_cached(&token) {
+                Some(c) => c,
+                None => tokio::task::spawn_blocking(move || siwe.check_token(&token))
+                    .await
+                    .unwrap_or(SessionCheck::Invalid("the session check failed")),
+            };
             let session = match check {
                 SessionCheck::Valid(s) => s,
                 SessionCheck::Invalid(why) => {

@@ -242,7 +242,16 @@ pub struct Siwe {
     db: Arc<GatewayDb>,
     origin: Origin,
     chains: Arc<Chains>,
+    /// Session records by id, read from the table once (this gateway is the table's only
+    /// writer: a revocation updates both). Bounded; the secret is checked on every request.
+    sessions: quick_cache::sync::Cache<String, Session>,
+    /// Orders a cache fill (table read, then insert) with a revocation (table write, then
+    /// insert), so a fill never puts back a record older than a revocation.
+    fill: std::sync::Mutex<()>,
 }
+
+/// Session records kept in memory.
+pub const SESSION_CACHE_MAX: usize = 10_000;
 
 fn now() -> u64 {
     crate::registry::now()
@@ -392,7 +401,13 @@ impl Siwe {
         tx.open_table(NONCES).map_err(|e| db.err(e))?;
         tx.open_table(SESSIONS).map_err(|e| db.err(e))?;
         tx.commit().map_err(|e| db.err(e))?;
-        Ok(Self { db, origin, chains })
+        Ok(Self {
+            db,
+            origin,
+            chains,
+            sessions: quick_cache::sync::Cache::new(SESSION_CACHE_MAX),
+            fill: std::sync::Mutex::new(()),
+        })
     }
 
     /// The origin messages must name.
@@ -614,19 +629,41 @@ impl Siwe {
         Ok(NewSession { token, session })
     }
 
-    /// Checks a session token (blocking: a redb read).
+    /// Checks a session token without blocking when its record is in memory; `None` when it
+    /// must be read from the table ([`Siwe::check_token`]).
+    pub fn check_token_cached(&self, token: &str) -> Option<SessionCheck> {
+        let Some((id, secret)) = parse_session_token(token) else {
+            return Some(SessionCheck::Invalid("the session token is malformed"));
+        };
+        let s = self.sessions.get(&data_encoding::HEXLOWER.encode(&id))?;
+        Some(Self::verify(s, &id, &secret))
+    }
+
+    /// Checks a session token (blocking: a redb read when its record is not in memory).
     pub fn check_token(&self, token: &str) -> SessionCheck {
         let Some((id, secret)) = parse_session_token(token) else {
             return SessionCheck::Invalid("the session token is malformed");
         };
         let id_hex = data_encoding::HEXLOWER.encode(&id);
-        let Some(s) = self.session(&id_hex) else {
-            return SessionCheck::Invalid("unknown session");
+        let s = match self.sessions.get(&id_hex) {
+            Some(s) => s,
+            None => {
+                let _fill = self.fill.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(s) = self.session(&id_hex) else {
+                    return SessionCheck::Invalid("unknown session");
+                };
+                self.sessions.insert(id_hex, s.clone());
+                s
+            }
         };
+        Self::verify(s, &id, &secret)
+    }
+
+    fn verify(s: Session, id: &[u8; 8], secret: &[u8; 32]) -> SessionCheck {
         let want = data_encoding::HEXLOWER
             .decode(s.hash.as_bytes())
             .unwrap_or_default();
-        if !bool::from(want.as_slice().ct_eq(&secret_hash(&id, &secret))) {
+        if !bool::from(want.as_slice().ct_eq(&secret_hash(id, secret))) {
             return SessionCheck::Invalid("unknown session");
         }
         if s.revoked {
@@ -647,6 +684,7 @@ impl Siwe {
 
     /// Revokes session `id` (its holder signing out, or the operator). Unknown: `Ok(false)`.
     pub fn revoke(&self, id: &str) -> Result<bool, Error> {
+        let _fill = self.fill.lock().unwrap_or_else(|p| p.into_inner());
         let Some(mut s) = self.session(id) else {
             return Ok(false);
         };
@@ -659,6 +697,7 @@ impl Siwe {
                 .map_err(|e| self.db.err(e))?;
         }
         tx.commit().map_err(|e| self.db.err(e))?;
+        self.sessions.insert(id.to_string(), s);
         tracing::info!(session = %id, "session revoked");
         Ok(true)
     }
