@@ -502,6 +502,19 @@ fn sign_in_refuses_every_bad_message() {
         401,
         "nonce",
     );
+    // A made-up nonce with a signature that would need a chain call (a contract wallet's): the
+    // nonce is looked up first, so it is refused for its nonce, without asking the chain.
+    let m = Msg {
+        nonce: "madeupnonce12345".into(),
+        ..s.msg()
+    };
+    let body = json!({
+        "message": m.text(addr),
+        "signature": format!("0x{}", "ab".repeat(100)),
+    });
+    let a = s.post_siwe(body.to_string());
+    assert_eq!(a.status, 401, "{}", a.text());
+    assert!(a.text().contains("nonce"), "{}", a.text());
     // Expired; not yet valid; issued in the future; no expiration; valid too long.
     check(
         Msg {

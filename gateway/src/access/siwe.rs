@@ -14,8 +14,9 @@
 //! - exactly the text the parser re-serializes (no second reading of the same bytes);
 //! - the domain (authority) and an URI of the gateway's public origin, the scheme when given;
 //! - a chain id the gateway is configured for;
-//! - a nonce this gateway issued, not expired, not used: it is deleted, durably, by the sign-in
-//!   that uses it, so a restart does not re-enable it;
+//! - a nonce this gateway issued, not expired, not used: looked up before any signature work
+//!   (so a made-up message never costs a chain call), and deleted, durably, by the sign-in that
+//!   uses it, so a restart does not re-enable it;
 //! - an `Expiration Time`, at most [`MESSAGE_TTL_MAX`] after `Issued At`, not passed; `Not
 //!   Before` passed; `Issued At` not in the future; each within [`CLOCK_SKEW`];
 //! - a signature by the address: an EOA's is recovered locally (secp256k1, EIP-191); a contract
@@ -466,6 +467,15 @@ impl Siwe {
         Ok(live)
     }
 
+    /// Whether `nonce` is outstanding and not expired, without using it up (a read).
+    fn nonce_live(&self, nonce: &str) -> Result<bool, SiweError> {
+        let store = |_e: &dyn fmt::Display| SiweError::Store;
+        let tx = self.db.redb().begin_read().map_err(|e| store(&e))?;
+        let tab = tx.open_table(NONCES).map_err(|e| store(&e))?;
+        let exp = tab.get(nonce).map_err(|e| store(&e))?.map(|v| v.value());
+        Ok(exp.is_some_and(|e| e > now()))
+    }
+
     /// The checks of the message that need neither the chain nor the nonce table.
     fn check_message(&self, msg: &Message, t: u64) -> Result<(), SiweError> {
         let o = &self.origin;
@@ -527,6 +537,17 @@ impl Siwe {
         let (msg, sig) = parse_request(body)?;
         let t = now();
         self.check_message(&msg, t)?;
+        // Before any signature work, and above all before a contract wallet's check costs a
+        // chain call: the nonce must be one this gateway issued, so a made-up message costs
+        // one table read, and chain calls are bounded by the nonces handed out.
+        let me = self.clone();
+        let nonce = msg.nonce.clone();
+        if !tokio::task::spawn_blocking(move || me.nonce_live(&nonce))
+            .await
+            .map_err(|_| SiweError::Store)??
+        {
+            return Err(SiweError::Nonce);
+        }
         let address = Address::from(msg.address);
         let shown = address.to_checksum(None);
         // An EOA's signature is recovered here; anything else is asked of the address as a
