@@ -624,19 +624,8 @@ impl AdminClient {
         cap: &ReadCap,
         policy: Option<AccessPolicy>,
     ) -> Result<(CommitId, bool), Error> {
-        let body = Self::json(&RegisterBody {
-            kind,
-            repo: repo.to_string(),
-            cap: cap.to_string(),
-            policy,
-        })?;
-        let a: RegisterAnswer = self.call(hyper::Method::POST, "/admin/repos", body).await?;
-        let commit = CommitId::parse(&a.commit).ok_or_else(|| Error::Admin {
-            url: format!("{}/admin/repos", self.base),
-            status: 200,
-            message: "the answer's commit is not 40 hex digits".into(),
-        })?;
-        Ok((commit, a.restricted))
+        let (commit, restricted, _) = self.register_gated(kind, repo, cap, policy).await?;
+        Ok((commit, restricted))
     }
 
     /// Registers like [`AdminClient::register_keeping`] and also says the revision's gate (in
@@ -654,13 +643,7 @@ impl AdminClient {
             cap: cap.to_string(),
             policy,
         })?;
-        let a: RegisterAnswer = self.call(hyper::Method::POST, "/admin/repos", body).await?;
-        let commit = CommitId::parse(&a.commit).ok_or_else(|| Error::Admin {
-            url: format!("{}/admin/repos", self.base),
-            status: 200,
-            message: "the answer's commit is not 40 hex digits".into(),
-        })?;
-        Ok((commit, a.restricted, a.gate))
+        self.registered("/admin/repos", body).await
     }
 
     /// Gives `repo`'s `main` a new policy (a gate set, changed or removed).
@@ -675,11 +658,19 @@ impl AdminClient {
             repo: repo.to_string(),
             policy,
         })?;
-        let a: RegisterAnswer = self
-            .call(hyper::Method::POST, "/admin/repos/policy", body)
-            .await?;
+        self.registered("/admin/repos/policy", body).await
+    }
+
+    /// POSTs `body` to a registering endpoint and reads its answer: the commit id, whether
+    /// the revision is restricted, and its gate in shorthand.
+    async fn registered(
+        &self,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(CommitId, bool, Option<String>), Error> {
+        let a: RegisterAnswer = self.call(hyper::Method::POST, path, body).await?;
         let commit = CommitId::parse(&a.commit).ok_or_else(|| Error::Admin {
-            url: format!("{}/admin/repos/policy", self.base),
+            url: format!("{}{path}", self.base),
             status: 200,
             message: "the answer's commit is not 40 hex digits".into(),
         })?;
