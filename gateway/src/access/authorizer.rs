@@ -46,14 +46,15 @@ impl AccessAuthorizer {
         }
     }
 
-    /// Appends an anonymous denial to the audit log, off the runtime's workers.
-    fn audit_anonymous(&self, entry: AuditEntry) {
+    /// Appends an anonymous denial to the audit log, off the runtime's workers. Awaited, so
+    /// a flood of anonymous requests waits on it instead of queueing blocking tasks without
+    /// bound (requests in flight are bounded by the connection limits).
+    async fn audit_anonymous(&self, entry: AuditEntry) {
         let store = self.keys.store().clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.append_anonymous(entry) {
-                tracing::warn!(error = %e, "audit log append failed");
-            }
-        });
+        let r = tokio::task::spawn_blocking(move || store.append_anonymous(entry)).await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "audit log append failed");
+        }
     }
 }
 
@@ -136,7 +137,7 @@ impl Authorizer for AccessAuthorizer {
                                 format!("no credential; gate {g}"),
                             );
                             e.client_ip = Some(client_key(request.client_ip));
-                            self.audit_anonymous(e);
+                            self.audit_anonymous(e).await;
                             return (d, Principal::Anonymous);
                         }
                         // A key with an explicit scope covering the repository reads it; any
