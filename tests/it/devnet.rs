@@ -460,6 +460,16 @@ impl DevGateway {
         }
     }
 
+    /// Stops this gateway (SIGKILL) and starts a new one on the same local data directory with
+    /// `args`; waits (bounded) for its new address.
+    pub fn restart_local(&mut self, args: &[&str]) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        *self = DevGateway::start(self.dir.clone(), &[], args);
+    }
+
     /// A gateway started by someone else (a `cairn devnet`): its data directory and URL.
     pub fn attach(dir: PathBuf, url: String) -> DevGateway {
         DevGateway {

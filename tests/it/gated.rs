@@ -877,3 +877,31 @@ fn a_thousand_concurrent_gated_ranges_cost_one_chain_check_per_address() {
     let misses = metric(&s, "cairn_gateway_chain_cache_misses_total") - before;
     assert_eq!(misses, 50, "chain checks for 50 addresses");
 }
+
+/// A nonce used by a sign-in stays used when the gateway restarts (SIGKILL, so nothing is
+/// flushed at exit): the same signed message is refused by the new process, which takes the
+/// old origin as its public origin so that only the nonce can refuse it.
+#[test]
+fn a_used_nonce_stays_used_across_a_restart() {
+    let mut s = Setup::new(&[]);
+    let who = s.anvil.funded_signer();
+    let m = s.msg();
+    assert_eq!(s.sign_in_as(&m, who.address(), &who).status, 200);
+    let origin = s.gw.url.clone();
+    let chain = format!("31337={}", s.anvil.url);
+    s.gw.restart_local(&["--chain", &chain, "--public-origin", &origin]);
+    let a = s.sign_in_as(&m, who.address(), &who);
+    assert_eq!(a.status, 401, "{}", a.text());
+    assert!(a.text().contains("nonce"), "{}", a.text());
+    // The new process is otherwise fine with that origin: a fresh nonce signs in.
+    let n =
+        s.rt.block_on(send(s.http.get(format!("{}/auth/nonce", s.gw.url))))
+            .json();
+    assert_eq!(n["uri"], origin.as_str());
+    let fresh = Msg {
+        nonce: n["nonce"].as_str().unwrap().to_string(),
+        ..m
+    };
+    let a = s.sign_in_as(&fresh, who.address(), &who);
+    assert_eq!(a.status, 200, "{}", a.text());
+}
