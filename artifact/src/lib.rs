@@ -5,7 +5,8 @@
 //!   new version of a model re-uses the chunks that did not change.
 //! - [`shard_cid`] / [`manifest_cid`] / [`verify_shard`]: CIDv1 with a BLAKE3 multihash; the bao
 //!   helpers ([`outboard`], [`prove_range`], [`verify_range`]) prove ranges of a shard against its
-//!   CID alone.
+//!   CID alone; [`challenge_ranges`], [`audit_answer`] and [`check_audit_answer`] turn them into
+//!   storage-proof challenges keyed by a nonce.
 //! - [`Manifest`] is the artifact's DAG-CBOR document: a public part (per chunk: shard CIDs and
 //!   lengths, the erasure parameters) that is enough to audit and repair, and a sealed
 //!   [`PrivatePart`] (file tree, chunk keys, plaintext hashes).
@@ -25,6 +26,7 @@
 //! Where shards live is someone else's business: `cairn-store` keeps them on a disk, the peer
 //! layer on other nodes; both plug in through the sink and source traits.
 
+mod audit;
 mod bao;
 mod capability;
 mod chunker;
@@ -38,6 +40,10 @@ mod pipeline;
 mod safetensors;
 mod stream;
 
+pub use audit::{
+    AUDIT_GROUP_LEN, AUDIT_GROUPS, answer as audit_answer, challenge_ranges,
+    check_answer as check_audit_answer,
+};
 pub use bao::{BLOCK_SIZE, outboard, prove_range, verify_range};
 pub use capability::ReadCap;
 pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, CHUNK_SPARE, Chunker};
