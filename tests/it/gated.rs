@@ -19,23 +19,6 @@ use crate::util::*;
 const FILE: &str = "weights.bin";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 /// An answer: status, `X-Error-Code`, body.
 #[derive(Debug)]
 pub(crate) struct Answer {
@@ -72,25 +55,12 @@ async fn send(req: reqwest::RequestBuilder) -> Answer {
     }
 }
 
-/// RFC 3339 of Unix seconds, UTC (days-from-civil, inverted).
+/// RFC 3339 of Unix seconds, UTC (whole seconds, as wallets write them).
 fn rfc3339(t: i64) -> String {
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
 }
 
 fn now() -> i64 {
@@ -157,7 +127,7 @@ impl Setup {
 
     /// As [`Setup::new`], believing the chain's allows for `cache_secs`.
     fn with(cache_secs: u32, extra: &[&str]) -> Setup {
-        let rt = runtime();
+        let rt = test_runtime();
         let anvil = Anvil::start();
         let d = rt.block_on(deploy_all(&anvil));
         let node = Node::new("1GiB");
@@ -194,7 +164,7 @@ impl Setup {
             ds_cap,
             data,
             rt,
-            http: client(),
+            http: http_client(),
         }
     }
 

@@ -192,28 +192,11 @@ fn chunks_fetched(stderr: &str) -> (usize, usize) {
     (a.parse().unwrap(), b.parse().unwrap())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
 /// GET `url`: (status, `x-error-message`, body).
 fn get(url: &str) -> (u16, String, Vec<u8>) {
-    runtime().block_on(async {
+    test_runtime().block_on(async {
         tokio::time::timeout(TIMEOUT, async {
-            let r = client().get(url).send().await.unwrap();
+            let r = http_client().get(url).send().await.unwrap();
             let status = r.status().as_u16();
             let msg = r
                 .headers()
@@ -285,8 +268,8 @@ fn tensors_through_the_gateway_and_the_cli_fetch_only_their_chunks() {
 
     // HEAD answers the length of the same body (from the header: reqwest's `content_length`
     // is the empty body's).
-    let head = runtime().block_on(async {
-        let r = client()
+    let head = test_runtime().block_on(async {
+        let r = http_client()
             .head(url("model.safetensors", &query.join("&")))
             .send()
             .await
