@@ -1,11 +1,14 @@
-//! Where a node keeps what it serves (shards, manifests, holder records): the [`ShardBackend`]
-//! trait and an in-memory backend.
+//! Where a node keeps what it serves (shards, manifests, holder records, audit receipts): the
+//! [`ShardBackend`] trait and an in-memory backend.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Mutex;
 
 use cid::Cid;
+
+use crate::cids::blake3_digest;
+use crate::receipt::SignedReceipt;
 
 /// Why a backend refused or failed an operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +70,49 @@ pub trait ShardBackend: Send + Sync + 'static {
     fn put_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError>;
     /// The signed holder record of `artifact` as stored, None if none is held.
     fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError>;
+
+    /// The answer to the storage-proof challenge of `nonce` for shard `cid` (a raw shard CID):
+    /// `cairn_artifact::audit_answer` over the shard's bytes and bao outboard. None if the
+    /// shard is not held; [`BackendError::Corrupted`] if the stored copy fails verification
+    /// (the holder then says so instead of answering: AUDIT state 2).
+    ///
+    /// The default reads the whole shard with [`get`](Self::get), computes its outboard and
+    /// checks its root against the CID, then answers. A store that keeps outboards can read
+    /// only the challenged groups (`cairn_artifact::challenge_ranges`) instead.
+    fn audit(&self, cid: &Cid, nonce: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        let Some(data) = self.get(cid, None)? else {
+            return Ok(None);
+        };
+        let (root, outboard) = cairn_artifact::outboard(&data);
+        if blake3_digest(cid) != Some(*root.as_bytes()) {
+            return Err(BackendError::Corrupted(format!(
+                "stored bytes of {cid} do not hash to its CID"
+            )));
+        }
+        cairn_artifact::audit_answer(nonce, cid, &data, &outboard)
+            .map(Some)
+            .map_err(|err| BackendError::Corrupted(err.to_string()))
+    }
+
+    /// Extends the lease of `owner` (a 32-byte endpoint id) on shard `cid` to `until_ms` (Unix
+    /// milliseconds). The server calls it for each shard it answered in an AUDIT that asked for
+    /// a renewal, with the auditor as `owner` (see the protocol's *Audits*). A backend renews
+    /// only the lease of an owner of the shard (one that PUT it; for others it returns
+    /// [`BackendError::NotOwner`]), never shortens one, and may cap how far ahead it accepts.
+    /// The server only logs a failure: it never changes the audit's answer. The default does
+    /// nothing: a backend without leases keeps shards until their owners delete them.
+    fn renew_lease(&self, cid: &Cid, owner: [u8; 32], until_ms: u64) -> Result<(), BackendError> {
+        let _ = (cid, owner, until_ms);
+        Ok(())
+    }
+
+    /// Keeps an audit receipt sent to this node (RECEIPT). The protocol layer has already
+    /// checked its signature, that its auditor sent it, that it names this node as holder and
+    /// that its time is near this node's clock. The default drops it.
+    fn put_receipt(&self, receipt: &SignedReceipt) -> Result<(), BackendError> {
+        let _ = receipt;
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -79,6 +125,7 @@ struct Held {
 struct MemoryState {
     shards: HashMap<Cid, Held>,
     records: HashMap<Cid, Vec<u8>>,
+    receipts: VecDeque<SignedReceipt>,
     used: u64,
 }
 
@@ -87,6 +134,8 @@ struct MemoryState {
 /// A shard with several owners stays until the last of them deletes it, so that one publisher's
 /// DELETE never removes data another publisher also stored. Holder records count against the
 /// same quota as shards and are kept only for manifests held (stored with PUT like shards).
+/// Audit receipts are kept apart from the quota, the latest [`RECEIPTS_MAX`](Self::RECEIPTS_MAX)
+/// of them. Audits use the trait's default answer; leases are not kept.
 #[derive(Debug)]
 pub struct MemoryBackend {
     quota: u64,
@@ -94,6 +143,14 @@ pub struct MemoryBackend {
 }
 
 impl MemoryBackend {
+    /// Most audit receipts kept; a new one beyond it pushes out the oldest.
+    pub const RECEIPTS_MAX: usize = 10_000;
+
+    /// The audit receipts received, oldest first.
+    pub fn receipts(&self) -> Vec<SignedReceipt> {
+        self.lock().receipts.iter().cloned().collect()
+    }
+
     /// An empty backend that holds at most `quota` bytes of shards and holder records.
     pub fn new(quota: u64) -> Self {
         Self {
@@ -193,6 +250,19 @@ impl ShardBackend for MemoryBackend {
     fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
         Ok(self.lock().records.get(artifact).cloned())
     }
+
+    /// Keeps the receipt unless the same bytes are already kept.
+    fn put_receipt(&self, receipt: &SignedReceipt) -> Result<(), BackendError> {
+        let mut state = self.lock();
+        if state.receipts.iter().any(|r| r.bytes == receipt.bytes) {
+            return Ok(());
+        }
+        if state.receipts.len() >= Self::RECEIPTS_MAX {
+            state.receipts.pop_front();
+        }
+        state.receipts.push_back(receipt.clone());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -243,6 +313,36 @@ mod tests {
             backend.put_record(&artifact, b"abcdefg"),
             Err(BackendError::QuotaFull { needed: 7, free: 6 })
         );
+    }
+
+    #[test]
+    fn memory_backend_keeps_the_latest_receipts_once_each() {
+        let backend = MemoryBackend::new(0);
+        let fake = |i: u32| SignedReceipt {
+            receipt: crate::Receipt {
+                auditor: iroh::SecretKey::from_bytes(&[1; 32]).public(),
+                holder: iroh::SecretKey::from_bytes(&[2; 32]).public(),
+                nonce: [0; 32],
+                time_ms: u64::from(i),
+                bytes: 0,
+                shards: vec![shard_cid(b"s")],
+            },
+            bytes: i.to_be_bytes().to_vec(),
+        };
+        backend.put_receipt(&fake(0)).unwrap();
+        backend.put_receipt(&fake(0)).unwrap();
+        assert_eq!(
+            backend.receipts(),
+            vec![fake(0)],
+            "the same bytes are kept once"
+        );
+        for i in 1..=MemoryBackend::RECEIPTS_MAX as u32 {
+            backend.put_receipt(&fake(i)).unwrap();
+        }
+        let kept = backend.receipts();
+        assert_eq!(kept.len(), MemoryBackend::RECEIPTS_MAX);
+        assert_eq!(kept[0], fake(1), "the oldest made room");
+        assert_eq!(kept.last(), Some(&fake(MemoryBackend::RECEIPTS_MAX as u32)));
     }
 
     #[test]

@@ -54,6 +54,22 @@ pub(crate) fn manifest_digest(cid: &Cid) -> Result<[u8; 32]> {
     Ok(digest)
 }
 
+/// The digest of a shard CID (raw), or [`Error::InvalidCid`]; audits and receipts are about
+/// shards only.
+pub(crate) fn shard_digest(cid: &Cid) -> Result<[u8; 32]> {
+    let digest = content_digest(cid)?;
+    if cid.codec() != CODEC_RAW {
+        return Err(Error::InvalidCid {
+            cid: cid.to_string(),
+            reason: format!(
+                "codec is {:#x}, expected raw {CODEC_RAW:#x} (a shard)",
+                cid.codec()
+            ),
+        });
+    }
+    Ok(digest)
+}
+
 /// Whether `bytes` are the content named by `cid` (false also when the protocol does not carry
 /// `cid`).
 pub(crate) fn matches(cid: &Cid, bytes: &[u8]) -> bool {
@@ -78,6 +94,11 @@ mod tests {
             assert_eq!(cid.to_bytes().len(), 36);
         }
         assert!(manifest_digest(&manifest_cid(b"m")).is_ok());
+        assert!(shard_digest(&shard_cid(b"m")).is_ok());
+        assert!(matches!(
+            shard_digest(&manifest_cid(b"m")),
+            Err(Error::InvalidCid { reason, .. }) if reason.contains("a shard")
+        ));
         assert!(matches!(
             manifest_digest(&shard_cid(b"m")),
             Err(Error::InvalidCid { reason, .. }) if reason.contains("dag-cbor")

@@ -13,14 +13,16 @@ use tokio::sync::Semaphore;
 
 use iroh_gossip::TopicId;
 
-use crate::cids::{content_digest, manifest_digest, matches};
+use crate::audit::AuditReply;
+use crate::cids::{content_digest, manifest_digest, matches, shard_digest};
 use crate::error::{Error, Result};
 use crate::membership::Announcement;
 use crate::protocol::{
-    CONNECT_TIMEOUT, FrameError, HAS_BATCH_MAX, Head, Kind, PEER_DOWN_FOR, PEER_INFLIGHT_MAX,
-    POOL_PEERS_MAX, RECORD_LEN_MAX, REPLY_START_TIMEOUT, REQUEST_TIMEOUT, Reply, SHARD_ALPN,
-    SHARD_LEN_MAX, Status, encode_head, read_reply,
+    AUDIT_BATCH_MAX, AUDIT_TIMEOUT, CONNECT_TIMEOUT, FrameError, HAS_BATCH_MAX, Head, Kind,
+    PEER_DOWN_FOR, PEER_INFLIGHT_MAX, POOL_PEERS_MAX, RECORD_LEN_MAX, REPLY_START_TIMEOUT,
+    REQUEST_TIMEOUT, Reply, SHARD_ALPN, SHARD_LEN_MAX, Status, encode_head, read_reply,
 };
+use crate::receipt::RECEIPT_LEN_MAX;
 use crate::record::{HolderRecord, SignedRecord};
 
 /// Timeouts and concurrency limits of the shard protocol, for both [`ShardClient`] and
@@ -43,6 +45,10 @@ pub struct ShardConfig {
     pub peer_inflight_max: usize,
     /// Peers whose connections the client keeps open (values below 1 count as 1).
     pub pool_peers_max: usize,
+    /// Time a holder has to start its reply to a whole AUDIT batch once it is sent (client);
+    /// time a server works on a batch before giving it up (server). See the protocol's
+    /// *Audits*.
+    pub audit_timeout: Duration,
 }
 
 impl Default for ShardConfig {
@@ -54,6 +60,7 @@ impl Default for ShardConfig {
             peer_down_for: PEER_DOWN_FOR,
             peer_inflight_max: PEER_INFLIGHT_MAX,
             pool_peers_max: POOL_PEERS_MAX,
+            audit_timeout: AUDIT_TIMEOUT,
         }
     }
 }
@@ -423,6 +430,75 @@ impl ShardClient {
         Ok(Some(signed))
     }
 
+    /// Audits the peer at `addr`: asks it to prove, for each of `cids` (raw shard CIDs, at most
+    /// [`AUDIT_BATCH_MAX`]), that it holds the byte ranges `nonce` picks. Returns its reply per
+    /// shard, in order, length-checked but not judged: judge each with
+    /// [`judge_audit`](crate::judge_audit) against the size the manifest gives. Use a fresh,
+    /// unpredictable nonce per audit.
+    ///
+    /// With `lease_until_ms` not 0, this endpoint, if it is an owner of the shards, also asks
+    /// the peer to extend its lease on each shard answered to that Unix-ms time (best effort;
+    /// the reply does not say whether it did).
+    ///
+    /// The reply must start within the configured `audit_timeout` of sending the batch; a peer
+    /// that does not is an [`Error::Timeout`] ([`Error::is_timeout`]), and a peer that cannot
+    /// be reached is [`Error::is_unreachable`]: neither is a failed proof. A reply whose count
+    /// differs from the request's or with an answer over
+    /// [`AUDIT_ANSWER_LEN_MAX`](crate::AUDIT_ANSWER_LEN_MAX) is [`Error::MalformedReply`].
+    pub async fn audit(
+        &self,
+        addr: &EndpointAddr,
+        nonce: &[u8; 32],
+        cids: &[Cid],
+        lease_until_ms: u64,
+    ) -> Result<Vec<AuditReply>> {
+        if cids.is_empty() {
+            return Ok(Vec::new());
+        }
+        if cids.len() > AUDIT_BATCH_MAX {
+            return Err(Error::TooLarge {
+                what: "AUDIT batch",
+                len: cids.len() as u64,
+                max: AUDIT_BATCH_MAX as u64,
+            });
+        }
+        for cid in cids {
+            shard_digest(cid)?;
+        }
+        let head = Head::Audit {
+            nonce: *nonce,
+            lease_until_ms,
+            cids: cids.to_vec(),
+        };
+        match self.request(addr, head, None, cids.len(), None).await? {
+            // `read_reply` checked the count; this keeps the promise whatever it becomes.
+            Reply::Audit(answers) if answers.len() == cids.len() => Ok(answers),
+            other => Err(unexpected(addr, other)),
+        }
+    }
+
+    /// Hands the signed audit receipt `signed` (from [`Receipt::sign`](crate::Receipt::sign),
+    /// signed by this endpoint's key) to the holder it names, at `addr`. The peer refuses, as
+    /// [`Error::Rejected`] with status `INVALID_RECEIPT`, a receipt that does not verify, whose
+    /// auditor is not this endpoint, whose holder is not the peer or whose time is more than
+    /// [`RECEIPT_SKEW_MAX`](crate::RECEIPT_SKEW_MAX) from its clock.
+    pub async fn put_receipt(&self, addr: &EndpointAddr, signed: &[u8]) -> Result<()> {
+        if signed.is_empty() || signed.len() > RECEIPT_LEN_MAX as usize {
+            return Err(Error::TooLarge {
+                what: "receipt length",
+                len: signed.len() as u64,
+                max: RECEIPT_LEN_MAX.into(),
+            });
+        }
+        let head = Head::Receipt {
+            len: signed.len() as u32,
+        };
+        match self.request(addr, head, Some(signed), 0, None).await? {
+            Reply::Stored => Ok(()),
+            other => Err(unexpected(addr, other)),
+        }
+    }
+
     /// Closes every pooled connection; later requests reconnect.
     pub async fn close(&self) {
         let slots: Vec<_> = self.lock_pool().drain().map(|(_, slot)| slot).collect();
@@ -536,7 +612,7 @@ impl ShardClient {
                     self.set_down(addr.id);
                     Error::Timeout {
                         peer: peer_name(&addr.id),
-                        operation: "connect",
+                        operation: crate::error::CONNECT,
                         limit,
                     }
                 })?
@@ -570,7 +646,9 @@ impl ShardClient {
         }
         let limit = self.inner.config.request_timeout;
         let start_limit = match kind {
-            Kind::Put | Kind::PutRecord => None,
+            Kind::Put | Kind::PutRecord | Kind::Receipt => None,
+            // The holder answers a batch only once every shard of it is proved.
+            Kind::Audit => Some(self.inner.config.audit_timeout),
             _ => Some(self.inner.config.reply_start_timeout),
         };
         let slot = self.slot(addr.id);

@@ -149,6 +149,13 @@ pub enum Error {
         /// What was wrong with it.
         reason: String,
     },
+    /// An audit receipt does not decode, breaks a limit or rule, or its signature does not
+    /// verify.
+    #[error("audit receipt rejected: {reason}")]
+    Receipt {
+        /// What was wrong with it.
+        reason: String,
+    },
     /// Serialized peer table bytes could not be read.
     #[error("peer table bytes unreadable: {reason}")]
     PeerTable {
@@ -163,4 +170,63 @@ pub enum Error {
         /// What iroh-gossip reported.
         reason: String,
     },
+}
+
+impl Error {
+    /// Whether a peer that was reached ran out of time: it did not start its reply (or finish
+    /// its request) within the limit ([`Error::Timeout`] of any step but `connect`). An audit
+    /// batch not answered within `audit_timeout` is one. Disjoint from
+    /// [`is_unreachable`](Self::is_unreachable).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { operation, .. } if *operation != CONNECT)
+    }
+
+    /// Whether the peer could not be reached at all: connecting failed or timed out, or it is
+    /// skipped because it timed out recently ([`Error::PeerDown`]). Nothing was asked of it, so
+    /// this says nothing about what it holds. A stream that broke mid-request is neither this
+    /// nor a timeout.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::PeerDown { .. } => true,
+            Error::Timeout { operation, .. } => *operation == CONNECT,
+            _ => false,
+        }
+    }
+}
+
+/// The `operation` of a connect timeout.
+pub(crate) const CONNECT: &str = "connect";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_and_unreachable_peers_are_told_apart() {
+        let timeout = |operation| Error::Timeout {
+            peer: "p".into(),
+            operation,
+            limit: Duration::from_secs(1),
+        };
+        assert!(timeout("AUDIT").is_timeout());
+        assert!(!timeout("AUDIT").is_unreachable());
+        assert!(timeout(CONNECT).is_unreachable());
+        assert!(!timeout(CONNECT).is_timeout());
+        let down = Error::PeerDown {
+            peer: "p".into(),
+            left: Duration::from_secs(1),
+        };
+        assert!(down.is_unreachable() && !down.is_timeout());
+        let connect = Error::Connect {
+            peer: "p".into(),
+            reason: "refused".into(),
+        };
+        assert!(connect.is_unreachable() && !connect.is_timeout());
+        let stream = Error::Stream {
+            peer: "p".into(),
+            operation: "AUDIT",
+            reason: "reset".into(),
+        };
+        assert!(!stream.is_unreachable() && !stream.is_timeout());
+    }
 }

@@ -10,6 +10,9 @@
 //! - [`HolderRecord`] says which node holds which shard of an artifact, signed by a key the
 //!   artifact's manifest allows (its publisher's); [`choose_record`] is how a reader picks among
 //!   the records peers send. Its byte layout is in `record.rs`.
+//! - AUDIT asks a holder for storage proofs of shards it should hold; [`judge_audit`] checks
+//!   each [`AuditReply`] against the shard's CID, and an auditor whose checks passed hands the
+//!   holder a signed [`Receipt`] (RECEIPT). Its byte layout is in `receipt.rs`.
 //! - CIDs are cairn-store's ([`shard_cid`], [`manifest_cid`]); [`content_digest`] is the rule of
 //!   which ones the protocol carries.
 //! - [`fetch_any_k`] gathers any k verified shards of an erasure-coded chunk with hedging.
@@ -21,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+mod audit;
 mod backend;
 mod cids;
 mod client;
@@ -30,9 +34,11 @@ mod fetch;
 mod membership;
 mod placement;
 mod protocol;
+mod receipt;
 mod record;
 mod server;
 
+pub use audit::{AuditReply, AuditVerdict, judge_audit};
 pub use backend::{BackendError, MemoryBackend, ShardBackend};
 pub use cids::{
     CODEC_DAG_CBOR, CODEC_RAW, Cid, MULTIHASH_BLAKE3, content_digest, manifest_cid, shard_cid,
@@ -52,10 +58,12 @@ pub use placement::place;
 #[doc(hidden)]
 pub use protocol::fuzzing;
 pub use protocol::{
-    CID_LEN_MAX, CONNECT_TIMEOUT, HAS_BATCH_MAX, PEER_DOWN_FOR, PEER_INFLIGHT_MAX, PEERS_REPLY_MAX,
+    AUDIT_ANSWER_LEN_MAX, AUDIT_BATCH_MAX, AUDIT_REPLY_LEN_MAX, AUDIT_TIMEOUT, CID_LEN_MAX,
+    CONNECT_TIMEOUT, HAS_BATCH_MAX, PEER_DOWN_FOR, PEER_INFLIGHT_MAX, PEERS_REPLY_MAX,
     POOL_PEERS_MAX, PROTOCOL_VERSION, RECORD_LEN_MAX, REPLY_START_TIMEOUT, REQUEST_TIMEOUT,
     SHARD_ALPN, SHARD_LEN_MAX,
 };
+pub use receipt::{RECEIPT_LEN_MAX, RECEIPT_SKEW_MAX, Receipt, SignedReceipt};
 pub use record::{
     HolderRecord, RECORD_AHEAD_MAX, RECORD_CHUNKS_MAX, RECORD_NODES_MAX, RECORD_SHARDS_MAX,
     SignedRecord, choose_record, record_version_now,

@@ -1337,3 +1337,576 @@ async fn a_peer_cannot_open_more_streams_than_the_server_handles() {
     reader.endpoint.close().await;
     router.shutdown().await.unwrap();
 }
+
+// Storage-proof audits and receipts.
+
+/// How a test holder answers AUDIT, given the shards it was sent.
+type AuditFn = Box<
+    dyn Fn(&MemoryBackend, &Cid, &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> + Send + Sync,
+>;
+
+/// A holder over a [`MemoryBackend`] that answers audits its own way and logs lease renewals.
+struct Audited {
+    inner: MemoryBackend,
+    answer: AuditFn,
+    renewals: std::sync::Mutex<Vec<(Cid, [u8; 32], u64)>>,
+    renewal_fails: bool,
+}
+
+impl ShardBackend for Audited {
+    fn put(&self, cid: &Cid, data: &[u8], owner: [u8; 32]) -> Result<(), BackendError> {
+        self.inner.put(cid, data, owner)
+    }
+    fn get(
+        &self,
+        cid: &Cid,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.get(cid, range)
+    }
+    fn has(&self, cid: &Cid) -> bool {
+        self.inner.has(cid)
+    }
+    fn delete(&self, cid: &Cid, requester: [u8; 32]) -> Result<bool, BackendError> {
+        self.inner.delete(cid, requester)
+    }
+    fn free_bytes(&self) -> u64 {
+        self.inner.free_bytes()
+    }
+    fn put_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError> {
+        self.inner.put_record(artifact, signed)
+    }
+    fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.get_record(artifact)
+    }
+    fn audit(&self, cid: &Cid, nonce: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        (self.answer)(&self.inner, cid, nonce)
+    }
+    fn renew_lease(&self, cid: &Cid, owner: [u8; 32], until_ms: u64) -> Result<(), BackendError> {
+        self.renewals.lock().unwrap().push((*cid, owner, until_ms));
+        if self.renewal_fails {
+            return Err(BackendError::Io("the lease table is on fire".into()));
+        }
+        Ok(())
+    }
+}
+
+fn honest() -> AuditFn {
+    Box::new(|backend, cid, nonce| backend.audit(cid, nonce))
+}
+
+/// A holder answering audits with `answer`, served on loopback.
+async fn audited(answer: AuditFn, renewal_fails: bool) -> (Arc<Audited>, Router, EndpointAddr) {
+    let backend = Arc::new(Audited {
+        inner: MemoryBackend::new(1 << 24),
+        answer,
+        renewals: std::sync::Mutex::new(Vec::new()),
+        renewal_fails,
+    });
+    let (router, addr) = serve(ShardServer::new(backend.clone(), config())).await;
+    (backend, router, addr)
+}
+
+/// A fresh nonce per test audit: distinct, and not chosen by the holder.
+fn nonce(i: u32) -> [u8; 32] {
+    *blake3::hash(&i.to_be_bytes()).as_bytes()
+}
+
+/// Puts `(seed, len)` shards on `addr`; returns their CIDs and sizes.
+async fn put_shards(
+    client: &ShardClient,
+    addr: &EndpointAddr,
+    shards: &[(u8, usize)],
+) -> Vec<(Cid, u64)> {
+    let mut out = Vec::new();
+    for &(seed, len) in shards {
+        let bytes = data(seed, len);
+        let cid = shard_cid(&bytes);
+        step(client.put(addr, &cid, &bytes)).await.unwrap();
+        out.push((cid, len as u64));
+    }
+    out
+}
+
+/// Group length as a usize, for sizes.
+const GROUP: usize = cairn_artifact::AUDIT_GROUP_LEN as usize;
+
+#[tokio::test]
+async fn an_honest_holder_passes_audits_of_shards_of_every_size() {
+    let (_backend, router, addr) = audited(honest(), false).await;
+    let (client, bound) = client().await;
+    // Empty, tiny (< 16 KiB), a few groups (asked whole), more groups than are asked, 1 MiB.
+    let shards = put_shards(
+        &client,
+        &addr,
+        &[
+            (20, 0),
+            (21, 1000),
+            (22, 3 * GROUP + 100),
+            (23, 7 * GROUP - 5),
+            (24, 1 << 20),
+        ],
+    )
+    .await;
+    let absent = shard_cid(b"never stored");
+    let mut cids: Vec<Cid> = shards.iter().map(|(cid, _)| *cid).collect();
+    cids.push(absent);
+    for i in 0..3 {
+        let nonce = nonce(i);
+        let replies = step(client.audit(&addr, &nonce, &cids, 0)).await.unwrap();
+        assert_eq!(replies.len(), cids.len());
+        for ((cid, size), reply) in shards.iter().zip(&replies) {
+            let AuditReply::Answer(answer) = reply else {
+                panic!("{cid} not answered: {reply:?}");
+            };
+            assert!(answer.len() <= AUDIT_ANSWER_LEN_MAX as usize);
+            assert_eq!(
+                judge_audit(&nonce, cid, *size, reply),
+                AuditVerdict::Passed,
+                "shard of {size} bytes"
+            );
+        }
+        // About four groups and their proofs, not the 1 MiB shard.
+        let AuditReply::Answer(big) = &replies[4] else {
+            unreachable!()
+        };
+        assert!(big.len() < 5 * GROUP, "{}", big.len());
+        assert_eq!(replies[5], AuditReply::NotHeld);
+        assert_eq!(
+            judge_audit(&nonce, &absent, 10, &replies[5]),
+            AuditVerdict::NotHeld
+        );
+    }
+    // The client refuses what the protocol cannot carry, before sending anything.
+    assert!(matches!(
+        client
+            .audit(&addr, &nonce(0), &[manifest_cid(b"m")], 0)
+            .await,
+        Err(Error::InvalidCid { .. })
+    ));
+    let too_many = vec![cids[0]; AUDIT_BATCH_MAX + 1];
+    assert!(matches!(
+        client.audit(&addr, &nonce(0), &too_many, 0).await,
+        Err(Error::TooLarge { .. })
+    ));
+    assert_eq!(
+        client.audit(&addr, &nonce(0), &[], 0).await.unwrap(),
+        vec![]
+    );
+    bound.endpoint.close().await;
+    router.shutdown().await.unwrap();
+}
+
+/// Audits `cid` of `size` on `addr` with `nonce` and judges the one reply.
+async fn audit_one(
+    client: &ShardClient,
+    addr: &EndpointAddr,
+    nonce: &[u8; 32],
+    cid: Cid,
+    size: u64,
+) -> AuditVerdict {
+    let replies = step(client.audit(addr, nonce, &[cid], 0)).await.unwrap();
+    assert_eq!(replies.len(), 1);
+    judge_audit(nonce, &cid, size, &replies[0])
+}
+
+#[tokio::test]
+async fn lying_holders_fail_audits() {
+    let (client, bound) = client().await;
+    let other_nonce = |nonce: &[u8; 32]| {
+        let mut other = *nonce;
+        other[0] ^= 1;
+        other
+    };
+    // Wrong bytes: one byte of an honest answer flipped.
+    let flip: AuditFn = Box::new(|backend, cid, nonce| {
+        Ok(backend.audit(cid, nonce)?.map(|mut answer| {
+            let middle = answer.len() / 2;
+            answer[middle] ^= 0x01;
+            answer
+        }))
+    });
+    // A proof of other ranges: the honest answer to another nonce.
+    let elsewhere: AuditFn =
+        Box::new(move |backend, cid, nonce| backend.audit(cid, &other_nonce(nonce)));
+    // A replay: the first answer it ever gave, kept and sent again for every later nonce.
+    let kept = std::sync::Mutex::new(std::collections::HashMap::<Cid, Vec<u8>>::new());
+    let replay: AuditFn = Box::new(move |backend, cid, nonce| {
+        let mut kept = kept.lock().unwrap();
+        if let Some(old) = kept.get(cid) {
+            return Ok(Some(old.clone()));
+        }
+        let answer = backend.audit(cid, nonce)?;
+        if let Some(answer) = &answer {
+            kept.insert(*cid, answer.clone());
+        }
+        Ok(answer)
+    });
+    for (name, lie) in [("flip", flip), ("elsewhere", elsewhere), ("replay", replay)] {
+        let (_backend, router, addr) = audited(lie, false).await;
+        // More groups than a challenge asks for, so that nonces pick different ones.
+        let shards = put_shards(&client, &addr, &[(30, 1 << 20), (31, 300_000)]).await;
+        for (cid, size) in shards {
+            let first = audit_one(&client, &addr, &nonce(100), cid, size).await;
+            let second = audit_one(&client, &addr, &nonce(101), cid, size).await;
+            match name {
+                // It answered the first nonce honestly; its old answer fails the next one.
+                "replay" => {
+                    assert_eq!(first, AuditVerdict::Passed);
+                    assert!(matches!(second, AuditVerdict::Failed(_)), "{second:?}");
+                }
+                _ => {
+                    for verdict in [first, second] {
+                        assert!(
+                            matches!(verdict, AuditVerdict::Failed(_)),
+                            "{name}: {verdict:?}"
+                        );
+                    }
+                }
+            }
+        }
+        router.shutdown().await.unwrap();
+    }
+    bound.endpoint.close().await;
+}
+
+#[tokio::test]
+async fn a_holder_that_kept_half_a_shard_fails_most_audits() {
+    // It kept the first half of the shard and the whole outboard (64 bytes per 16 KiB, so
+    // cheap to keep): it proves every group it kept and sends what it has for the others.
+    let half_keeper: AuditFn = Box::new(|backend, cid, nonce| {
+        let Some(mut kept) = backend.get(cid, None)? else {
+            return Ok(None);
+        };
+        let (_, ob) = cairn_artifact::outboard(&kept);
+        let half = kept.len() / 2;
+        kept[half..].fill(0);
+        let mut answer = Vec::new();
+        for range in cairn_artifact::challenge_ranges(nonce, cid, kept.len() as u64) {
+            let proof = cairn_artifact::prove_range(cid, &kept, &ob, range.clone())
+                .unwrap_or_else(|_| kept[range.start as usize..range.end as usize].to_vec());
+            answer.extend_from_slice(&(proof.len() as u32).to_le_bytes());
+            answer.extend_from_slice(&proof);
+        }
+        Ok(Some(answer))
+    });
+    let (_backend, router, addr) = audited(half_keeper, false).await;
+    let (client, bound) = client().await;
+    let groups = 64u64;
+    let shards = put_shards(&client, &addr, &[(40, groups as usize * GROUP)]).await;
+    let (cid, size) = shards[0];
+    let audits = 20u32;
+    let mut passed = 0;
+    for i in 0..audits {
+        let nonce = nonce(1000 + i);
+        let verdict = audit_one(&client, &addr, &nonce, cid, size).await;
+        // It passes exactly when every group the nonce asks lies in the half it kept.
+        let touches_lost = cairn_artifact::challenge_ranges(&nonce, &cid, size)
+            .iter()
+            .any(|r| r.end > size / 2);
+        if touches_lost {
+            assert!(
+                matches!(verdict, AuditVerdict::Failed(_)),
+                "{i}: {verdict:?}"
+            );
+        } else {
+            assert_eq!(verdict, AuditVerdict::Passed, "{i}");
+            passed += 1;
+        }
+    }
+    // The audit module's formula: C(f·g, c) / C(g, c) with f = 1/2, g = 64, c = 4.
+    let choose = |n: u64, k: u64| (0..k).fold(1.0, |acc, i| acc * (n - i) as f64 / (i + 1) as f64);
+    let rate = choose(groups / 2, 4) / choose(groups, 4);
+    assert!((rate - 0.0566).abs() < 0.001, "{rate}");
+    // Expected 20 × 5.7 % ≈ 1.1 passes; at most 5 of 20 is far beyond chance at that rate.
+    assert!(
+        passed <= 5,
+        "{passed} of {audits} passed, {:.1} expected",
+        rate * f64::from(audits)
+    );
+    bound.endpoint.close().await;
+    router.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn audits_tell_not_held_corrupted_slow_and_unreachable_holders_apart() {
+    let (client, bound) = client().await;
+    // Not held.
+    let (_backend, router, addr) = audited(honest(), false).await;
+    let absent = shard_cid(b"absent");
+    assert_eq!(
+        audit_one(&client, &addr, &nonce(1), absent, 5).await,
+        AuditVerdict::NotHeld
+    );
+    router.shutdown().await.unwrap();
+
+    // A holder whose disk rotted: the default audit checks the stored bytes and says so.
+    let backend = Arc::new(Corrupting(MemoryBackend::new(1 << 20)));
+    let (router, addr) = serve(ShardServer::new(backend, config())).await;
+    let shards = put_shards(&client, &addr, &[(50, 100_000)]).await;
+    let (cid, size) = shards[0];
+    assert_eq!(
+        audit_one(&client, &addr, &nonce(2), cid, size).await,
+        AuditVerdict::Corrupted
+    );
+    router.shutdown().await.unwrap();
+
+    // A holder that reports a corrupted copy itself, beside one it answers for.
+    let picky: AuditFn = Box::new(|backend, cid, nonce| {
+        let answer = backend.audit(cid, nonce)?;
+        if answer.as_ref().is_some_and(|a| a.len() > 20_000) {
+            return Err(BackendError::Corrupted("checksum mismatch".into()));
+        }
+        Ok(answer)
+    });
+    let (_backend, router, addr) = audited(picky, false).await;
+    let shards = put_shards(&client, &addr, &[(51, 100_000), (52, 500)]).await;
+    let cids: Vec<Cid> = shards.iter().map(|(cid, _)| *cid).collect();
+    let replies = step(client.audit(&addr, &nonce(3), &cids, 0))
+        .await
+        .unwrap();
+    assert_eq!(replies[0], AuditReply::Corrupted);
+    assert_eq!(
+        judge_audit(&nonce(3), &cids[0], shards[0].1, &replies[0]),
+        AuditVerdict::Corrupted
+    );
+    assert_eq!(
+        judge_audit(&nonce(3), &cids[1], shards[1].1, &replies[1]),
+        AuditVerdict::Passed
+    );
+    router.shutdown().await.unwrap();
+
+    // A slow holder (it fetches the shard from elsewhere first): past the auditor's deadline,
+    // a timeout, not a failed proof.
+    let slow: AuditFn = Box::new(|backend, cid, nonce| {
+        std::thread::sleep(Duration::from_millis(1000));
+        backend.audit(cid, nonce)
+    });
+    let (_backend, router, addr) = audited(slow, false).await;
+    let shards = put_shards(&client, &addr, &[(53, 1000)]).await;
+    let hasty = ShardClient::new(
+        bound.endpoint.clone(),
+        ShardConfig {
+            audit_timeout: Duration::from_millis(200),
+            ..config()
+        },
+    );
+    let result = step(hasty.audit(&addr, &nonce(4), &[shards[0].0], 0)).await;
+    match &result {
+        Err(err) => {
+            assert!(err.is_timeout(), "{err:?}");
+            assert!(!err.is_unreachable(), "{err:?}");
+            assert!(
+                matches!(err, Error::Timeout { operation: "AUDIT", limit, .. } if *limit == Duration::from_millis(200)),
+                "{err:?}"
+            );
+        }
+        Ok(replies) => panic!("a slow holder answered in time: {replies:?}"),
+    }
+    // With the default deadline the same holder passes.
+    assert_eq!(
+        audit_one(&client, &addr, &nonce(5), shards[0].0, shards[0].1).await,
+        AuditVerdict::Passed
+    );
+    router.shutdown().await.unwrap();
+
+    // Nothing answers on this UDP port: unreachable, not a timeout of the holder.
+    let silent = std::net::UdpSocket::bind(loopback()).unwrap();
+    let nowhere = EndpointAddr::new(SecretKey::from_bytes(&[43; 32]).public())
+        .with_ip_addr(silent.local_addr().unwrap());
+    let impatient = ShardClient::new(
+        bound.endpoint.clone(),
+        ShardConfig {
+            connect_timeout: Duration::from_millis(200),
+            ..config()
+        },
+    );
+    for _ in 0..2 {
+        // The second try is skipped (the peer is down): unreachable too.
+        let err = step(impatient.audit(&nowhere, &nonce(6), &[absent], 0))
+            .await
+            .unwrap_err();
+        assert!(err.is_unreachable(), "{err:?}");
+        assert!(!err.is_timeout(), "{err:?}");
+    }
+    bound.endpoint.close().await;
+}
+
+#[tokio::test]
+async fn an_owner_auditing_renews_its_leases_and_a_failed_renewal_changes_no_answer() {
+    let (client, bound) = client().await;
+    let me = *bound.endpoint.id().as_bytes();
+    let until = now_ms() + 3_600_000;
+    for renewal_fails in [false, true] {
+        let (backend, router, addr) = audited(honest(), renewal_fails).await;
+        let shards = put_shards(&client, &addr, &[(60, 2000), (61, 100_000)]).await;
+        let absent = shard_cid(b"absent");
+        let cids = [shards[0].0, absent, shards[1].0];
+        // Without a lease time nothing is renewed.
+        step(client.audit(&addr, &nonce(7), &cids, 0))
+            .await
+            .unwrap();
+        assert!(backend.renewals.lock().unwrap().is_empty());
+        let replies = step(client.audit(&addr, &nonce(8), &cids, until))
+            .await
+            .unwrap();
+        // Every shard answered is renewed for the requester; the one not held is not.
+        assert_eq!(
+            *backend.renewals.lock().unwrap(),
+            vec![(shards[0].0, me, until), (shards[1].0, me, until)],
+            "renewal_fails = {renewal_fails}"
+        );
+        assert_eq!(replies[1], AuditReply::NotHeld);
+        for (i, (cid, size)) in [(0, shards[0]), (2, shards[1])] {
+            assert_eq!(
+                judge_audit(&nonce(8), &cid, size, &replies[i]),
+                AuditVerdict::Passed,
+                "renewal_fails = {renewal_fails}"
+            );
+        }
+        router.shutdown().await.unwrap();
+    }
+    bound.endpoint.close().await;
+}
+
+/// A memory holder that knows its endpoint id, served on loopback.
+async fn receipt_holder(knows_its_id: bool) -> (Arc<MemoryBackend>, Router, EndpointAddr) {
+    let backend = Arc::new(MemoryBackend::new(1 << 22));
+    let bound = bind().await;
+    let addr = addr_of(&bound);
+    let mut server = ShardServer::new(backend.clone(), config());
+    if knows_its_id {
+        server = server.with_endpoint_id(addr.id);
+    }
+    let router = Router::builder(bound.endpoint)
+        .accept(SHARD_ALPN, server)
+        .spawn();
+    (backend, router, addr)
+}
+
+fn rejected_with(result: Result<()>, status: &str, needle: &str) {
+    match result {
+        Err(Error::Rejected {
+            status: got,
+            message,
+            ..
+        }) => {
+            assert_eq!(got, status, "{message}");
+            assert!(message.contains(needle), "{needle:?} not in {message:?}");
+        }
+        other => panic!("expected a {status} refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn receipts_are_kept_from_their_auditor_only() {
+    let (backend, router, addr) = receipt_holder(true).await;
+    let auditor_key = generate_secret_key();
+    let auditor = endpoint_offline(auditor_key.clone(), loopback())
+        .await
+        .unwrap();
+    let client = ShardClient::new(auditor.endpoint.clone(), config());
+
+    // An audit that passes, then its receipt.
+    let shards = put_shards(&client, &addr, &[(70, 50_000), (71, 3000)]).await;
+    let cids: Vec<Cid> = shards.iter().map(|(cid, _)| *cid).collect();
+    let audit_nonce = nonce(9);
+    let replies = step(client.audit(&addr, &audit_nonce, &cids, 0))
+        .await
+        .unwrap();
+    for ((cid, size), reply) in shards.iter().zip(&replies) {
+        assert_eq!(
+            judge_audit(&audit_nonce, cid, *size, reply),
+            AuditVerdict::Passed
+        );
+    }
+    let receipt = Receipt {
+        auditor: auditor_key.public(),
+        holder: addr.id,
+        nonce: audit_nonce,
+        time_ms: now_ms(),
+        bytes: shards.iter().map(|(_, size)| size).sum(),
+        shards: cids.clone(),
+    };
+    let signed = receipt.sign(&auditor_key);
+    step(client.put_receipt(&addr, &signed)).await.unwrap();
+    // Sent again (a retry): still one.
+    step(client.put_receipt(&addr, &signed)).await.unwrap();
+    let kept = backend.receipts();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].receipt, receipt);
+    assert_eq!(kept[0].bytes, signed);
+
+    // A receipt naming another holder.
+    let elsewhere = Receipt {
+        holder: SecretKey::from_bytes(&[44; 32]).public(),
+        ..receipt.clone()
+    };
+    rejected_with(
+        step(client.put_receipt(&addr, &elsewhere.sign(&auditor_key))).await,
+        "INVALID_RECEIPT",
+        "holder",
+    );
+    // A receipt another auditor signed (its signature verifies), sent by this endpoint.
+    let someone = SecretKey::from_bytes(&[45; 32]);
+    let foreign = Receipt {
+        auditor: someone.public(),
+        ..receipt.clone()
+    };
+    rejected_with(
+        step(client.put_receipt(&addr, &foreign.sign(&someone))).await,
+        "INVALID_RECEIPT",
+        "auditor",
+    );
+    // Dated too far from the holder's clock, either way.
+    for time_ms in [now_ms() - 600_000, now_ms() + 600_000] {
+        let skewed = Receipt {
+            time_ms,
+            ..receipt.clone()
+        };
+        rejected_with(
+            step(client.put_receipt(&addr, &skewed.sign(&auditor_key))).await,
+            "INVALID_RECEIPT",
+            "clock",
+        );
+    }
+    // Bytes that are no receipt, and a signature that does not verify.
+    rejected_with(
+        step(client.put_receipt(&addr, b"not a receipt")).await,
+        "INVALID_RECEIPT",
+        "too short",
+    );
+    let mut tampered = signed.clone();
+    let at = tampered.len() - 70;
+    tampered[at] ^= 1;
+    rejected_with(
+        step(client.put_receipt(&addr, &tampered)).await,
+        "INVALID_RECEIPT",
+        "signature",
+    );
+    // The client refuses to send one over the cap.
+    assert!(matches!(
+        client
+            .put_receipt(&addr, &vec![0u8; RECEIPT_LEN_MAX as usize + 1])
+            .await,
+        Err(Error::TooLarge { .. })
+    ));
+    assert_eq!(backend.receipts().len(), 1, "nothing else was kept");
+
+    // A server that does not know its own id cannot check the holder, so takes no receipt.
+    let (blind_backend, blind_router, blind_addr) = receipt_holder(false).await;
+    let for_blind = Receipt {
+        holder: blind_addr.id,
+        ..receipt
+    };
+    rejected_with(
+        step(client.put_receipt(&blind_addr, &for_blind.sign(&auditor_key))).await,
+        "UNSUPPORTED_REQUEST",
+        "endpoint id",
+    );
+    assert!(blind_backend.receipts().is_empty());
+
+    auditor.endpoint.close().await;
+    router.shutdown().await.unwrap();
+    blind_router.shutdown().await.unwrap();
+}

@@ -14,6 +14,9 @@
 //!   which travels over the same PUT and GET as shards). The digest is checked by the server
 //!   before it commits a PUT, by the server before it serves a whole blob, and by the client on
 //!   every whole-blob GET reply. Bad bytes from a peer are an error naming the peer and the CID.
+//! - Holders can be held to account: AUDIT asks a holder for BLAKE3/bao proofs of byte ranges
+//!   that a fresh nonce picks, checked against the shard CIDs alone, and an auditor that
+//!   verified them can hand the holder a signed [`Receipt`] (RECEIPT) as proof of its service.
 //! - Reads do not depend on membership staying the same: a signed, versioned *holder record*
 //!   ([`HolderRecord`]) says which node holds which shard of an artifact, and nodes store and
 //!   serve it (PUT_RECORD, GET_RECORD). Only a key the artifact's manifest allows may sign
@@ -48,7 +51,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 1 | protocol version, [`PROTOCOL_VERSION`] = 1 |
-//! | 1 | 1 | request type: 0 PUT, 1 GET, 2 HAS, 3 DELETE, 4 PEERS, 5 PUT_RECORD, 6 GET_RECORD; 7..=255 reserved |
+//! | 1 | 1 | request type: 0 PUT, 1 GET, 2 HAS, 3 DELETE, 4 PEERS, 5 PUT_RECORD, 6 GET_RECORD, 7 AUDIT, 8 RECEIPT; 9..=255 reserved |
 //! | 2 | … | body |
 //!
 //! - PUT: `cid` (raw or dag-cbor), `u32 len` (≤ [`SHARD_LEN_MAX`]), `len` content bytes.
@@ -62,6 +65,13 @@
 //!   layout is in the `record` module). The length is checked before anything is allocated, and
 //!   the buffer grows only as bytes arrive.
 //! - GET_RECORD: `cid` of the artifact's manifest (dag-cbor).
+//! - AUDIT: `nonce` (32 bytes, fresh per audit), `u64 lease_until_ms`, `u16 count`
+//!   (1..=[`AUDIT_BATCH_MAX`]), then `count` shard CIDs (codec raw only; any other CID is
+//!   refused with INVALID_CID). `lease_until_ms` 0 asks for no lease renewal; otherwise the
+//!   auditor, if it is an owner of the shards (it PUT them), asks the holder to keep each shard it
+//!   answers for until that Unix-ms time (see *Audits*).
+//! - RECEIPT: `u32 len` (1..=[`RECEIPT_LEN_MAX`]), `len` bytes of a signed audit receipt (its
+//!   layout is in the `receipt` module).
 //!
 //! Nothing may follow the body; trailing bytes make the request malformed.
 //!
@@ -88,6 +98,13 @@
 //! - PUT_RECORD: empty (the record is stored, or an identical one already was).
 //! - GET_RECORD: `u32 len` (1..=[`RECORD_LEN_MAX`]), `len` bytes of the signed record. The client
 //!   verifies the signature and that the record names the artifact asked for.
+//! - AUDIT: `u16 count` (equal to the request's), then per shard, in the request's order, `u8
+//!   state`: 0 answered, followed by `u32 len` (≤ [`AUDIT_ANSWER_LEN_MAX`]) and `len` bytes of
+//!   the answer (`cairn_artifact::audit_answer`: per challenged range a `u32` little-endian
+//!   length and a bao proof); 1 not held; 2 held, but the holder found its copy corrupted. Any
+//!   other state, a count that differs or a length over the cap makes the whole reply malformed.
+//!   The whole reply is at most [`AUDIT_REPLY_LEN_MAX`] bytes.
+//! - RECEIPT: empty (the receipt is stored).
 //!
 //! Status 1 NOT_FOUND (GET of content not held, GET_RECORD of an artifact without a record):
 //! empty body.
@@ -102,7 +119,10 @@
 //! does not allow), 14 INVALID_RECORD (PUT_RECORD bytes that do not decode, whose signature
 //! does not verify, whose shape differs from the manifest's or whose version is dated too far
 //! ahead), 15 UNKNOWN_ARTIFACT (PUT_RECORD for an artifact whose manifest the server does not
-//! hold). Statuses 16..=255 are reserved.
+//! hold), 16 INVALID_RECEIPT (RECEIPT bytes that do not decode or whose signature does not
+//! verify, whose auditor is not the sending endpoint, whose holder is not this node, or whose
+//! time is more than [`RECEIPT_SKEW_MAX`] away from the server's clock). Statuses 17..=255 are
+//! reserved.
 //!
 //! # Holder records
 //!
@@ -127,6 +147,38 @@
 //! check it against its CID and use only records its `record_signers` signed
 //! ([`choose_record`]).
 //!
+//! # Audits
+//!
+//! Storage proofs: for each shard of an AUDIT, the nonce and the CID pick
+//! `cairn_artifact::AUDIT_GROUPS` distinct 16 KiB chunk groups (`challenge_ranges`), which the
+//! holder answers with bao range proofs; the auditor checks them against the CID and the shard
+//! size it knows from the manifest ([`judge_audit`]). What passing proves, and with what
+//! probability a holder that kept only part of a shard passes, is in `cairn_artifact`'s `audit`
+//! module. A holder cannot know which groups are asked before the nonce arrives, and an answer
+//! made for one nonce fails for another.
+//!
+//! - Deadline: the auditor expects the first byte of the reply within its `audit_timeout`
+//!   (default [`AUDIT_TIMEOUT`]) of sending the batch, a limit on the whole batch. A holder that
+//!   must fetch the shard from elsewhere first is too late: the timeout is a distinct error
+//!   ([`Error::is_timeout`]), which the auditor counts apart from a failed proof. The server stops
+//!   working on a batch it could not answer within its own `audit_timeout` and resets the stream.
+//! - Cost: the answer is at most [`AUDIT_ANSWER_LEN_MAX`] (about 66 KiB) per shard whatever its
+//!   size. The server computes it off the async threads, shard after shard; a backend that
+//!   keeps outboards reads only the groups asked, the default (`ShardBackend::audit`) reads
+//!   and hashes whole shards, up to 64 × 8 MiB per request. Like every request, at most
+//!   [`PEER_INFLIGHT_MAX`] AUDITs per connection are handled at once.
+//! - Leases: for each shard answered (state 0), when `lease_until_ms` is not 0, the server asks
+//!   its backend to renew the requester's lease on it to that time
+//!   ([`ShardBackend::renew_lease`]); the backend renews only the leases of an owner, and decides
+//!   how far ahead it accepts. Renewal is best effort: its failure is logged and never changes
+//!   the answer. An auditor that is not an owner sends 0.
+//! - Receipts: an auditor whose checks passed may sign a [`Receipt`] and send it to the holder
+//!   (RECEIPT). The server keeps it only if its signature verifies, its auditor is the endpoint
+//!   sending it (the QUIC connection authenticates it), its holder is this node, and its time is
+//!   within [`RECEIPT_SKEW_MAX`] of the server's clock. A server built without its own endpoint
+//!   id ([`ShardServer::with_endpoint_id`]) cannot check the holder and answers RECEIPT with
+//!   UNSUPPORTED_REQUEST.
+//!
 //! # Limits and timeouts
 //!
 //! The server reads, handles and answers one request within [`REQUEST_TIMEOUT`], then resets the
@@ -141,7 +193,8 @@
 //! write. A PUT whose bytes were fully received may still be committed after the client gave up:
 //! shards are content-addressed, so a later retry of the same PUT is harmless. A DELETE likewise
 //! may or may not have happened; repeating it returns `deleted = 0` or `NOT_OWNER`. A PUT_RECORD
-//! likewise may have been stored; repeating it is an idempotent OK.
+//! likewise may have been stored; repeating it is an idempotent OK. An AUDIT given up may still
+//! have renewed leases; a RECEIPT may have been kept (a backend may keep identical bytes once).
 //!
 //! # Version history
 //!
@@ -150,13 +203,22 @@
 //!   GET, PEERS, PUT_RECORD and GET_RECORD. An older server answers the new requests with
 //!   UNSUPPORTED_REQUEST. Then PUT_RECORD accepted only beside the manifest and from a signer
 //!   it names, versions dated at most [`RECORD_AHEAD_MAX`] ahead, and status 15
-//!   UNKNOWN_ARTIFACT (hardening item 1; the framing is unchanged).
+//!   UNKNOWN_ARTIFACT (hardening item 1; the framing is unchanged). Then, compatibly, AUDIT
+//!   (type 7) and RECEIPT (type 8) with status 16 INVALID_RECEIPT (storage proofs); an older
+//!   server answers them with UNSUPPORTED_REQUEST.
 //!
 //! [`ShardBackend`]: crate::ShardBackend
 //! [`HolderRecord`]: crate::HolderRecord
 //! [`RECORD_AHEAD_MAX`]: crate::RECORD_AHEAD_MAX
 //! [`choose_record`]: crate::choose_record
 //! [`ANNOUNCEMENT_LEN_MAX`]: crate::ANNOUNCEMENT_LEN_MAX
+//! [`Receipt`]: crate::Receipt
+//! [`RECEIPT_LEN_MAX`]: crate::RECEIPT_LEN_MAX
+//! [`RECEIPT_SKEW_MAX`]: crate::RECEIPT_SKEW_MAX
+//! [`judge_audit`]: crate::judge_audit
+//! [`Error::is_timeout`]: crate::Error::is_timeout
+//! [`ShardBackend::renew_lease`]: crate::ShardBackend::renew_lease
+//! [`ShardServer::with_endpoint_id`]: crate::ShardServer::with_endpoint_id
 
 use std::future::Future;
 use std::io;
@@ -165,10 +227,14 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use cairn_artifact::{AUDIT_GROUP_LEN, AUDIT_GROUPS};
 use cid::Cid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::audit::AuditReply;
+use crate::cids::shard_digest;
 use crate::membership::ANNOUNCEMENT_LEN_MAX;
+use crate::receipt::RECEIPT_LEN_MAX;
 
 /// ALPN of the shard protocol; the trailing number is its major version.
 pub const SHARD_ALPN: &[u8] = b"/cairn/shard/1";
@@ -205,6 +271,33 @@ pub const PEER_DOWN_FOR: Duration = Duration::from_secs(10);
 pub const PEER_INFLIGHT_MAX: usize = 16;
 /// Peers whose connections a client keeps open at once.
 pub const POOL_PEERS_MAX: usize = 256;
+/// Most shards in one AUDIT request (and in one [`Receipt`](crate::Receipt)).
+pub const AUDIT_BATCH_MAX: usize = 64;
+/// Time a holder has to start its reply to an AUDIT batch, from the moment it is sent. Reading
+/// 64 shards of a few hundred KiB from a local disk and proving 4 groups of each takes well
+/// under a second; a holder that has to fetch the data from elsewhere first takes longer.
+pub const AUDIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes of one node of a bao tree in a proof: the hashes of its two children.
+const BAO_PARENT_LEN: u64 = 64;
+/// Chunk groups of the largest shard.
+const AUDIT_SHARD_GROUPS_MAX: u64 = (SHARD_LEN_MAX as u64).div_ceil(AUDIT_GROUP_LEN);
+/// Parents on the path from the root of the largest shard's bao tree to one of its groups:
+/// ceil(log2(groups)), 9 for 8 MiB of 16 KiB groups.
+const AUDIT_TREE_DEPTH_MAX: u64 = if AUDIT_SHARD_GROUPS_MAX <= 1 {
+    0
+} else {
+    (u64::BITS - (AUDIT_SHARD_GROUPS_MAX - 1).leading_zeros()) as u64
+};
+/// Longest answer for one shard in an AUDIT reply: per challenged group its `u32` length, the
+/// group and one parent per tree level, for a shard of [`SHARD_LEN_MAX`]: 4 × (4 + 16 384 +
+/// 64 × 9) = 67 856 bytes. Smaller shards have fewer levels and no more groups.
+pub const AUDIT_ANSWER_LEN_MAX: u32 =
+    (AUDIT_GROUPS as u64 * (4 + AUDIT_GROUP_LEN + BAO_PARENT_LEN * AUDIT_TREE_DEPTH_MAX)) as u32;
+/// Longest successful AUDIT reply: version, status, count and [`AUDIT_BATCH_MAX`] answers of
+/// [`AUDIT_ANSWER_LEN_MAX`] with their state and length (about 4.1 MiB).
+pub const AUDIT_REPLY_LEN_MAX: usize =
+    2 + 2 + AUDIT_BATCH_MAX * (1 + 4 + AUDIT_ANSWER_LEN_MAX as usize);
 
 // A CIDv1 raw BLAKE3 is 36 bytes; the cap leaves room for other hashes without inviting abuse.
 const _: () = assert!(CID_LEN_MAX >= 36 && CID_LEN_MAX <= u8::MAX as usize);
@@ -216,6 +309,18 @@ const _: () = assert!(RECORD_LEN_MAX as usize <= usize::MAX / 2);
 const _: () = assert!(MESSAGE_LEN_MAX <= u16::MAX as usize);
 const _: () = assert!(CONNECT_TIMEOUT.as_millis() < REQUEST_TIMEOUT.as_millis());
 const _: () = assert!(REPLY_START_TIMEOUT.as_millis() < REQUEST_TIMEOUT.as_millis());
+const _: () = assert!(AUDIT_BATCH_MAX >= 1 && AUDIT_BATCH_MAX <= u16::MAX as usize);
+const _: () = assert!(AUDIT_TIMEOUT.as_millis() < REQUEST_TIMEOUT.as_millis());
+const _: () = assert!(AUDIT_TREE_DEPTH_MAX == 9);
+const _: () = assert!(AUDIT_ANSWER_LEN_MAX == 67_856);
+// The u32 cast above did not truncate.
+const _: () = assert!(
+    AUDIT_GROUPS as u64 * (4 + AUDIT_GROUP_LEN + BAO_PARENT_LEN * AUDIT_TREE_DEPTH_MAX)
+        <= u32::MAX as u64
+);
+// A full AUDIT reply is no larger than a GET reply of the largest shard.
+const _: () = assert!(AUDIT_REPLY_LEN_MAX <= SHARD_LEN_MAX as usize);
+const _: () = assert!(RECEIPT_LEN_MAX as usize <= 64 * 1024);
 
 /// Request type byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +332,8 @@ pub(crate) enum Kind {
     Peers = 4,
     PutRecord = 5,
     GetRecord = 6,
+    Audit = 7,
+    Receipt = 8,
 }
 
 impl Kind {
@@ -239,6 +346,8 @@ impl Kind {
             Kind::Peers => "PEERS",
             Kind::PutRecord => "PUT_RECORD",
             Kind::GetRecord => "GET_RECORD",
+            Kind::Audit => "AUDIT",
+            Kind::Receipt => "RECEIPT",
         }
     }
 
@@ -251,6 +360,8 @@ impl Kind {
             4 => Kind::Peers,
             5 => Kind::PutRecord,
             6 => Kind::GetRecord,
+            7 => Kind::Audit,
+            8 => Kind::Receipt,
             _ => return None,
         })
     }
@@ -275,6 +386,7 @@ pub(crate) enum Status {
     NotPublisher = 13,
     InvalidRecord = 14,
     UnknownArtifact = 15,
+    InvalidReceipt = 16,
 }
 
 impl Status {
@@ -296,6 +408,7 @@ impl Status {
             13 => Status::NotPublisher,
             14 => Status::InvalidRecord,
             15 => Status::UnknownArtifact,
+            16 => Status::InvalidReceipt,
             _ => return None,
         })
     }
@@ -319,21 +432,45 @@ impl Status {
             Status::NotPublisher => "NOT_PUBLISHER",
             Status::InvalidRecord => "INVALID_RECORD",
             Status::UnknownArtifact => "UNKNOWN_ARTIFACT",
+            Status::InvalidReceipt => "INVALID_RECEIPT",
         }
     }
 }
 
-/// A request up to (not including) the PUT or PUT_RECORD payload, so that the server can refuse
-/// an oversized or over-quota PUT before receiving its bytes.
+/// A request up to (not including) the PUT, PUT_RECORD or RECEIPT payload, so that the server
+/// can refuse an oversized or over-quota PUT before receiving its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Head {
-    Put { cid: Cid, len: u32 },
-    Get { cid: Cid, range: Option<Range<u64>> },
-    Has { cids: Vec<Cid> },
-    Delete { cid: Cid },
+    Put {
+        cid: Cid,
+        len: u32,
+    },
+    Get {
+        cid: Cid,
+        range: Option<Range<u64>>,
+    },
+    Has {
+        cids: Vec<Cid>,
+    },
+    Delete {
+        cid: Cid,
+    },
     Peers,
-    PutRecord { len: u32 },
-    GetRecord { artifact: Cid },
+    PutRecord {
+        len: u32,
+    },
+    GetRecord {
+        artifact: Cid,
+    },
+    Audit {
+        nonce: [u8; 32],
+        lease_until_ms: u64,
+        /// Raw shard CIDs, 1..=AUDIT_BATCH_MAX of them.
+        cids: Vec<Cid>,
+    },
+    Receipt {
+        len: u32,
+    },
 }
 
 impl Head {
@@ -346,6 +483,8 @@ impl Head {
             Head::Peers => Kind::Peers,
             Head::PutRecord { .. } => Kind::PutRecord,
             Head::GetRecord { .. } => Kind::GetRecord,
+            Head::Audit { .. } => Kind::Audit,
+            Head::Receipt { .. } => Kind::Receipt,
         }
     }
 }
@@ -362,6 +501,9 @@ pub(crate) enum Reply {
     Peers(Vec<Vec<u8>>),
     /// A signed holder record, within `1..=RECORD_LEN_MAX` bytes, not yet verified.
     Record(Vec<u8>),
+    /// One answer per shard audited, in the request's order, each within
+    /// `AUDIT_ANSWER_LEN_MAX` bytes, not yet checked.
+    Audit(Vec<AuditReply>),
     Error {
         status: u8,
         quota: Option<(u64, u64)>,
@@ -457,6 +599,27 @@ pub(crate) fn encode_head(head: &Head) -> Vec<u8> {
             out.push(Kind::GetRecord as u8);
             put_cid(&mut out, artifact);
         }
+        Head::Audit {
+            nonce,
+            lease_until_ms,
+            cids,
+        } => {
+            out.push(Kind::Audit as u8);
+            assert!(
+                cids.len() <= AUDIT_BATCH_MAX,
+                "AUDIT batch over AUDIT_BATCH_MAX reached the encoder"
+            );
+            out.extend_from_slice(nonce);
+            out.extend_from_slice(&lease_until_ms.to_be_bytes());
+            out.extend_from_slice(&(cids.len() as u16).to_be_bytes());
+            for cid in cids {
+                put_cid(&mut out, cid);
+            }
+        }
+        Head::Receipt { len } => {
+            out.push(Kind::Receipt as u8);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
     }
     out
 }
@@ -520,6 +683,16 @@ fn check_record_len(len: u32, what: &str) -> Result<(), FrameError> {
         return Err(bad(
             Status::TooLarge,
             format!("{what} length {len} is outside 1..={RECORD_LEN_MAX}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_receipt_len(len: u32) -> Result<(), FrameError> {
+    if len == 0 || len > RECEIPT_LEN_MAX {
+        return Err(bad(
+            Status::TooLarge,
+            format!("receipt length {len} is outside 1..={RECEIPT_LEN_MAX}"),
         ));
     }
     Ok(())
@@ -611,6 +784,34 @@ pub(crate) async fn read_head<R: AsyncRead + Unpin>(recv: &mut R) -> Result<Head
         6 => Head::GetRecord {
             artifact: read_cid(recv).await?,
         },
+        7 => {
+            let mut nonce = [0u8; 32];
+            recv.read_exact(&mut nonce).await?;
+            let lease_until_ms = recv.read_u64().await?;
+            let count = recv.read_u16().await? as usize;
+            if count == 0 || count > AUDIT_BATCH_MAX {
+                return Err(bad(
+                    Status::TooLarge,
+                    format!("AUDIT batch of {count} is outside 1..={AUDIT_BATCH_MAX}"),
+                ));
+            }
+            let mut cids = Vec::with_capacity(count);
+            for _ in 0..count {
+                let cid = read_cid(recv).await?;
+                shard_digest(&cid).map_err(|err| bad(Status::InvalidCid, err.to_string()))?;
+                cids.push(cid);
+            }
+            Head::Audit {
+                nonce,
+                lease_until_ms,
+                cids,
+            }
+        }
+        8 => {
+            let len = recv.read_u32().await?;
+            check_receipt_len(len)?;
+            Head::Receipt { len }
+        }
         other => {
             return Err(bad(
                 Status::UnsupportedRequest,
@@ -636,6 +837,15 @@ pub(crate) async fn read_record_payload<R: AsyncRead + Unpin>(
 ) -> Result<Vec<u8>, FrameError> {
     check_record_len(len, "holder record")?;
     read_growing(recv, len).await
+}
+
+/// Reads a RECEIPT payload of a length already checked by [`read_head`].
+pub(crate) async fn read_receipt_payload<R: AsyncRead + Unpin>(
+    recv: &mut R,
+    len: u32,
+) -> Result<Vec<u8>, FrameError> {
+    check_receipt_len(len)?;
+    read_vec(recv, len as usize).await
 }
 
 /// Checks that the sender finished its side right after the frame.
@@ -682,11 +892,53 @@ pub(crate) fn encode_error(status: Status, quota: Option<(u64, u64)>, message: &
     out
 }
 
-/// Reads the reply to a request of type `kind`; `has_count` is the HAS batch length asked for.
+/// Encodes a successful AUDIT reply: the count, then each answer's state and, for an answer,
+/// its length and bytes. Callers keep answers within [`AUDIT_ANSWER_LEN_MAX`] and batches
+/// within [`AUDIT_BATCH_MAX`] (the server turns a longer answer into state 2).
+pub(crate) fn encode_audit_reply(answers: &[AuditReply]) -> Vec<u8> {
+    assert!(
+        answers.len() <= AUDIT_BATCH_MAX,
+        "AUDIT reply over AUDIT_BATCH_MAX reached the encoder"
+    );
+    let body_len = answers
+        .iter()
+        .map(|a| match a {
+            AuditReply::Answer(bytes) => 5 + bytes.len(),
+            _ => 1,
+        })
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(4 + body_len);
+    out.extend_from_slice(&[PROTOCOL_VERSION, Status::Ok as u8]);
+    out.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+    for answer in answers {
+        match answer {
+            AuditReply::Answer(bytes) => {
+                assert!(
+                    bytes.len() <= AUDIT_ANSWER_LEN_MAX as usize,
+                    "audit answer over AUDIT_ANSWER_LEN_MAX reached the encoder"
+                );
+                out.push(AUDIT_ANSWERED);
+                out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                out.extend_from_slice(bytes);
+            }
+            AuditReply::NotHeld => out.push(AUDIT_NOT_HELD),
+            AuditReply::Corrupted => out.push(AUDIT_CORRUPTED),
+        }
+    }
+    out
+}
+
+/// AUDIT reply states.
+const AUDIT_ANSWERED: u8 = 0;
+const AUDIT_NOT_HELD: u8 = 1;
+const AUDIT_CORRUPTED: u8 = 2;
+
+/// Reads the reply to a request of type `kind`; `count` is the batch length asked for (HAS,
+/// AUDIT), which the reply's count must equal.
 pub(crate) async fn read_reply<R: AsyncRead + Unpin>(
     recv: &mut R,
     kind: Kind,
-    has_count: usize,
+    count: usize,
 ) -> Result<Reply, FrameError> {
     let version = recv.read_u8().await?;
     if version != PROTOCOL_VERSION {
@@ -710,11 +962,11 @@ pub(crate) async fn read_reply<R: AsyncRead + Unpin>(
             Reply::Data(read_vec(recv, len as usize).await?)
         }
         (Status::Ok, Kind::Has) => {
-            let count = recv.read_u16().await? as usize;
-            if count != has_count {
+            let got = recv.read_u16().await? as usize;
+            if got != count {
                 return Err(bad(
                     Status::Malformed,
-                    format!("HAS reply has {count} answers for {has_count} CIDs"),
+                    format!("HAS reply has {got} answers for {count} CIDs"),
                 ));
             }
             let flags = read_vec(recv, count).await?;
@@ -770,6 +1022,49 @@ pub(crate) async fn read_reply<R: AsyncRead + Unpin>(
             check_record_len(len, "holder record reply")?;
             Reply::Record(read_growing(recv, len).await?)
         }
+        (Status::Ok, Kind::Audit) => {
+            let got = recv.read_u16().await? as usize;
+            if got != count {
+                return Err(bad(
+                    Status::Malformed,
+                    format!("AUDIT reply has {got} answers for {count} shards"),
+                ));
+            }
+            // `count` is the caller's; the bound keeps a fuzzed one from sizing the vector.
+            if count > AUDIT_BATCH_MAX {
+                return Err(bad(
+                    Status::TooLarge,
+                    format!("AUDIT reply of {count} answers is over {AUDIT_BATCH_MAX}"),
+                ));
+            }
+            let mut answers = Vec::with_capacity(count);
+            for _ in 0..count {
+                answers.push(match recv.read_u8().await? {
+                    AUDIT_ANSWERED => {
+                        let len = recv.read_u32().await?;
+                        if len > AUDIT_ANSWER_LEN_MAX {
+                            return Err(bad(
+                                Status::TooLarge,
+                                format!(
+                                    "audit answer of {len} bytes is over {AUDIT_ANSWER_LEN_MAX}"
+                                ),
+                            ));
+                        }
+                        AuditReply::Answer(read_vec(recv, len as usize).await?)
+                    }
+                    AUDIT_NOT_HELD => AuditReply::NotHeld,
+                    AUDIT_CORRUPTED => AuditReply::Corrupted,
+                    other => {
+                        return Err(bad(
+                            Status::Malformed,
+                            format!("audit state {other} is not 0, 1 or 2"),
+                        ));
+                    }
+                });
+            }
+            Reply::Audit(answers)
+        }
+        (Status::Ok, Kind::Receipt) => Reply::Stored,
         (Status::NotFound, Kind::Get | Kind::GetRecord) => Reply::NotFound,
         (Status::NotFound, _) => {
             return Err(bad(
@@ -835,7 +1130,7 @@ fn incomplete() -> FrameError {
     bad(Status::Internal, "decoding in memory did not complete")
 }
 
-/// Decodes one whole request frame (head, PUT or PUT_RECORD payload, nothing after) with the
+/// Decodes one whole request frame (head, PUT, PUT_RECORD or RECEIPT payload, nothing after) with the
 /// same code the server runs on a stream. Never panics.
 pub(crate) fn decode_request(bytes: &[u8]) -> Result<(Head, Option<Vec<u8>>), FrameError> {
     complete(async {
@@ -844,6 +1139,7 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(Head, Option<Vec<u8>>), Fr
         let payload = match &head {
             Head::Put { len, .. } => Some(read_payload(&mut reader, *len).await?),
             Head::PutRecord { len } => Some(read_record_payload(&mut reader, *len).await?),
+            Head::Receipt { len } => Some(read_receipt_payload(&mut reader, *len).await?),
             _ => None,
         };
         read_end(&mut reader).await?;
@@ -852,16 +1148,12 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(Head, Option<Vec<u8>>), Fr
     .unwrap_or_else(|| Err(incomplete()))
 }
 
-/// Decodes one whole reply frame to a request of type `kind` with the same code the client runs
-/// on a stream. Never panics.
-pub(crate) fn decode_reply(
-    bytes: &[u8],
-    kind: Kind,
-    has_count: usize,
-) -> Result<Reply, FrameError> {
+/// Decodes one whole reply frame to a request of type `kind` (of `count` CIDs, for HAS and
+/// AUDIT) with the same code the client runs on a stream. Never panics.
+pub(crate) fn decode_reply(bytes: &[u8], kind: Kind, count: usize) -> Result<Reply, FrameError> {
     complete(async {
         let mut reader = bytes;
-        read_reply(&mut reader, kind, has_count).await
+        read_reply(&mut reader, kind, count).await
     })
     .unwrap_or_else(|| Err(incomplete()))
 }
@@ -884,7 +1176,7 @@ pub mod fuzzing {
     }
 
     /// Decodes a reply frame to a request of type `request_type` (an unknown type is refused)
-    /// that asked HAS about `has_count` CIDs.
+    /// that asked HAS or AUDIT about `has_count` CIDs.
     pub fn decode_reply_frame(
         request_type: u8,
         has_count: u16,
@@ -895,6 +1187,53 @@ pub mod fuzzing {
         decode_reply(bytes, kind, has_count.into())
             .map(|reply| format!("{reply:?}"))
             .map_err(|err| err.describe())
+    }
+
+    /// Decodes an AUDIT request frame (version and type included). On success returns the
+    /// frame encoded again, which must equal the input, and the number of shards asked.
+    pub fn decode_audit_request(bytes: &[u8]) -> Result<(Vec<u8>, usize), String> {
+        let (head, _) = decode_request(bytes).map_err(|err| err.describe())?;
+        match &head {
+            Head::Audit { cids, .. } => Ok((encode_head(&head), cids.len())),
+            other => Err(format!("a {} request, not AUDIT", other.kind().name())),
+        }
+    }
+
+    /// Encodes an AUDIT request for `cids` (at most [`AUDIT_BATCH_MAX`], raw shard CIDs,
+    /// else an error).
+    pub fn encode_audit_request(
+        nonce: [u8; 32],
+        lease_until_ms: u64,
+        cids: &[Cid],
+    ) -> Result<Vec<u8>, String> {
+        if cids.is_empty() || cids.len() > AUDIT_BATCH_MAX {
+            return Err(format!(
+                "{} CIDs is outside 1..={AUDIT_BATCH_MAX}",
+                cids.len()
+            ));
+        }
+        for cid in cids {
+            shard_digest(cid).map_err(|err| err.to_string())?;
+        }
+        Ok(encode_head(&Head::Audit {
+            nonce,
+            lease_until_ms,
+            cids: cids.to_vec(),
+        }))
+    }
+
+    /// Decodes an AUDIT reply frame to a request of `count` shards. On success returns the
+    /// frame encoded again (which must equal the input when it was a successful reply: the
+    /// encoding is canonical) and the answers; an error reply is returned as its description.
+    pub fn decode_audit_reply(
+        count: u16,
+        bytes: &[u8],
+    ) -> Result<(Option<Vec<u8>>, Vec<crate::AuditReply>), String> {
+        match decode_reply(bytes, Kind::Audit, count.into()).map_err(|err| err.describe())? {
+            Reply::Audit(answers) => Ok((Some(encode_audit_reply(&answers)), answers)),
+            Reply::Error { .. } => Ok((None, Vec::new())),
+            other => Err(format!("reply {other:?} is no answer to AUDIT")),
+        }
     }
 
     /// Verifies a signed membership announcement for the network with topic bytes `topic`.
@@ -1054,10 +1393,37 @@ mod tests {
                 Some(data)
             )),
             arb_cid().prop_map(|artifact| (Head::GetRecord { artifact }, None)),
+            (
+                any::<[u8; 32]>(),
+                any::<u64>(),
+                prop::collection::vec(any::<[u8; 4]>(), 1..5)
+            )
+                .prop_map(|(nonce, lease_until_ms, seeds)| (
+                    Head::Audit {
+                        nonce,
+                        lease_until_ms,
+                        cids: seeds.iter().map(|s| shard_cid(s)).collect(),
+                    },
+                    None
+                )),
+            prop::collection::vec(any::<u8>(), 1..64).prop_map(|data| (
+                Head::Receipt {
+                    len: data.len() as u32
+                },
+                Some(data)
+            )),
         ]
     }
 
-    const KINDS: [Kind; 7] = [
+    fn arb_audit_reply() -> impl Strategy<Value = AuditReply> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..100).prop_map(AuditReply::Answer),
+            Just(AuditReply::NotHeld),
+            Just(AuditReply::Corrupted),
+        ]
+    }
+
+    const KINDS: [Kind; 9] = [
         Kind::Put,
         Kind::Get,
         Kind::Has,
@@ -1065,6 +1431,8 @@ mod tests {
         Kind::Peers,
         Kind::PutRecord,
         Kind::GetRecord,
+        Kind::Audit,
+        Kind::Receipt,
     ];
 
     /// A frame found by fuzzing: a CID whose bytes parse but are not its canonical encoding.
@@ -1101,7 +1469,7 @@ mod tests {
         }
 
         #[test]
-        fn random_replies_never_panic(status in 0u8..16, has_count in 0u16..4, bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        fn random_replies_never_panic(status in 0u8..18, has_count in 0u16..4, bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             for kind in KINDS {
                 let _ = decode_reply(&bytes, kind, has_count.into());
                 let mut framed = vec![PROTOCOL_VERSION, status];
@@ -1109,6 +1477,19 @@ mod tests {
                 let _ = decode_reply(&framed, kind, has_count.into());
             }
             let _ = fuzzing::decode_reply_frame(200, has_count, &bytes);
+            let _ = fuzzing::decode_audit_reply(has_count, &bytes);
+        }
+
+        #[test]
+        fn audit_replies_round_trip(answers in prop::collection::vec(arb_audit_reply(), 1..6)) {
+            let frame = encode_audit_reply(&answers);
+            prop_assert_eq!(
+                decode_reply(&frame, Kind::Audit, answers.len()).unwrap(),
+                Reply::Audit(answers.clone())
+            );
+            let (again, decoded) = fuzzing::decode_audit_reply(answers.len() as u16, &frame).unwrap();
+            prop_assert_eq!(again, Some(frame));
+            prop_assert_eq!(decoded, answers);
         }
 
         #[test]
@@ -1120,6 +1501,86 @@ mod tests {
                 .collect();
             prop_assert_eq!(decode_reply(&frame, Kind::Peers, 0).unwrap(), Reply::Peers(kept));
         }
+    }
+
+    #[test]
+    fn audit_frames_are_bounded() {
+        let cid = shard_cid(b"abc");
+        let audit = |cids: Vec<Cid>| {
+            encode_head(&Head::Audit {
+                nonce: [5; 32],
+                lease_until_ms: 0,
+                cids,
+            })
+        };
+        // A full batch decodes; one more, or none, is refused from the count alone.
+        let full: Vec<Cid> = (0..AUDIT_BATCH_MAX as u32)
+            .map(|i| shard_cid(&i.to_be_bytes()))
+            .collect();
+        assert!(decode_request(&audit(full)).is_ok());
+        let mut over = vec![PROTOCOL_VERSION, Kind::Audit as u8];
+        over.extend_from_slice(&[0; 40]);
+        over.extend_from_slice(&(AUDIT_BATCH_MAX as u16 + 1).to_be_bytes());
+        assert!(matches!(
+            decode_request(&over),
+            Err(FrameError::Bad(Status::TooLarge, _))
+        ));
+        let mut none = audit(vec![cid]);
+        none[2 + 40..2 + 42].copy_from_slice(&0u16.to_be_bytes());
+        assert!(matches!(
+            decode_request(&none[..2 + 42]),
+            Err(FrameError::Bad(Status::TooLarge, _))
+        ));
+        // A manifest CID is no shard.
+        assert!(matches!(
+            decode_request(&audit(vec![manifest_cid(b"m")])),
+            Err(FrameError::Bad(Status::InvalidCid, _))
+        ));
+        // A receipt over its cap, and an empty one.
+        for len in [0, RECEIPT_LEN_MAX + 1] {
+            let receipt = encode_head(&Head::Receipt { len });
+            assert!(matches!(
+                decode_request(&receipt),
+                Err(FrameError::Bad(Status::TooLarge, _))
+            ));
+        }
+
+        // Replies: the count must match, states are 0..=2, answers within the cap.
+        let frame = encode_audit_reply(&[AuditReply::NotHeld, AuditReply::Corrupted]);
+        assert!(decode_reply(&frame, Kind::Audit, 2).is_ok());
+        assert!(matches!(
+            decode_reply(&frame, Kind::Audit, 3),
+            Err(FrameError::Bad(Status::Malformed, _))
+        ));
+        let mut state = frame.clone();
+        state[4] = 3;
+        assert!(matches!(
+            decode_reply(&state, Kind::Audit, 2),
+            Err(FrameError::Bad(Status::Malformed, _))
+        ));
+        let mut long = vec![PROTOCOL_VERSION, Status::Ok as u8, 0, 1, 0];
+        long.extend_from_slice(&(AUDIT_ANSWER_LEN_MAX + 1).to_be_bytes());
+        assert!(matches!(
+            decode_reply(&long, Kind::Audit, 1),
+            Err(FrameError::Bad(Status::TooLarge, _))
+        ));
+        let mut many = vec![PROTOCOL_VERSION, Status::Ok as u8];
+        many.extend_from_slice(&(AUDIT_BATCH_MAX as u16 + 1).to_be_bytes());
+        assert!(matches!(
+            decode_reply(&many, Kind::Audit, AUDIT_BATCH_MAX + 1),
+            Err(FrameError::Bad(Status::TooLarge, _))
+        ));
+        // A full reply of full answers is exactly the bound.
+        let biggest =
+            vec![AuditReply::Answer(vec![0; AUDIT_ANSWER_LEN_MAX as usize]); AUDIT_BATCH_MAX];
+        assert_eq!(encode_audit_reply(&biggest).len(), AUDIT_REPLY_LEN_MAX);
+        // NOT_FOUND answers no AUDIT; an error reply does.
+        assert!(decode_reply(&encode_not_found(), Kind::Audit, 1).is_err());
+        let refused = encode_error(Status::InvalidReceipt, None, "no");
+        assert!(matches!(
+            decode_reply(&refused, Kind::Receipt, 0),
+            Ok(Reply::Error { status: 16, .. })
+        ));
     }
 
     #[test]

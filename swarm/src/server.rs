@@ -1,22 +1,28 @@
 //! The serving side of the shard protocol: a [`ProtocolHandler`] over a [`ShardBackend`].
 
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cid::Cid;
+use iroh::EndpointId;
 use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::debug;
 
+use crate::audit::AuditReply;
 use crate::backend::{BackendError, ShardBackend};
 use crate::cids::{content_digest, manifest_digest, matches};
 use crate::client::ShardConfig;
 use crate::protocol::{
-    FrameError, Head, PEER_INFLIGHT_MAX, SHARD_LEN_MAX, Status, encode_data_head, encode_error,
-    encode_not_found, encode_ok, encode_peers, read_end, read_head, read_payload,
-    read_record_payload,
+    AUDIT_ANSWER_LEN_MAX, FrameError, Head, PEER_INFLIGHT_MAX, SHARD_LEN_MAX, Status,
+    encode_audit_reply, encode_data_head, encode_error, encode_not_found, encode_ok, encode_peers,
+    read_end, read_head, read_payload, read_receipt_payload, read_record_payload,
 };
+use crate::receipt::{RECEIPT_SKEW_MAX, SignedReceipt};
 use crate::record::{HolderRecord, RECORD_AHEAD_MAX, too_far_ahead, unix_ms_now};
 use cairn_artifact::Manifest;
 
@@ -37,6 +43,8 @@ pub struct ShardServer {
     backend: Arc<dyn ShardBackend>,
     config: ShardConfig,
     peer_source: Option<PeerSource>,
+    /// This node's own endpoint id, which a receipt must name as its holder.
+    endpoint_id: Option<EndpointId>,
     /// Held from reading the stored holder record to storing its replacement, so that two
     /// PUT_RECORDs cannot both pass the version check against the same old record.
     record_lock: Arc<Mutex<()>>,
@@ -47,6 +55,7 @@ impl std::fmt::Debug for ShardServer {
         f.debug_struct("ShardServer")
             .field("config", &self.config)
             .field("peer_source", &self.peer_source.is_some())
+            .field("endpoint_id", &self.endpoint_id)
             .finish_non_exhaustive()
     }
 }
@@ -58,6 +67,7 @@ impl ShardServer {
             backend,
             config,
             peer_source: None,
+            endpoint_id: None,
             record_lock: Arc::new(Mutex::new(())),
         }
     }
@@ -72,6 +82,15 @@ impl ShardServer {
     /// `OnceLock`. The source runs on the async runtime: it should only copy what it holds.
     pub fn with_peer_source(mut self, source: PeerSource) -> Self {
         self.peer_source = Some(source);
+        self
+    }
+
+    /// Tells the server its own endpoint id (that of the endpoint whose router it is registered
+    /// on), so that it accepts audit receipts naming this node as their holder (RECEIPT). iroh
+    /// does not say which local endpoint accepted a connection; without this the server answers
+    /// RECEIPT with UNSUPPORTED_REQUEST.
+    pub fn with_endpoint_id(mut self, id: EndpointId) -> Self {
+        self.endpoint_id = Some(id);
         self
     }
 }
@@ -184,7 +203,8 @@ async fn blocking<T: Send + 'static>(
         .map_err(|err| FrameError::Bad(Status::Internal, format!("backend task failed: {err}")))
 }
 
-fn backend_error(cid: &Cid, err: BackendError) -> Answer {
+/// The refusal for a backend failure on `cid` (or whatever else failed).
+fn backend_error(cid: &dyn std::fmt::Display, err: BackendError) -> Answer {
     match err {
         BackendError::QuotaFull { needed, free } => Answer::frame(encode_error(
             Status::QuotaFull,
@@ -320,6 +340,48 @@ async fn answer(
             // Verifying a signature over up to 32 MiB and the backend's disk I/O both block.
             blocking(backend, move |b| put_record(b, &lock, signed)).await
         }
+        Head::Audit {
+            nonce,
+            lease_until_ms,
+            cids,
+        } => {
+            read_end(recv).await?;
+            let count = cids.len();
+            // Tells the blocking task to stop between shards once nobody waits for its answer
+            // (this future dropped: the deadline below, the request timeout, a broken stream).
+            let cancel = CancelOnDrop::default();
+            let cancelled = cancel.0.clone();
+            let work = blocking(backend, move |b| {
+                audit_batch(b, &nonce, &cids, lease_until_ms, peer, &cancelled)
+            });
+            let limit = server.config.audit_timeout;
+            let answers = match tokio::time::timeout(limit, work).await {
+                Ok(answers) => answers?,
+                Err(_) => {
+                    // The auditor gave up by now; a late answer is worth nothing to it.
+                    return Err(FrameError::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("AUDIT of {count} shards not answered within {limit:?}"),
+                    )));
+                }
+            };
+            drop(cancel);
+            Ok(match answers {
+                Ok(answers) => Answer::frame(encode_audit_reply(&answers)),
+                Err((cid, err)) => backend_error(&cid, err),
+            })
+        }
+        Head::Receipt { len } => {
+            let bytes = read_receipt_payload(recv, len).await?;
+            read_end(recv).await?;
+            let Some(own) = server.endpoint_id else {
+                return Ok(Answer::error(
+                    Status::UnsupportedRequest,
+                    "this node takes no audit receipts: it does not know its own endpoint id",
+                ));
+            };
+            blocking(backend, move |b| put_receipt(b, own, peer, &bytes)).await
+        }
         Head::GetRecord { artifact } => {
             read_end(recv).await?;
             if let Err(err) = manifest_digest(&artifact) {
@@ -441,6 +503,116 @@ fn put_record(backend: &dyn ShardBackend, lock: &Mutex<()>, signed: Vec<u8>) -> 
     match backend.put_record(&artifact, &new.bytes) {
         Ok(()) => Answer::frame(encode_ok(&[])),
         Err(err) => backend_error(&artifact, err),
+    }
+}
+
+/// Sets its flag when dropped.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Answers each shard of an AUDIT batch in order, then renews the requester's leases on those
+/// answered when `lease_until_ms` is not 0. Runs on a blocking thread; stops between shards
+/// once `cancelled` is set (the answer will not be sent). A backend failure other than a
+/// corrupted copy fails the batch, naming the shard.
+fn audit_batch(
+    backend: &dyn ShardBackend,
+    nonce: &[u8; 32],
+    cids: &[Cid],
+    lease_until_ms: u64,
+    peer: [u8; 32],
+    cancelled: &AtomicBool,
+) -> Result<Vec<AuditReply>, (Cid, BackendError)> {
+    let mut answers = Vec::with_capacity(cids.len());
+    for cid in cids {
+        if cancelled.load(Ordering::Relaxed) {
+            return Ok(answers);
+        }
+        answers.push(match backend.audit(cid, nonce) {
+            Ok(Some(answer)) if answer.len() <= AUDIT_ANSWER_LEN_MAX as usize => {
+                AuditReply::Answer(answer)
+            }
+            Ok(Some(answer)) => {
+                // No shard this node accepted can need more: what it holds is not the shard.
+                debug!(%cid, len = answer.len(), "audit answer over AUDIT_ANSWER_LEN_MAX");
+                AuditReply::Corrupted
+            }
+            Ok(None) => AuditReply::NotHeld,
+            Err(BackendError::Corrupted(reason)) => {
+                debug!(%cid, %reason, "audited shard is corrupted");
+                AuditReply::Corrupted
+            }
+            Err(err) => return Err((*cid, err)),
+        });
+    }
+    if lease_until_ms != 0 {
+        for (cid, answer) in cids.iter().zip(&answers) {
+            if !matches!(answer, AuditReply::Answer(_)) {
+                continue;
+            }
+            // Best effort: neither an error nor a panic of the renewal touches the answer.
+            match catch_unwind(AssertUnwindSafe(|| {
+                backend.renew_lease(cid, peer, lease_until_ms)
+            })) {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => debug!(%cid, %err, "lease renewal on audit failed"),
+                Err(_) => debug!(%cid, "lease renewal on audit panicked"),
+            }
+        }
+    }
+    Ok(answers)
+}
+
+/// Checks a received audit receipt and hands it to the backend. Runs on a blocking thread.
+///
+/// The receipt must decode and verify, name the sending endpoint (`peer`, authenticated by the
+/// connection) as auditor and this node (`own`) as holder, and be dated within
+/// [`RECEIPT_SKEW_MAX`] of this node's clock; INVALID_RECEIPT otherwise.
+fn put_receipt(
+    backend: &dyn ShardBackend,
+    own: EndpointId,
+    peer: [u8; 32],
+    bytes: &[u8],
+) -> Answer {
+    let refuse = |reason: String| Answer::error(Status::InvalidReceipt, reason);
+    let signed = match SignedReceipt::decode(bytes) {
+        Ok(signed) => signed,
+        Err(err) => return refuse(err.to_string()),
+    };
+    let receipt = &signed.receipt;
+    if *receipt.auditor.as_bytes() != peer {
+        return refuse(format!(
+            "the receipt's auditor {} is not the endpoint that sent it",
+            receipt.auditor.fmt_short()
+        ));
+    }
+    if receipt.holder != own {
+        return refuse(format!(
+            "the receipt's holder {} is not this node ({})",
+            receipt.holder.fmt_short(),
+            own.fmt_short()
+        ));
+    }
+    let now = unix_ms_now();
+    let skew = RECEIPT_SKEW_MAX.as_millis() as u64;
+    if receipt.time_ms.abs_diff(now) > skew {
+        return refuse(format!(
+            "the receipt's time {} ms is more than {RECEIPT_SKEW_MAX:?} from this node's clock \
+             ({now} ms)",
+            receipt.time_ms
+        ));
+    }
+    match backend.put_receipt(&signed) {
+        Ok(()) => Answer::frame(encode_ok(&[])),
+        Err(err) => backend_error(
+            &format!("the receipt of auditor {}", receipt.auditor.fmt_short()),
+            err,
+        ),
     }
 }
 
