@@ -174,10 +174,37 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let cap = cap_arg(cap, cap_file)?;
             crate::netcmd::ls(&cli.peers, &cli.network, &cap)
         }
-        Command::Node { listen, bootstrap } => {
-            crate::netcmd::node(&DataDir::open(&dir)?, &cli.network, listen, &bootstrap)
+        Command::Node {
+            action: Some(action),
+            ..
+        } => crate::carecmd::node_cmd(&DataDir::open(&dir)?, action),
+        Command::Node {
+            action: None,
+            listen,
+            bootstrap,
+            audit_period,
+            no_repair,
+            metrics,
+        } => {
+            let care = crate::netcmd::NodeCare {
+                care: cairn_node::CareConfig {
+                    period: std::time::Duration::from_secs(
+                        parse_duration_secs(&audit_period)?.max(1),
+                    ),
+                    repair: !no_repair,
+                },
+                metrics,
+            };
+            crate::netcmd::node(
+                &DataDir::open(&dir)?,
+                &cli.network,
+                listen,
+                &bootstrap,
+                care,
+            )
         }
         Command::Peers => crate::netcmd::peers(&cli.peers, &cli.network),
+        Command::Receipts { action } => crate::carecmd::receipts_cmd(action),
         Command::Gateway {
             listen,
             admin_listen,

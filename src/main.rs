@@ -1,6 +1,7 @@
 //! The `cairn` command line. Thin: it parses arguments, owns the data directory's files, and
 //! calls the library crates. Errors print the whole cause chain and exit with code 2.
 
+mod carecmd;
 mod commands;
 mod config;
 mod devnet;
@@ -122,8 +123,13 @@ enum Command {
     Stat,
     /// Read back every shard and check it against its CID.
     Verify,
-    /// Run a node: serve this data directory's store to the network until SIGTERM or Ctrl-C.
+    /// Run a node: serve this data directory's store to the network until SIGTERM or Ctrl-C,
+    /// auditing the holders of what it keeps and repairing lost shards. `cairn node status` and
+    /// `cairn node receipts` report on it.
+    #[command(args_conflicts_with_subcommands = true)]
     Node {
+        #[command(subcommand)]
+        action: Option<NodeCmd>,
         /// Address to listen on (UDP). A loopback address runs the node offline (no relays, no
         /// address lookup), as the devnet does.
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -131,6 +137,16 @@ enum Command {
         /// Nodes to join through, `<endpoint id>@<ip:port>` (repeatable).
         #[arg(long)]
         bootstrap: Vec<String>,
+        /// Every shard this node cares for is audited at least once per period (e.g. 1d, 1h,
+        /// 30s).
+        #[arg(long, default_value = "1d")]
+        audit_period: String,
+        /// Audit and report only: never re-create lost shards.
+        #[arg(long)]
+        no_repair: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// List the live nodes a network peer knows.
     Peers,
@@ -202,6 +218,11 @@ enum Command {
         #[arg(long)]
         dataset: bool,
     },
+    /// Check audit receipts exported by `cairn node receipts --json`.
+    Receipts {
+        #[command(subcommand)]
+        action: ReceiptsCmd,
+    },
     /// Manage the running gateway's API keys.
     Apikey {
         #[command(subcommand)]
@@ -237,6 +258,36 @@ enum Command {
         /// Size of the sample weights file in MiB.
         #[arg(long, default_value_t = 64)]
         size_mib: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// What the node stores and did: usage and quota, audits answered and failed, audits
+    /// done, repairs, bytes served, peers and their reputation.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export the audit receipts this node earned (signed by its auditors).
+    Receipts {
+        /// Only receipts signed less than this long ago (e.g. 24h, 7d); default: all kept.
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON array (the format `cairn receipts verify` checks); default: a line each.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReceiptsCmd {
+    /// Check every receipt in a file exported by `cairn node receipts --json`: signatures,
+    /// fields, and no nonce used twice by the same auditor. Needs nothing but the file.
+    Verify {
+        /// The file (`-` for standard input).
+        file: PathBuf,
     },
 }
 

@@ -6,10 +6,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use cairn_artifact::{AddOptions, ReadCap};
-use cairn_node::{Network, NetworkConfig, NodeConfig, PeerAddr, RemoteArtifact, run_node};
+use cairn_node::{
+    CareConfig, Network, NetworkConfig, NodeConfig, PeerAddr, RemoteArtifact, run_node,
+};
 
 use crate::config::DataDir;
 use crate::getls::Opened;
+
+/// The running node's control socket, in its data directory.
+pub const CONTROL_SOCKET: &str = "node.sock";
 
 /// A runtime for the network: two workers, matching the machine this runs on by default.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -38,11 +43,18 @@ pub async fn connect(
     Ok(Network::connect(config).await?)
 }
 
+/// How a node cares for the network's data, from the command line.
+pub struct NodeCare {
+    pub care: CareConfig,
+    pub metrics: Option<SocketAddr>,
+}
+
 pub fn node(
     dd: &DataDir,
     network: &str,
     listen: SocketAddr,
     bootstrap: &[String],
+    care: NodeCare,
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
     let store = Arc::new(dd.open_store()?);
@@ -54,6 +66,9 @@ pub fn node(
         network: network.to_string(),
         bootstrap: parse_peers(bootstrap)?,
         peer_table: Some(dd.path.join("peers.bin")),
+        care: care.care,
+        metrics: care.metrics,
+        control_socket: Some(dd.path.join(CONTROL_SOCKET)),
     };
     rt.block_on(async {
         let handle = run_node(config).await?;
@@ -62,6 +77,9 @@ pub fn node(
         cairn_artifact::write_private_replace(&addr_file, format!("{addr}\n").as_bytes())
             .with_context(|| format!("cannot write {}", addr_file.display()))?;
         println!("node {addr}");
+        if let Some(m) = handle.metrics_addr() {
+            println!("metrics http://{m}/metrics");
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

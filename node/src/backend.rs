@@ -8,11 +8,12 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use cairn_artifact::{CODEC_DAG_CBOR, Cid, Error as StoreError};
 use cairn_store::Store;
-use cairn_swarm::{BackendError, ShardBackend};
+use cairn_swarm::{BackendError, ShardBackend, SignedReceipt};
 
 /// Most shards committed together.
 pub const GROUP_SHARDS_MAX: usize = 64;
@@ -29,10 +30,54 @@ struct PutReq {
     done: SyncSender<Result<(), BackendError>>,
 }
 
+/// Work a node did for others since it started, counted as it happens (no write per event);
+/// the daemon adds it to the store's counters (`cairn_store::Counters`) now and then.
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    /// Shards proved in audits answered.
+    pub audits_answered: AtomicU64,
+    /// Shards asked in audits that this node could not prove (not held or corrupted).
+    pub audits_failed: AtomicU64,
+    /// Shard bytes served to readers.
+    pub bytes_served: AtomicU64,
+    /// Receipts received and kept.
+    pub receipts: AtomicU64,
+}
+
+impl LiveCounters {
+    /// The counts not yet taken.
+    pub fn peek(&self) -> [(&'static str, u64); 3] {
+        [
+            (
+                "audits_answered",
+                self.audits_answered.load(Ordering::Relaxed),
+            ),
+            ("audits_failed", self.audits_failed.load(Ordering::Relaxed)),
+            ("bytes_served", self.bytes_served.load(Ordering::Relaxed)),
+        ]
+    }
+
+    /// Takes the counts since the last call (for adding to the store's counters).
+    pub fn take(&self) -> [(&'static str, u64); 3] {
+        [
+            (
+                "audits_answered",
+                self.audits_answered.swap(0, Ordering::Relaxed),
+            ),
+            (
+                "audits_failed",
+                self.audits_failed.swap(0, Ordering::Relaxed),
+            ),
+            ("bytes_served", self.bytes_served.swap(0, Ordering::Relaxed)),
+        ]
+    }
+}
+
 /// A [`Store`] served to peers.
 pub struct StoreBackend {
     store: Arc<Store>,
     queue: SyncSender<PutReq>,
+    counters: Arc<LiveCounters>,
 }
 
 impl std::fmt::Debug for StoreBackend {
@@ -62,12 +107,21 @@ impl StoreBackend {
             .name("cairn-commit".into())
             .spawn(move || committer(s, rx))
             .expect("spawning a thread succeeds");
-        Self { store, queue }
+        Self {
+            store,
+            queue,
+            counters: Arc::default(),
+        }
     }
 
     /// The store served.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// What it did for peers since it started (see [`LiveCounters::take`]).
+    pub fn counters(&self) -> &Arc<LiveCounters> {
+        &self.counters
     }
 }
 
@@ -156,7 +210,15 @@ impl ShardBackend for StoreBackend {
             }
         } else {
             match self.store.get_shard(cid) {
-                Ok(b) => b,
+                Ok(b) => {
+                    let served = range.as_ref().map_or(b.len() as u64, |r| {
+                        r.end.min(b.len() as u64).saturating_sub(r.start)
+                    });
+                    self.counters
+                        .bytes_served
+                        .fetch_add(served, Ordering::Relaxed);
+                    b
+                }
                 Err(StoreError::ShardNotFound(_)) => return Ok(None),
                 Err(e) => return Err(backend_err(e)),
             }
@@ -215,6 +277,33 @@ impl ShardBackend for StoreBackend {
 
     fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
         self.store.get_record(artifact).map_err(backend_err)
+    }
+
+    /// Reads the shard with the outboard the store keeps beside it (both verified: a copy that
+    /// fails is reported corrupted rather than answered), then proves the challenged ranges.
+    fn audit(&self, cid: &Cid, nonce: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {
+        let answer = match self.store.get_shard_with_outboard(cid) {
+            Ok((data, outboard)) => cairn_artifact::audit_answer(nonce, cid, &data, &outboard)
+                .map(Some)
+                .map_err(backend_err),
+            Err(StoreError::ShardNotFound(_)) => Ok(None),
+            Err(e) => Err(backend_err(e)),
+        };
+        let counter = match &answer {
+            Ok(Some(_)) => &self.counters.audits_answered,
+            _ => &self.counters.audits_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        answer
+    }
+
+    fn put_receipt(&self, receipt: &SignedReceipt) -> Result<(), BackendError> {
+        let r = &receipt.receipt;
+        self.store
+            .add_receipt(r.time_ms, r.auditor.as_bytes(), &r.nonce, &receipt.bytes)
+            .map_err(backend_err)?;
+        self.counters.receipts.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -8,11 +8,14 @@ use std::time::Duration;
 use cairn_store::Store;
 use cairn_swarm::{
     BoundEndpoint, EndpointId, GOSSIP_ALPN, Gossip, Membership, MembershipConfig, PeerTable,
-    Router, SHARD_ALPN, ShardConfig, ShardServer, endpoint_offline, endpoint_online,
-    secret_key_from_bytes, topic_id,
+    Router, SHARD_ALPN, ShardClient, ShardConfig, ShardServer, SignedReceipt, endpoint_offline,
+    endpoint_online, secret_key_from_bytes, topic_id,
 };
 use tracing::{info, warn};
 
+use crate::care::{Care, CareConfig};
+use crate::receipts::{RECEIPTS_EXPORT_MAX, ReceiptJson};
+use crate::status::{Handler, NodeStatus, check_metrics_addr, serve_tcp, serve_unix};
 use crate::{Error, PeerAddr, StoreBackend};
 
 /// How often the peer table is saved and unreferenced data collected.
@@ -34,6 +37,14 @@ pub struct NodeConfig {
     pub bootstrap: Vec<PeerAddr>,
     /// File that keeps the peer table across restarts.
     pub peer_table: Option<PathBuf>,
+    /// Audits, reputation and repair.
+    pub care: CareConfig,
+    /// Serve Prometheus metrics on this (loopback) address.
+    pub metrics: Option<SocketAddr>,
+    /// Serve the control endpoints (`/status`, `/receipts?since=<unix ms>`, `/metrics`) on a
+    /// Unix socket at this path, which only the node's user can open (its folder is 0700 and
+    /// the socket 0600): what `cairn node status` and `cairn node receipts` ask.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// A running node.
@@ -43,6 +54,10 @@ pub struct NodeHandle {
     membership: Arc<Membership>,
     peer_table: Option<PathBuf>,
     housekeeping: tokio::task::JoinHandle<()>,
+    care: Arc<Care>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    metrics_addr: Option<SocketAddr>,
+    status: Arc<dyn Fn() -> NodeStatus + Send + Sync>,
 }
 
 impl NodeHandle {
@@ -69,9 +84,28 @@ impl NodeHandle {
         self.membership.live_peers().len()
     }
 
+    /// Runs one caretaking round now (audits what is due, repairs what was lost) and says what
+    /// it did. Rounds also run on their own every audit period / `ROUNDS_PER_PERIOD`.
+    pub async fn care_round(&self) -> crate::RoundReport {
+        self.care.round().await
+    }
+
+    /// Where the metrics endpoint listens, if it was asked for.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// A status snapshot now.
+    pub fn status(&self) -> NodeStatus {
+        (self.status)()
+    }
+
     /// Saves the peer table, stops accepting, closes the endpoint.
     pub async fn shutdown(self) {
         self.housekeeping.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
         save_table(&self.membership, self.peer_table.as_ref());
         if let Err(e) = self.router.shutdown().await {
             warn!("router shutdown: {e}");
@@ -119,6 +153,7 @@ pub async fn run_node_with_housekeeping(
         None => PeerTable::new(topic),
     };
     let backend = Arc::new(StoreBackend::new(config.store.clone()));
+    let counters = backend.counters().clone();
     let gossip = Gossip::builder().spawn(bound.endpoint.clone());
     let membership_slot: Arc<OnceLock<Arc<Membership>>> = Arc::new(OnceLock::new());
     let slot = membership_slot.clone();
@@ -158,6 +193,7 @@ pub async fn run_node_with_housekeeping(
     info!(id = %bound.endpoint.id(), addrs = ?bound.endpoint.bound_sockets(), "node started");
 
     let m = membership.clone();
+    let flushed = counters.clone();
     let path = config.peer_table.clone();
     let store = config.store.clone();
     let housekeeping = tokio::spawn(async move {
@@ -167,6 +203,12 @@ pub async fn run_node_with_housekeeping(
             tick.tick().await;
             save_table(&m, path.as_ref());
             let s = store.clone();
+            let taken = flushed.take();
+            let _ = tokio::task::spawn_blocking({
+                let s = s.clone();
+                move || s.count_many(&taken)
+            })
+            .await;
             match tokio::task::spawn_blocking(move || s.gc()).await {
                 Ok(Ok(r)) if r.shards + r.manifests + r.records > 0 => {
                     info!(
@@ -181,12 +223,82 @@ pub async fn run_node_with_housekeeping(
             }
         }
     });
+    let care = Arc::new(Care::new(
+        config.store.clone(),
+        ShardClient::new(bound.endpoint.clone(), ShardConfig::default()),
+        secret,
+        membership.clone(),
+        config.care.clone(),
+    ));
+    let mut tasks = vec![tokio::spawn(care.clone().run())];
+    let status: Arc<dyn Fn() -> NodeStatus + Send + Sync> = {
+        let (store, counters, m) = (config.store.clone(), counters.clone(), membership.clone());
+        let id = bound.endpoint.id().to_string();
+        Arc::new(move || {
+            let receipts = counters.receipts.load(std::sync::atomic::Ordering::Relaxed);
+            let peers = (m.peers().len(), m.live_peers().len());
+            NodeStatus::collect(id.clone(), &store, &counters.peek(), receipts, peers)
+        })
+    };
+    let handler: Handler = {
+        let (status, store) = (status.clone(), config.store.clone());
+        Arc::new(move |path: &str, query: Option<&str>| match path {
+            "/metrics" => Some(("text/plain; version=0.0.4", status().prometheus())),
+            "/status" => Some((
+                "application/json",
+                serde_json::to_string_pretty(&status()).unwrap_or_default(),
+            )),
+            "/receipts" => {
+                let since = query
+                    .and_then(|q| q.strip_prefix("since="))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let rows: Vec<ReceiptJson> = store
+                    .receipts_since(since, RECEIPTS_EXPORT_MAX)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|b| SignedReceipt::decode(b).ok())
+                    .map(|r| ReceiptJson::from_signed(&r))
+                    .collect();
+                Some((
+                    "application/json",
+                    serde_json::to_string(&rows).unwrap_or_default(),
+                ))
+            }
+            _ => None,
+        })
+    };
+    if let Some(path) = &config.control_socket {
+        // A socket left by a node that was killed would make bind fail.
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)
+            .map_err(|e| Error::Node(format!("control socket {}: {e}", path.display())))?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| Error::Node(format!("control socket {}: {e}", path.display())))?;
+        tasks.push(tokio::spawn(serve_unix(listener, handler.clone())));
+    }
+    let mut metrics_addr = None;
+    if let Some(addr) = config.metrics {
+        check_metrics_addr(addr).map_err(Error::Node)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Node(format!("metrics on {addr}: {e}")))?;
+        metrics_addr = listener.local_addr().ok();
+        let metrics: Handler = Arc::new(move |path: &str, query: Option<&str>| {
+            (path == "/metrics").then(|| handler(path, query)).flatten()
+        });
+        tasks.push(tokio::spawn(serve_tcp(listener, metrics)));
+    }
     Ok(NodeHandle {
         router,
         bound,
         membership,
         peer_table: config.peer_table,
         housekeeping,
+        care,
+        tasks,
+        metrics_addr,
+        status,
     })
 }
 
@@ -212,6 +324,9 @@ mod tests {
                 network: "housekeeping-test".into(),
                 bootstrap: Vec::new(),
                 peer_table: None,
+                care: CareConfig::default(),
+                metrics: None,
+                control_socket: None,
             },
             Duration::from_millis(100),
         )

@@ -4,6 +4,8 @@
 //!   PUTs from all peers in groups (one sync and one metadata commit per group).
 //! - [`run_node`] is the daemon: an iroh endpoint with the shard protocol and gossip membership,
 //!   a persisted peer table, periodic gc, graceful shutdown.
+//! - The caretaker (`care`): every node audits the holders of the chunks it shares, keeps
+//!   their reputation and the receipts it earns, and repairs lost shards without the read key.
 //! - [`Network`] is the client side used by `cairn add/get` and the gateway: it learns the live
 //!   peers from a bootstrap node, publishes an artifact (placement, parallel PUTs with a bounded
 //!   number in flight, resume, holder record) and reads one back from any k shards per chunk.
@@ -11,14 +13,23 @@
 //! This crate knows the store and the peer layer; it knows neither HTTP nor the command line.
 
 mod backend;
+mod care;
 mod client;
 mod daemon;
 mod error;
+mod receipts;
+mod status;
 
-pub use backend::StoreBackend;
+pub use backend::{LiveCounters, StoreBackend};
 pub use cairn_swarm::ClientStats;
+pub use care::{
+    AUDITS_IN_FLIGHT, CareConfig, MISSES_TO_LOST, ROUNDS_PER_PERIOD, RoundReport, SAMPLE_SLOWER,
+    chunk_key, repair_ranking,
+};
 pub use client::{
     NetShards, Network, NetworkConfig, PeerAddr, PublishOptions, PublishReport, RemoteArtifact,
 };
 pub use daemon::{NodeConfig, NodeHandle, run_node, run_node_with_housekeeping};
 pub use error::Error;
+pub use receipts::{RECEIPTS_EXPORT_MAX, ReceiptJson, VerifyReport, verify_receipts};
+pub use status::{NodeStatus, PeerReputation};

@@ -10,6 +10,7 @@
 //! This crate knows the disk, not the network and not the artifact format beyond CIDs and
 //! manifests (`cairn-artifact`).
 
+mod care;
 mod db;
 mod private_db;
 mod shardfile;
@@ -19,6 +20,10 @@ mod store;
 /// they are re-exported here, beside the data directory they are mostly used for.
 pub use cairn_artifact::{
     DIR_MODE, FILE_MODE, create_dir_private, create_private, private_options, write_private_replace,
+};
+pub use care::{
+    AUDIT_SCORE_MIN, AuditVerdict, Counters, FORGET, ONLINE_SCORE_MIN, Outcome, RECEIPTS_MAX,
+    Reputation, now_ms,
 };
 pub use private_db::create_private_db;
 pub use shardfile::{HEADER_LEN, ShardHeader};

@@ -138,10 +138,10 @@ pub struct GcReport {
 /// One node's store. `Sync`: shards may be written and read from many threads.
 pub struct Store {
     dir: PathBuf,
-    db: Database,
+    pub(crate) db: Database,
     quota: u64,
     /// Serialises writers so the quota check and the commit see the same usage.
-    write_lock: Mutex<()>,
+    pub(crate) write_lock: Mutex<()>,
 }
 
 fn now() -> u64 {
@@ -208,6 +208,7 @@ impl Store {
             tx.open_table(NAMES).db()?;
             tx.open_multimap_table(OWNERS).db()?;
             tx.open_table(RECORDS).db()?;
+            crate::care::create_tables(&tx)?;
         }
         tx.commit().db()?;
         Ok(Self {
@@ -541,6 +542,21 @@ impl Store {
         Ok(())
     }
 
+    /// Every artifact this store keeps a holder record of, with the record's bytes: what a
+    /// node audits and repairs.
+    pub fn records(&self) -> Result<Vec<(Cid, Vec<u8>)>, Error> {
+        let rtx = self.db.begin_read().db()?;
+        let t = rtx.open_table(RECORDS).db()?;
+        let mut out = Vec::new();
+        for row in t.iter().db()? {
+            let (k, v) = row.db()?;
+            let cid = Cid::try_from(k.value())
+                .map_err(|e| Error::Db(format!("record key is not a CID: {e}")))?;
+            out.push((cid, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// The holder record stored for `artifact`.
     pub fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, Error> {
         let rtx = self.db.begin_read().db()?;
@@ -847,6 +863,18 @@ impl Store {
                     records.remove(k.as_slice()).db()?;
                     report.records += 1;
                     report.bytes += len;
+                }
+                let mut repair = tx.open_table(crate::care::REPAIR_RECORDS).db()?;
+                let mut dead_repair = Vec::new();
+                for row in repair.iter().db()? {
+                    let (k, _) = row.db()?;
+                    if manifests.get(k.value()).db()?.is_none() {
+                        dead_repair.push(k.value().to_vec());
+                    }
+                }
+                for k in dead_repair {
+                    repair.remove(k.as_slice()).db()?;
+                    report.records += 1;
                 }
             }
             {

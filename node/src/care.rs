@@ -1,0 +1,830 @@
+//! Caretaking: a node audits the holders of the artifacts it keeps, scores them, pays them in
+//! receipts, and repairs what was lost, without the read key and without anyone asking.
+//!
+//! # Who audits what
+//!
+//! Every node that holds a shard of an artifact also holds its manifest and holder record (the
+//! publisher sends both to every holder), so it knows every shard of every chunk it shares and
+//! who holds each. For each such chunk, the holders still believed alive are ranked by
+//! rendezvous hashing of the chunk's key ([`chunk_key`]); the first is the chunk's *caretaker*.
+//! The caretaker challenges every other holder of the chunk at least once per audit period and
+//! checks its own shard from its disk; the other holders sample the chunk at a quarter of that
+//! rate ([`SAMPLE_SLOWER`]), so that a caretaker that lies about its co-holders, or is gone, is
+//! not the only one looking. When the caretaker dies, the next in the ranking takes over at its
+//! next round: there is no election and no state to hand over.
+//!
+//! Rounds run every period / [`ROUNDS_PER_PERIOD`], each delayed by up to a quarter of that at
+//! random, so that nodes that started together do not audit together.
+//!
+//! # When a shard counts as lost
+//!
+//! A shard is *lost* when its holder's last verdict on it was a failure (wrong answer, not
+//! held, admitted corruption), when its holder missed [`MISSES_TO_LOST`] rounds in a row
+//! (offline or timeout) or is no longer among the live peers after missing one, or when the
+//! holder's reputation is below its thresholds (see `cairn_store::Reputation`). A shard never
+//! audited yet is not lost. When a chunk has lost shards, its caretaker repairs them at once:
+//! fewer than n verified shards is the threshold, so redundancy is restored before it is needed.
+//!
+//! # Repair
+//!
+//! Shards are slices of sealed bytes, so the manifest's public part (shard CIDs, sealed length,
+//! k and m) is enough: the caretaker fetches any k live shards (its own from its disk), decodes
+//! the sealed chunk, re-encodes it and checks that every re-created shard hashes to the CID the
+//! manifest names, then places each on the next peer of the chunk's [`repair_ranking`] that is
+//! not already a holder of the chunk, not avoided and not a holder of a lost shard, sending the
+//! manifest first so the new holder keeps records for it. It then signs a *repair record*: the
+//! holder record it used with those shards moved, at a later version, and stores it on every
+//! holder (see the shard protocol's holder records: a record from a key the manifest does not
+//! name is kept in a separate slot and is only ever a hint; readers verify every byte by CID and
+//! fall back to the publisher's record and to the repair ranking).
+//!
+//! Two caretakers that both think a chunk is theirs (they disagree on who is alive) pick the
+//! same targets, since the ranking depends only on the chunk and the live set: a shard placed
+//! twice on the same peer is stored once. A repair cut short (the caretaker killed between
+//! placing shards and storing the record) is finished by the next round of whichever node is
+//! then caretaker: the shards placed are found already held, the record is written.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_artifact::{Cid, Manifest, shard_cid};
+use cairn_erasure::{Codec, Params};
+use cairn_store::{AuditVerdict as Verdict, Outcome, Store, now_ms};
+use cairn_swarm::{
+    AUDIT_BATCH_MAX, AuditVerdict, EndpointAddr, EndpointId, HolderRecord, Membership, PeerInfo,
+    Receipt, SecretKey, ShardClient, ShardLocation, fetch_any_k, judge_audit, place,
+    record_version_now,
+};
+use futures_util::StreamExt;
+use rand::Rng;
+use tracing::{debug, info, warn};
+
+use crate::PeerAddr;
+
+/// Rounds per audit period.
+pub const ROUNDS_PER_PERIOD: u32 = 4;
+/// Non-caretaker holders audit a chunk this many times less often than its caretaker.
+pub const SAMPLE_SLOWER: u32 = 4;
+/// Rounds in a row a holder may miss (offline or timeout) before its shards count as lost.
+pub const MISSES_TO_LOST: u32 = 2;
+/// Audit batches in flight at once from one node.
+pub const AUDITS_IN_FLIGHT: usize = 8;
+/// Shards one round audits at most, whatever is due (the rest wait for the next round).
+pub const AUDITS_PER_ROUND_MAX: usize = 4096;
+/// Chunks one round repairs at most.
+pub const REPAIRS_PER_ROUND_MAX: usize = 256;
+/// How long a shard fetch for a repair may wait before asking another holder.
+const REPAIR_HEDGE: Duration = Duration::from_millis(500);
+
+/// Settings of a node's caretaking.
+#[derive(Clone, Debug)]
+pub struct CareConfig {
+    /// Every shard is audited at least once per period (by its chunk's caretaker).
+    pub period: Duration,
+    /// Repair lost shards (on by default; off, a node only audits and reports).
+    pub repair: bool,
+}
+
+impl Default for CareConfig {
+    fn default() -> Self {
+        Self {
+            period: Duration::from_secs(24 * 3600),
+            repair: true,
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Artifacts looked at.
+    pub artifacts: usize,
+    /// Shards audited (remote challenges and own disk checks).
+    pub audited: usize,
+    /// Of which failed (any class but success).
+    pub failed: usize,
+    /// Shards re-created and placed.
+    pub repaired: usize,
+    /// Chunks that had lost shards but could not be repaired this round.
+    pub unrepaired: usize,
+}
+
+/// The key a chunk's holders are ranked by: its first shard's CID, as publishing uses.
+pub fn chunk_key(shards: &[Cid]) -> Vec<u8> {
+    shards.first().map(|c| c.to_bytes()).unwrap_or_default()
+}
+
+/// Where repairs put the shards of the chunk whose shards are `shards`: every peer of `peers`
+/// ranked by rendezvous hashing of [`chunk_key`] with equal weights. Equal weights (not free
+/// space, which changes) let a reader that has no usable record compute the same ranking from
+/// the live membership and find repaired shards among its first entries.
+pub fn repair_ranking(shards: &[Cid], peers: &[EndpointId]) -> Vec<EndpointId> {
+    let weighted: Vec<(EndpointId, u64)> = peers.iter().map(|p| (*p, 1)).collect();
+    place(&chunk_key(shards), &weighted, weighted.len())
+}
+
+/// An artifact as a node sees it: its manifest and the record it trusts most.
+struct View {
+    artifact: Cid,
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    /// The publisher's record, or a later repair record of the same shape.
+    record: HolderRecord,
+}
+
+/// One (chunk, shard) to audit on one holder.
+#[derive(Clone, Copy)]
+struct Due {
+    artifact: usize,
+    cid: Cid,
+    size: u64,
+}
+
+/// The caretaker of one node.
+pub(crate) struct Care {
+    store: Arc<Store>,
+    client: ShardClient,
+    key: SecretKey,
+    me: EndpointId,
+    membership: Arc<Membership>,
+    config: CareConfig,
+    /// Rounds in a row each holder missed.
+    misses: Mutex<HashMap<EndpointId, u32>>,
+}
+
+impl Care {
+    pub(crate) fn new(
+        store: Arc<Store>,
+        client: ShardClient,
+        key: SecretKey,
+        membership: Arc<Membership>,
+        config: CareConfig,
+    ) -> Self {
+        Self {
+            store,
+            client,
+            me: key.public(),
+            key,
+            membership,
+            config,
+            misses: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs rounds forever (the caller aborts the task to stop).
+    pub(crate) async fn run(self: Arc<Self>) {
+        let every = (self.config.period / ROUNDS_PER_PERIOD).max(Duration::from_millis(100));
+        loop {
+            let jitter = rand::rng().random_range(0..=every.as_millis() as u64 / 4);
+            tokio::time::sleep(every + Duration::from_millis(jitter)).await;
+            let report = self.round().await;
+            if report.audited + report.repaired + report.unrepaired > 0 {
+                debug!(?report, "care round");
+            }
+        }
+    }
+
+    fn live(&self) -> HashMap<EndpointId, PeerInfo> {
+        self.membership
+            .live_peers()
+            .into_iter()
+            .map(|p| (p.id, p))
+            .collect()
+    }
+
+    fn views(&self) -> Vec<View> {
+        let records = match self.store.records() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("care: listing records: {e}");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (artifact, bytes) in records {
+            match self.view(artifact, &bytes) {
+                Ok(v) => out.push(v),
+                Err(e) => debug!("care: skipping {artifact}: {e}"),
+            }
+        }
+        out
+    }
+
+    fn view(&self, artifact: Cid, record: &[u8]) -> Result<View, String> {
+        let primary = HolderRecord::verify(record).map_err(|e| e.to_string())?;
+        let manifest_bytes = self
+            .store
+            .get_manifest(&artifact)
+            .map_err(|e| e.to_string())?;
+        let manifest =
+            Manifest::decode(&manifest_bytes, &artifact.to_string()).map_err(|e| e.to_string())?;
+        if !manifest
+            .record_signers()
+            .contains(primary.publisher.as_bytes())
+        {
+            return Err("its record is not signed by a key its manifest names".into());
+        }
+        let mut best = primary.record;
+        if let Ok(Some(bytes)) = self.store.get_repair_record(&artifact)
+            && let Ok(repair) = HolderRecord::verify(&bytes)
+            && fits(&repair.record, &manifest)
+            && repair.record.version > best.version
+        {
+            best = repair.record;
+        }
+        if !fits(&best, &manifest) {
+            return Err("its record does not fit its manifest".into());
+        }
+        Ok(View {
+            artifact,
+            manifest,
+            manifest_bytes,
+            record: best,
+        })
+    }
+
+    /// One round: audit what is due, record the verdicts, repair what was lost.
+    pub(crate) async fn round(self: &Arc<Self>) -> RoundReport {
+        let me = self.clone();
+        let views = match tokio::task::spawn_blocking(move || me.views()).await {
+            Ok(v) => v,
+            Err(_) => return RoundReport::default(),
+        };
+        let mut report = RoundReport {
+            artifacts: views.len(),
+            ..RoundReport::default()
+        };
+        let live = self.live();
+        let now = now_ms();
+        let period_ms = self.config.period.as_millis() as u64;
+        // What is due, per holder; own shards are checked from disk.
+        let mut remote: HashMap<EndpointId, Vec<Due>> = HashMap::new();
+        let mut local: Vec<Cid> = Vec::new();
+        let mut due_count = 0usize;
+        for (a, v) in views.iter().enumerate() {
+            let params = v.manifest.params();
+            for (i, chunk) in v.manifest.chunks().iter().enumerate() {
+                let holders = chunk_holders(&v.record, i);
+                let caretaker = self.caretaker(&chunk.shards, &holders, &live);
+                let every = if caretaker == Some(self.me) {
+                    period_ms
+                } else {
+                    period_ms * u64::from(SAMPLE_SLOWER)
+                };
+                let size = params.shard_len(chunk.sealed_len as usize) as u64;
+                for (j, cid) in chunk.shards.iter().enumerate() {
+                    let holder = holders[j];
+                    let last = self
+                        .store
+                        .last_audit(cid, holder.as_bytes())
+                        .ok()
+                        .flatten()
+                        .map(|(t, _)| t);
+                    if last.is_some_and(|t| now.saturating_sub(t) < every) {
+                        continue;
+                    }
+                    if holder == self.me {
+                        if caretaker.is_some() {
+                            local.push(*cid);
+                        }
+                        continue;
+                    }
+                    if caretaker != Some(self.me) && !holders.contains(&self.me) {
+                        continue;
+                    }
+                    if due_count >= AUDITS_PER_ROUND_MAX {
+                        continue;
+                    }
+                    due_count += 1;
+                    remote.entry(holder).or_default().push(Due {
+                        artifact: a,
+                        cid: *cid,
+                        size,
+                    });
+                }
+            }
+        }
+        let mut verdicts = self.check_local(local).await;
+        verdicts.extend(self.audit_all(remote, &views, &live).await);
+        report.audited = verdicts.len();
+        report.failed = verdicts
+            .iter()
+            .filter(|v| v.outcome != Outcome::Success)
+            .count();
+        let s = self.store.clone();
+        let recorded = verdicts.clone();
+        match tokio::task::spawn_blocking(move || s.record_audits(&recorded, now_ms())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("care: recording audits: {e}"),
+            Err(e) => warn!("care: recording audits: {e}"),
+        }
+        self.note_misses(&verdicts);
+        if self.config.repair {
+            let (repaired, unrepaired) = self.repair_all(&views, &live).await;
+            report.repaired = repaired;
+            report.unrepaired = unrepaired;
+        }
+        report
+    }
+
+    /// The first live, not avoided holder of a chunk in its ranking.
+    fn caretaker(
+        &self,
+        shards: &[Cid],
+        holders: &[EndpointId],
+        live: &HashMap<EndpointId, PeerInfo>,
+    ) -> Option<EndpointId> {
+        let alive: Vec<EndpointId> = holders
+            .iter()
+            .filter(|h| **h == self.me || (live.contains_key(*h) && !self.avoided(h)))
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        repair_ranking(shards, &alive).first().copied()
+    }
+
+    fn avoided(&self, peer: &EndpointId) -> bool {
+        self.store
+            .reputation(peer.as_bytes())
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.avoided())
+    }
+
+    async fn check_local(&self, cids: Vec<Cid>) -> Vec<Verdict> {
+        if cids.is_empty() {
+            return Vec::new();
+        }
+        let store = self.store.clone();
+        let me = *self.me.as_bytes();
+        tokio::task::spawn_blocking(move || {
+            cids.into_iter()
+                .map(|cid| Verdict {
+                    holder: me,
+                    shard: cid,
+                    outcome: match store.get_shard(&cid) {
+                        Ok(_) => Outcome::Success,
+                        Err(e) => {
+                            warn!("care: own copy of {cid} is bad: {e}");
+                            Outcome::Failure
+                        }
+                    },
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    async fn audit_all(
+        &self,
+        remote: HashMap<EndpointId, Vec<Due>>,
+        views: &[View],
+        live: &HashMap<EndpointId, PeerInfo>,
+    ) -> Vec<Verdict> {
+        let mut batches = Vec::new();
+        for (holder, dues) in remote {
+            let addr = live
+                .get(&holder)
+                .map(PeerInfo::addr)
+                .unwrap_or_else(|| recorded_addr(views, &dues, holder));
+            for batch in dues.chunks(AUDIT_BATCH_MAX) {
+                batches.push((addr.clone(), batch.to_vec()));
+            }
+        }
+        futures_util::stream::iter(batches)
+            .map(|(addr, batch)| self.audit_batch(addr, batch))
+            .buffer_unordered(AUDITS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    async fn audit_batch(&self, addr: EndpointAddr, batch: Vec<Due>) -> Vec<Verdict> {
+        let nonce: [u8; 32] = rand::random();
+        let cids: Vec<Cid> = batch.iter().map(|d| d.cid).collect();
+        let holder = *addr.id.as_bytes();
+        let all = |outcome: Outcome| -> Vec<Verdict> {
+            batch
+                .iter()
+                .map(|d| Verdict {
+                    holder,
+                    shard: d.cid,
+                    outcome,
+                })
+                .collect()
+        };
+        let replies = match self.client.audit(&addr, &nonce, &cids, 0).await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return all(Outcome::Timeout),
+            Err(e) if e.is_unreachable() => return all(Outcome::Offline),
+            Err(e) => {
+                debug!("care: audit of {}: {e}", addr.id.fmt_short());
+                return all(Outcome::Unknown);
+            }
+        };
+        let mut verdicts = Vec::with_capacity(batch.len());
+        let mut passed = Vec::new();
+        let mut bytes = 0u64;
+        for (d, reply) in batch.iter().zip(&replies) {
+            let outcome = match judge_audit(&nonce, &d.cid, d.size, reply) {
+                AuditVerdict::Passed => {
+                    passed.push(d.cid);
+                    bytes += d.size;
+                    Outcome::Success
+                }
+                other => {
+                    info!(
+                        "care: {} failed the audit of {}: {other:?}",
+                        addr.id.fmt_short(),
+                        d.cid
+                    );
+                    Outcome::Failure
+                }
+            };
+            verdicts.push(Verdict {
+                holder,
+                shard: d.cid,
+                outcome,
+            });
+        }
+        if !passed.is_empty() {
+            let receipt = Receipt {
+                auditor: self.me,
+                holder: addr.id,
+                nonce,
+                time_ms: now_ms(),
+                bytes,
+                shards: passed,
+            };
+            let signed = receipt.sign(&self.key);
+            if let Err(e) = self.client.put_receipt(&addr, &signed).await {
+                debug!("care: receipt to {}: {e}", addr.id.fmt_short());
+            }
+        }
+        let _ = batch.first().map(|d| d.artifact);
+        verdicts
+    }
+
+    fn note_misses(&self, verdicts: &[Verdict]) {
+        let mut per: HashMap<[u8; 32], bool> = HashMap::new();
+        for v in verdicts {
+            let missed = matches!(v.outcome, Outcome::Offline | Outcome::Timeout);
+            let e = per.entry(v.holder).or_insert(missed);
+            *e = *e && missed;
+        }
+        let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+        for (holder, missed) in per {
+            let Ok(id) = EndpointId::from_bytes(&holder) else {
+                continue;
+            };
+            if missed {
+                *misses.entry(id).or_default() += 1;
+            } else {
+                misses.remove(&id);
+            }
+        }
+    }
+
+    /// Whether shard `cid` on `holder` counts as lost.
+    fn lost(&self, cid: &Cid, holder: &EndpointId, live: &HashMap<EndpointId, PeerInfo>) -> bool {
+        let last = self
+            .store
+            .last_audit(cid, holder.as_bytes())
+            .ok()
+            .flatten()
+            .map(|(_, o)| o);
+        if last == Some(Outcome::Failure) {
+            return true;
+        }
+        if *holder == self.me {
+            return false;
+        }
+        let missed = self
+            .misses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(holder)
+            .copied()
+            .unwrap_or(0);
+        missed >= MISSES_TO_LOST
+            || (missed >= 1 && !live.contains_key(holder))
+            || self.avoided(holder)
+    }
+
+    async fn repair_all(
+        &self,
+        views: &[View],
+        live: &HashMap<EndpointId, PeerInfo>,
+    ) -> (usize, usize) {
+        let (mut repaired, mut unrepaired) = (0, 0);
+        let mut budget = REPAIRS_PER_ROUND_MAX;
+        for v in views {
+            let mut record = v.record.clone();
+            let mut changed = false;
+            for (i, chunk) in v.manifest.chunks().iter().enumerate() {
+                if budget == 0 {
+                    break;
+                }
+                let holders = chunk_holders(&record, i);
+                if self.caretaker(&chunk.shards, &holders, live) != Some(self.me) {
+                    continue;
+                }
+                let lost: Vec<usize> = (0..holders.len())
+                    .filter(|&j| self.lost(&chunk.shards[j], &holders[j], live))
+                    .collect();
+                if lost.is_empty() {
+                    continue;
+                }
+                budget -= 1;
+                match self.repair_chunk(v, &record, i, &lost, live).await {
+                    Ok(placed) if !placed.is_empty() => {
+                        repaired += placed.len();
+                        for (j, id) in placed {
+                            set_holder(&mut record, i, j, id, live);
+                        }
+                        changed = true;
+                    }
+                    Ok(_) => unrepaired += 1,
+                    Err(e) => {
+                        warn!("care: repairing chunk {i} of {}: {e}", v.artifact);
+                        unrepaired += 1;
+                    }
+                }
+            }
+            if changed && let Err(e) = self.publish_record(v, record).await {
+                warn!("care: storing the repair record of {}: {e}", v.artifact);
+            }
+        }
+        (repaired, unrepaired)
+    }
+
+    /// Re-creates the `lost` shards of chunk `i` and places them; returns where each went.
+    async fn repair_chunk(
+        &self,
+        v: &View,
+        record: &HolderRecord,
+        i: usize,
+        lost: &[usize],
+        live: &HashMap<EndpointId, PeerInfo>,
+    ) -> Result<Vec<(usize, EndpointId)>, String> {
+        let params = v.manifest.params();
+        let chunk = &v.manifest.chunks()[i];
+        let holders = chunk_holders(record, i);
+        let mut slots: Vec<Option<Vec<u8>>> = vec![None; params.n()];
+        let mut locations = Vec::new();
+        for (j, cid) in chunk.shards.iter().enumerate() {
+            if lost.contains(&j) {
+                continue;
+            }
+            if holders[j] == self.me {
+                let store = self.store.clone();
+                let cid = *cid;
+                if let Ok(Ok(bytes)) =
+                    tokio::task::spawn_blocking(move || store.get_shard(&cid)).await
+                {
+                    slots[j] = Some(bytes);
+                }
+                continue;
+            }
+            let Some(peer) = live.get(&holders[j]) else {
+                continue;
+            };
+            locations.push(ShardLocation {
+                index: j,
+                cid: *cid,
+                holder: peer.addr(),
+            });
+        }
+        let have = slots.iter().flatten().count();
+        if have < params.k() {
+            let got = fetch_any_k(&self.client, locations, params.k() - have, REPAIR_HEDGE)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (j, bytes) in got {
+                slots[j] = Some(bytes);
+            }
+        }
+        let len = chunk.sealed_len as usize;
+        let want: Vec<(usize, Cid)> = lost.iter().map(|&j| (j, chunk.shards[j])).collect();
+        let rebuilt = tokio::task::spawn_blocking(move || rebuild(params, slots, len, &want))
+            .await
+            .map_err(|e| e.to_string())??;
+        // Targets: the repair ranking over live peers, skipping holders of the chunk's shards
+        // (those kept and those lost) and avoided peers.
+        let busy: HashSet<EndpointId> = holders.iter().copied().collect();
+        let candidates: Vec<EndpointId> = live
+            .keys()
+            .filter(|p| **p != self.me && !busy.contains(*p) && !self.avoided(p))
+            .copied()
+            .collect();
+        let ranking = repair_ranking(&chunk.shards, &candidates);
+        let mut used = HashSet::new();
+        let mut placed = Vec::new();
+        for (j, bytes) in rebuilt {
+            let cid = chunk.shards[j];
+            for target in &ranking {
+                if used.contains(target) {
+                    continue;
+                }
+                match self.place_one(v, *target, &cid, &bytes, live).await {
+                    Ok(()) => {
+                        used.insert(*target);
+                        placed.push((j, *target));
+                        let _ = self.store.count("repairs_done", 1);
+                        let _ = self.store.count("repair_bytes", bytes.len() as u64);
+                        info!(
+                            "care: repaired shard {j} of chunk {i} of {} onto {}",
+                            v.artifact,
+                            target.fmt_short()
+                        );
+                        break;
+                    }
+                    Err(e) => debug!("care: placing {cid} on {}: {e}", target.fmt_short()),
+                }
+            }
+        }
+        Ok(placed)
+    }
+
+    async fn place_one(
+        &self,
+        v: &View,
+        target: EndpointId,
+        cid: &Cid,
+        bytes: &[u8],
+        live: &HashMap<EndpointId, PeerInfo>,
+    ) -> Result<(), String> {
+        let addr = live.get(&target).ok_or("not live")?.addr();
+        self.client
+            .put(&addr, &v.artifact, &v.manifest_bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.client
+            .put(&addr, cid, bytes)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn publish_record(&self, v: &View, mut record: HolderRecord) -> Result<(), String> {
+        record.version = record_version_now().max(v.record.version + 1);
+        let signed = record.try_sign(&self.key).map_err(|e| e.to_string())?;
+        let store = self.store.clone();
+        let (artifact, bytes) = (v.artifact, signed.clone());
+        let signer_named = v.manifest.record_signers().contains(self.me.as_bytes());
+        tokio::task::spawn_blocking(move || {
+            if signer_named {
+                store.put_record(&artifact, &bytes)
+            } else {
+                store.put_repair_record(&artifact, &bytes)
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let live = self.live();
+        let targets: Vec<EndpointAddr> = record
+            .nodes
+            .iter()
+            .filter(|(id, _)| *id != self.me)
+            .filter_map(|(id, _)| live.get(id).map(PeerInfo::addr))
+            .collect();
+        let results = futures_util::future::join_all(
+            targets.iter().map(|t| self.client.put_record(t, &signed)),
+        )
+        .await;
+        let stored = results.iter().filter(|r| r.is_ok()).count();
+        info!(
+            "care: repair record of {} (version {}) stored on {stored} of {} holders",
+            v.artifact,
+            record.version,
+            targets.len()
+        );
+        Ok(())
+    }
+}
+
+/// Whether `record` has the shape of `manifest` (chunks, k, m) and fits its nodes.
+fn fits(record: &HolderRecord, manifest: &Manifest) -> bool {
+    let params = manifest.params();
+    record.k as usize == params.k()
+        && record.m as usize == params.m()
+        && record.holders.len() == manifest.chunks().len()
+        && record
+            .holders
+            .iter()
+            .all(|h| h.len() == params.n() && h.iter().all(|&x| (x as usize) < record.nodes.len()))
+}
+
+fn chunk_holders(record: &HolderRecord, i: usize) -> Vec<EndpointId> {
+    record.holders[i]
+        .iter()
+        .map(|&x| record.nodes[x as usize].0)
+        .collect()
+}
+
+fn set_holder(
+    record: &mut HolderRecord,
+    i: usize,
+    j: usize,
+    id: EndpointId,
+    live: &HashMap<EndpointId, PeerInfo>,
+) {
+    let index = match record.nodes.iter().position(|(n, _)| *n == id) {
+        Some(x) => x,
+        None => {
+            let addrs = live.get(&id).map(|p| p.addrs.clone()).unwrap_or_default();
+            record.nodes.push((id, addrs));
+            record.nodes.len() - 1
+        }
+    };
+    record.holders[i][j] = index as u16;
+}
+
+fn recorded_addr(views: &[View], dues: &[Due], holder: EndpointId) -> EndpointAddr {
+    let addrs = dues
+        .first()
+        .and_then(|d| {
+            views[d.artifact]
+                .record
+                .nodes
+                .iter()
+                .find(|(id, _)| *id == holder)
+        })
+        .map(|(_, a)| a.clone())
+        .unwrap_or_default();
+    PeerAddr { id: holder, addrs }.endpoint_addr()
+}
+
+/// Decodes a chunk from any k of `slots` and re-encodes the `want`ed shards, each checked
+/// against the CID the manifest names.
+fn rebuild(
+    params: Params,
+    slots: Vec<Option<Vec<u8>>>,
+    len: usize,
+    want: &[(usize, Cid)],
+) -> Result<Vec<(usize, Vec<u8>)>, String> {
+    let codec = Codec::new(params);
+    let sealed = codec.decode(slots, len).map_err(|e| e.to_string())?;
+    let mut all = codec.encode(&sealed);
+    let mut out = Vec::new();
+    for &(j, cid) in want {
+        let shard = std::mem::take(&mut all[j]);
+        if shard_cid(&shard) != cid {
+            return Err(format!(
+                "re-created shard {j} does not hash to {cid}: the surviving shards disagree"
+            ));
+        }
+        out.push((j, shard));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebuild_recreates_exactly_the_lost_shards_and_refuses_wrong_ones() {
+        let params = Params::new(3, 2).unwrap();
+        let codec = Codec::new(params);
+        let sealed: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let shards = codec.encode(&sealed);
+        let cids: Vec<Cid> = shards.iter().map(|s| shard_cid(s)).collect();
+        let mut slots: Vec<Option<Vec<u8>>> = shards.iter().cloned().map(Some).collect();
+        slots[0] = None;
+        slots[3] = None;
+        let got = rebuild(
+            params,
+            slots.clone(),
+            sealed.len(),
+            &[(0, cids[0]), (3, cids[3])],
+        )
+        .unwrap();
+        assert_eq!(got, vec![(0, shards[0].clone()), (3, shards[3].clone())]);
+        // A survivor with wrong bytes (that somehow passed as its shard) yields shards that do
+        // not match the manifest: nothing is placed.
+        slots[1].as_mut().unwrap()[0] ^= 1;
+        assert!(rebuild(params, slots, sealed.len(), &[(0, cids[0])]).is_err());
+    }
+
+    #[test]
+    fn repair_ranking_depends_only_on_the_chunk_and_the_set() {
+        let peers: Vec<EndpointId> = (1..=9u8)
+            .map(|i| SecretKey::from_bytes(&[i; 32]).public())
+            .collect();
+        let shards = vec![shard_cid(b"one"), shard_cid(b"two")];
+        let a = repair_ranking(&shards, &peers);
+        let mut reversed = peers.clone();
+        reversed.reverse();
+        assert_eq!(a, repair_ranking(&shards, &reversed));
+        assert_eq!(a.len(), peers.len());
+        // Removing a peer keeps everyone else's order.
+        let without: Vec<EndpointId> = peers.iter().filter(|p| **p != a[0]).copied().collect();
+        assert_eq!(repair_ranking(&shards, &without), a[1..].to_vec());
+    }
+}
