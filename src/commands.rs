@@ -296,6 +296,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             demo_mib,
             exit_after_demo,
             tls,
+            audit_period,
         } => crate::devnet::run(crate::devnet::DevnetOptions {
             nodes,
             dir: devdir,
@@ -305,6 +306,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             demo_mib,
             exit_after_demo,
             tls,
+            audit_period,
         }),
         Command::Get {
             cap,

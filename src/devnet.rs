@@ -43,6 +43,8 @@ pub struct DevnetOptions {
     pub exit_after_demo: bool,
     /// Serve the gateway over HTTPS with a throwaway local CA.
     pub tls: bool,
+    /// The nodes' audit period (`cairn node --audit-period`).
+    pub audit_period: String,
 }
 
 /// Validity of the devnet's throwaway CA and certificate.
@@ -166,6 +168,8 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
             .arg("--network")
             .arg(&opts.network)
             .arg("node")
+            .arg("--audit-period")
+            .arg(&opts.audit_period)
             .arg("--listen")
             .arg(SocketAddr::from(([127, 0, 0, 1], port)).to_string());
         if let Some(first) = addrs.first() {

@@ -252,6 +252,10 @@ enum Command {
         /// devnet's folder (`tls/ca.pem` is the CA to trust).
         #[arg(long)]
         tls: bool,
+        /// The nodes audit every shard at least once per period and repair what they find
+        /// lost (e.g. 1h, 30s).
+        #[arg(long, default_value = "1h")]
+        audit_period: String,
     },
     /// Demo on embedded defaults: a temporary store, a sample model added and fetched back verified.
     Demo {

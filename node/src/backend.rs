@@ -279,6 +279,19 @@ impl ShardBackend for StoreBackend {
         self.store.get_record(artifact).map_err(backend_err)
     }
 
+    fn put_repair_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError> {
+        self.store
+            .put_repair_record(artifact, signed)
+            .map_err(|e| match e {
+                StoreError::ManifestNotFound(_) => BackendError::UnknownArtifact,
+                other => backend_err(other),
+            })
+    }
+
+    fn get_repair_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
+        self.store.get_repair_record(artifact).map_err(backend_err)
+    }
+
     /// Reads the shard with the outboard the store keeps beside it (both verified: a copy that
     /// fails is reported corrupted rather than answered), then proves the challenged ranges.
     fn audit(&self, cid: &Cid, nonce: &[u8; 32]) -> Result<Option<Vec<u8>>, BackendError> {

@@ -131,6 +131,9 @@ struct View {
     manifest_bytes: Vec<u8>,
     /// The publisher's record, or a later repair record of the same shape.
     record: HolderRecord,
+    /// The signed publisher's record and repair record as stored, passed on to new holders
+    /// before a new repair record so that they can check its signer (the protocol's chain).
+    chain: Vec<Vec<u8>>,
 }
 
 /// One (chunk, shard) to audit on one holder.
@@ -226,12 +229,14 @@ impl Care {
             return Err("its record is not signed by a key its manifest names".into());
         }
         let mut best = primary.record;
+        let mut chain = vec![record.to_vec()];
         if let Ok(Some(bytes)) = self.store.get_repair_record(&artifact)
             && let Ok(repair) = HolderRecord::verify(&bytes)
             && fits(&repair.record, &manifest)
             && repair.record.version > best.version
         {
             best = repair.record;
+            chain.push(bytes);
         }
         if !fits(&best, &manifest) {
             return Err("its record does not fit its manifest".into());
@@ -241,6 +246,7 @@ impl Care {
             manifest,
             manifest_bytes,
             record: best,
+            chain,
         })
     }
 
@@ -693,9 +699,14 @@ impl Care {
             .filter(|(id, _)| *id != self.me)
             .filter_map(|(id, _)| live.get(id).map(PeerInfo::addr))
             .collect();
-        let results = futures_util::future::join_all(
-            targets.iter().map(|t| self.client.put_record(t, &signed)),
-        )
+        let results = futures_util::future::join_all(targets.iter().map(|t| async {
+            // What the new record builds on first (refusals of records already held are
+            // expected and harmless), then the new record.
+            for earlier in &v.chain {
+                let _ = self.client.put_record(t, earlier).await;
+            }
+            self.client.put_record(t, &signed).await
+        }))
         .await;
         let stored = results.iter().filter(|r| r.is_ok()).count();
         info!(

@@ -98,6 +98,11 @@ const RECORD_GRACE_FACTOR: u32 = 3;
 const SILENT_DOWN_AFTER: Duration = Duration::from_millis(750);
 /// Most peers asked for a holder record at once.
 const RECORD_ASK_MAX: usize = 64;
+/// Time the peers that sent a holder record have to send their repair records.
+const REPAIR_RECORD_WAIT: Duration = Duration::from_secs(2);
+/// Peers beyond `n` of a chunk's repair ranking asked for its shards when its recorded holders
+/// cannot make `k` (see `repair_ranking`).
+const RANKING_EXTRA: usize = 4;
 
 /// A peer's address as given on the command line: `<endpoint id>@<ip:port>[,<ip:port>...]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -234,8 +239,11 @@ pub struct PublishReport {
 pub struct RemoteArtifact {
     /// The manifest and its opened private part.
     pub opened: OpenedArtifact,
-    /// The holder record.
+    /// The holder record used: the publisher's, or a later repair record.
     pub record: HolderRecord,
+    /// The publisher's record when a repair record is used: its holders are asked for a shard
+    /// when the repair record's holder fails.
+    pub alternate: Option<HolderRecord>,
     /// Holders that did not answer the record request (with why): asked only if the rest
     /// cannot make `k`.
     unreachable: HashMap<EndpointId, String>,
@@ -664,15 +672,21 @@ impl Network {
                 cap.cid
             );
         }
-        let record = signed.record;
-        if record.holders.len() != manifest.chunks().len()
-            || record.k as usize != manifest.params().k()
-            || record.m as usize != manifest.params().m()
-        {
+        let mut record = signed.record;
+        if !record_fits(&record, &manifest) {
             return Err(Error::Node(format!(
                 "the holder record of {} does not match its manifest",
                 cap.cid
             )));
+        }
+        // Repair records from the peers that sent a record: the newest one a trusted holder
+        // signed becomes the map, the publisher's record the alternate locations.
+        let repairs = self
+            .repair_records(cap, &records, &asked, &record, &manifest)
+            .await;
+        let mut alternate = None;
+        if let Some(newest) = repairs {
+            alternate = Some(std::mem::replace(&mut record, newest));
         }
         let asked_ids: HashSet<EndpointId> = asked.iter().map(|a| a.id).collect();
         // Holders the peer list does not name: a node that has been silent for a while drops
@@ -748,9 +762,64 @@ impl Network {
         Ok(RemoteArtifact {
             opened: OpenedArtifact::from_manifest(cap, manifest)?,
             record,
+            alternate,
             unreachable,
             down_until,
         })
+    }
+
+    /// The newest repair record the peers that sent a holder record keep for `cap`, if one is
+    /// newer than `primary` and trusted: signed by a node of `primary` or of another trusted
+    /// repair record (see the shard protocol's *Repair records*), and of the manifest's shape.
+    /// Bounded by [`REPAIR_RECORD_WAIT`] and [`RECORD_ASK_MAX`] peers.
+    async fn repair_records(
+        &self,
+        cap: &ReadCap,
+        records: &[(EndpointId, SignedRecord)],
+        asked: &[EndpointAddr],
+        primary: &HolderRecord,
+        manifest: &Manifest,
+    ) -> Option<HolderRecord> {
+        let from: Vec<&EndpointAddr> = asked
+            .iter()
+            .filter(|a| records.iter().any(|(id, _)| *id == a.id))
+            .take(RECORD_ASK_MAX)
+            .collect();
+        let answers = tokio::time::timeout(
+            REPAIR_RECORD_WAIT,
+            join_all(
+                from.iter()
+                    .map(|a| self.client.get_repair_record(a, &cap.cid)),
+            ),
+        )
+        .await
+        .unwrap_or_default();
+        let mut candidates: Vec<SignedRecord> = answers
+            .into_iter()
+            .filter_map(|r| r.ok().flatten())
+            .filter(|r| {
+                r.record.artifact == cap.cid
+                    && r.record.version > primary.version
+                    && r.record.version
+                        <= record_version_now() + RECORD_AHEAD_MAX.as_millis() as u64
+                    && record_fits(&r.record, manifest)
+            })
+            .collect();
+        let mut trusted: HashSet<EndpointId> = primary.nodes.iter().map(|(id, _)| *id).collect();
+        let mut best: Option<HolderRecord> = None;
+        // Trust spreads from the publisher's record one repair at a time; each pass admits at
+        // least one record or ends.
+        while let Some(at) = candidates
+            .iter()
+            .position(|r| trusted.contains(&r.publisher))
+        {
+            let r = candidates.swap_remove(at);
+            trusted.extend(r.record.nodes.iter().map(|(id, _)| *id));
+            if best.as_ref().is_none_or(|b| r.record.version > b.version) {
+                best = Some(r.record);
+            }
+        }
+        best
     }
 
     /// The manifest of `cap` from the first peer of those that sent a record (and were not
@@ -823,6 +892,11 @@ impl Network {
             net: self,
             art: artifact,
             addrs: self.holder_addrs(&artifact.record),
+            alt_addrs: artifact
+                .alternate
+                .as_ref()
+                .map(|r| self.holder_addrs(r))
+                .unwrap_or_default(),
         }
     }
 }
@@ -1089,6 +1163,7 @@ struct NetSource<'a> {
     net: &'a Network,
     art: &'a RemoteArtifact,
     addrs: Vec<EndpointAddr>,
+    alt_addrs: Vec<EndpointAddr>,
 }
 
 impl NetSource<'_> {
@@ -1102,7 +1177,7 @@ impl NetSource<'_> {
         fetch_chunk(
             self.net,
             self.art,
-            &self.addrs,
+            (&self.addrs, &self.alt_addrs),
             artifact,
             index,
             chunk,
@@ -1119,13 +1194,24 @@ pub struct NetShards {
     net: Arc<Network>,
     art: Arc<RemoteArtifact>,
     addrs: Vec<EndpointAddr>,
+    alt_addrs: Vec<EndpointAddr>,
 }
 
 impl NetShards {
     /// Reads `art`'s shards through `net`.
     pub fn new(net: Arc<Network>, art: Arc<RemoteArtifact>) -> Self {
         let addrs = net.holder_addrs(&art.record);
-        Self { net, art, addrs }
+        let alt_addrs = art
+            .alternate
+            .as_ref()
+            .map(|r| net.holder_addrs(r))
+            .unwrap_or_default();
+        Self {
+            net,
+            art,
+            addrs,
+            alt_addrs,
+        }
     }
 
     /// The artifact read.
@@ -1145,7 +1231,7 @@ impl AsyncShardSource for NetShards {
         Box::pin(fetch_chunk(
             &self.net,
             &self.art,
-            &self.addrs,
+            (&self.addrs, &self.alt_addrs),
             artifact,
             index,
             chunk,
@@ -1159,7 +1245,7 @@ impl AsyncShardSource for NetShards {
 async fn fetch_chunk(
     net: &Network,
     art: &RemoteArtifact,
-    addrs: &[EndpointAddr],
+    (addrs, alt_addrs): (&[EndpointAddr], &[EndpointAddr]),
     artifact: &Cid,
     index: usize,
     chunk: &ChunkEntry,
@@ -1180,10 +1266,26 @@ async fn fetch_chunk(
     // Holders that did not answer the record request go only if the rest cannot make k,
     // and not even then while they count as down (they were waited for in `open`): the
     // chunk fails at once, naming them, instead of after a connect timeout.
+    // The publisher's holders, where a repair record moved a shard: asked if the new holder
+    // fails.
+    if let Some(alt) = &art.alternate {
+        for (j, cid) in chunk.shards.iter().enumerate() {
+            let a = &alt_addrs[alt.holders[index][j] as usize];
+            if a.id != addrs[holders[j] as usize].id && !art.unreachable.contains_key(&a.id) {
+                locations.push(ShardLocation {
+                    index: j,
+                    cid: *cid,
+                    holder: a.clone(),
+                });
+            }
+        }
+    }
     let reachable = locations
         .iter()
         .filter(|l| !art.unreachable.contains_key(&l.holder.id))
-        .count();
+        .map(|l| l.index)
+        .collect::<HashSet<_>>()
+        .len();
     if reachable >= params.k() {
         locations.retain(|l| !art.unreachable.contains_key(&l.holder.id));
     } else if art
@@ -1205,7 +1307,18 @@ async fn fetch_chunk(
             missing,
         });
     }
-    match fetch_any_k(&net.client, locations, params.k(), HEDGE_AFTER).await {
+    let mut result = fetch_any_k(&net.client, locations.clone(), params.k(), HEDGE_AFTER).await;
+    if result.is_err() {
+        // The recorded holders cannot make k: the shards may have been repaired onto peers no
+        // record this reader has names. Repairs place them by the chunk's repair ranking over
+        // the live peers, so its first n + RANKING_EXTRA peers are asked which they hold.
+        let extra = ranking_locations(net, chunk, params.n(), &locations).await;
+        if !extra.is_empty() {
+            locations.extend(extra);
+            result = fetch_any_k(&net.client, locations, params.k(), HEDGE_AFTER).await;
+        }
+    }
+    match result {
         Ok(shards) => {
             let mut slots = vec![None; params.n()];
             for (j, b) in shards {
@@ -1238,6 +1351,45 @@ async fn fetch_chunk(
             })
         }
     }
+}
+
+/// Where the chunk's shards are among the first `n + RANKING_EXTRA` live peers of its repair
+/// ranking that `known` does not already list (one HAS each, at once).
+async fn ranking_locations(
+    net: &Network,
+    chunk: &ChunkEntry,
+    n: usize,
+    known: &[ShardLocation],
+) -> Vec<ShardLocation> {
+    let peers: Vec<Peer> = net.peers();
+    let ids: Vec<EndpointId> = peers.iter().map(|p| p.addr.id).collect();
+    let listed: HashSet<(EndpointId, usize)> =
+        known.iter().map(|l| (l.holder.id, l.index)).collect();
+    let ranking = crate::care::repair_ranking(&chunk.shards, &ids);
+    let asks = ranking.iter().take(n + RANKING_EXTRA).filter_map(|id| {
+        let addr = peers
+            .iter()
+            .find(|p| p.addr.id == *id)?
+            .addr
+            .endpoint_addr();
+        Some(async move {
+            let held = net.client.has(&addr, &chunk.shards).await.ok()?;
+            Some((addr, held))
+        })
+    });
+    let mut out = Vec::new();
+    for (addr, held) in join_all(asks).await.into_iter().flatten() {
+        for (j, (cid, h)) in chunk.shards.iter().zip(held).enumerate() {
+            if h && !listed.contains(&(addr.id, j)) {
+                out.push(ShardLocation {
+                    index: j,
+                    cid: *cid,
+                    holder: addr.clone(),
+                });
+            }
+        }
+    }
+    out
 }
 
 impl ShardSource for NetSource<'_> {
@@ -1336,6 +1488,18 @@ async fn ask_peers(
     peers.sort_by_key(|p| p.addr.id);
     peers.dedup_by_key(|p| p.addr.id);
     Ok(peers)
+}
+
+/// Whether `record` has `manifest`'s shape (chunks, k, m) and every index names a node.
+fn record_fits(record: &HolderRecord, manifest: &Manifest) -> bool {
+    let params = manifest.params();
+    record.k as usize == params.k()
+        && record.m as usize == params.m()
+        && record.holders.len() == manifest.chunks().len()
+        && record
+            .holders
+            .iter()
+            .all(|h| h.len() == params.n() && h.iter().all(|&x| (x as usize) < record.nodes.len()))
 }
 
 /// Whether some chunk of `record` has fewer than k shards on holders outside `silent`.

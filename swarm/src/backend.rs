@@ -106,6 +106,20 @@ pub trait ShardBackend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Stores the repair record of `artifact` (see the protocol's *Repair records*), replacing
+    /// any earlier one; the protocol layer checked it. The default keeps none
+    /// ([`BackendError::Io`]: a node that keeps no repair records refuses them).
+    fn put_repair_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError> {
+        let _ = (artifact, signed);
+        Err(BackendError::Io("this node keeps no repair records".into()))
+    }
+
+    /// The repair record of `artifact` as stored, None if none is held.
+    fn get_repair_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
+        let _ = artifact;
+        Ok(None)
+    }
+
     /// Keeps an audit receipt sent to this node (RECEIPT). The protocol layer has already
     /// checked its signature, that its auditor sent it, that it names this node as holder and
     /// that its time is near this node's clock. The default drops it.
@@ -125,6 +139,7 @@ struct Held {
 struct MemoryState {
     shards: HashMap<Cid, Held>,
     records: HashMap<Cid, Vec<u8>>,
+    repair_records: HashMap<Cid, Vec<u8>>,
     receipts: VecDeque<SignedReceipt>,
     used: u64,
 }
@@ -249,6 +264,30 @@ impl ShardBackend for MemoryBackend {
 
     fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
         Ok(self.lock().records.get(artifact).cloned())
+    }
+
+    /// Repair records count against the quota like the publisher's.
+    fn put_repair_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError> {
+        let mut state = self.lock();
+        if !state.shards.contains_key(artifact) {
+            return Err(BackendError::UnknownArtifact);
+        }
+        let replaced = state
+            .repair_records
+            .get(artifact)
+            .map_or(0, |old| old.len() as u64);
+        let needed = signed.len() as u64;
+        let free = self.quota.saturating_sub(state.used - replaced);
+        if needed > free {
+            return Err(BackendError::QuotaFull { needed, free });
+        }
+        state.used = state.used - replaced + needed;
+        state.repair_records.insert(*artifact, signed.to_vec());
+        Ok(())
+    }
+
+    fn get_repair_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.lock().repair_records.get(artifact).cloned())
     }
 
     /// Keeps the receipt unless the same bytes are already kept.

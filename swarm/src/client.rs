@@ -403,9 +403,30 @@ impl ShardClient {
         addr: &EndpointAddr,
         artifact: &Cid,
     ) -> Result<Option<SignedRecord>> {
+        self.fetch_record(addr, artifact, false).await
+    }
+
+    /// The repair record of `artifact` stored on the peer at `addr` (GET_REPAIR_RECORD), None
+    /// if it has none; verified like [`get_record`](Self::get_record). Whether its signer is
+    /// one to believe is the caller's decision (see the protocol's *Repair records*).
+    pub async fn get_repair_record(
+        &self,
+        addr: &EndpointAddr,
+        artifact: &Cid,
+    ) -> Result<Option<SignedRecord>> {
+        self.fetch_record(addr, artifact, true).await
+    }
+
+    async fn fetch_record(
+        &self,
+        addr: &EndpointAddr,
+        artifact: &Cid,
+        repair: bool,
+    ) -> Result<Option<SignedRecord>> {
         manifest_digest(artifact)?;
         let head = Head::GetRecord {
             artifact: *artifact,
+            repair,
         };
         let bytes = match self.request(addr, head, None, 0, Some(artifact)).await? {
             Reply::NotFound => return Ok(None),

@@ -51,7 +51,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 1 | protocol version, [`PROTOCOL_VERSION`] = 1 |
-//! | 1 | 1 | request type: 0 PUT, 1 GET, 2 HAS, 3 DELETE, 4 PEERS, 5 PUT_RECORD, 6 GET_RECORD, 7 AUDIT, 8 RECEIPT; 9..=255 reserved |
+//! | 1 | 1 | request type: 0 PUT, 1 GET, 2 HAS, 3 DELETE, 4 PEERS, 5 PUT_RECORD, 6 GET_RECORD, 7 AUDIT, 8 RECEIPT, 9 GET_REPAIR_RECORD; 10..=255 reserved |
 //! | 2 | … | body |
 //!
 //! - PUT: `cid` (raw or dag-cbor), `u32 len` (≤ [`SHARD_LEN_MAX`]), `len` content bytes.
@@ -65,6 +65,7 @@
 //!   layout is in the `record` module). The length is checked before anything is allocated, and
 //!   the buffer grows only as bytes arrive.
 //! - GET_RECORD: `cid` of the artifact's manifest (dag-cbor).
+//! - GET_REPAIR_RECORD: the same body; asks for the artifact's repair record (below).
 //! - AUDIT: `nonce` (32 bytes, fresh per audit), `u64 lease_until_ms`, `u16 count`
 //!   (1..=[`AUDIT_BATCH_MAX`]), then `count` shard CIDs (codec raw only; any other CID is
 //!   refused with INVALID_CID). `lease_until_ms` 0 asks for no lease renewal; otherwise the
@@ -96,8 +97,9 @@
 //!   against its network and drops those that fail; a count or length over its cap makes the
 //!   whole reply malformed.
 //! - PUT_RECORD: empty (the record is stored, or an identical one already was).
-//! - GET_RECORD: `u32 len` (1..=[`RECORD_LEN_MAX`]), `len` bytes of the signed record. The client
-//!   verifies the signature and that the record names the artifact asked for.
+//! - GET_RECORD and GET_REPAIR_RECORD: `u32 len` (1..=[`RECORD_LEN_MAX`]), `len` bytes of the
+//!   signed record. The client verifies the signature and that the record names the artifact
+//!   asked for.
 //! - AUDIT: `u16 count` (equal to the request's), then per shard, in the request's order, `u8
 //!   state`: 0 answered, followed by `u32 len` (≤ [`AUDIT_ANSWER_LEN_MAX`]) and `len` bytes of
 //!   the answer (`cairn_artifact::audit_answer`: per challenged range a `u32` little-endian
@@ -133,13 +135,29 @@
 //! - it holds the artifact's manifest (UNKNOWN_ARTIFACT otherwise): a node keeps records only
 //!   where it has a reason to, they count against its quota, and they are collected with the
 //!   manifest;
-//! - the record's signer is one of the manifest's `record_signers` (NOT_PUBLISHER);
+//! - the record's signer is one of the manifest's `record_signers`, or it is a *repair record*
+//!   (below) whose signer is a node of the stored records (NOT_PUBLISHER otherwise);
 //! - the record fits the manifest (chunk count, k, m) and its version, the signer's clock in
 //!   Unix ms, is at most [`RECORD_AHEAD_MAX`] past the server's clock (INVALID_RECORD), so that
 //!   no record, even one an allowed signer got wrong, can block later ones for longer than that;
 //! - its version is above the stored record's (STALE_RECORD; the same version with identical
 //!   bytes is an idempotent OK). A stored record whose signer the manifest does not allow is
 //!   replaced whatever its version.
+//!
+//! ## Repair records
+//!
+//! A node that re-creates lost shards (the `cairn-node` caretaker) is usually not a key the
+//! manifest names, and must still say where the new shards are. Its record goes to a second
+//! slot per artifact, the *repair record*, under the same checks (manifest held, shape, clock,
+//! version above the stored repair record's) plus one: its signer must be a node the stored
+//! publisher's record or the stored repair record names, that is, a node already entrusted
+//! with the artifact's shards by the publisher or by an accepted repair. The publisher's
+//! record is never replaced by a repair record, so the root of trust stays in place, and
+//! GET_RECORD keeps answering it; GET_REPAIR_RECORD answers the repair record (NOT_FOUND if
+//! none). Readers apply the same rule to what they receive, use a repair record newer than the
+//! publisher's as their map and the publisher's holders as alternates, and verify every shard
+//! by CID: a wrong or hostile repair record (from a holder gone bad) costs them requests to the
+//! wrong nodes, never data, and the publisher's record plus the repair ranking still find it.
 //!
 //! A server stores at most one record per artifact: any allowed signer may replace it with a
 //! later one. Checking and storing happen under one lock per server, so two racing PUT_RECORDs
@@ -205,7 +223,10 @@
 //!   it names, versions dated at most [`RECORD_AHEAD_MAX`] ahead, and status 15
 //!   UNKNOWN_ARTIFACT (hardening item 1; the framing is unchanged). Then, compatibly, AUDIT
 //!   (type 7) and RECEIPT (type 8) with status 16 INVALID_RECEIPT (storage proofs); an older
-//!   server answers them with UNSUPPORTED_REQUEST.
+//!   server answers them with UNSUPPORTED_REQUEST. Then repair records: PUT_RECORD from a
+//!   holder the manifest does not name goes to the repair slot, read with GET_REPAIR_RECORD
+//!   (type 9); an older server refuses the first with NOT_PUBLISHER and the second with
+//!   UNSUPPORTED_REQUEST.
 //!
 //! [`ShardBackend`]: crate::ShardBackend
 //! [`HolderRecord`]: crate::HolderRecord
@@ -334,6 +355,7 @@ pub(crate) enum Kind {
     GetRecord = 6,
     Audit = 7,
     Receipt = 8,
+    GetRepairRecord = 9,
 }
 
 impl Kind {
@@ -348,6 +370,7 @@ impl Kind {
             Kind::GetRecord => "GET_RECORD",
             Kind::Audit => "AUDIT",
             Kind::Receipt => "RECEIPT",
+            Kind::GetRepairRecord => "GET_REPAIR_RECORD",
         }
     }
 
@@ -362,6 +385,7 @@ impl Kind {
             6 => Kind::GetRecord,
             7 => Kind::Audit,
             8 => Kind::Receipt,
+            9 => Kind::GetRepairRecord,
             _ => return None,
         })
     }
@@ -459,8 +483,10 @@ pub(crate) enum Head {
     PutRecord {
         len: u32,
     },
+    /// GET_RECORD, or GET_REPAIR_RECORD when `repair`.
     GetRecord {
         artifact: Cid,
+        repair: bool,
     },
     Audit {
         nonce: [u8; 32],
@@ -482,7 +508,8 @@ impl Head {
             Head::Delete { .. } => Kind::Delete,
             Head::Peers => Kind::Peers,
             Head::PutRecord { .. } => Kind::PutRecord,
-            Head::GetRecord { .. } => Kind::GetRecord,
+            Head::GetRecord { repair: false, .. } => Kind::GetRecord,
+            Head::GetRecord { repair: true, .. } => Kind::GetRepairRecord,
             Head::Audit { .. } => Kind::Audit,
             Head::Receipt { .. } => Kind::Receipt,
         }
@@ -595,8 +622,12 @@ pub(crate) fn encode_head(head: &Head) -> Vec<u8> {
             out.push(Kind::PutRecord as u8);
             out.extend_from_slice(&len.to_be_bytes());
         }
-        Head::GetRecord { artifact } => {
-            out.push(Kind::GetRecord as u8);
+        Head::GetRecord { artifact, repair } => {
+            out.push(if *repair {
+                Kind::GetRepairRecord
+            } else {
+                Kind::GetRecord
+            } as u8);
             put_cid(&mut out, artifact);
         }
         Head::Audit {
@@ -783,6 +814,11 @@ pub(crate) async fn read_head<R: AsyncRead + Unpin>(recv: &mut R) -> Result<Head
         }
         6 => Head::GetRecord {
             artifact: read_cid(recv).await?,
+            repair: false,
+        },
+        9 => Head::GetRecord {
+            artifact: read_cid(recv).await?,
+            repair: true,
         },
         7 => {
             let mut nonce = [0u8; 32];
@@ -1017,7 +1053,7 @@ pub(crate) async fn read_reply<R: AsyncRead + Unpin>(
             Reply::Peers(announcements)
         }
         (Status::Ok, Kind::PutRecord) => Reply::Stored,
-        (Status::Ok, Kind::GetRecord) => {
+        (Status::Ok, Kind::GetRecord | Kind::GetRepairRecord) => {
             let len = recv.read_u32().await?;
             check_record_len(len, "holder record reply")?;
             Reply::Record(read_growing(recv, len).await?)
@@ -1065,7 +1101,7 @@ pub(crate) async fn read_reply<R: AsyncRead + Unpin>(
             Reply::Audit(answers)
         }
         (Status::Ok, Kind::Receipt) => Reply::Stored,
-        (Status::NotFound, Kind::Get | Kind::GetRecord) => Reply::NotFound,
+        (Status::NotFound, Kind::Get | Kind::GetRecord | Kind::GetRepairRecord) => Reply::NotFound,
         (Status::NotFound, _) => {
             return Err(bad(
                 Status::Malformed,
@@ -1306,7 +1342,7 @@ mod tests {
             Err(FrameError::Bad(Status::TooLarge, _))
         ));
 
-        let reserved = [PROTOCOL_VERSION, 9];
+        let reserved = [PROTOCOL_VERSION, 10];
         assert!(matches!(
             decode(&reserved).await,
             Err(FrameError::Bad(Status::UnsupportedRequest, _))
@@ -1392,7 +1428,8 @@ mod tests {
                 },
                 Some(data)
             )),
-            arb_cid().prop_map(|artifact| (Head::GetRecord { artifact }, None)),
+            (arb_cid(), any::<bool>())
+                .prop_map(|(artifact, repair)| (Head::GetRecord { artifact, repair }, None)),
             (
                 any::<[u8; 32]>(),
                 any::<u64>(),
@@ -1423,7 +1460,7 @@ mod tests {
         ]
     }
 
-    const KINDS: [Kind; 9] = [
+    const KINDS: [Kind; 10] = [
         Kind::Put,
         Kind::Get,
         Kind::Has,
@@ -1433,6 +1470,7 @@ mod tests {
         Kind::GetRecord,
         Kind::Audit,
         Kind::Receipt,
+        Kind::GetRepairRecord,
     ];
 
     /// A frame found by fuzzing: a CID whose bytes parse but are not its canonical encoding.

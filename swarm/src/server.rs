@@ -23,7 +23,7 @@ use crate::protocol::{
     read_end, read_head, read_payload, read_receipt_payload, read_record_payload,
 };
 use crate::receipt::{RECEIPT_SKEW_MAX, SignedReceipt};
-use crate::record::{HolderRecord, RECORD_AHEAD_MAX, too_far_ahead, unix_ms_now};
+use crate::record::{HolderRecord, RECORD_AHEAD_MAX, SignedRecord, too_far_ahead, unix_ms_now};
 use cairn_artifact::Manifest;
 
 /// Where a server finds the signed announcements it answers PEERS with.
@@ -382,12 +382,20 @@ async fn answer(
             };
             blocking(backend, move |b| put_receipt(b, own, peer, &bytes)).await
         }
-        Head::GetRecord { artifact } => {
+        Head::GetRecord { artifact, repair } => {
             read_end(recv).await?;
             if let Err(err) = manifest_digest(&artifact) {
                 return Ok(Answer::error(Status::InvalidCid, err.to_string()));
             }
-            let stored = match blocking(backend, move |b| b.get_record(&artifact)).await? {
+            let stored = match blocking(backend, move |b| {
+                if repair {
+                    b.get_repair_record(&artifact)
+                } else {
+                    b.get_record(&artifact)
+                }
+            })
+            .await?
+            {
                 Ok(Some(stored)) => stored,
                 Ok(None) => return Ok(Answer::frame(encode_not_found())),
                 Err(err) => return Ok(backend_error(&artifact, err)),
@@ -439,15 +447,7 @@ fn put_record(backend: &dyn ShardBackend, lock: &Mutex<()>, signed: Vec<u8>) -> 
     };
     let allowed = |signer: &iroh::EndpointId| signers.contains(signer.as_bytes());
     if !allowed(&new.publisher) {
-        return Answer::error(
-            Status::NotPublisher,
-            format!(
-                "holder record of {artifact} is signed by {}, which its manifest does not allow \
-                 ({} keys allowed)",
-                new.publisher.fmt_short(),
-                signers.len()
-            ),
-        );
+        return put_repair_record(backend, lock, new, (chunks, k, m), &allowed);
     }
     if new.record.holders.len() != chunks
         || usize::from(new.record.k) != k
@@ -501,6 +501,91 @@ fn put_record(backend: &dyn ShardBackend, lock: &Mutex<()>, signed: Vec<u8>) -> 
         }
     }
     match backend.put_record(&artifact, &new.bytes) {
+        Ok(()) => Answer::frame(encode_ok(&[])),
+        Err(err) => backend_error(&artifact, err),
+    }
+}
+
+/// The checks of [`put_record`] for a record from a signer the manifest does not name: it may
+/// go to the repair slot if its signer is a node of the stored publisher's record or of the
+/// stored repair record (see the protocol's *Repair records*).
+fn put_repair_record(
+    backend: &dyn ShardBackend,
+    lock: &Mutex<()>,
+    new: SignedRecord,
+    (chunks, k, m): Shape,
+    allowed: &dyn Fn(&iroh::EndpointId) -> bool,
+) -> Answer {
+    let artifact = new.record.artifact;
+    let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let stored = |repair: bool| -> Result<Option<SignedRecord>, Answer> {
+        let bytes = if repair {
+            backend.get_repair_record(&artifact)
+        } else {
+            backend.get_record(&artifact)
+        }
+        .map_err(|err| backend_error(&artifact, err))?;
+        Ok(bytes
+            .and_then(|b| HolderRecord::verify(&b).ok())
+            .filter(|r| r.record.artifact == artifact))
+    };
+    let primary = match stored(false) {
+        Ok(p) => p.filter(|p| allowed(&p.publisher)),
+        Err(answer) => return answer,
+    };
+    let repair = match stored(true) {
+        Ok(r) => r,
+        Err(answer) => return answer,
+    };
+    let names = |r: &Option<SignedRecord>| {
+        r.as_ref()
+            .is_some_and(|r| r.record.nodes.iter().any(|(id, _)| *id == new.publisher))
+    };
+    if !names(&primary) && !names(&repair) {
+        return Answer::error(
+            Status::NotPublisher,
+            format!(
+                "holder record of {artifact} is signed by {}, which its manifest does not allow \
+                 and no stored record names as a holder",
+                new.publisher.fmt_short()
+            ),
+        );
+    }
+    if new.record.holders.len() != chunks
+        || usize::from(new.record.k) != k
+        || usize::from(new.record.m) != m
+    {
+        return Answer::error(
+            Status::InvalidRecord,
+            format!("repair record of {artifact} does not match its manifest"),
+        );
+    }
+    let now = unix_ms_now();
+    if too_far_ahead(new.record.version, now) {
+        return Answer::error(
+            Status::InvalidRecord,
+            format!(
+                "repair record of {artifact} version {} is dated more than {:?} past this \
+                 node's clock",
+                new.record.version, RECORD_AHEAD_MAX
+            ),
+        );
+    }
+    if let Some(old) = &repair {
+        if new.record.version == old.record.version && new.bytes == old.bytes {
+            return Answer::frame(encode_ok(&[]));
+        }
+        if new.record.version <= old.record.version {
+            return Answer::error(
+                Status::StaleRecord,
+                format!(
+                    "repair record of {artifact} version {} does not replace stored version {}",
+                    new.record.version, old.record.version
+                ),
+            );
+        }
+    }
+    match backend.put_repair_record(&artifact, &new.bytes) {
         Ok(()) => Answer::frame(encode_ok(&[])),
         Err(err) => backend_error(&artifact, err),
     }
