@@ -76,4 +76,6 @@ pub use iroh::{EndpointAddr, EndpointId, SecretKey, protocol::Router};
 pub use iroh_gossip::{ALPN as GOSSIP_ALPN, Gossip, TopicId};
 
 #[cfg(test)]
+mod fuzz_seeds;
+#[cfg(test)]
 mod net_tests;

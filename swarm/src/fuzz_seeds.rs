@@ -1,0 +1,106 @@
+//! The committed seeds of the `audit_frames` and `receipt_decode` fuzz targets
+//! (`fuzz/seeds/<target>/`): valid inputs that take the targets past counts, CID prefixes and
+//! signatures. Built here from fixed inputs and compared with the committed files, so they stay
+//! valid as the formats change; `CAIRN_REGEN_VECTORS=1 cargo test -p cairn-swarm fuzz_seeds`
+//! rewrites them (the same switch as the repository's test vectors).
+
+use std::path::PathBuf;
+
+use cairn_artifact::{audit_answer, outboard};
+
+use crate::audit::AuditReply;
+use crate::protocol::{Status, encode_audit_reply, encode_error, fuzzing};
+use crate::{Receipt, SecretKey, SignedReceipt, shard_cid};
+
+fn check_or_write(target: &str, name: &str, bytes: &[u8]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/seeds")
+        .join(target)
+        .join(name);
+    if std::env::var_os("CAIRN_REGEN_VECTORS").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        eprintln!("wrote {} ({} bytes)", path.display(), bytes.len());
+        return;
+    }
+    let committed = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{} is missing ({e}); CAIRN_REGEN_VECTORS=1 writes it",
+            path.display()
+        )
+    });
+    assert!(
+        committed == bytes,
+        "{} differs from what this build makes: CAIRN_REGEN_VECTORS=1 rewrites it",
+        path.display()
+    );
+}
+
+#[test]
+fn fuzz_seeds() {
+    // audit_frames, selector 0: AUDIT request bodies (the target adds version and type).
+    let cids: Vec<_> = (0..64u32)
+        .map(|i| shard_cid(format!("seed shard {i}").as_bytes()))
+        .collect();
+    for (name, count, lease) in [
+        ("request", 2, 1_750_000_000_000u64),
+        ("request-full", 64, 0),
+    ] {
+        let frame = fuzzing::encode_audit_request([3; 32], lease, &cids[..count]).unwrap();
+        let (again, decoded) = fuzzing::decode_audit_request(&frame).unwrap();
+        assert_eq!((again.as_slice(), decoded), (frame.as_slice(), count));
+        check_or_write("audit_frames", name, &[&[0][..], &frame[2..]].concat());
+    }
+
+    // Selector 1: replies to a request of `count` shards, with a real answer among them.
+    let small = b"a small shard of a few bytes".repeat(100);
+    let small_cid = shard_cid(&small);
+    let (_, ob) = outboard(&small);
+    let answer = audit_answer(&[4; 32], &small_cid, &small, &ob).unwrap();
+    let answers = [
+        AuditReply::Answer(answer),
+        AuditReply::NotHeld,
+        AuditReply::Corrupted,
+    ];
+    let replies = [
+        ("reply", 3u16, encode_audit_reply(&answers)),
+        (
+            "reply-error",
+            1,
+            encode_error(Status::Internal, None, "storage failed"),
+        ),
+    ];
+    for (name, count, frame) in replies {
+        let (again, decoded) = fuzzing::decode_audit_reply(count, &frame).unwrap();
+        if name == "reply" {
+            assert_eq!(again.as_deref(), Some(frame.as_slice()));
+            assert_eq!(decoded, answers);
+        }
+        check_or_write(
+            "audit_frames",
+            name,
+            &[&[1][..], &count.to_be_bytes(), &frame].concat(),
+        );
+    }
+
+    // Selectors 2 and 3 need no seed: 2 builds the honest answer itself, and a seed for 3 (an
+    // answer of four 16 KiB groups) would raise the target's input length limit to 66 KiB.
+
+    // receipt_decode, selector 0: signed receipts, by the first key of the targets'
+    // `common_keys` (seed byte 1).
+    let auditor = SecretKey::from_bytes(&[1; 32]);
+    let holder = SecretKey::from_bytes(&[38; 32]);
+    for (name, count) in [("receipt", 2), ("receipt-full", 64)] {
+        let receipt = Receipt {
+            auditor: auditor.public(),
+            holder: holder.public(),
+            nonce: [6; 32],
+            time_ms: 1_750_000_000_000,
+            bytes: 100_000 * count as u64,
+            shards: cids[..count].to_vec(),
+        };
+        let signed = receipt.sign(&auditor);
+        assert_eq!(SignedReceipt::decode(&signed).unwrap().receipt, receipt);
+        check_or_write("receipt_decode", name, &[&[0][..], &signed].concat());
+    }
+}
