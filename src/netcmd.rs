@@ -88,6 +88,7 @@ pub fn node(
         tracing::info!("stopping");
         handle.shutdown().await;
         let _ = std::fs::remove_file(&addr_file);
+        let _ = std::fs::remove_file(dd.path.join(CONTROL_SOCKET));
         Ok(())
     })
 }

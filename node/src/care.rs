@@ -435,12 +435,10 @@ impl Care {
         };
         let mut verdicts = Vec::with_capacity(batch.len());
         let mut passed = Vec::new();
-        let mut bytes = 0u64;
         for (d, reply) in batch.iter().zip(&replies) {
             let outcome = match judge_audit(&nonce, &d.cid, d.size, reply) {
                 AuditVerdict::Passed => {
-                    passed.push(d.cid);
-                    bytes += d.size;
+                    passed.push((d.cid, d.size));
                     Outcome::Success
                 }
                 other => {
@@ -458,6 +456,11 @@ impl Care {
                 outcome,
             });
         }
+        // Two artifacts may share a shard (convergent keys): a receipt names each once.
+        passed.sort();
+        passed.dedup();
+        let bytes: u64 = passed.iter().map(|(_, size)| size).sum();
+        let passed: Vec<Cid> = passed.into_iter().map(|(cid, _)| cid).collect();
         if !passed.is_empty() {
             let receipt = Receipt {
                 auditor: self.me,
@@ -467,9 +470,13 @@ impl Care {
                 bytes,
                 shards: passed,
             };
-            let signed = receipt.sign(&self.key);
-            if let Err(e) = self.client.put_receipt(&addr, &signed).await {
-                debug!("care: receipt to {}: {e}", addr.id.fmt_short());
+            match receipt.try_sign(&self.key) {
+                Ok(signed) => {
+                    if let Err(e) = self.client.put_receipt(&addr, &signed).await {
+                        debug!("care: receipt to {}: {e}", addr.id.fmt_short());
+                    }
+                }
+                Err(e) => warn!("care: signing a receipt: {e}"),
             }
         }
         let _ = batch.first().map(|d| d.artifact);

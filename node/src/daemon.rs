@@ -157,13 +157,13 @@ pub async fn run_node_with_housekeeping(
     let gossip = Gossip::builder().spawn(bound.endpoint.clone());
     let membership_slot: Arc<OnceLock<Arc<Membership>>> = Arc::new(OnceLock::new());
     let slot = membership_slot.clone();
-    let server = ShardServer::new(backend.clone(), ShardConfig::default()).with_peer_source(
-        Arc::new(move || {
+    let server = ShardServer::new(backend.clone(), ShardConfig::default())
+        .with_endpoint_id(bound.endpoint.id())
+        .with_peer_source(Arc::new(move || {
             slot.get()
                 .map(|m| m.signed_announcements())
                 .unwrap_or_default()
-        }),
-    );
+        }));
     let router = Router::builder(bound.endpoint.clone())
         .accept(SHARD_ALPN, server)
         .accept(GOSSIP_ALPN, gossip.clone())

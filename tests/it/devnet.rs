@@ -35,6 +35,8 @@ pub struct DevNode {
 pub struct Devnet {
     pub tmp: tempfile::TempDir,
     pub nodes: Vec<DevNode>,
+    /// Arguments every `cairn node` of this devnet gets (e.g. a short audit period).
+    pub node_args: Vec<String>,
 }
 
 /// A `cairn` command with no data directory or peer from the environment.
@@ -124,6 +126,11 @@ pub fn init(dir: &Path, quota: &str) {
 impl Devnet {
     /// Starts one node per quota and waits until node 0 sees them all.
     pub fn start(quotas: &[&str]) -> Devnet {
+        Devnet::start_with_args(quotas, &[])
+    }
+
+    /// [`Devnet::start`] with `args` given to every `cairn node`.
+    pub fn start_with_args(quotas: &[&str], args: &[&str]) -> Devnet {
         let tmp = tempfile::tempdir().unwrap();
         let nodes = quotas
             .iter()
@@ -138,7 +145,11 @@ impl Devnet {
                 }
             })
             .collect();
-        let mut net = Devnet { tmp, nodes };
+        let mut net = Devnet {
+            tmp,
+            nodes,
+            node_args: args.iter().map(|a| a.to_string()).collect(),
+        };
         for i in 0..net.nodes.len() {
             net.spawn(i);
         }
@@ -177,6 +188,7 @@ impl Devnet {
     pub fn spawn(&mut self, i: usize) {
         assert!(self.nodes[i].child.is_none(), "node {i} is already running");
         let bootstrap = (i != 0).then(|| self.addr(0));
+        let node_args = self.node_args.clone();
         let node = &mut self.nodes[i];
         let addr_file = node.dir.join("node.addr");
         // A node killed with SIGKILL leaves its address file behind.
@@ -190,6 +202,7 @@ impl Devnet {
         c.arg("--data-dir")
             .arg(&node.dir)
             .args(["node", "--listen", &format!("127.0.0.1:{}", node.port)])
+            .args(&node_args)
             .env("CAIRN_LOG", "info,iroh=warn,noq=warn")
             .stdout(Stdio::null())
             .stderr(log);

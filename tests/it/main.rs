@@ -12,6 +12,7 @@ mod gateway;
 mod mtls;
 mod net;
 mod private;
+mod repair;
 mod resume;
 mod tensors;
 mod usage;
