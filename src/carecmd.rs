@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use cairn_artifact::Cid;
 use cairn_node::{NodeStatus, ReceiptJson, verify_receipts};
 use http_body_util::{BodyExt, Empty};
 
@@ -102,6 +103,106 @@ pub fn receipts_cmd(action: ReceiptsCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `cairn status <artifact>`: audits it on the network now.
+pub fn status(peers: &[String], network: &str, cid: &Cid, json: bool) -> anyhow::Result<()> {
+    if peers.is_empty() {
+        bail!("give a node with --peer <id>@<ip:port> (or set CAIRN_PEER)");
+    }
+    let rt = crate::netcmd::runtime()?;
+    let health = rt.block_on(async {
+        let net = crate::netcmd::connect(peers, network, None).await?;
+        let h = net.inspect(cid).await;
+        net.close().await;
+        h.map_err(anyhow::Error::from)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&health)?);
+        return Ok(());
+    }
+    println!(
+        "artifact {} ({}-of-{})",
+        health.artifact, health.k, health.n
+    );
+    println!(
+        "chunks   {}; verified shards per chunk: min {} of {}",
+        health.verified.len(),
+        health.min,
+        health.n
+    );
+    for (count, chunks) in &health.histogram {
+        println!("  {count} verified: {chunks} chunks");
+    }
+    if health.repaired {
+        println!(
+            "repairs  {} shards moved since publishing (record version {})",
+            health.shards_moved, health.record_version
+        );
+    } else {
+        println!("repairs  none (the publisher's record)");
+    }
+    println!("holders  {}", health.holders.len());
+    for h in &health.holders {
+        println!(
+            "  {} shards {} proved {} failed {}{}{}",
+            &h.id[..16.min(h.id.len())],
+            h.shards,
+            h.passed,
+            h.failed,
+            if h.reached == "yes" {
+                String::new()
+            } else {
+                format!(" ({})", h.reached)
+            },
+            if h.listed {
+                ""
+            } else {
+                " not in the peer list"
+            }
+        );
+    }
+    if !health.unreadable.is_empty() {
+        bail!(
+            "{} chunks have fewer than {} verified shards: {:?}",
+            health.unreadable.len(),
+            health.k,
+            health.unreadable
+        );
+    }
+    Ok(())
+}
+
+/// `cairn repair <artifact>`: re-creates what fails its audit now.
+pub fn repair(peers: &[String], network: &str, dd: &DataDir, cid: &Cid) -> anyhow::Result<()> {
+    if peers.is_empty() {
+        bail!("give a node with --peer <id>@<ip:port> (or set CAIRN_PEER)");
+    }
+    let rt = crate::netcmd::runtime()?;
+    let report = rt.block_on(async {
+        let net = crate::netcmd::connect(peers, network, Some(dd.publisher_key()?)).await?;
+        let r = net.repair(cid).await;
+        net.close().await;
+        r.map_err(anyhow::Error::from)
+    })?;
+    println!(
+        "{} chunks short of shards; {} shards re-created and placed; {} chunks not fully repaired; \
+         holder record {}",
+        report.chunks,
+        report.placed,
+        report.unrepaired,
+        if report.record_stored {
+            "updated"
+        } else if report.placed > 0 {
+            "left to the nodes (this key is not the publisher's)"
+        } else {
+            "unchanged"
+        }
+    );
+    if report.unrepaired > 0 {
+        bail!("{} chunks could not be fully repaired", report.unrepaired);
+    }
+    Ok(())
 }
 
 fn print_status(s: &NodeStatus) {

@@ -205,6 +205,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Peers => crate::netcmd::peers(&cli.peers, &cli.network),
         Command::Receipts { action } => crate::carecmd::receipts_cmd(action),
+        Command::Status { artifact, json } => {
+            crate::carecmd::status(&cli.peers, &cli.network, &parse_cid(&artifact)?, json)
+        }
+        Command::Repair { artifact } => crate::carecmd::repair(
+            &cli.peers,
+            &cli.network,
+            &DataDir::open(&dir)?,
+            &parse_cid(&artifact)?,
+        ),
         Command::Gateway {
             listen,
             admin_listen,

@@ -218,6 +218,21 @@ enum Command {
         #[arg(long)]
         dataset: bool,
     },
+    /// Audit every shard of an artifact on the network now and show its health: verified
+    /// shards per chunk (minimum and histogram), each holder's answers, repairs (needs --peer).
+    Status {
+        /// Artifact CID or read capability (only the CID is used).
+        artifact: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Repair an artifact now: re-create every shard that fails its audit from any k others
+    /// and place it on a new node (needs --peer). Nodes do this on their own; this is for now.
+    Repair {
+        /// Artifact CID or read capability (only the CID is used).
+        artifact: String,
+    },
     /// Check audit receipts exported by `cairn node receipts --json`.
     Receipts {
         #[command(subcommand)]

@@ -727,7 +727,7 @@ impl Care {
 }
 
 /// Whether `record` has the shape of `manifest` (chunks, k, m) and fits its nodes.
-fn fits(record: &HolderRecord, manifest: &Manifest) -> bool {
+pub(crate) fn fits(record: &HolderRecord, manifest: &Manifest) -> bool {
     let params = manifest.params();
     record.k as usize == params.k()
         && record.m as usize == params.m()
@@ -738,7 +738,7 @@ fn fits(record: &HolderRecord, manifest: &Manifest) -> bool {
             .all(|h| h.len() == params.n() && h.iter().all(|&x| (x as usize) < record.nodes.len()))
 }
 
-fn chunk_holders(record: &HolderRecord, i: usize) -> Vec<EndpointId> {
+pub(crate) fn chunk_holders(record: &HolderRecord, i: usize) -> Vec<EndpointId> {
     record.holders[i]
         .iter()
         .map(|&x| record.nodes[x as usize].0)
@@ -780,7 +780,7 @@ fn recorded_addr(views: &[View], dues: &[Due], holder: EndpointId) -> EndpointAd
 
 /// Decodes a chunk from any k of `slots` and re-encodes the `want`ed shards, each checked
 /// against the CID the manifest names.
-fn rebuild(
+pub(crate) fn rebuild(
     params: Params,
     slots: Vec<Option<Vec<u8>>>,
     len: usize,

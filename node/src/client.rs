@@ -47,6 +47,9 @@ use tracing::{debug, warn};
 
 use crate::Error;
 
+mod inspect;
+pub use inspect::{ArtifactHealth, HolderHealth, RepairReport};
+
 /// Windows of shards being sent while the next window is coded.
 pub const WINDOWS_IN_FLIGHT: usize = 4;
 /// Time a reader waits for a shard before asking one more holder.
@@ -251,6 +254,19 @@ pub struct RemoteArtifact {
     /// asking them: set when they were given [`SILENT_DOWN_AFTER`] to answer and did not, for
     /// the client's `peer_down_for` (a long-running reader that keeps the artifact asks them
     /// again after that, in case they came back).
+    down_until: Option<tokio::time::Instant>,
+}
+
+/// An artifact's manifest and holder records as found on the network (see
+/// [`Network::locate`]).
+pub struct Located {
+    /// The manifest, checked against the CID.
+    pub manifest: Manifest,
+    /// The record used: the publisher's, or a later repair record.
+    pub record: HolderRecord,
+    /// The publisher's record when a repair record is used.
+    pub alternate: Option<HolderRecord>,
+    unreachable: HashMap<EndpointId, String>,
     down_until: Option<tokio::time::Instant>,
 }
 
@@ -551,6 +567,21 @@ impl Network {
     /// newest such a key signed is used ([`choose_record`]). A forged or stray record costs at
     /// most one manifest request to the peer that sent it.
     pub async fn open(&self, cap: &ReadCap) -> Result<RemoteArtifact, Error> {
+        let found = self.locate(&cap.cid).await?;
+        Ok(RemoteArtifact {
+            opened: OpenedArtifact::from_manifest(cap, found.manifest)?,
+            record: found.record,
+            alternate: found.alternate,
+            unreachable: found.unreachable,
+            down_until: found.down_until,
+        })
+    }
+
+    /// Finds the manifest and holder records of `cid` as [`open`](Self::open) does, without
+    /// a read capability: what auditing, `cairn status` and repair need (the manifest's public
+    /// part names every shard).
+    pub async fn locate(&self, cid: &Cid) -> Result<Located, Error> {
+        let cid = *cid;
         // Every known peer (up to RECORD_ASK_MAX) is asked at once. Once a record is in, the
         // others get a grace (see RECORD_GRACE) to offer theirs; a peer that has not answered
         // by then counts as unreachable for this read, so a dead node costs one grace period
@@ -564,7 +595,7 @@ impl Network {
             .map(|p| p.addr.endpoint_addr())
             .collect();
         let ask = |a: EndpointAddr| -> BoxFuture<'_, _> {
-            Box::pin(async move { (a.id, self.client.get_record(&a, &cap.cid).await) })
+            Box::pin(async move { (a.id, self.client.get_record(&a, &cid).await) })
         };
         let mut pending: FuturesUnordered<_> = asked.iter().cloned().map(ask).collect();
         let mut records: Vec<(EndpointId, SignedRecord)> = Vec::new();
@@ -587,7 +618,7 @@ impl Network {
                 };
                 let Some((id, answer)) = next else { break };
                 match answer {
-                    Ok(Some(rec)) if rec.record.artifact == cap.cid => {
+                    Ok(Some(rec)) if rec.record.artifact == cid => {
                         answered.insert(id);
                         records.push((id, rec));
                         deadline.get_or_insert_with(|| {
@@ -616,7 +647,7 @@ impl Network {
             }
             if manifest.is_none() {
                 manifest = self
-                    .fetch_manifest(cap, &asked, &records, &mut tried, &mut why_manifest)
+                    .fetch_manifest(&cid, &asked, &records, &mut tried, &mut why_manifest)
                     .await;
             }
             if let Some(m) = &manifest {
@@ -629,7 +660,7 @@ impl Network {
             if let Some(m) = &manifest
                 && let Some(best) = choose_record(
                     records.iter().map(|(_, r)| r),
-                    &cap.cid,
+                    &cid,
                     m.record_signers(),
                     record_version_now(),
                 )
@@ -661,28 +692,25 @@ impl Network {
                 )),
             }
             return Err(Error::ArtifactUnknown {
-                artifact: cap.cid,
+                artifact: cid,
                 reasons: why.join("; "),
             });
         };
         let manifest = manifest.expect("a record is chosen only once the manifest is in");
         if ignored > 0 {
-            debug!(
-                "{ignored} other holder records of {} were not used",
-                cap.cid
-            );
+            debug!("{ignored} other holder records of {} were not used", cid);
         }
         let mut record = signed.record;
-        if !record_fits(&record, &manifest) {
+        if !crate::care::fits(&record, &manifest) {
             return Err(Error::Node(format!(
                 "the holder record of {} does not match its manifest",
-                cap.cid
+                cid
             )));
         }
         // Repair records from the peers that sent a record: the newest one a trusted holder
         // signed becomes the map, the publisher's record the alternate locations.
         let repairs = self
-            .repair_records(cap, &records, &asked, &record, &manifest)
+            .repair_records(&cid, &records, &asked, &record, &manifest)
             .await;
         let mut alternate = None;
         if let Some(newest) = repairs {
@@ -759,8 +787,8 @@ impl Network {
                 (id, why)
             })
             .collect();
-        Ok(RemoteArtifact {
-            opened: OpenedArtifact::from_manifest(cap, manifest)?,
+        Ok(Located {
+            manifest,
             record,
             alternate,
             unreachable,
@@ -768,13 +796,13 @@ impl Network {
         })
     }
 
-    /// The newest repair record the peers that sent a holder record keep for `cap`, if one is
+    /// The newest repair record the peers that sent a holder record keep for `cid`, if one is
     /// newer than `primary` and trusted: signed by a node of `primary` or of another trusted
     /// repair record (see the shard protocol's *Repair records*), and of the manifest's shape.
     /// Bounded by [`REPAIR_RECORD_WAIT`] and [`RECORD_ASK_MAX`] peers.
     async fn repair_records(
         &self,
-        cap: &ReadCap,
+        cid: &Cid,
         records: &[(EndpointId, SignedRecord)],
         asked: &[EndpointAddr],
         primary: &HolderRecord,
@@ -787,10 +815,7 @@ impl Network {
             .collect();
         let answers = tokio::time::timeout(
             REPAIR_RECORD_WAIT,
-            join_all(
-                from.iter()
-                    .map(|a| self.client.get_repair_record(a, &cap.cid)),
-            ),
+            join_all(from.iter().map(|a| self.client.get_repair_record(a, cid))),
         )
         .await
         .unwrap_or_default();
@@ -798,11 +823,11 @@ impl Network {
             .into_iter()
             .filter_map(|r| r.ok().flatten())
             .filter(|r| {
-                r.record.artifact == cap.cid
+                r.record.artifact == *cid
                     && r.record.version > primary.version
                     && r.record.version
                         <= record_version_now() + RECORD_AHEAD_MAX.as_millis() as u64
-                    && record_fits(&r.record, manifest)
+                    && crate::care::fits(&r.record, manifest)
             })
             .collect();
         let mut trusted: HashSet<EndpointId> = primary.nodes.iter().map(|(id, _)| *id).collect();
@@ -822,12 +847,12 @@ impl Network {
         best
     }
 
-    /// The manifest of `cap` from the first peer of those that sent a record (and were not
+    /// The manifest of `cid` from the first peer of those that sent a record (and were not
     /// tried yet) whose bytes match the CID and decode. Peers whose record's signer more peers
     /// agree on go first, so a lone forger is asked last. Failures are added to `why`.
     async fn fetch_manifest(
         &self,
-        cap: &ReadCap,
+        cid: &Cid,
         asked: &[EndpointAddr],
         records: &[(EndpointId, SignedRecord)],
         tried: &mut HashSet<EndpointId>,
@@ -850,8 +875,8 @@ impl Network {
             let Some(addr) = asked.iter().find(|a| a.id == id) else {
                 continue;
             };
-            match self.client.get(addr, &cap.cid, None).await {
-                Ok(Some(bytes)) => match Manifest::decode(&bytes, &cap.cid.to_string()) {
+            match self.client.get(addr, cid, None).await {
+                Ok(Some(bytes)) => match Manifest::decode(&bytes, &cid.to_string()) {
                     Ok(m) => return Some(m),
                     Err(e) => why.push(format!("{}: {e}", id.fmt_short())),
                 },
@@ -1488,18 +1513,6 @@ async fn ask_peers(
     peers.sort_by_key(|p| p.addr.id);
     peers.dedup_by_key(|p| p.addr.id);
     Ok(peers)
-}
-
-/// Whether `record` has `manifest`'s shape (chunks, k, m) and every index names a node.
-fn record_fits(record: &HolderRecord, manifest: &Manifest) -> bool {
-    let params = manifest.params();
-    record.k as usize == params.k()
-        && record.m as usize == params.m()
-        && record.holders.len() == manifest.chunks().len()
-        && record
-            .holders
-            .iter()
-            .all(|h| h.len() == params.n() && h.iter().all(|&x| (x as usize) < record.nodes.len()))
 }
 
 /// Whether some chunk of `record` has fewer than k shards on holders outside `silent`.

@@ -120,6 +120,32 @@ pub struct SignedRecord {
 }
 
 impl HolderRecord {
+    /// Says that shard `index` of chunk `chunk` is now on node `id` (reachable at `addrs`),
+    /// adding the node if the record does not name it yet: what a repair changes.
+    ///
+    /// # Panics
+    /// If `chunk` or `index` is out of the record's range, or the node list is full.
+    pub fn move_shard(
+        &mut self,
+        chunk: usize,
+        index: usize,
+        id: EndpointId,
+        addrs: Vec<SocketAddr>,
+    ) {
+        let at = match self.nodes.iter().position(|(n, _)| *n == id) {
+            Some(at) => at,
+            None => {
+                assert!(
+                    self.nodes.len() < RECORD_NODES_MAX,
+                    "the record names too many nodes"
+                );
+                self.nodes.push((id, addrs));
+                self.nodes.len() - 1
+            }
+        };
+        self.holders[chunk][index] = at as u16;
+    }
+
     /// Checks every rule [`verify`](Self::verify) applies to a decoded record: a dag-cbor
     /// artifact CID, version ≥ 1, k ≥ 1, k + m ≤ [`RECORD_SHARDS_MAX`], distinct nodes within
     /// [`RECORD_NODES_MAX`] with at most [`ADDRS_MAX`] addresses each, at most

@@ -197,6 +197,14 @@ fn lost_holders_are_repaired_and_the_artifact_outlives_four_of_seven() {
     );
     let audits: u64 = live.iter().map(|&i| status(&net, i).audits_done).sum();
     assert!(audits > 0);
+    let cid = cap_of(&out).cid.to_string();
+    let health = artifact_status(&net, &cid);
+    assert_eq!(health["min"], 5, "{health}");
+    assert_eq!(health["repaired"], true, "{health}");
+    assert!(
+        health["shards_moved"].as_u64().unwrap() >= lost_shards as u64,
+        "{health}"
+    );
     let (_, _, map) = artifact(&net, &cap);
     assert!(
         map.version > primary.version,
@@ -331,4 +339,85 @@ fn disk_damage_is_found_repaired_elsewhere_and_never_served() {
     let out = net.tmp.path().join("out");
     ok(net.get_cmd(&cap, &out));
     assert_same_tree(&src, &out);
+}
+
+fn artifact_status(net: &Devnet, cid: &str) -> serde_json::Value {
+    let mut c = net.cli();
+    c.args(["status", cid, "--json"]);
+    let out = run_bounded(c, CMD_TIMEOUT);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The publisher's view without any node caretaking (a day's period): `cairn status` audits
+/// every shard itself and shows a lost holder's chunks at 4 of 5; `cairn repair` by the
+/// publisher re-creates them on the spare node and stores a new record; `status` then shows
+/// 5 of 5 again and the artifact reads back identical with two more nodes gone.
+#[test]
+fn status_shows_lost_shards_and_the_publisher_repairs_them_by_hand() {
+    let mut net = Devnet::with_nodes(6);
+    let src = net.tmp.path().join("model");
+    model(&src, 51, 8 << 20);
+    let p = net.tmp.path().join("publisher");
+    init(&p, "1GiB");
+    let (out, _) = ok(net.add_cmd(&p, &src, &["-k", "3", "-m", "2"]));
+    let cap = cap_line(&out);
+    let cid = cap_of(&out).cid.to_string();
+    let healthy = artifact_status(&net, &cid);
+    assert_eq!(healthy["min"], 5, "{healthy}");
+    assert_eq!(healthy["repaired"], false);
+
+    // A holder other than the bootstrap node goes.
+    let hex = |i: usize| data_encoding::HEXLOWER.encode(node_id(&net, i).as_bytes());
+    let held: Vec<String> = healthy["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap().to_string())
+        .collect();
+    let victim = (1..6).find(|&i| held.contains(&hex(i))).unwrap();
+    let gone = hex(victim);
+    net.kill(victim);
+    let degraded = artifact_status(&net, &cid);
+    assert_eq!(degraded["min"], 4, "{degraded}");
+    let h = degraded["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == gone.as_str())
+        .expect("the killed holder is listed");
+    assert_eq!(h["passed"], 0);
+    assert_ne!(h["reached"], "yes", "{h}");
+
+    let mut c = net.cli();
+    c.arg("--data-dir").arg(&p).args(["repair", &cid]);
+    let (out, _) = ok(c);
+    assert!(out.contains("holder record updated"), "{out}");
+    let repaired = artifact_status(&net, &cid);
+    assert_eq!(repaired["min"], 5, "{repaired}");
+    // The publisher signed a new record of its own: the lost holder is gone from it.
+    assert!(
+        repaired["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["id"] != gone.as_str()),
+        "{repaired}"
+    );
+    assert!(
+        repaired["record_version"].as_u64() > healthy["record_version"].as_u64(),
+        "{repaired}"
+    );
+    // A second repair finds nothing to do.
+    let mut c = net.cli();
+    c.arg("--data-dir").arg(&p).args(["repair", &cid]);
+    let (out, _) = ok(c);
+    assert!(out.starts_with("0 chunks short"), "{out}");
+
+    for i in (1..6).filter(|&i| i != victim).take(2) {
+        net.kill(i);
+    }
+    let dir = net.tmp.path().join("out");
+    ok(net.get_cmd(&cap, &dir));
+    assert_same_tree(&src, &dir);
 }
