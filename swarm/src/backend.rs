@@ -1,5 +1,5 @@
-//! Where a node keeps what it serves (shards, manifests, holder records, audit receipts): the
-//! [`ShardBackend`] trait and an in-memory backend.
+//! Where a node keeps what it serves (shards, manifests, holder records, leases, audit
+//! receipts): the [`ShardBackend`] trait and an in-memory backend.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use cid::Cid;
 
 use crate::cids::blake3_digest;
+use crate::lease::SignedLease;
 use crate::receipt::SignedReceipt;
 
 /// Why a backend refused or failed an operation.
@@ -127,6 +128,24 @@ pub trait ShardBackend: Send + Sync + 'static {
         let _ = receipt;
         Ok(())
     }
+
+    /// Stores the lease of `artifact` (PUT_LEASE) if it ends later than the one stored; an
+    /// earlier or equal one changes nothing (a lease is never shortened). The protocol layer
+    /// has checked its signature, that the artifact's manifest allows its signer and its times,
+    /// and compared it with the stored one under a lock that keeps that and this call together.
+    /// A backend keeps a lease only beside its manifest (without it this fails with
+    /// [`BackendError::UnknownArtifact`]) and collects it with the manifest. The default keeps
+    /// none ([`BackendError::Io`]: a node that keeps no leases refuses them).
+    fn put_lease(&self, artifact: &Cid, signed: &SignedLease) -> Result<(), BackendError> {
+        let _ = (artifact, signed);
+        Err(BackendError::Io("this node keeps no leases".into()))
+    }
+
+    /// The signed lease of `artifact` as stored, None if none is held.
+    fn get_lease(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
+        let _ = artifact;
+        Ok(None)
+    }
 }
 
 #[derive(Debug)]
@@ -140,6 +159,7 @@ struct MemoryState {
     shards: HashMap<Cid, Held>,
     records: HashMap<Cid, Vec<u8>>,
     repair_records: HashMap<Cid, Vec<u8>>,
+    leases: HashMap<Cid, SignedLease>,
     receipts: VecDeque<SignedReceipt>,
     used: u64,
 }
@@ -150,7 +170,9 @@ struct MemoryState {
 /// DELETE never removes data another publisher also stored. Holder records count against the
 /// same quota as shards and are kept only for manifests held (stored with PUT like shards).
 /// Audit receipts are kept apart from the quota, the latest [`RECEIPTS_MAX`](Self::RECEIPTS_MAX)
-/// of them. Audits use the trait's default answer; leases are not kept.
+/// of them. Audits use the trait's default answer; audit leases (`renew_lease`) are not kept.
+/// Artifact leases (PUT_LEASE) are kept beside their manifests, the latest of each, apart from
+/// the quota; nothing is ever collected.
 #[derive(Debug)]
 pub struct MemoryBackend {
     quota: u64,
@@ -301,6 +323,25 @@ impl ShardBackend for MemoryBackend {
         }
         state.receipts.push_back(receipt.clone());
         Ok(())
+    }
+
+    fn put_lease(&self, artifact: &Cid, signed: &SignedLease) -> Result<(), BackendError> {
+        let mut state = self.lock();
+        if !state.shards.contains_key(artifact) {
+            return Err(BackendError::UnknownArtifact);
+        }
+        let later = state
+            .leases
+            .get(artifact)
+            .is_none_or(|old| signed.lease.until_ms > old.lease.until_ms);
+        if later {
+            state.leases.insert(*artifact, signed.clone());
+        }
+        Ok(())
+    }
+
+    fn get_lease(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.lock().leases.get(artifact).map(|l| l.bytes.clone()))
     }
 }
 

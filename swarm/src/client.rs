@@ -16,6 +16,7 @@ use iroh_gossip::TopicId;
 use crate::audit::AuditReply;
 use crate::cids::{content_digest, manifest_digest, matches, shard_digest};
 use crate::error::{Error, Result};
+use crate::lease::{LEASE_LEN_MAX, SignedLease};
 use crate::membership::Announcement;
 use crate::protocol::{
     AUDIT_BATCH_MAX, AUDIT_TIMEOUT, CONNECT_TIMEOUT, FrameError, HAS_BATCH_MAX, Head, Kind,
@@ -520,6 +521,62 @@ impl ShardClient {
         }
     }
 
+    /// Hands the signed lease `signed` (from [`Lease::try_sign`](crate::Lease::try_sign), by
+    /// any key: the lease speaks for its signer, not for the sender) to the peer at `addr`,
+    /// which keeps it if it ends later than the lease it holds (an earlier one is an OK that
+    /// changes nothing). The peer refuses, as [`Error::Rejected`], a lease that does not verify
+    /// or whose times it does not accept (`INVALID_LEASE`), one of an artifact whose manifest
+    /// it does not hold (`UNKNOWN_ARTIFACT`) and one whose signer the manifest does not allow
+    /// (`NOT_PUBLISHER`).
+    pub async fn put_lease(&self, addr: &EndpointAddr, signed: &[u8]) -> Result<()> {
+        if signed.is_empty() || signed.len() > LEASE_LEN_MAX as usize {
+            return Err(Error::TooLarge {
+                what: "lease length",
+                len: signed.len() as u64,
+                max: LEASE_LEN_MAX.into(),
+            });
+        }
+        let head = Head::PutLease {
+            len: signed.len() as u32,
+        };
+        match self.request(addr, head, Some(signed), 0, None).await? {
+            Reply::Stored => Ok(()),
+            other => Err(unexpected(addr, other)),
+        }
+    }
+
+    /// The lease of `artifact` (a manifest CID) stored on the peer at `addr`, None if it has
+    /// none. The lease is verified (signature, limits, and that it is a lease of `artifact`);
+    /// one that fails is [`Error::MalformedReply`]. Whether its signer may sign leases of the
+    /// artifact is for the caller to judge against the manifest.
+    pub async fn get_lease(
+        &self,
+        addr: &EndpointAddr,
+        artifact: &Cid,
+    ) -> Result<Option<SignedLease>> {
+        manifest_digest(artifact)?;
+        let head = Head::GetLease {
+            artifact: *artifact,
+        };
+        let bytes = match self.request(addr, head, None, 0, Some(artifact)).await? {
+            Reply::NotFound => return Ok(None),
+            Reply::Lease(bytes) => bytes,
+            other => return Err(unexpected(addr, other)),
+        };
+        let bad = |reason: String| Error::MalformedReply {
+            peer: peer_name(&addr.id),
+            reason: format!("lease of {artifact}: {reason}"),
+        };
+        let signed = SignedLease::decode(&bytes).map_err(|err| bad(err.to_string()))?;
+        if signed.lease.artifact != *artifact {
+            return Err(bad(format!(
+                "the lease names artifact {}",
+                signed.lease.artifact
+            )));
+        }
+        Ok(Some(signed))
+    }
+
     /// Closes every pooled connection; later requests reconnect.
     pub async fn close(&self) {
         let slots: Vec<_> = self.lock_pool().drain().map(|(_, slot)| slot).collect();
@@ -667,7 +724,7 @@ impl ShardClient {
         }
         let limit = self.inner.config.request_timeout;
         let start_limit = match kind {
-            Kind::Put | Kind::PutRecord | Kind::Receipt => None,
+            Kind::Put | Kind::PutRecord | Kind::Receipt | Kind::PutLease => None,
             // The holder answers a batch only once every shard of it is proved.
             Kind::Audit => Some(self.inner.config.audit_timeout),
             _ => Some(self.inner.config.reply_start_timeout),

@@ -156,6 +156,13 @@ pub enum Error {
         /// What was wrong with it.
         reason: String,
     },
+    /// A lease does not decode, breaks a limit or rule, its signature does not verify, or its
+    /// times are not ones the node judging it accepts.
+    #[error("lease rejected: {reason}")]
+    Lease {
+        /// What was wrong with it.
+        reason: String,
+    },
     /// Serialized peer table bytes could not be read.
     #[error("peer table bytes unreadable: {reason}")]
     PeerTable {

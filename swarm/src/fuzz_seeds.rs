@@ -1,5 +1,5 @@
-//! The committed seeds of the `audit_frames` and `receipt_decode` fuzz targets
-//! (`fuzz/seeds/<target>/`): valid inputs that take the targets past counts, CID prefixes and
+//! The committed seeds of the `audit_frames`, `receipt_decode` and `lease_decode` fuzz targets,
+//! and the lease frames of `swarm_frames` (`fuzz/seeds/<target>/`): valid inputs that take the targets past counts, CID prefixes and
 //! signatures. Built here from fixed inputs and compared with the committed files, so they stay
 //! valid as the formats change; `CAIRN_REGEN_VECTORS=1 cargo test -p cairn-swarm fuzz_seeds`
 //! rewrites them (the same switch as the repository's test vectors).
@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use cairn_artifact::{audit_answer, outboard};
 
 use crate::audit::AuditReply;
-use crate::protocol::{Status, encode_audit_reply, encode_error, fuzzing};
-use crate::{Receipt, SecretKey, SignedReceipt, shard_cid};
+use crate::protocol::{
+    Head, Kind, Status, encode_audit_reply, encode_data_head, encode_error, encode_head, fuzzing,
+};
+use crate::{Lease, Receipt, SecretKey, SignedLease, SignedReceipt, manifest_cid, shard_cid};
 
 fn check_or_write(target: &str, name: &str, bytes: &[u8]) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -103,4 +105,40 @@ fn fuzz_seeds() {
         assert_eq!(SignedReceipt::decode(&signed).unwrap().receipt, receipt);
         check_or_write("receipt_decode", name, &[&[0][..], &signed].concat());
     }
+
+    // lease_decode, selector 0: signed leases by the same key, one running, one ended.
+    let artifact = manifest_cid(b"seed manifest");
+    let mut leases = Vec::new();
+    for (name, until_ms) in [("lease", 1_780_000_000_000u64), ("lease-ended", 0)] {
+        let lease = Lease {
+            signer: auditor.public(),
+            artifact,
+            until_ms,
+            issued_ms: 1_750_000_000_000,
+        };
+        let signed = lease.try_sign(&auditor).unwrap();
+        assert_eq!(SignedLease::decode(&signed).unwrap().lease, lease);
+        check_or_write("lease_decode", name, &[&[0][..], &signed].concat());
+        leases.push(signed);
+    }
+
+    // swarm_frames: PUT_LEASE and GET_LEASE requests (selector 0), and a GET_LEASE reply
+    // (selector 1, request type 11, count 0).
+    let mut put = encode_head(&Head::PutLease {
+        len: leases[0].len() as u32,
+    });
+    put.extend_from_slice(&leases[0]);
+    let get = encode_head(&Head::GetLease { artifact });
+    for (name, frame) in [("request-put-lease", put), ("request-get-lease", get)] {
+        assert_eq!(fuzzing::decode_request_frame(&frame).unwrap(), frame);
+        check_or_write("swarm_frames", name, &[&[0][..], &frame].concat());
+    }
+    let mut reply = encode_data_head(leases[0].len() as u32);
+    reply.extend_from_slice(&leases[0]);
+    assert!(fuzzing::decode_reply_frame(Kind::GetLease as u8, 0, &reply).is_ok());
+    check_or_write(
+        "swarm_frames",
+        "reply-get-lease",
+        &[&[1, Kind::GetLease as u8, 0, 0][..], &reply].concat(),
+    );
 }

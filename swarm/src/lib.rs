@@ -13,6 +13,9 @@
 //! - AUDIT asks a holder for storage proofs of shards it should hold; [`judge_audit`] checks
 //!   each [`AuditReply`] against the shard's CID, and an auditor whose checks passed hands the
 //!   holder a signed [`Receipt`] (RECEIPT). Its byte layout is in `receipt.rs`.
+//! - A [`Lease`] is an artifact publisher's signed statement that the artifact is to be kept
+//!   until a time; nodes store the latest (PUT_LEASE, GET_LEASE) and let the artifact go once
+//!   it has ended. Its byte layout is in `lease.rs`.
 //! - CIDs are cairn-store's ([`shard_cid`], [`manifest_cid`]); [`content_digest`] is the rule of
 //!   which ones the protocol carries.
 //! - [`fetch_any_k`] gathers any k verified shards of an erasure-coded chunk with hedging.
@@ -31,6 +34,7 @@ mod client;
 mod endpoint;
 mod error;
 mod fetch;
+mod lease;
 mod membership;
 mod placement;
 mod protocol;
@@ -50,6 +54,7 @@ pub use endpoint::{
 };
 pub use error::{Error, Result};
 pub use fetch::{FetchError, ShardFailure, ShardLocation, fetch_any_k};
+pub use lease::{LEASE_AHEAD_MAX, LEASE_ISSUED_AHEAD_MAX, LEASE_LEN_MAX, Lease, SignedLease};
 pub use membership::{
     ADDRS_MAX, ANNOUNCE_INTERVAL, ANNOUNCEMENT_LEN_MAX, Announcement, Membership, MembershipConfig,
     PEER_FAILURES_MAX, PEER_SILENCE_MAX, PEER_TABLE_PEERS_MAX, PeerInfo, PeerTable, topic_id,

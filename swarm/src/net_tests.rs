@@ -1910,3 +1910,170 @@ async fn receipts_are_kept_from_their_auditor_only() {
     router.shutdown().await.unwrap();
     blind_router.shutdown().await.unwrap();
 }
+
+/// Whether `result` is a refusal with wire status `want`.
+fn refused<T: std::fmt::Debug>(result: &Result<T>, want: &str) -> bool {
+    matches!(result, Err(Error::Rejected { status, .. }) if *status == want)
+}
+
+#[tokio::test]
+async fn leases_are_kept_from_their_publisher_and_never_shortened() {
+    let (router, addr) = serve(memory_server(1 << 20)).await;
+    let (client, bound) = client().await;
+    let publisher = SecretKey::from_bytes(&[31; 32]);
+    let stranger = SecretKey::from_bytes(&[32; 32]);
+    let (artifact, manifest) = manifest_for(&[&publisher], 3);
+    let now = now_ms();
+    let day = 24 * 3600 * 1000;
+    let lease = |key: &SecretKey, until_ms: u64, issued_ms: u64| {
+        Lease {
+            signer: key.public(),
+            artifact,
+            until_ms,
+            issued_ms,
+        }
+        .try_sign(key)
+        .unwrap()
+    };
+    let first = lease(&publisher, now + day, now);
+
+    // Without the manifest the node has no reason to keep a lease.
+    assert!(
+        step(client.get_lease(&addr, &artifact))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let result = step(client.put_lease(&addr, &first)).await;
+    assert!(refused(&result, "UNKNOWN_ARTIFACT"), "{result:?}");
+    step(client.put(&addr, &artifact, &manifest)).await.unwrap();
+
+    // A stranger's lease, one too far ahead, one signed in the future, bytes that are no lease.
+    let result = step(client.put_lease(&addr, &lease(&stranger, now + day, now))).await;
+    assert!(refused(&result, "NOT_PUBLISHER"), "{result:?}");
+    let beyond = now + LEASE_AHEAD_MAX.as_millis() as u64 + 60_000;
+    let result = step(client.put_lease(&addr, &lease(&publisher, beyond, now))).await;
+    assert!(
+        matches!(&result, Err(Error::Rejected { status: "INVALID_LEASE", message, .. }) if message.contains("400 days")),
+        "{result:?}"
+    );
+    let early = now + LEASE_ISSUED_AHEAD_MAX.as_millis() as u64 + 60_000;
+    let result = step(client.put_lease(&addr, &lease(&publisher, now + day, early))).await;
+    assert!(refused(&result, "INVALID_LEASE"), "{result:?}");
+    let mut tampered = first.clone();
+    let until_at = 42 + artifact.encoded_len();
+    tampered[until_at] ^= 1;
+    let result = step(client.put_lease(&addr, &tampered)).await;
+    assert!(
+        matches!(&result, Err(Error::Rejected { status: "INVALID_LEASE", message, .. }) if message.contains("signature")),
+        "{result:?}"
+    );
+    assert!(
+        step(client.get_lease(&addr, &artifact))
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing refused was kept"
+    );
+
+    // The publisher's lease is kept and read back, verified.
+    step(client.put_lease(&addr, &first)).await.unwrap();
+    let got = step(client.get_lease(&addr, &artifact))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.bytes, first);
+    assert_eq!(got.lease.until_ms, now + day);
+    assert_eq!(got.lease.signer, publisher.public());
+    // The same bytes again are an idempotent OK.
+    step(client.put_lease(&addr, &first)).await.unwrap();
+
+    // A later lease replaces it; an earlier one (or an ended one) is an OK that changes nothing.
+    let later = lease(&publisher, now + 30 * day, now + 1);
+    step(client.put_lease(&addr, &later)).await.unwrap();
+    for earlier in [
+        lease(&publisher, now + 2 * day, now + 2),
+        lease(&publisher, now - day, now),
+        first.clone(),
+    ] {
+        step(client.put_lease(&addr, &earlier)).await.unwrap();
+        let got = step(client.get_lease(&addr, &artifact))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.bytes, later, "a lease was shortened");
+    }
+
+    // A shard CID is no artifact: refused before anything is sent.
+    assert!(matches!(
+        step(client.get_lease(&addr, &shard_cid(b"x"))).await,
+        Err(Error::InvalidCid { .. })
+    ));
+    assert!(matches!(
+        step(client.put_lease(&addr, &[])).await,
+        Err(Error::TooLarge { .. })
+    ));
+    bound.endpoint.close().await;
+    router.shutdown().await.unwrap();
+}
+
+/// A node whose backend keeps no leases refuses them as a storage failure, and answers
+/// GET_LEASE with none.
+#[tokio::test]
+async fn a_backend_without_leases_refuses_them() {
+    struct NoLeases(MemoryBackend);
+    impl ShardBackend for NoLeases {
+        fn put(&self, cid: &Cid, data: &[u8], owner: [u8; 32]) -> Result<(), BackendError> {
+            self.0.put(cid, data, owner)
+        }
+        fn get(
+            &self,
+            cid: &Cid,
+            range: Option<std::ops::Range<u64>>,
+        ) -> Result<Option<Vec<u8>>, BackendError> {
+            self.0.get(cid, range)
+        }
+        fn has(&self, cid: &Cid) -> bool {
+            self.0.has(cid)
+        }
+        fn delete(&self, cid: &Cid, requester: [u8; 32]) -> Result<bool, BackendError> {
+            self.0.delete(cid, requester)
+        }
+        fn free_bytes(&self) -> u64 {
+            self.0.free_bytes()
+        }
+        fn put_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError> {
+            self.0.put_record(artifact, signed)
+        }
+        fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
+            self.0.get_record(artifact)
+        }
+    }
+    let server = ShardServer::new(Arc::new(NoLeases(MemoryBackend::new(1 << 20))), config());
+    let (router, addr) = serve(server).await;
+    let (client, bound) = client().await;
+    let publisher = SecretKey::from_bytes(&[33; 32]);
+    let (artifact, manifest) = manifest_for(&[&publisher], 4);
+    step(client.put(&addr, &artifact, &manifest)).await.unwrap();
+    let signed = Lease {
+        signer: publisher.public(),
+        artifact,
+        until_ms: now_ms() + 1000,
+        issued_ms: now_ms(),
+    }
+    .try_sign(&publisher)
+    .unwrap();
+    let result = step(client.put_lease(&addr, &signed)).await;
+    assert!(
+        matches!(&result, Err(Error::Rejected { status: "INTERNAL", message, .. }) if message.contains("keeps no leases")),
+        "{result:?}"
+    );
+    assert!(
+        step(client.get_lease(&addr, &artifact))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    bound.endpoint.close().await;
+    router.shutdown().await.unwrap();
+}

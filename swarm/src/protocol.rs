@@ -28,6 +28,9 @@
 //!   before anything is allocated, every request and connect has a timeout, the number of
 //!   requests in flight per peer is bounded on both sides.
 //! - Only the endpoint that PUT a shard may DELETE it.
+//! - Abandoned data does not fill disks forever: the artifact's publisher keeps it alive with
+//!   signed *leases* (PUT_LEASE, GET_LEASE), which any node can check against the manifest and
+//!   pass on; once the latest lease has ended, nodes may let the artifact go.
 //! - Never panic on input: a malformed or oversized frame gets an error reply and the stream is
 //!   closed; the connection and the node keep serving.
 //!
@@ -51,7 +54,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 1 | protocol version, [`PROTOCOL_VERSION`] = 1 |
-//! | 1 | 1 | request type: 0 PUT, 1 GET, 2 HAS, 3 DELETE, 4 PEERS, 5 PUT_RECORD, 6 GET_RECORD, 7 AUDIT, 8 RECEIPT, 9 GET_REPAIR_RECORD; 10..=255 reserved |
+//! | 1 | 1 | request type: 0 PUT, 1 GET, 2 HAS, 3 DELETE, 4 PEERS, 5 PUT_RECORD, 6 GET_RECORD, 7 AUDIT, 8 RECEIPT, 9 GET_REPAIR_RECORD, 10 PUT_LEASE, 11 GET_LEASE; 12..=255 reserved |
 //! | 2 | … | body |
 //!
 //! - PUT: `cid` (raw or dag-cbor), `u32 len` (≤ [`SHARD_LEN_MAX`]), `len` content bytes.
@@ -73,6 +76,9 @@
 //!   answers for until that Unix-ms time (see *Audits*).
 //! - RECEIPT: `u32 len` (1..=[`RECEIPT_LEN_MAX`]), `len` bytes of a signed audit receipt (its
 //!   layout is in the `receipt` module).
+//! - PUT_LEASE: `u32 len` (1..=[`LEASE_LEN_MAX`]), `len` bytes of a signed lease (its layout is
+//!   in the `lease` module).
+//! - GET_LEASE: `cid` of the artifact's manifest (dag-cbor).
 //!
 //! Nothing may follow the body; trailing bytes make the request malformed.
 //!
@@ -107,9 +113,12 @@
 //!   other state, a count that differs or a length over the cap makes the whole reply malformed.
 //!   The whole reply is at most [`AUDIT_REPLY_LEN_MAX`] bytes.
 //! - RECEIPT: empty (the receipt is stored).
+//! - PUT_LEASE: empty (the lease is stored, or a lease ending no earlier already was).
+//! - GET_LEASE: `u32 len` (1..=[`LEASE_LEN_MAX`]), `len` bytes of the signed lease stored. The
+//!   client verifies the signature and that the lease names the artifact asked for.
 //!
-//! Status 1 NOT_FOUND (GET of content not held, GET_RECORD of an artifact without a record):
-//! empty body.
+//! Status 1 NOT_FOUND (GET of content not held, GET_RECORD of an artifact without a record,
+//! GET_LEASE of an artifact without a lease): empty body.
 //!
 //! Every other status is an error with body `u16 len` (≤ `MESSAGE_LEN_MAX` = 1024) and a UTF-8
 //! message; status 8 QUOTA_FULL puts `u64 needed`, `u64 free` before the message.
@@ -121,10 +130,13 @@
 //! does not allow), 14 INVALID_RECORD (PUT_RECORD bytes that do not decode, whose signature
 //! does not verify, whose shape differs from the manifest's or whose version is dated too far
 //! ahead), 15 UNKNOWN_ARTIFACT (PUT_RECORD for an artifact whose manifest the server does not
-//! hold), 16 INVALID_RECEIPT (RECEIPT bytes that do not decode or whose signature does not
-//! verify, whose auditor is not the sending endpoint, whose holder is not this node, or whose
-//! time is more than [`RECEIPT_SKEW_MAX`] away from the server's clock). Statuses 17..=255 are
-//! reserved.
+//! hold; also PUT_LEASE), 16 INVALID_RECEIPT (RECEIPT bytes that do not decode or whose
+//! signature does not verify, whose auditor is not the sending endpoint, whose holder is not
+//! this node, or whose time is more than [`RECEIPT_SKEW_MAX`] away from the server's clock), 17
+//! INVALID_LEASE (PUT_LEASE bytes that do not decode or whose signature does not verify, or
+//! whose end is more than [`LEASE_AHEAD_MAX`] or signing time more than
+//! [`LEASE_ISSUED_AHEAD_MAX`] past the server's clock). NOT_PUBLISHER also answers a PUT_LEASE
+//! signed by a key the artifact's manifest does not allow. Statuses 18..=255 are reserved.
 //!
 //! # Holder records
 //!
@@ -164,6 +176,34 @@
 //! cannot both replace the same version. Readers trust no server: they fetch the manifest,
 //! check it against its CID and use only records its `record_signers` signed
 //! ([`choose_record`]).
+//!
+//! # Leases
+//!
+//! A node holds a remote publisher's manifest and shards because the publisher PUT them; without
+//! more it would hold them until the publisher DELETEs them, which a publisher that went away
+//! never does. A *lease* ([`Lease`]) is the publisher's signed statement that the artifact is
+//! to be kept until a time. Like holder records, it is signed by a key the artifact's manifest
+//! allows (`record_signers`), so it can be checked against the manifest alone and passed on by
+//! anyone: a repairer that places a shard on a new holder sends the lease along, so that the
+//! new holder keeps the shard exactly as long as the others. A server accepts PUT_LEASE only
+//! when:
+//! - the bytes decode and the signature verifies (INVALID_LEASE);
+//! - it holds the artifact's manifest (UNKNOWN_ARTIFACT): a lease is kept beside its manifest
+//!   and collected with it;
+//! - the signer is one of the manifest's `record_signers` (NOT_PUBLISHER);
+//! - the lease ends at most [`LEASE_AHEAD_MAX`] (400 days) and was signed at most
+//!   [`LEASE_ISSUED_AHEAD_MAX`] (5 minutes) past the server's clock (INVALID_LEASE), so that a
+//!   leaked key cannot pin data for ever and a publisher renews at least that often.
+//!
+//! It stores the lease only if it ends later than the one stored; an earlier or equal one is an
+//! idempotent OK and changes nothing: a lease is never shortened (a publisher that wants its
+//! data gone DELETEs it). Checking and storing happen under one lock per server. GET_LEASE
+//! answers the stored lease, or NOT_FOUND.
+//!
+//! What a lease changes on the node (cairn-store's gc): a manifest with a lease is kept while
+//! its lease, plus a grace period (7 days by default), has not ended, whoever owns it; once it
+//! has, the manifest, its records, its lease and the shards only it needed go, with the owner
+//! claims on them. A manifest without any lease is kept while owned, as before leases.
 //!
 //! # Audits
 //!
@@ -213,6 +253,7 @@
 //! may or may not have happened; repeating it returns `deleted = 0` or `NOT_OWNER`. A PUT_RECORD
 //! likewise may have been stored; repeating it is an idempotent OK. An AUDIT given up may still
 //! have renewed leases; a RECEIPT may have been kept (a backend may keep identical bytes once).
+//! A PUT_LEASE may have been stored; repeating it is an idempotent OK.
 //!
 //! # Version history
 //!
@@ -226,7 +267,8 @@
 //!   server answers them with UNSUPPORTED_REQUEST. Then repair records: PUT_RECORD from a
 //!   holder the manifest does not name goes to the repair slot, read with GET_REPAIR_RECORD
 //!   (type 9); an older server refuses the first with NOT_PUBLISHER and the second with
-//!   UNSUPPORTED_REQUEST.
+//!   UNSUPPORTED_REQUEST. Then, compatibly, leases: PUT_LEASE (type 10) and GET_LEASE (type 11)
+//!   with status 17 INVALID_LEASE; an older server answers them with UNSUPPORTED_REQUEST.
 //!
 //! [`ShardBackend`]: crate::ShardBackend
 //! [`HolderRecord`]: crate::HolderRecord
@@ -240,6 +282,10 @@
 //! [`Error::is_timeout`]: crate::Error::is_timeout
 //! [`ShardBackend::renew_lease`]: crate::ShardBackend::renew_lease
 //! [`ShardServer::with_endpoint_id`]: crate::ShardServer::with_endpoint_id
+//! [`Lease`]: crate::Lease
+//! [`LEASE_LEN_MAX`]: crate::LEASE_LEN_MAX
+//! [`LEASE_AHEAD_MAX`]: crate::LEASE_AHEAD_MAX
+//! [`LEASE_ISSUED_AHEAD_MAX`]: crate::LEASE_ISSUED_AHEAD_MAX
 
 use std::future::Future;
 use std::io;
@@ -254,6 +300,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::audit::AuditReply;
 use crate::cids::shard_digest;
+use crate::lease::LEASE_LEN_MAX;
 use crate::membership::ANNOUNCEMENT_LEN_MAX;
 use crate::receipt::RECEIPT_LEN_MAX;
 
@@ -342,6 +389,7 @@ const _: () = assert!(
 // A full AUDIT reply is no larger than a GET reply of the largest shard.
 const _: () = assert!(AUDIT_REPLY_LEN_MAX <= SHARD_LEN_MAX as usize);
 const _: () = assert!(RECEIPT_LEN_MAX as usize <= 64 * 1024);
+const _: () = assert!(LEASE_LEN_MAX as usize <= 1024);
 
 /// Request type byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,6 +404,8 @@ pub(crate) enum Kind {
     Audit = 7,
     Receipt = 8,
     GetRepairRecord = 9,
+    PutLease = 10,
+    GetLease = 11,
 }
 
 impl Kind {
@@ -371,6 +421,8 @@ impl Kind {
             Kind::Audit => "AUDIT",
             Kind::Receipt => "RECEIPT",
             Kind::GetRepairRecord => "GET_REPAIR_RECORD",
+            Kind::PutLease => "PUT_LEASE",
+            Kind::GetLease => "GET_LEASE",
         }
     }
 
@@ -386,6 +438,8 @@ impl Kind {
             7 => Kind::Audit,
             8 => Kind::Receipt,
             9 => Kind::GetRepairRecord,
+            10 => Kind::PutLease,
+            11 => Kind::GetLease,
             _ => return None,
         })
     }
@@ -411,6 +465,7 @@ pub(crate) enum Status {
     InvalidRecord = 14,
     UnknownArtifact = 15,
     InvalidReceipt = 16,
+    InvalidLease = 17,
 }
 
 impl Status {
@@ -433,6 +488,7 @@ impl Status {
             14 => Status::InvalidRecord,
             15 => Status::UnknownArtifact,
             16 => Status::InvalidReceipt,
+            17 => Status::InvalidLease,
             _ => return None,
         })
     }
@@ -457,11 +513,12 @@ impl Status {
             Status::InvalidRecord => "INVALID_RECORD",
             Status::UnknownArtifact => "UNKNOWN_ARTIFACT",
             Status::InvalidReceipt => "INVALID_RECEIPT",
+            Status::InvalidLease => "INVALID_LEASE",
         }
     }
 }
 
-/// A request up to (not including) the PUT, PUT_RECORD or RECEIPT payload, so that the server
+/// A request up to (not including) the PUT, PUT_RECORD, RECEIPT or PUT_LEASE payload, so that the server
 /// can refuse an oversized or over-quota PUT before receiving its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Head {
@@ -497,6 +554,12 @@ pub(crate) enum Head {
     Receipt {
         len: u32,
     },
+    PutLease {
+        len: u32,
+    },
+    GetLease {
+        artifact: Cid,
+    },
 }
 
 impl Head {
@@ -512,6 +575,8 @@ impl Head {
             Head::GetRecord { repair: true, .. } => Kind::GetRepairRecord,
             Head::Audit { .. } => Kind::Audit,
             Head::Receipt { .. } => Kind::Receipt,
+            Head::PutLease { .. } => Kind::PutLease,
+            Head::GetLease { .. } => Kind::GetLease,
         }
     }
 }
@@ -531,6 +596,8 @@ pub(crate) enum Reply {
     /// One answer per shard audited, in the request's order, each within
     /// `AUDIT_ANSWER_LEN_MAX` bytes, not yet checked.
     Audit(Vec<AuditReply>),
+    /// A signed lease, within `1..=LEASE_LEN_MAX` bytes, not yet verified.
+    Lease(Vec<u8>),
     Error {
         status: u8,
         quota: Option<(u64, u64)>,
@@ -651,6 +718,14 @@ pub(crate) fn encode_head(head: &Head) -> Vec<u8> {
             out.push(Kind::Receipt as u8);
             out.extend_from_slice(&len.to_be_bytes());
         }
+        Head::PutLease { len } => {
+            out.push(Kind::PutLease as u8);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+        Head::GetLease { artifact } => {
+            out.push(Kind::GetLease as u8);
+            put_cid(&mut out, artifact);
+        }
     }
     out
 }
@@ -724,6 +799,16 @@ fn check_receipt_len(len: u32) -> Result<(), FrameError> {
         return Err(bad(
             Status::TooLarge,
             format!("receipt length {len} is outside 1..={RECEIPT_LEN_MAX}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_lease_len(len: u32, what: &str) -> Result<(), FrameError> {
+    if len == 0 || len > LEASE_LEN_MAX {
+        return Err(bad(
+            Status::TooLarge,
+            format!("{what} length {len} is outside 1..={LEASE_LEN_MAX}"),
         ));
     }
     Ok(())
@@ -848,6 +933,14 @@ pub(crate) async fn read_head<R: AsyncRead + Unpin>(recv: &mut R) -> Result<Head
             check_receipt_len(len)?;
             Head::Receipt { len }
         }
+        10 => {
+            let len = recv.read_u32().await?;
+            check_lease_len(len, "lease")?;
+            Head::PutLease { len }
+        }
+        11 => Head::GetLease {
+            artifact: read_cid(recv).await?,
+        },
         other => {
             return Err(bad(
                 Status::UnsupportedRequest,
@@ -881,6 +974,15 @@ pub(crate) async fn read_receipt_payload<R: AsyncRead + Unpin>(
     len: u32,
 ) -> Result<Vec<u8>, FrameError> {
     check_receipt_len(len)?;
+    read_vec(recv, len as usize).await
+}
+
+/// Reads a PUT_LEASE payload of a length already checked by [`read_head`].
+pub(crate) async fn read_lease_payload<R: AsyncRead + Unpin>(
+    recv: &mut R,
+    len: u32,
+) -> Result<Vec<u8>, FrameError> {
+    check_lease_len(len, "lease")?;
     read_vec(recv, len as usize).await
 }
 
@@ -1100,8 +1202,16 @@ pub(crate) async fn read_reply<R: AsyncRead + Unpin>(
             }
             Reply::Audit(answers)
         }
-        (Status::Ok, Kind::Receipt) => Reply::Stored,
-        (Status::NotFound, Kind::Get | Kind::GetRecord | Kind::GetRepairRecord) => Reply::NotFound,
+        (Status::Ok, Kind::Receipt | Kind::PutLease) => Reply::Stored,
+        (Status::Ok, Kind::GetLease) => {
+            let len = recv.read_u32().await?;
+            check_lease_len(len, "lease reply")?;
+            Reply::Lease(read_vec(recv, len as usize).await?)
+        }
+        (
+            Status::NotFound,
+            Kind::Get | Kind::GetRecord | Kind::GetRepairRecord | Kind::GetLease,
+        ) => Reply::NotFound,
         (Status::NotFound, _) => {
             return Err(bad(
                 Status::Malformed,
@@ -1166,8 +1276,8 @@ fn incomplete() -> FrameError {
     bad(Status::Internal, "decoding in memory did not complete")
 }
 
-/// Decodes one whole request frame (head, PUT, PUT_RECORD or RECEIPT payload, nothing after) with the
-/// same code the server runs on a stream. Never panics.
+/// Decodes one whole request frame (head, PUT, PUT_RECORD, RECEIPT or PUT_LEASE payload,
+/// nothing after) with the same code the server runs on a stream. Never panics.
 pub(crate) fn decode_request(bytes: &[u8]) -> Result<(Head, Option<Vec<u8>>), FrameError> {
     complete(async {
         let mut reader = bytes;
@@ -1176,6 +1286,7 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(Head, Option<Vec<u8>>), Fr
             Head::Put { len, .. } => Some(read_payload(&mut reader, *len).await?),
             Head::PutRecord { len } => Some(read_record_payload(&mut reader, *len).await?),
             Head::Receipt { len } => Some(read_receipt_payload(&mut reader, *len).await?),
+            Head::PutLease { len } => Some(read_lease_payload(&mut reader, *len).await?),
             _ => None,
         };
         read_end(&mut reader).await?;
@@ -1342,7 +1453,7 @@ mod tests {
             Err(FrameError::Bad(Status::TooLarge, _))
         ));
 
-        let reserved = [PROTOCOL_VERSION, 10];
+        let reserved = [PROTOCOL_VERSION, 12];
         assert!(matches!(
             decode(&reserved).await,
             Err(FrameError::Bad(Status::UnsupportedRequest, _))
@@ -1449,6 +1560,13 @@ mod tests {
                 },
                 Some(data)
             )),
+            prop::collection::vec(any::<u8>(), 1..=LEASE_LEN_MAX as usize).prop_map(|data| (
+                Head::PutLease {
+                    len: data.len() as u32
+                },
+                Some(data)
+            )),
+            arb_cid().prop_map(|artifact| (Head::GetLease { artifact }, None)),
         ]
     }
 
@@ -1460,7 +1578,7 @@ mod tests {
         ]
     }
 
-    const KINDS: [Kind; 10] = [
+    const KINDS: [Kind; 12] = [
         Kind::Put,
         Kind::Get,
         Kind::Has,
@@ -1471,6 +1589,8 @@ mod tests {
         Kind::Audit,
         Kind::Receipt,
         Kind::GetRepairRecord,
+        Kind::PutLease,
+        Kind::GetLease,
     ];
 
     /// A frame found by fuzzing: a CID whose bytes parse but are not its canonical encoding.
@@ -1495,7 +1615,7 @@ mod tests {
         }
 
         #[test]
-        fn random_requests_never_panic(kind in 0u8..9, bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        fn random_requests_never_panic(kind in 0u8..13, bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = fuzzing::decode_request_frame(&bytes);
             // Behind a valid version and type, to reach the body decoders.
             let mut framed = vec![PROTOCOL_VERSION, kind];
@@ -1507,7 +1627,7 @@ mod tests {
         }
 
         #[test]
-        fn random_replies_never_panic(status in 0u8..18, has_count in 0u16..4, bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        fn random_replies_never_panic(status in 0u8..19, has_count in 0u16..4, bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             for kind in KINDS {
                 let _ = decode_reply(&bytes, kind, has_count.into());
                 let mut framed = vec![PROTOCOL_VERSION, status];
@@ -1618,6 +1738,51 @@ mod tests {
         assert!(matches!(
             decode_reply(&refused, Kind::Receipt, 0),
             Ok(Reply::Error { status: 16, .. })
+        ));
+    }
+
+    #[test]
+    fn lease_frames_are_bounded() {
+        // A lease over its cap, and an empty one, refused from the length alone.
+        for len in [0, LEASE_LEN_MAX + 1, u32::MAX] {
+            let put = encode_head(&Head::PutLease { len });
+            assert!(matches!(
+                decode_request(&put),
+                Err(FrameError::Bad(Status::TooLarge, _))
+            ));
+        }
+        // A full one decodes; one byte short or one too many does not.
+        let mut full = encode_head(&Head::PutLease { len: LEASE_LEN_MAX });
+        full.extend_from_slice(&[7; LEASE_LEN_MAX as usize]);
+        assert!(decode_request(&full).is_ok());
+        assert!(decode_request(&full[..full.len() - 1]).is_err());
+        let mut longer = full.clone();
+        longer.push(0);
+        assert!(decode_request(&longer).is_err());
+        // Replies: a lease within the cap, NOT_FOUND, and a length over the cap.
+        let mut reply = vec![PROTOCOL_VERSION, Status::Ok as u8, 0, 0, 0, 3, 1, 2, 3];
+        assert_eq!(
+            decode_reply(&reply, Kind::GetLease, 0).unwrap(),
+            Reply::Lease(vec![1, 2, 3])
+        );
+        assert_eq!(
+            decode_reply(&encode_not_found(), Kind::GetLease, 0).unwrap(),
+            Reply::NotFound
+        );
+        assert!(decode_reply(&encode_not_found(), Kind::PutLease, 0).is_err());
+        reply[2..6].copy_from_slice(&(LEASE_LEN_MAX + 1).to_be_bytes());
+        assert!(matches!(
+            decode_reply(&reply, Kind::GetLease, 0),
+            Err(FrameError::Bad(Status::TooLarge, _))
+        ));
+        assert_eq!(
+            decode_reply(&encode_ok(&[]), Kind::PutLease, 0).unwrap(),
+            Reply::Stored
+        );
+        let refused = encode_error(Status::InvalidLease, None, "too far ahead");
+        assert!(matches!(
+            decode_reply(&refused, Kind::PutLease, 0),
+            Ok(Reply::Error { status: 17, .. })
         ));
     }
 

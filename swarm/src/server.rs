@@ -17,10 +17,12 @@ use crate::audit::AuditReply;
 use crate::backend::{BackendError, ShardBackend};
 use crate::cids::{content_digest, manifest_digest, matches};
 use crate::client::ShardConfig;
+use crate::lease::SignedLease;
 use crate::protocol::{
     AUDIT_ANSWER_LEN_MAX, FrameError, Head, PEER_INFLIGHT_MAX, SHARD_LEN_MAX, Status,
     encode_audit_reply, encode_data_head, encode_error, encode_not_found, encode_ok, encode_peers,
-    read_end, read_head, read_payload, read_receipt_payload, read_record_payload,
+    read_end, read_head, read_lease_payload, read_payload, read_receipt_payload,
+    read_record_payload,
 };
 use crate::receipt::{RECEIPT_SKEW_MAX, SignedReceipt};
 use crate::record::{HolderRecord, RECORD_AHEAD_MAX, SignedRecord, too_far_ahead, unix_ms_now};
@@ -48,6 +50,8 @@ pub struct ShardServer {
     /// Held from reading the stored holder record to storing its replacement, so that two
     /// PUT_RECORDs cannot both pass the version check against the same old record.
     record_lock: Arc<Mutex<()>>,
+    /// Held from reading the stored lease to storing a later one.
+    lease_lock: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for ShardServer {
@@ -69,6 +73,7 @@ impl ShardServer {
             peer_source: None,
             endpoint_id: None,
             record_lock: Arc::new(Mutex::new(())),
+            lease_lock: Arc::new(Mutex::new(())),
         }
     }
 
@@ -382,6 +387,38 @@ async fn answer(
             };
             blocking(backend, move |b| put_receipt(b, own, peer, &bytes)).await
         }
+        Head::PutLease { len } => {
+            let bytes = read_lease_payload(recv, len).await?;
+            read_end(recv).await?;
+            let lock = server.lease_lock.clone();
+            blocking(backend, move |b| put_lease(b, &lock, &bytes)).await
+        }
+        Head::GetLease { artifact } => {
+            read_end(recv).await?;
+            if let Err(err) = manifest_digest(&artifact) {
+                return Ok(Answer::error(Status::InvalidCid, err.to_string()));
+            }
+            let stored = match blocking(backend, move |b| b.get_lease(&artifact)).await? {
+                Ok(Some(stored)) => stored,
+                Ok(None) => return Ok(Answer::frame(encode_not_found())),
+                Err(err) => return Ok(backend_error(&artifact, err)),
+            };
+            // Never pass on a lease we cannot vouch for.
+            Ok(match SignedLease::decode(&stored) {
+                Ok(signed) if signed.lease.artifact == artifact => Answer {
+                    frame: encode_data_head(signed.bytes.len() as u32),
+                    data: Some(signed.bytes),
+                },
+                Ok(_) => Answer::error(
+                    Status::Corrupted,
+                    format!("stored lease of {artifact} names another artifact"),
+                ),
+                Err(err) => Answer::error(
+                    Status::Corrupted,
+                    format!("stored lease of {artifact} failed verification: {err}"),
+                ),
+            })
+        }
         Head::GetRecord { artifact, repair } => {
             read_end(recv).await?;
             if let Err(err) = manifest_digest(&artifact) {
@@ -586,6 +623,52 @@ fn put_repair_record(
         }
     }
     match backend.put_repair_record(&artifact, &new.bytes) {
+        Ok(()) => Answer::frame(encode_ok(&[])),
+        Err(err) => backend_error(&artifact, err),
+    }
+}
+
+/// Checks a received lease against the artifact's manifest and the server's clock, and stores
+/// it if it ends later than the lease stored (see the protocol's *Leases*). Runs on a blocking
+/// thread, holding `lock` across the comparison with the stored lease and the store.
+fn put_lease(backend: &dyn ShardBackend, lock: &Mutex<()>, bytes: &[u8]) -> Answer {
+    let new = match SignedLease::decode(bytes) {
+        Ok(new) => new,
+        Err(err) => return Answer::error(Status::InvalidLease, err.to_string()),
+    };
+    let lease = &new.lease;
+    let artifact = lease.artifact;
+    let signers = match allowed_signers(backend, &artifact) {
+        Ok((signers, _)) => signers,
+        Err(answer) => return answer,
+    };
+    if !signers.contains(lease.signer.as_bytes()) {
+        return Answer::error(
+            Status::NotPublisher,
+            format!(
+                "the lease of {artifact} is signed by {}, which its manifest does not allow",
+                lease.signer.fmt_short()
+            ),
+        );
+    }
+    if let Err(err) = lease.check_time(unix_ms_now()) {
+        return Answer::error(Status::InvalidLease, err.to_string());
+    }
+    // The guarded data is (), so a poisoned lock has nothing inconsistent in it.
+    let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let stored = match backend.get_lease(&artifact) {
+        Ok(stored) => stored,
+        Err(err) => return backend_error(&artifact, err),
+    };
+    // A stored lease that no longer verifies stands in nobody's way.
+    if let Some(old) = stored
+        .and_then(|bytes| SignedLease::decode(&bytes).ok())
+        .filter(|old| old.lease.artifact == artifact)
+        && old.lease.until_ms >= lease.until_ms
+    {
+        return Answer::frame(encode_ok(&[]));
+    }
+    match backend.put_lease(&artifact, &new) {
         Ok(()) => Answer::frame(encode_ok(&[])),
         Err(err) => backend_error(&artifact, err),
     }
