@@ -26,7 +26,8 @@
 
 use std::ops::Range;
 
-use crate::{BLOCK_SIZE, Cid, Error, prove_range, verify_range};
+use crate::bao::{ReadAt, prove_range_at};
+use crate::{BLOCK_SIZE, Cid, Error, verify_range};
 
 /// Chunk groups asked per shard and challenge.
 pub const AUDIT_GROUPS: usize = 4;
@@ -75,9 +76,30 @@ pub fn challenge_ranges(nonce: &[u8; 32], cid: &Cid, size: u64) -> Vec<Range<u64
 /// A holder's answer for one shard: a bao proof of each challenged range, in order, each
 /// prefixed by its length (u32, little endian).
 pub fn answer(nonce: &[u8; 32], cid: &Cid, data: &[u8], outboard: &[u8]) -> Result<Vec<u8>, Error> {
+    let tree = bao_tree::BaoTree::new(data.len() as u64, crate::BLOCK_SIZE);
+    if outboard.len() as u64 != tree.outboard_size() {
+        return Err(Error::Corrupted {
+            cid: *cid,
+            reason: "outboard has the wrong length".into(),
+        });
+    }
+    answer_at(nonce, cid, data.len() as u64, data, outboard)
+}
+
+/// [`answer`] over positional readers of the shard's `size` bytes and its outboard: reads only
+/// the challenged groups and the hashes that prove them (about 64 KiB whatever the shard's
+/// size), each checked on the way, so a holder answers an audit without reading or hashing the
+/// whole shard.
+pub fn answer_at(
+    nonce: &[u8; 32],
+    cid: &Cid,
+    size: u64,
+    data: impl ReadAt,
+    outboard: impl ReadAt,
+) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
-    for r in challenge_ranges(nonce, cid, data.len() as u64) {
-        let proof = prove_range(cid, data, outboard, r)?;
+    for r in challenge_ranges(nonce, cid, size) {
+        let proof = prove_range_at(cid, size, &data, &outboard, r)?;
         let len = u32::try_from(proof.len()).map_err(|_| Error::Corrupted {
             cid: *cid,
             reason: "a proof over 4 GiB".into(),

@@ -7,7 +7,8 @@
 use std::ops::Range;
 
 use bao_tree::io::BaoContentItem;
-use bao_tree::io::outboard::PostOrderMemOutboard;
+use bao_tree::io::outboard::{PostOrderMemOutboard, PostOrderOutboard};
+pub use bao_tree::io::sync::ReadAt;
 use bao_tree::io::sync::{DecodeResponseIter, encode_ranges_validated};
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 
@@ -34,10 +35,6 @@ pub fn prove_range(
     outboard: &[u8],
     range: Range<u64>,
 ) -> Result<Vec<u8>, Error> {
-    let root = blake3_digest(cid).ok_or_else(|| Error::Corrupted {
-        cid: *cid,
-        reason: "not a BLAKE3 CID".into(),
-    })?;
     let tree = BaoTree::new(data.len() as u64, BLOCK_SIZE);
     if outboard.len() as u64 != tree.outboard_size() {
         return Err(Error::Corrupted {
@@ -45,9 +42,27 @@ pub fn prove_range(
             reason: "outboard has the wrong length".into(),
         });
     }
-    let ob = PostOrderMemOutboard {
+    prove_range_at(cid, data.len() as u64, data, outboard, range)
+}
+
+/// [`prove_range`] over positional readers of a `size`-byte blob and its outboard (for
+/// example a shard file at the offsets of its data and outboard): only the groups of `range`
+/// and the outboard's hashes on their paths are read, and each group read is checked against
+/// the outboard, the outboard against the CID, so a damaged group is an error, not a proof.
+pub fn prove_range_at(
+    cid: &Cid,
+    size: u64,
+    data: impl ReadAt,
+    outboard: impl ReadAt,
+    range: Range<u64>,
+) -> Result<Vec<u8>, Error> {
+    let root = blake3_digest(cid).ok_or_else(|| Error::Corrupted {
+        cid: *cid,
+        reason: "not a BLAKE3 CID".into(),
+    })?;
+    let ob = PostOrderOutboard {
         root: blake3::Hash::from(root),
-        tree,
+        tree: BaoTree::new(size, BLOCK_SIZE),
         data: outboard,
     };
     let mut out = Vec::new();

@@ -41,10 +41,10 @@ mod safetensors;
 mod stream;
 
 pub use audit::{
-    AUDIT_GROUP_LEN, AUDIT_GROUPS, answer as audit_answer, challenge_ranges,
-    check_answer as check_audit_answer,
+    AUDIT_GROUP_LEN, AUDIT_GROUPS, answer as audit_answer, answer_at as audit_answer_at,
+    challenge_ranges, check_answer as check_audit_answer,
 };
-pub use bao::{BLOCK_SIZE, outboard, prove_range, verify_range};
+pub use bao::{BLOCK_SIZE, ReadAt, outboard, prove_range, prove_range_at, verify_range};
 pub use capability::ReadCap;
 pub use chunker::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, CHUNK_SPARE, Chunker};
 pub use cid::Cid;

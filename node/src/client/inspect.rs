@@ -280,38 +280,37 @@ impl Network {
                 batches.push((*holder, batch.to_vec()));
             }
         }
-        let results: Vec<BatchVerdicts> =
-            futures_util::stream::iter(batches)
-                .map(|(holder, batch)| {
-                    let addr = addrs[&holder].clone();
-                    async move {
-                        let nonce: [u8; 32] = rand::random();
-                        let cids: Vec<Cid> = batch
+        let results: Vec<BatchVerdicts> = futures_util::stream::iter(batches)
+            .map(|(holder, batch)| {
+                let addr = addrs[&holder].clone();
+                async move {
+                    let nonce: [u8; 32] = rand::random();
+                    let cids: Vec<Cid> = batch
+                        .iter()
+                        .map(|&(i, j)| manifest.chunks()[i].shards[j])
+                        .collect();
+                    let verdicts = match self.client.audit(&addr, &nonce, &cids, 0).await {
+                        Ok(replies) => Ok(batch
                             .iter()
-                            .map(|&(i, j)| manifest.chunks()[i].shards[j])
-                            .collect();
-                        let verdicts = match self.client.audit(&addr, &nonce, &cids, 0).await {
-                            Ok(replies) => Ok(batch
-                                .iter()
-                                .zip(&cids)
-                                .zip(&replies)
-                                .map(|((&(i, _), c), r)| {
-                                    let size = params
-                                        .shard_len(manifest.chunks()[i].sealed_len as usize)
-                                        as u64;
-                                    judge_audit(&nonce, c, size, r) == AuditVerdict::Passed
-                                })
-                                .collect()),
-                            Err(e) if e.is_timeout() => Err("timeout".to_string()),
-                            Err(e) if e.is_unreachable() => Err("offline".to_string()),
-                            Err(e) => Err(format!("unknown: {e}")),
-                        };
-                        (holder, batch, verdicts)
-                    }
-                })
-                .buffer_unordered(AUDITS_IN_FLIGHT)
-                .collect()
-                .await;
+                            .zip(&cids)
+                            .zip(&replies)
+                            .map(|((&(i, _), c), r)| {
+                                let size = params
+                                    .shard_len(manifest.chunks()[i].sealed_len as usize)
+                                    as u64;
+                                judge_audit(&nonce, c, size, r) == AuditVerdict::Passed
+                            })
+                            .collect()),
+                        Err(e) if e.is_timeout() => Err("timeout".to_string()),
+                        Err(e) if e.is_unreachable() => Err("offline".to_string()),
+                        Err(e) => Err(format!("unknown: {e}")),
+                    };
+                    (holder, batch, verdicts)
+                }
+            })
+            .buffer_unordered(AUDITS_IN_FLIGHT)
+            .collect()
+            .await;
         let mut good = HashMap::new();
         let mut health: BTreeMap<EndpointId, HolderHealth> = BTreeMap::new();
         for (holder, batch, verdicts) in results {
