@@ -7,6 +7,8 @@
 //! <data dir>/publisher.key        32 raw bytes, the publisher's ed25519 secret key (mode 0600)
 //! <data dir>/node.addr            `<endpoint id>@<ip:port>` of the running node (written by it)
 //! <data dir>/peers.bin            the node's peer table, kept across restarts
+//! <data dir>/leases.json          artifacts this publisher keeps alive on the network (`cairn
+//!                                 pin --peer`), renewed by a `cairn node` on this directory
 //! <data dir>/store/               the shard store (see cairn-store)
 //! ```
 //!
@@ -140,11 +142,18 @@ impl DataDir {
 
     /// Opens the store.
     pub fn open_store(&self) -> anyhow::Result<Store> {
+        self.open_store_with(cairn_store::LEASE_GRACE)
+    }
+
+    /// Opens the store, keeping leased artifacts for `lease_grace` past the end of their lease
+    /// (`cairn node --lease-grace`).
+    pub fn open_store_with(&self, lease_grace: std::time::Duration) -> anyhow::Result<Store> {
         let dir = self.path.join("store");
         Store::open(
             &dir,
             StoreConfig {
                 quota: self.config.quota,
+                lease_grace,
             },
         )
         .with_context(|| format!("cannot open the store in {}", dir.display()))

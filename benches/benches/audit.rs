@@ -70,13 +70,7 @@ impl Shard {
             check_audit_answer(n, &cid, len as u64, a).expect("an honest answer passes");
         }
         let dir = tempfile::tempdir().expect("create a temporary directory");
-        let store = Store::open(
-            dir.path(),
-            StoreConfig {
-                quota: 1 << 30,
-            },
-        )
-        .expect("open a store");
+        let store = Store::open(dir.path(), StoreConfig::new(1 << 30)).expect("open a store");
         store.put_shards(&[(cid, &data)]).expect("store the shard");
         // Warm the page cache: the bench measures CPU, not the disk.
         store
@@ -132,8 +126,13 @@ fn ops() -> Vec<(&'static str, fn(&Shard, usize, &mut Vec<u8>))> {
         }),
         ("check", |s, i, _| {
             let n = &s.nonces[i % NONCES];
-            check_audit_answer(n, &s.cid, s.data.len() as u64, black_box(&s.answers[i % NONCES]))
-                .expect("check");
+            check_audit_answer(
+                n,
+                &s.cid,
+                s.data.len() as u64,
+                black_box(&s.answers[i % NONCES]),
+            )
+            .expect("check");
         }),
     ]
 }

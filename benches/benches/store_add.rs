@@ -70,8 +70,7 @@ fn store_add(c: &mut Criterion) {
         b.iter_batched(
             || -> (TempDir, Store) {
                 let dir = tempfile::tempdir().expect("create a temporary directory");
-                let store =
-                    Store::open(dir.path(), StoreConfig { quota: QUOTA }).expect("open a store");
+                let store = Store::open(dir.path(), StoreConfig::new(QUOTA)).expect("open a store");
                 (dir, store)
             },
             |(dir, store)| {

@@ -13,7 +13,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use cairn_artifact::{CODEC_DAG_CBOR, Cid, Error as StoreError};
 use cairn_store::Store;
-use cairn_swarm::{BackendError, ShardBackend, SignedReceipt};
+use cairn_swarm::{BackendError, ShardBackend, SignedLease, SignedReceipt};
 
 /// Most shards committed together.
 pub const GROUP_SHARDS_MAX: usize = 64;
@@ -310,6 +310,22 @@ impl ShardBackend for StoreBackend {
         answer
     }
 
+    /// The store keeps the later of the stored lease and this one, beside the manifest
+    /// (checked in the same transaction, like records).
+    fn put_lease(&self, artifact: &Cid, signed: &SignedLease) -> Result<(), BackendError> {
+        self.store
+            .put_lease(artifact, signed.lease.until_ms, &signed.bytes)
+            .map(|_| ())
+            .map_err(|e| match e {
+                StoreError::ManifestNotFound(_) => BackendError::UnknownArtifact,
+                other => backend_err(other),
+            })
+    }
+
+    fn get_lease(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
+        self.store.get_lease(artifact).map_err(backend_err)
+    }
+
     fn put_receipt(&self, receipt: &SignedReceipt) -> Result<(), BackendError> {
         let r = &receipt.receipt;
         self.store
@@ -329,7 +345,7 @@ mod tests {
     #[test]
     fn concurrent_puts_are_grouped_and_all_answered() {
         let d = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(d.path(), StoreConfig { quota: 1 << 30 }).unwrap());
+        let store = Arc::new(Store::open(d.path(), StoreConfig::new(1 << 30)).unwrap());
         let b = Arc::new(StoreBackend::new(store.clone()));
         let handles: Vec<_> = (0..32u8)
             .map(|i| {
@@ -368,7 +384,7 @@ mod tests {
 
         let d = tempfile::tempdir().unwrap();
         let quota = 256 * 1024;
-        let store = Arc::new(Store::open(d.path(), StoreConfig { quota }).unwrap());
+        let store = Arc::new(Store::open(d.path(), StoreConfig::new(quota)).unwrap());
         let backend = Arc::new(StoreBackend::new(store.clone()));
         let loopback = "127.0.0.1:0".parse().unwrap();
         let node = endpoint_offline(generate_secret_key(), loopback)
@@ -461,10 +477,126 @@ mod tests {
         router.shutdown().await.unwrap();
     }
 
+    /// A publisher's lease goes over the real server into the real store: kept, never
+    /// shortened, read back; once it has ended (no grace here), gc lets the manifest and its
+    /// shards go although the publisher never released them.
+    #[tokio::test]
+    async fn a_lease_reaches_the_store_and_ends_the_artifact() {
+        use cairn_swarm::{
+            Lease, Router, SHARD_ALPN, ShardClient, ShardConfig, ShardServer, endpoint_offline,
+            generate_secret_key,
+        };
+        use std::time::Duration;
+
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open(
+                d.path(),
+                StoreConfig {
+                    quota: 1 << 30,
+                    lease_grace: Duration::ZERO,
+                },
+            )
+            .unwrap(),
+        );
+        let backend = Arc::new(StoreBackend::new(store.clone()));
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let node = endpoint_offline(generate_secret_key(), loopback)
+            .await
+            .unwrap();
+        let addr = cairn_swarm::EndpointAddr::new(node.endpoint.id())
+            .with_ip_addr(node.endpoint.bound_sockets()[0]);
+        let router = Router::builder(node.endpoint.clone())
+            .accept(
+                SHARD_ALPN,
+                ShardServer::new(backend, ShardConfig::default()),
+            )
+            .spawn();
+        let key = generate_secret_key();
+        let peer = endpoint_offline(key.clone(), loopback).await.unwrap();
+        let client = ShardClient::new(peer.endpoint.clone(), ShardConfig::default());
+        let step = Duration::from_secs(30);
+
+        let shards: Vec<Vec<u8>> = (0..5u8).map(|j| vec![j; 1000]).collect();
+        let private = cairn_artifact::PrivatePart {
+            format: 1,
+            name: None,
+            files: Vec::new(),
+            chunks: Vec::new(),
+        };
+        let (artifact, manifest) = cairn_artifact::Manifest::seal(
+            cairn_erasure::Params::new(3, 2).unwrap(),
+            vec![cairn_artifact::ChunkEntry {
+                sealed_len: 3000,
+                shards: shards.iter().map(|s| shard_cid(s)).collect(),
+            }],
+            &private,
+            &cairn_encryption::ArtifactKey::random(),
+        )
+        .with_record_signers(&[*key.public().as_bytes()])
+        .unwrap()
+        .encode();
+        tokio::time::timeout(step, client.put(&addr, &artifact, &manifest))
+            .await
+            .unwrap()
+            .unwrap();
+        for s in &shards {
+            tokio::time::timeout(step, client.put(&addr, &shard_cid(s), s))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let now = cairn_store::now_ms();
+        let lease = |until_ms| {
+            Lease {
+                signer: key.public(),
+                artifact,
+                until_ms,
+                issued_ms: now,
+            }
+            .try_sign(&key)
+            .unwrap()
+        };
+        let running = lease(now + 1500);
+        tokio::time::timeout(step, client.put_lease(&addr, &running))
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::timeout(step, client.put_lease(&addr, &lease(now + 10)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.lease_until(&artifact).unwrap(), Some(now + 1500));
+        let got = tokio::time::timeout(step, client.get_lease(&addr, &artifact))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.bytes, running, "the earlier lease did not shorten it");
+        assert_eq!(store.gc().unwrap().manifests, 0, "the lease runs");
+        while cairn_store::now_ms() <= now + 1500 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = store.gc().unwrap();
+        assert_eq!((r.manifests, r.shards, r.leases), (1, 5, 1), "{r:?}");
+        assert_eq!(store.stat().unwrap().used, 0);
+        assert!(
+            tokio::time::timeout(step, client.get_lease(&addr, &artifact))
+                .await
+                .unwrap()
+                .unwrap()
+                .is_none()
+        );
+
+        client.close().await;
+        peer.endpoint.close().await;
+        router.shutdown().await.unwrap();
+    }
+
     #[test]
     fn quota_refusal_reaches_the_right_put() {
         let d = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(d.path(), StoreConfig { quota: 100_000 }).unwrap());
+        let store = Arc::new(Store::open(d.path(), StoreConfig::new(100_000)).unwrap());
         let b = StoreBackend::new(store);
         let small = vec![1u8; 10_000];
         b.put(&shard_cid(&small), &small, [0; 32]).unwrap();

@@ -43,6 +43,14 @@
 //! twice on the same peer is stored once. A repair cut short (the caretaker killed between
 //! placing shards and storing the record) is finished by the next round of whichever node is
 //! then caretaker: the shards placed are found already held, the record is written.
+//!
+//! # Leases
+//!
+//! An artifact whose publisher signed a lease (see `leases`) is cared for while the lease runs:
+//! a shard placed on a new holder goes with the lease (after the manifest, before the shard),
+//! so that the new holder keeps it exactly as long as the others, and once the lease has ended
+//! the artifact is neither audited nor repaired: abandoned data is let go. A node running on its
+//! publisher's data directory also renews the publisher's leases at the end of each round.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -61,6 +69,7 @@ use rand::Rng;
 use tracing::{debug, info, warn};
 
 use crate::PeerAddr;
+use crate::leases::Renewer;
 
 /// Rounds per audit period.
 pub const ROUNDS_PER_PERIOD: u32 = 4;
@@ -108,6 +117,8 @@ pub struct RoundReport {
     pub repaired: usize,
     /// Chunks that had lost shards but could not be repaired this round.
     pub unrepaired: usize,
+    /// Leases of the node's publisher renewed (see `leases`).
+    pub renewed: usize,
 }
 
 /// The key a chunk's holders are ranked by: its first shard's CID, as publishing uses.
@@ -134,6 +145,9 @@ struct View {
     /// The signed publisher's record and repair record as stored, passed on to new holders
     /// before a new repair record so that they can check its signer (the protocol's chain).
     chain: Vec<Vec<u8>>,
+    /// The artifact's signed lease as stored, passed on to the new holders of repaired shards
+    /// so that they keep them exactly as long as the others.
+    lease: Option<Vec<u8>>,
 }
 
 /// One (chunk, shard) to audit on one holder.
@@ -154,6 +168,8 @@ pub(crate) struct Care {
     config: CareConfig,
     /// Rounds in a row each holder missed.
     misses: Mutex<HashMap<EndpointId, u32>>,
+    /// Renews the leases of this node's publisher, if it has one.
+    renewer: Option<Renewer>,
 }
 
 impl Care {
@@ -172,7 +188,14 @@ impl Care {
             membership,
             config,
             misses: Mutex::new(HashMap::new()),
+            renewer: None,
         }
+    }
+
+    /// Renews the leases `renewer` lists at the end of every round.
+    pub(crate) fn with_renewer(mut self, renewer: Option<Renewer>) -> Self {
+        self.renewer = renewer;
+        self
     }
 
     /// Runs rounds forever (the caller aborts the task to stop).
@@ -215,6 +238,21 @@ impl Care {
     }
 
     fn view(&self, artifact: Cid, record: &[u8]) -> Result<View, String> {
+        // Abandoned data is let go: an artifact whose lease has ended is neither audited nor
+        // repaired (gc collects it after the grace).
+        let lease_until = self
+            .store
+            .lease_until(&artifact)
+            .map_err(|e| e.to_string())?;
+        if let Some(until) = lease_until
+            && until < now_ms()
+        {
+            return Err(format!("its lease ended at {until} ms"));
+        }
+        let lease = match lease_until {
+            Some(_) => self.store.get_lease(&artifact).map_err(|e| e.to_string())?,
+            None => None,
+        };
         let primary = HolderRecord::verify(record).map_err(|e| e.to_string())?;
         let manifest_bytes = self
             .store
@@ -247,6 +285,7 @@ impl Care {
             manifest_bytes,
             record: best,
             chain,
+            lease,
         })
     }
 
@@ -330,6 +369,12 @@ impl Care {
             let (repaired, unrepaired) = self.repair_all(&views, &live).await;
             report.repaired = repaired;
             report.unrepaired = unrepaired;
+        }
+        if let Some(renewer) = &self.renewer {
+            let peers: Vec<EndpointAddr> = live.values().map(PeerInfo::addr).collect();
+            report.renewed = renewer
+                .round(&self.store, &self.client, self.me, &peers)
+                .await;
         }
         report
     }
@@ -677,6 +722,14 @@ impl Care {
             .put(&addr, &v.artifact, &v.manifest_bytes)
             .await
             .map_err(|e| e.to_string())?;
+        // Without the lease the new holder would keep the shard for as long as this node owns
+        // it, past the lease the other holders keep it for: no lease, no placement.
+        if let Some(lease) = &v.lease {
+            self.client
+                .put_lease(&addr, lease)
+                .await
+                .map_err(|e| format!("passing on the lease: {e}"))?;
+        }
         self.client
             .put(&addr, cid, bytes)
             .await

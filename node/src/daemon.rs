@@ -14,6 +14,7 @@ use cairn_swarm::{
 use tracing::{info, warn};
 
 use crate::care::{Care, CareConfig};
+use crate::leases::{RenewConfig, Renewer};
 use crate::receipts::{RECEIPTS_EXPORT_MAX, ReceiptJson};
 use crate::status::{Handler, NodeStatus, check_metrics_addr, serve_tcp, serve_unix};
 use crate::{Error, PeerAddr, StoreBackend};
@@ -45,6 +46,9 @@ pub struct NodeConfig {
     /// Unix socket at this path, which only the node's user can open (its folder is 0700 and
     /// the socket 0600): what `cairn node status` and `cairn node receipts` ask.
     pub control_socket: Option<PathBuf>,
+    /// Renew the leases of this publisher's artifacts listed in a lease file, each care round
+    /// (a node on its publisher's data directory: `cairn pin --peer` writes the file).
+    pub renew: Option<RenewConfig>,
 }
 
 /// A running node.
@@ -135,6 +139,7 @@ pub async fn run_node_with_housekeeping(
     every: Duration,
 ) -> Result<NodeHandle, Error> {
     let secret = secret_key_from_bytes(&config.secret_key)?;
+    let renewer = config.renew.as_ref().map(Renewer::new).transpose()?;
     let bound = if config.offline {
         endpoint_offline(secret.clone(), config.listen).await?
     } else {
@@ -210,11 +215,12 @@ pub async fn run_node_with_housekeeping(
             })
             .await;
             match tokio::task::spawn_blocking(move || s.gc()).await {
-                Ok(Ok(r)) if r.shards + r.manifests + r.records > 0 => {
+                Ok(Ok(r)) if r.shards + r.manifests + r.records + r.leases > 0 => {
                     info!(
                         shards = r.shards,
                         manifests = r.manifests,
                         records = r.records,
+                        leases = r.leases,
                         "gc"
                     )
                 }
@@ -223,13 +229,16 @@ pub async fn run_node_with_housekeeping(
             }
         }
     });
-    let care = Arc::new(Care::new(
-        config.store.clone(),
-        ShardClient::new(bound.endpoint.clone(), ShardConfig::default()),
-        secret,
-        membership.clone(),
-        config.care.clone(),
-    ));
+    let care = Arc::new(
+        Care::new(
+            config.store.clone(),
+            ShardClient::new(bound.endpoint.clone(), ShardConfig::default()),
+            secret,
+            membership.clone(),
+            config.care.clone(),
+        )
+        .with_renewer(renewer),
+    );
     let mut tasks = vec![tokio::spawn(care.clone().run())];
     let status: Arc<dyn Fn() -> NodeStatus + Send + Sync> = {
         let (store, counters, m) = (config.store.clone(), counters.clone(), membership.clone());
@@ -314,7 +323,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn housekeeping_collects_released_shards() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path(), StoreConfig { quota: 1 << 30 }).unwrap());
+        let store = Arc::new(Store::open(dir.path(), StoreConfig::new(1 << 30)).unwrap());
         let node = run_node_with_housekeeping(
             NodeConfig {
                 store: store.clone(),
@@ -327,6 +336,7 @@ mod tests {
                 care: CareConfig::default(),
                 metrics: None,
                 control_socket: None,
+                renew: None,
             },
             Duration::from_millis(100),
         )

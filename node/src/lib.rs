@@ -6,6 +6,9 @@
 //!   a persisted peer table, periodic gc, graceful shutdown.
 //! - The caretaker (`care`): every node audits the holders of the chunks it shares, keeps
 //!   their reputation and the receipts it earns, and repairs lost shards without the read key.
+//! - Leases (`leases`): a publisher keeps its artifacts alive on their holders with signed
+//!   leases ([`LeaseFile`], [`LeaseClient`]), which a node running on its data directory renews
+//!   ([`RenewConfig`]); what nobody renews is let go.
 //! - [`Network`] is the client side used by `cairn add/get` and the gateway: it learns the live
 //!   peers from a bootstrap node, publishes an artifact (placement, parallel PUTs with a bounded
 //!   number in flight, resume, holder record) and reads one back from any k shards per chunk.
@@ -17,6 +20,7 @@ mod care;
 mod client;
 mod daemon;
 mod error;
+mod leases;
 mod receipts;
 mod status;
 
@@ -32,5 +36,9 @@ pub use client::{
 };
 pub use daemon::{NodeConfig, NodeHandle, run_node, run_node_with_housekeeping};
 pub use error::Error;
+pub use leases::{
+    LEASE_ASK_MAX, LEASE_TARGETS_MAX, LEASE_TERM_MAX, LEASES_FILE, LeaseClient, LeaseFile,
+    LeasePin, RenewConfig, Spread, find_holders, send_lease, sign_lease,
+};
 pub use receipts::{RECEIPTS_EXPORT_MAX, ReceiptJson, VerifyReport, verify_receipts};
 pub use status::{NodeStatus, PeerReputation};

@@ -513,7 +513,7 @@ mod tests {
         let shard = cairn_artifact::shard_cid(b"a shard");
         let (a, b) = ([1u8; 32], [2u8; 32]);
         {
-            let s = Store::open(dir.path(), StoreConfig { quota: 1 << 20 }).unwrap();
+            let s = Store::open(dir.path(), StoreConfig::new(1 << 20)).unwrap();
             s.record_audits(
                 &[
                     AuditVerdict {
@@ -539,7 +539,7 @@ mod tests {
                 Err(Error::ManifestNotFound(_))
             ));
         }
-        let s = Store::open(dir.path(), StoreConfig { quota: 1 << 20 }).unwrap();
+        let s = Store::open(dir.path(), StoreConfig::new(1 << 20)).unwrap();
         assert_eq!(
             s.last_audit(&shard, &a).unwrap(),
             Some((42, Outcome::Success))

@@ -1,9 +1,10 @@
-//! Cairn's disk store: where a node keeps shards, manifests and holder records.
+//! Cairn's disk store: where a node keeps shards, manifests, holder records and leases.
 //!
 //! - [`Store`] owns a data directory: shard files (with BLAKE3/bao outboards) written atomically,
-//!   redb metadata, pins, garbage collection and a quota that is never exceeded. It is a
-//!   [`ShardSink`](cairn_artifact::ShardSink) and a [`ShardSource`](cairn_artifact::ShardSource),
-//!   so the artifact pipelines publish into it and read from it.
+//!   redb metadata, pins, publishers' leases, garbage collection and a quota that is never
+//!   exceeded. It is a [`ShardSink`](cairn_artifact::ShardSink) and a
+//!   [`ShardSource`](cairn_artifact::ShardSource), so the artifact pipelines publish into it and
+//!   read from it.
 //! - [`create_dir_private`], [`create_private`], [`create_private_db`]: folders (0700) and files
 //!   (0600) only their owner can open, from the system call that creates them.
 //!
@@ -12,6 +13,7 @@
 
 mod care;
 mod db;
+mod leases;
 mod private_db;
 mod shardfile;
 mod store;
@@ -27,4 +29,4 @@ pub use care::{
 };
 pub use private_db::create_private_db;
 pub use shardfile::{HEADER_LEN, ShardHeader};
-pub use store::{GcReport, Pin, PutOutcome, Stat, Store, StoreConfig};
+pub use store::{GcReport, LEASE_GRACE, Pin, PutOutcome, Stat, Store, StoreConfig};

@@ -15,12 +15,12 @@
 //! rows) in one transaction after all its shards are committed, so a partial artifact is never
 //! visible. Deletion runs the other way: rows first, then files.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
 use redb::{
@@ -31,6 +31,7 @@ use redb::{
 use cairn_artifact::{Cid, Error, Manifest, SHARD_LEN_MAX, ShardSlots, blake3_digest};
 
 use crate::db::DbResult;
+use crate::leases::{LEASES, row_until};
 use crate::shardfile::{HEADER_LEN, ShardHeader};
 
 /// Format of the data directory; bumped on any incompatible change to tables or files.
@@ -45,18 +46,37 @@ const PINS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pins-1");
 /// Artifact name -> manifest CID bytes.
 const NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("names-1");
 /// Shard CID bytes -> endpoint ids of the remote publishers that stored it here. A shard with an
-/// owner is kept by `gc` until every owner has released it.
+/// owner is kept by `gc` until every owner has released it, or until the lease of the artifact
+/// its owners stored it for has ended (see `gc`). Manifest CIDs have owners too.
 const OWNERS: MultimapTableDefinition<&[u8], [u8; 32]> = MultimapTableDefinition::new("owners-1");
 /// Artifact (manifest) CID bytes -> signed holder record bytes, kept for readers.
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records-1");
 const META_FORMAT: &str = "format";
 const META_USED: &str = "used_bytes";
 
+/// How long past the end of its lease a leased artifact is kept by default: time for a
+/// publisher whose renewal was late (a node down for a while, a clock off) to renew before its
+/// data goes.
+pub const LEASE_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Settings of a store.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     /// Bytes the store may take on disk for shards and manifests.
     pub quota: u64,
+    /// How long past the end of its lease `gc` keeps a leased artifact ([`LEASE_GRACE`] by
+    /// default; tests shorten it).
+    pub lease_grace: Duration,
+}
+
+impl StoreConfig {
+    /// A store of `quota` bytes, with the default [`LEASE_GRACE`].
+    pub fn new(quota: u64) -> Self {
+        Self {
+            quota,
+            lease_grace: LEASE_GRACE,
+        }
+    }
 }
 
 /// What [`Store::put_shards`] did with a shard.
@@ -129,6 +149,10 @@ pub struct GcReport {
     pub manifests: u64,
     /// Holder records removed (with their manifests).
     pub records: u64,
+    /// Leases removed (with their manifests).
+    pub leases: u64,
+    /// Owner claims dropped because the lease of the artifact they were made for ended.
+    pub released: u64,
     /// Files on disk that no row referred to (left by a crash), removed.
     pub orphan_files: u64,
     /// Bytes freed.
@@ -140,6 +164,7 @@ pub struct Store {
     dir: PathBuf,
     pub(crate) db: Database,
     quota: u64,
+    lease_grace: Duration,
     /// Serialises writers so the quota check and the commit see the same usage.
     pub(crate) write_lock: Mutex<()>,
 }
@@ -209,12 +234,14 @@ impl Store {
             tx.open_multimap_table(OWNERS).db()?;
             tx.open_table(RECORDS).db()?;
             crate::care::create_tables(&tx)?;
+            crate::leases::create_tables(&tx)?;
         }
         tx.commit().db()?;
         Ok(Self {
             dir: dir.to_path_buf(),
             db,
             quota: config.quota,
+            lease_grace: config.lease_grace,
             write_lock: Mutex::new(()),
         })
     }
@@ -800,53 +827,102 @@ impl Store {
         })
     }
 
-    /// Removes every manifest without a live pin or owner, the holder record of every manifest
-    /// removed, every shard no kept manifest needs, and any file left behind by an interrupted
-    /// write.
+    /// Collects what nothing keeps any more, and any file left behind by an interrupted write.
+    ///
+    /// A manifest is kept while a live local pin names it, whatever else holds. Otherwise, a
+    /// manifest with a lease (see `leases`) is kept while its lease plus the configured
+    /// `lease_grace` has not ended, whoever owns it; a manifest without a lease is kept while a
+    /// remote publisher owns it (it stored it and has not released it). Every manifest not kept
+    /// goes, with its holder records and its lease. A shard is kept while a kept manifest names
+    /// it or a remote publisher owns it; when a leased manifest goes, the claims its owners made
+    /// on its shards go with it (a publisher's claim on a shard was made for the artifact whose
+    /// lease ended), so its shards go unless a kept manifest or another owner still needs them.
     pub fn gc(&self) -> Result<GcReport, Error> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let now = now();
+        let now_ms = crate::care::now_ms();
+        let grace_ms = u64::try_from(self.lease_grace.as_millis()).unwrap_or(u64::MAX);
         let mut report = GcReport::default();
         let tx = self.db.begin_write().db()?;
         let mut dead_files = Vec::new();
         let held: HashSet<Vec<u8>>;
         {
             let pins = tx.open_table(PINS).db()?;
-            let mut live_manifests = HashSet::new();
+            let mut pinned = HashSet::new();
             for row in pins.iter().db()? {
                 let (k, v) = row.db()?;
                 let cid = Cid::try_from(k.value()).map_err(|e| Error::Db(e.to_string()))?;
                 if Pin::decode(cid, v.value())?.is_live(now) {
-                    live_manifests.insert(k.value().to_vec());
+                    pinned.insert(k.value().to_vec());
                 }
             }
-            {
-                // A manifest a remote publisher stored here (for readers) is live while owned.
-                let owners = tx.open_multimap_table(OWNERS).db()?;
-                for row in owners.iter().db()? {
-                    let (k, _) = row.db()?;
-                    live_manifests.insert(k.value().to_vec());
-                }
+            let mut leased: HashMap<Vec<u8>, u64> = HashMap::new();
+            for row in tx.open_table(LEASES).db()?.iter().db()? {
+                let (k, v) = row.db()?;
+                leased.insert(k.value().to_vec(), row_until(k.value(), v.value())?);
             }
+            let mut owners = tx.open_multimap_table(OWNERS).db()?;
             let mut manifests = tx.open_table(MANIFESTS).db()?;
             let mut live_shards: HashSet<Vec<u8>> = HashSet::new();
             let mut dead_manifests = Vec::new();
+            // Leased manifests that go, with the shards they name: their owners' claims go too.
+            let mut lapsed: Vec<(Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
             for row in manifests.iter().db()? {
                 let (k, v) = row.db()?;
-                if live_manifests.contains(k.value()) {
-                    // A manifest that no longer decodes protects nothing, but must not stop gc.
+                let key = k.value();
+                let lease = leased.get(key);
+                let kept = pinned.contains(key)
+                    || match lease {
+                        Some(until) => until.saturating_add(grace_ms) > now_ms,
+                        // A manifest a remote publisher stored here (for readers) is kept
+                        // while owned.
+                        None => owners.get(key).db()?.next().is_some(),
+                    };
+                // A manifest that no longer decodes protects nothing, but must not stop gc.
+                let shards = || -> Vec<Vec<u8>> {
                     match Manifest::decode(v.value(), "stored manifest") {
-                        Ok(m) => live_shards.extend(m.shard_cids().map(|c| c.to_bytes())),
-                        Err(e) => tracing::warn!("gc: {e}"),
+                        Ok(m) => m.shard_cids().map(|c| c.to_bytes()).collect(),
+                        Err(e) => {
+                            tracing::warn!("gc: {e}");
+                            Vec::new()
+                        }
                     }
+                };
+                if kept {
+                    live_shards.extend(shards());
                 } else {
-                    dead_manifests.push((k.value().to_vec(), v.value().len() as u64));
+                    dead_manifests.push((key.to_vec(), v.value().len() as u64));
+                    if lease.is_some() {
+                        lapsed.push((key.to_vec(), shards()));
+                    }
                 }
             }
             for (k, len) in dead_manifests {
                 manifests.remove(k.as_slice()).db()?;
                 report.manifests += 1;
                 report.bytes += len;
+            }
+            for (manifest, shards) in &lapsed {
+                let mut claimants = Vec::new();
+                for o in owners.remove_all(manifest.as_slice()).db()? {
+                    claimants.push(o.db()?.value());
+                }
+                for shard in shards {
+                    for o in &claimants {
+                        if owners.remove(shard.as_slice(), *o).db()? {
+                            report.released += 1;
+                        }
+                    }
+                }
+            }
+            {
+                let mut leases = tx.open_table(LEASES).db()?;
+                for k in leased.keys() {
+                    if manifests.get(k.as_slice()).db()?.is_none() {
+                        leases.remove(k.as_slice()).db()?;
+                        report.leases += 1;
+                    }
+                }
             }
             {
                 // A holder record goes with the manifest it describes (and one without any, as
@@ -877,12 +953,9 @@ impl Store {
                     report.records += 1;
                 }
             }
-            {
-                let owners = tx.open_multimap_table(OWNERS).db()?;
-                for row in owners.iter().db()? {
-                    let (k, _) = row.db()?;
-                    live_shards.insert(k.value().to_vec());
-                }
+            for row in owners.iter().db()? {
+                let (k, _) = row.db()?;
+                live_shards.insert(k.value().to_vec());
             }
             let mut shards = tx.open_table(SHARDS).db()?;
             let mut dead = Vec::new();
@@ -981,7 +1054,7 @@ mod tests {
 
     fn store(quota: u64) -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path(), StoreConfig { quota }).unwrap();
+        let s = Store::open(d.path(), StoreConfig::new(quota)).unwrap();
         (d, s)
     }
 
@@ -1292,12 +1365,171 @@ mod tests {
         assert!(s.has_manifest(&e).unwrap() && s.has_manifest(&b).unwrap());
     }
 
+    /// A store in `dir` (already opened before, or new) whose leased artifacts are kept for
+    /// `grace` past their lease.
+    fn store_with_grace(dir: &Path, grace: Duration) -> Store {
+        Store::open(
+            dir,
+            StoreConfig {
+                quota: 1 << 30,
+                lease_grace: grace,
+            },
+        )
+        .unwrap()
+    }
+
+    /// Stores `manifest` and the made-up shards of `sample_manifest` it names (shard `[i, j]`
+    /// holds the two bytes `i, j`) on behalf of the remote publisher `owner`.
+    fn put_remote(s: &Store, manifest: &Manifest, owner: [u8; 32]) -> Cid {
+        let shards: Vec<(Cid, Vec<u8>)> = manifest
+            .chunks()
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| {
+                (0..c.shards.len()).map(move |j| (c.shards[j], vec![i as u8, j as u8]))
+            })
+            .collect();
+        for (cid, bytes) in &shards {
+            assert_eq!(shard_cid(bytes), *cid);
+        }
+        let batch: Vec<(Cid, &[u8])> = shards.iter().map(|(c, b)| (*c, b.as_slice())).collect();
+        s.put_shards_owned(&batch, Some(owner)).unwrap();
+        let (cid, bytes) = manifest.encode();
+        s.put_manifest(&cid, &bytes, owner).unwrap();
+        cid
+    }
+
+    /// A leased artifact is kept through its lease and the grace after it, whoever owns it;
+    /// then it goes with its lease, its records and the claims its owners made on its shards,
+    /// so that the shards only it needed go too, while a shard another kept artifact names
+    /// stays and an artifact without a lease keeps today's rule (owned, kept).
+    #[test]
+    fn a_leased_artifact_goes_once_its_lease_and_grace_have_ended() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, q, r) = ([1; 32], [2; 32], [3; 32]);
+        let (a, _) = sample_manifest(2);
+        let (b, _) = sample_manifest(1);
+        let shared: HashSet<Cid> = b.shard_cids().copied().collect();
+        let only_a: Vec<Cid> = a
+            .shard_cids()
+            .filter(|c| !shared.contains(c))
+            .copied()
+            .collect();
+        assert_eq!(
+            (shared.len(), only_a.len()),
+            (5, 5),
+            "chunk 0's shards are shared"
+        );
+        let lone = b"a shard stored without any manifest".to_vec();
+        let lone_cid = shard_cid(&lone);
+        let (cid_a, cid_b) = {
+            let s = store_with_grace(d.path(), Duration::from_secs(3600));
+            let cid_a = put_remote(&s, &a, p);
+            let cid_b = put_remote(&s, &b, q);
+            s.put_shards_owned(&[(lone_cid, &lone)], Some(r)).unwrap();
+            s.put_record(&cid_a, b"record of a").unwrap();
+            s.put_repair_record(&cid_a, b"repair record of a").unwrap();
+            // A lease that ended a second ago, within the hour of grace: everything stays.
+            let ended = crate::care::now_ms() - 1000;
+            assert!(s.put_lease(&cid_a, ended, b"lease of a").unwrap());
+            assert_eq!(s.lease_until(&cid_a).unwrap(), Some(ended));
+            assert_eq!(s.get_lease(&cid_a).unwrap().unwrap(), b"lease of a");
+            assert_eq!(s.leases().unwrap(), vec![(cid_a, ended)]);
+            assert_eq!(s.gc().unwrap(), GcReport::default());
+            (cid_a, cid_b)
+        };
+        // The same store with no grace: A goes, with what only it needed.
+        let s = store_with_grace(d.path(), Duration::ZERO);
+        let before = s.stat().unwrap();
+        let r1 = s.gc().unwrap();
+        assert_eq!(
+            (r1.manifests, r1.shards, r1.leases, r1.records, r1.released),
+            (1, 5, 1, 2, 10),
+            "{r1:?}"
+        );
+        assert!(!s.has_manifest(&cid_a).unwrap());
+        assert_eq!(s.get_lease(&cid_a).unwrap(), None);
+        assert_eq!(s.get_record(&cid_a).unwrap(), None);
+        assert_eq!(s.get_repair_record(&cid_a).unwrap(), None);
+        assert_eq!(s.owners(&cid_a).unwrap(), Vec::<[u8; 32]>::new());
+        for c in &only_a {
+            assert!(!s.has_shard(c).unwrap(), "{c} only A needed");
+        }
+        for c in &shared {
+            assert!(s.has_shard(c).unwrap(), "{c} is B's too");
+            assert_eq!(
+                s.owners(c).unwrap(),
+                vec![q],
+                "P's claim went with A's lease"
+            );
+        }
+        assert!(
+            s.has_manifest(&cid_b).unwrap(),
+            "B has no lease and is owned"
+        );
+        assert!(s.has_shard(&lone_cid).unwrap());
+        assert_eq!(s.stat().unwrap().used, before.used - r1.bytes);
+        assert_eq!(s.gc().unwrap(), GcReport::default(), "nothing more goes");
+        // Once Q releases B, nothing of A lingers: P's claims are gone.
+        s.release(&cid_b, q).unwrap();
+        for c in &shared {
+            s.release(c, q).unwrap();
+        }
+        let r2 = s.gc().unwrap();
+        assert_eq!((r2.manifests, r2.shards), (1, 5));
+        assert_eq!(s.stat().unwrap().shards, 1, "only R's lone shard is left");
+    }
+
+    /// A lease is never shortened and is kept only beside its manifest; a live lease keeps an
+    /// artifact its owners released, and a local pin keeps one whose lease has ended.
+    #[test]
+    fn leases_keep_artifacts_whatever_their_owners_and_pins_keep_them_past_their_lease() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store_with_grace(d.path(), Duration::ZERO);
+        let now = crate::care::now_ms();
+        let (a, _) = sample_manifest(1);
+        let (cid_a, _) = a.encode();
+        assert!(matches!(
+            s.put_lease(&cid_a, now + 60_000, b"lease"),
+            Err(Error::ManifestNotFound(c)) if c == cid_a
+        ));
+        let cid_a = put_remote(&s, &a, [1; 32]);
+        assert!(s.put_lease(&cid_a, now + 60_000, b"later").unwrap());
+        for earlier in [now + 60_000, now + 1, 0] {
+            assert!(!s.put_lease(&cid_a, earlier, b"earlier").unwrap());
+        }
+        assert_eq!(s.get_lease(&cid_a).unwrap().unwrap(), b"later");
+        assert_eq!(s.lease_until(&cid_a).unwrap(), Some(now + 60_000));
+        // The owner releases everything: the live lease keeps it all.
+        s.release(&cid_a, [1; 32]).unwrap();
+        for c in a.shard_cids() {
+            s.release(c, [1; 32]).unwrap();
+        }
+        assert_eq!(s.gc().unwrap(), GcReport::default());
+        assert!(s.has_manifest(&cid_a).unwrap());
+        // A leased artifact pinned here stays past its lease, with its lease and shards.
+        let (b, _) = sample_manifest(2);
+        let cid_b = put_remote(&s, &b, [2; 32]);
+        assert!(s.put_lease(&cid_b, 1, b"long over").unwrap());
+        s.pin(&cid_b, None).unwrap();
+        let r = s.gc().unwrap();
+        assert_eq!(r, GcReport::default(), "{r:?}");
+        // Unpinned, it goes (A's shared chunk stays: A's lease runs).
+        assert!(s.unpin(&cid_b).unwrap());
+        let r = s.gc().unwrap();
+        assert_eq!((r.manifests, r.shards, r.leases), (1, 5, 1), "{r:?}");
+        assert!(s.has_manifest(&cid_a).unwrap());
+        for c in a.shard_cids() {
+            assert!(s.has_shard(c).unwrap());
+        }
+    }
+
     /// A data directory written by another format of the store is refused by name, and left
     /// as it was, rather than read as this one.
     #[test]
     fn unknown_store_formats_are_refused() {
         let d = tempfile::tempdir().unwrap();
-        drop(Store::open(d.path(), StoreConfig { quota: 1 << 20 }).unwrap());
+        drop(Store::open(d.path(), StoreConfig::new(1 << 20)).unwrap());
         // 2^32 + 1 once read as version 1 in the message (a truncating cast).
         for found in [0, STORE_FORMAT + 1, (1 << 32) + STORE_FORMAT, u64::MAX] {
             {
@@ -1309,7 +1541,7 @@ mod tests {
                     .unwrap();
                 tx.commit().unwrap();
             }
-            match Store::open(d.path(), StoreConfig { quota: 1 << 20 }) {
+            match Store::open(d.path(), StoreConfig::new(1 << 20)) {
                 Err(Error::FormatVersion {
                     found: f, expected, ..
                 }) => {

@@ -421,3 +421,63 @@ fn status_shows_lost_shards_and_the_publisher_repairs_them_by_hand() {
     ok(net.get_cmd(&cap, &dir));
     assert_same_tree(&src, &dir);
 }
+
+/// The node doing a repair SIGKILLed as it starts placing shards: another node (the next
+/// caretaker) finishes the job, every chunk is back to 5 verified shards on the live nodes, the
+/// artifact reads back identical, and the copies made along the way stay bounded (each repair
+/// places a shard on the same ranked node, where it is stored once).
+#[test]
+fn a_repairer_killed_mid_repair_is_taken_over_without_loss_or_runaway_copies() {
+    let mut net = Devnet::start_with_args(&["1GiB"; 7], &["--audit-period", PERIOD]);
+    let src = net.tmp.path().join("model");
+    model(&src, 61, 12 << 20);
+    let p = net.tmp.path().join("publisher");
+    init(&p, "1GiB");
+    let (out, _) = ok(net.add_cmd(&p, &src, &["-k", "3", "-m", "2"]));
+    let cap = cap_line(&out);
+    let (chunks, _, _) = artifact(&net, &cap);
+    let logs_len: Vec<usize> = (0..7)
+        .map(|i| fs::read(net.nodes[i].dir.join("node.log")).map_or(0, |b| b.len()))
+        .collect();
+
+    net.kill(6);
+    // The first node to log a repaired shard is killed at once, whatever it had done.
+    let mut repairer = None;
+    wait_until("a repair to start", REPAIR_WITHIN, || {
+        repairer = (1..6).find(|&i| {
+            fs::read(net.nodes[i].dir.join("node.log"))
+                .map(|b| String::from_utf8_lossy(&b[logs_len[i]..]).contains("repaired shard"))
+                .unwrap_or(false)
+        });
+        repairer.is_some()
+    });
+    let repairer = repairer.unwrap();
+    net.kill(repairer);
+    let live: Vec<usize> = (0..6).filter(|&i| i != repairer).collect();
+    let took = wait_until(
+        "full redundancy after the repairer died",
+        REPAIR_WITHIN,
+        || fully_redundant(&verified_holders(&net, &live, &chunks)),
+    );
+    eprintln!("node {repairer} killed mid-repair; full redundancy on the 5 others in {took:?}");
+    // Copies on the live nodes: every shard at least once; at most the 5 per chunk plus those
+    // the dead nodes' shards could have left behind twice (a shard placed, then its node seen
+    // as lost again): bounded by twice the chunk's shards.
+    let copies: usize = chunks
+        .iter()
+        .flatten()
+        .map(|c| {
+            live.iter()
+                .filter(|&&i| verified_on(&net.nodes[i].dir, c))
+                .count()
+        })
+        .sum();
+    let shards = chunks.len() * 5;
+    assert!(
+        copies >= shards && copies <= shards + shards / 2,
+        "{copies} copies of {shards} shards"
+    );
+    let out = net.tmp.path().join("out");
+    ok(net.get_cmd(&cap, &out));
+    assert_same_tree(&src, &out);
+}

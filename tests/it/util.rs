@@ -82,7 +82,7 @@ impl Node {
 
     /// Opens the store directly (the CLI must not be running).
     pub fn store(&self) -> Store {
-        Store::open(&self.dir.join("store"), StoreConfig { quota: u64::MAX }).unwrap()
+        Store::open(&self.dir.join("store"), StoreConfig::new(u64::MAX)).unwrap()
     }
 
     pub fn manifest(&self, cap: &ReadCap) -> Manifest {

@@ -194,7 +194,7 @@ fn artifact_dir(tmp: &Path) -> PathBuf {
 }
 
 fn publish_fresh(tmp: &Path, record_signers: Vec<[u8; 32]>) -> (Manifest, ReadCap) {
-    let store = Store::open(&tmp.join("store"), StoreConfig { quota: 1 << 30 }).unwrap();
+    let store = Store::open(&tmp.join("store"), StoreConfig::new(1 << 30)).unwrap();
     let opts = AddOptions {
         params: Params::DEFAULT,
         key_mode: KeyMode::Convergent(ConvergenceSecret::from_bytes(CONVERGENCE_SECRET)),

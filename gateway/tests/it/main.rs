@@ -77,9 +77,8 @@ impl Fixture {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, b).unwrap();
         }
-        let store = Arc::new(
-            Store::open(&tmp.path().join("store"), StoreConfig { quota: 1 << 32 }).unwrap(),
-        );
+        let store =
+            Arc::new(Store::open(&tmp.path().join("store"), StoreConfig::new(1 << 32)).unwrap());
         let opts = AddOptions {
             params: Params::new(2, 1).unwrap(),
             key_mode: KeyMode::Random,

@@ -191,7 +191,7 @@ async fn start_error(config: GatewayConfig, bind: &str) -> String {
     let store = Arc::new(
         cairn_store::Store::open(
             &tmp.path().join("store"),
-            cairn_store::StoreConfig { quota: 1 << 20 },
+            cairn_store::StoreConfig::new(1 << 20),
         )
         .unwrap(),
     );
