@@ -8,9 +8,12 @@
 //!
 //! - `answer`: the holder, given the shard and its bao outboard in memory (what a store that
 //!   keeps outboards can pay);
-//! - `answer_from_store`: the holder as a node answers today, through
-//!   `Store::get_shard_with_outboard` (a file in the page cache, the shard hashed and its
-//!   outboard recomputed to check them) then `audit_answer`;
+//! - `answer_file_groups`: the holder reading only the challenged groups and the outboard hashes
+//!   that prove them from the shard file (`audit_answer_at` over positional reads of a file in
+//!   the page cache, header checked first), as `Store::audit_answer` does;
+//! - `answer_file_whole`: the holder reading the whole shard file through
+//!   `Store::get_shard_with_outboard` (the shard hashed and its outboard recomputed to check
+//!   them) then `audit_answer`: what nodes paid before they read only the challenged groups;
 //! - `check`: the auditor verifying one answer against the CID;
 //! - `blake3_whole_shard`, `memcpy_answer`: the baselines.
 //!
@@ -20,15 +23,19 @@
 //! after round (so a noisy machine moves every row together), and prints median times with
 //! their ratios to the baselines.
 
+use std::fs::File;
 use std::hint::black_box;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cairn_artifact::{
-    AUDIT_GROUP_LEN, AUDIT_GROUPS, Cid, SHARD_LEN_MAX, audit_answer, check_audit_answer, outboard,
-    shard_cid_from_hash,
+    AUDIT_GROUP_LEN, AUDIT_GROUPS, Cid, ReadAt, SHARD_LEN_MAX, audit_answer, audit_answer_at,
+    check_audit_answer, outboard, shard_cid_from_hash,
 };
 use cairn_erasure::Params;
-use cairn_store::{Store, StoreConfig};
+use cairn_store::{HEADER_LEN, ShardHeader, Store, StoreConfig};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use rand::{RngCore, SeedableRng};
 
@@ -43,9 +50,51 @@ struct Shard {
     nonces: Vec<[u8; 32]>,
     /// One answer per nonce (what the auditor checks).
     answers: Vec<Vec<u8>>,
-    /// A store holding the shard (in a temporary directory) and the directory.
+    /// A store holding the shard (in a temporary directory), the shard's file in it, and the
+    /// directory.
     store: Store,
+    file: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// `len` bytes of a file from `base` on, read positionally.
+struct FileSlice<'a> {
+    file: &'a File,
+    base: u64,
+    len: u64,
+}
+
+impl ReadAt for FileSlice<'_> {
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        if pos >= self.len {
+            return Ok(0);
+        }
+        let n = buf.len().min((self.len - pos) as usize);
+        FileExt::read_at(self.file, &mut buf[..n], self.base + pos)
+    }
+}
+
+/// The answer to `nonce` read from a shard file: header checked against the file's length and
+/// the CID, then only the challenged groups and their proof hashes read.
+fn answer_from_file(path: &PathBuf, cid: &Cid, nonce: &[u8; 32]) -> Vec<u8> {
+    let mut f = File::open(path).expect("open the shard file");
+    let file_len = f.metadata().expect("stat the shard file").len();
+    let mut hb = [0u8; HEADER_LEN];
+    f.read_exact(&mut hb).expect("read the header");
+    let h = ShardHeader::parse(&hb).expect("a valid header");
+    assert_eq!(h.file_len(), file_len);
+    assert_eq!(Some(h.hash), cairn_artifact::blake3_digest(cid));
+    let data = FileSlice {
+        file: &f,
+        base: HEADER_LEN as u64,
+        len: h.data_len,
+    };
+    let outboard = FileSlice {
+        file: &f,
+        base: HEADER_LEN as u64 + h.data_len,
+        len: h.outboard_len,
+    };
+    audit_answer_at(nonce, cid, h.data_len, data, outboard).expect("answer")
 }
 
 impl Shard {
@@ -76,6 +125,9 @@ impl Shard {
         store
             .get_shard_with_outboard(&cid)
             .expect("read the shard back");
+        let s = cid.to_string();
+        let file = dir.path().join("shards").join(&s[s.len() - 2..]).join(&s);
+        assert_eq!(answer_from_file(&file, &cid, &nonces[0]), answers[0]);
         Shard {
             name,
             cid,
@@ -84,6 +136,7 @@ impl Shard {
             nonces,
             answers,
             store,
+            file,
             _dir: dir,
         }
     }
@@ -119,7 +172,11 @@ fn ops() -> Vec<(&'static str, fn(&Shard, usize, &mut Vec<u8>))> {
             let n = &s.nonces[i % NONCES];
             black_box(audit_answer(n, &s.cid, black_box(&s.data), &s.outboard).expect("answer"));
         }),
-        ("answer_from_store", |s, i, _| {
+        ("answer_file_groups", |s, i, _| {
+            let n = &s.nonces[i % NONCES];
+            black_box(answer_from_file(&s.file, &s.cid, n));
+        }),
+        ("answer_file_whole", |s, i, _| {
             let n = &s.nonces[i % NONCES];
             let (data, ob) = s.store.get_shard_with_outboard(&s.cid).expect("read");
             black_box(audit_answer(n, &s.cid, &data, &ob).expect("answer"));
