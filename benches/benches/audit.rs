@@ -156,8 +156,11 @@ fn shards() -> Vec<Shard> {
     ]
 }
 
-/// The operations measured, each one call on shard `s` with nonce index `i`.
-fn ops() -> Vec<(&'static str, fn(&Shard, usize, &mut Vec<u8>))> {
+/// One call of an operation on shard `s` with nonce index `i` (and a scratch buffer).
+type Op = fn(&Shard, usize, &mut Vec<u8>);
+
+/// The operations measured.
+fn ops() -> Vec<(&'static str, Op)> {
     vec![
         ("blake3_whole_shard", |s, _, _| {
             black_box(blake3::hash(black_box(&s.data)));
