@@ -17,8 +17,9 @@ node 0, everyone's bootstrap) and measures:
   (header, length, hash in the header equal to the CID's) on a live node, polled every 0.25 s;
 - the nodes' own count: `repairs_done` and `repair_bytes` summed over the live nodes
   (Prometheus, then `cairn node status --json`), which must equal the lost shards;
-- repair throughput: the bytes of re-created shards over the time to full redundancy (and over
-  the time from the first repair), beside the fetch throughput as a ratio.
+- repair throughput: the bytes of re-created shards over the time to full redundancy, over the
+  time from the first repair, and up to half of them back, beside the fetch throughput as a
+  ratio; with the times at which half and 90 % of the lost bytes were back.
 
 Then the artifact is fetched again from the live nodes (compared byte for byte), the nodes are
 stopped and `cairn verify` reads back every shard of every live node against its CID.
@@ -90,6 +91,7 @@ def main():
         lost_bytes = sum(lost.values())
 
         missing = set(lost)
+        back_bytes = {}  # seconds after the kill -> bytes of lost shards back by then
         first_repair = None
         done_at = None
         samples = []
@@ -106,6 +108,7 @@ def main():
             reps -= before["repairs_total"]
             rbytes -= before["repair_bytes_total"]
             samples.append((now, len(lost) - len(missing), reps, rbytes))
+            back_bytes[now] = lost_bytes - sum(lost[c] for c in missing)
             if first_repair is None and (reps > 0 or len(missing) < len(lost)):
                 first_repair = now
             if not missing:
@@ -152,17 +155,24 @@ def main():
             print(f"NOT back to full redundancy within {a.within:.0f} s: "
                   f"{len(missing)} of {len(lost)} shards still missing")
         else:
-            repair_window = done_at - (first_repair or 0.0)
-            rate = lost_bytes / done_at
-            print(f"first repair seen {first_repair:.2f} s after the kill; "
-                  f"full redundancy {done_at:.2f} s after the kill")
-            print(f"repair throughput: {rate / mb:.1f} MB/s of re-created shards from the kill "
-                  f"({rate / (nbytes / fetch_s):.3f} x fetch), "
-                  f"{lost_bytes / repair_window / mb:.1f} MB/s from the first repair "
-                  f"({lost_bytes / repair_window / (nbytes / fetch_s):.3f} x fetch)")
-            print(f"  (re-creating a shard reads k = 3 shards: "
-                  f"{3 * lost_bytes / repair_window / mb:.1f} MB/s of shards read "
-                  f"from the first repair)")
+            fetch_rate = nbytes / fetch_s
+
+            def when(frac):
+                return min(t for t, b in back_bytes.items() if b >= frac * lost_bytes)
+
+            t50, t90 = when(0.5), when(0.9)
+            print(f"after the kill: first repair seen at {first_repair:.2f} s, half the lost "
+                  f"bytes back at {t50:.2f} s, 90 % at {t90:.2f} s, full redundancy at "
+                  f"{done_at:.2f} s")
+            for label, t_from, t_to, share in (
+                    ("kill to full redundancy", 0.0, done_at, 1.0),
+                    ("first repair to full redundancy", first_repair, done_at, 1.0),
+                    ("first repair to half back", first_repair, t50,
+                     back_bytes[t50] / lost_bytes)):
+                r = share * lost_bytes / max(t_to - t_from, 1e-9)
+                print(f"repair throughput, {label}: {r / mb:.1f} MB/s of re-created shards "
+                      f"({r / fetch_rate:.3f} x fetch; shards read to re-create them: k = 3 "
+                      f"per chunk)")
         print(f"nodes report {repairs:.0f} repairs, {repair_bytes / mb:.1f} MB "
               f"(lost: {len(lost)}, {lost_bytes / mb:.1f} MB); audits done so far: {audits}")
         print(f"fetch after repair, 2 nodes down: {fetch2_s:.2f} s, "
@@ -172,10 +182,13 @@ def main():
               f"lost shards now verified on a live node: {lost_on_live} of {len(lost)}")
         print(f"shard files on the live nodes: {copies} copies of {distinct} distinct shards "
               f"(of {nshards} published; more copies than shards = shards placed twice)")
-        print("timeline (s after kill, shards back, repairs reported, MB reported):")
-        step = max(1, len(samples) // 12)
-        for s in samples[::step] + ([samples[-1]] if samples else []):
-            print(f"  {s[0]:6.2f}  {s[1]:5d}  {s[2]:5.0f}  {s[3] / mb:8.1f}")
+        print("timeline (s after kill, lost shards back, repairs the nodes report, MB they "
+              "report), at every change:")
+        last = None
+        for s in samples:
+            if last is None or s[1:] != last[1:] or s is samples[-1]:
+                print(f"  {s[0]:6.2f}  {s[1]:5d}  {s[2]:5.0f}  {s[3] / mb:8.1f}")
+            last = s
         ok = done_at is not None and same and all_ok and lost_on_live == len(lost)
         return 0 if ok else 1
     finally:
