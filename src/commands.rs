@@ -185,6 +185,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             audit_period,
             no_repair,
             metrics,
+            lease_grace,
         } => {
             let care = crate::netcmd::NodeCare {
                 care: cairn_node::CareConfig {
@@ -194,6 +195,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     repair: !no_repair,
                 },
                 metrics,
+                lease_grace: std::time::Duration::from_secs(parse_duration_secs(&lease_grace)?),
             };
             crate::netcmd::node(
                 &DataDir::open(&dir)?,
@@ -349,7 +351,32 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             });
             Ok(())
         }
-        Command::Pin { cid, pin_for } => {
+        Command::Pin {
+            cid,
+            pin_for,
+            lease_term,
+        } if !cli.peers.is_empty() => crate::netcmd::pin(
+            &cli.peers,
+            &cli.network,
+            &DataDir::open(&dir)?,
+            &parse_cid(&cid)?,
+            pin_for.as_deref(),
+            lease_term.as_deref(),
+        ),
+        Command::Unpin { cid } if !cli.peers.is_empty() => crate::netcmd::unpin(
+            &cli.peers,
+            &cli.network,
+            &DataDir::open(&dir)?,
+            &parse_cid(&cid)?,
+        ),
+        Command::Pin {
+            cid,
+            pin_for,
+            lease_term,
+        } => {
+            if lease_term.is_some() {
+                bail!("--lease-term is for pins on the network (with --peer)");
+            }
             let store = DataDir::open(&dir)?.open_store()?;
             let cid = parse_cid(&cid)?;
             store.pin(&cid, expiry(pin_for.as_deref())?)?;

@@ -102,15 +102,21 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         cap_file: Option<PathBuf>,
     },
-    /// Pin an artifact held by this store.
+    /// Pin an artifact held by this store. With --peer, keep it on the network instead: sign a
+    /// lease with this data directory's publisher key, hand it to every holder, and list it in
+    /// `leases.json`, which a `cairn node` on this data directory renews.
     Pin {
         /// Manifest CID (or a read capability).
         cid: String,
         /// Pin for this long (e.g. 30d, 12h); default: until unpinned.
         #[arg(long)]
         pin_for: Option<String>,
+        /// With --peer: the length of each lease signed (default and most: 30d).
+        #[arg(long, hide = true)]
+        lease_term: Option<String>,
     },
-    /// Remove a pin; the data goes at the next `cairn gc`.
+    /// Remove a pin; the data goes at the next `cairn gc`. With --peer, stop renewing the
+    /// artifact's lease: the holders let it go once the lease and their grace have ended.
     Unpin {
         /// Manifest CID (or a read capability).
         cid: String,
@@ -147,6 +153,9 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// How long past the end of its lease an artifact is kept (tests shorten it).
+        #[arg(long, hide = true, default_value = "7d")]
+        lease_grace: String,
     },
     /// List the live nodes a network peer knows.
     Peers,

@@ -1,14 +1,17 @@
-//! The network side of the command line: `node`, `peers`, and `add`/`get`/`ls` with `--peer`.
+//! The network side of the command line: `node`, `peers`, and `add`/`get`/`ls`/`pin`/`unpin`
+//! with `--peer`.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use cairn_artifact::{AddOptions, ReadCap};
+use cairn_artifact::{AddOptions, Cid, ReadCap};
 use cairn_node::{
-    CareConfig, Network, NetworkConfig, NodeConfig, PeerAddr, RemoteArtifact, run_node,
+    CareConfig, LEASE_TERM_MAX, LEASES_FILE, LeaseClient, LeaseFile, LeasePin, Network,
+    NetworkConfig, NodeConfig, PeerAddr, RemoteArtifact, RenewConfig, run_node, sign_lease,
 };
+use cairn_store::now_ms;
 
 use crate::config::DataDir;
 use crate::getls::Opened;
@@ -47,6 +50,8 @@ pub async fn connect(
 pub struct NodeCare {
     pub care: CareConfig,
     pub metrics: Option<SocketAddr>,
+    /// How long past the end of its lease an artifact is kept.
+    pub lease_grace: std::time::Duration,
 }
 
 pub fn node(
@@ -57,7 +62,19 @@ pub fn node(
     care: NodeCare,
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
-    let store = Arc::new(dd.open_store()?);
+    let store = Arc::new(dd.open_store_with(care.lease_grace)?);
+    // The publisher of this data directory keeps its `cairn pin --peer` artifacts alive
+    // through this node's renewals.
+    let renew = match dd.publisher_key() {
+        Ok(publisher_key) => Some(RenewConfig {
+            file: dd.path.join(LEASES_FILE),
+            publisher_key,
+        }),
+        Err(e) => {
+            tracing::warn!("no lease renewals: {e:#}");
+            None
+        }
+    };
     let config = NodeConfig {
         store,
         secret_key: dd.node_key()?,
@@ -69,6 +86,7 @@ pub fn node(
         care: care.care,
         metrics: care.metrics,
         control_socket: Some(dd.path.join(CONTROL_SOCKET)),
+        renew,
     };
     rt.block_on(async {
         let handle = run_node(config).await?;
@@ -159,6 +177,139 @@ pub fn ls(peers: &[String], network: &str, cap: &str) -> anyhow::Result<()> {
     let res = rt.block_on(net.open(&cap));
     rt.block_on(net.close());
     crate::getls::ls(&remote_opened(&res?));
+    Ok(())
+}
+
+/// A Unix-ms time as people read it (RFC 3339, UTC, to the second).
+fn date(ms: u64) -> String {
+    let nanos = i128::from(ms / 1000) * 1_000_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms after 1970"))
+}
+
+/// `cairn pin <artifact> --peer ...`: signs a lease with this data directory's publisher key
+/// until the earlier of the pin's end and one term from now, hands it to every holder, and
+/// lists the artifact in `leases.json` for a `cairn node` on this data directory to renew.
+pub fn pin(
+    peers: &[String],
+    network: &str,
+    dd: &DataDir,
+    cid: &Cid,
+    pin_for: Option<&str>,
+    lease_term: Option<&str>,
+) -> anyhow::Result<()> {
+    let ms = |d: &str| -> anyhow::Result<u64> {
+        Ok(crate::units::parse_duration_secs(d)?.saturating_mul(1000))
+    };
+    let max_term = LEASE_TERM_MAX.as_millis() as u64;
+    let term = lease_term.map(ms).transpose()?.unwrap_or(max_term);
+    if term == 0 || term > max_term {
+        bail!(
+            "a lease term must be between 1 s and {} days",
+            LEASE_TERM_MAX.as_secs() / 86_400
+        );
+    }
+    let pin_for = pin_for.map(ms).transpose()?;
+    if pin_for == Some(0) {
+        bail!("--pin-for must be at least 1 s");
+    }
+    let now = now_ms();
+    let end = pin_for.map(|d| now.saturating_add(d));
+    let term = pin_for.map_or(term, |d| term.min(d));
+    let until = end.unwrap_or(u64::MAX).min(now.saturating_add(term));
+    let key = cairn_swarm::secret_key_from_bytes(&dd.publisher_key()?)?;
+    let signed = sign_lease(&key, *cid, until)?;
+    let rt = runtime()?;
+    let (holders, spread) = rt.block_on(async {
+        let client = LeaseClient::connect(network, &parse_peers(peers)?).await?;
+        let holders = client.holders(cid, &key.public()).await;
+        let spread = client.send(&holders, &signed).await;
+        client.close().await;
+        anyhow::Ok((holders, spread))
+    })?;
+    for why in &spread.refusals {
+        eprintln!("not kept by {why}");
+    }
+    if holders.is_empty() {
+        bail!(
+            "no node keeps a holder record of {cid} signed by this data directory's publisher \
+             key; publish it from here (`cairn add --peer`) first"
+        );
+    }
+    if spread.accepted == 0 {
+        bail!(
+            "none of the {} holders of {cid} took its lease",
+            holders.len()
+        );
+    }
+    let path = dd.path.join(LEASES_FILE);
+    let mut file = LeaseFile::read(&path)?;
+    file.upsert(LeasePin {
+        cid: cid.to_string(),
+        until_ms: end,
+        term_ms: term,
+        lease_until_ms: until,
+    });
+    file.write(&path)?;
+    println!(
+        "lease of {cid} until {} kept by {} of {} holders",
+        date(until),
+        spread.accepted,
+        spread.holders
+    );
+    match end {
+        Some(end) if end <= until => println!("pinned {cid} on the network until {}", date(end)),
+        Some(end) => println!(
+            "pinned {cid} on the network until {}; a `cairn node` on this data directory renews \
+             its lease until then",
+            date(end)
+        ),
+        None => println!(
+            "pinned {cid} on the network until unpinned; a `cairn node` on this data directory \
+             renews its lease"
+        ),
+    }
+    Ok(())
+}
+
+/// `cairn unpin <artifact> --peer ...`: stops renewing the artifact's lease (removes it from
+/// `leases.json`) and says when the lease its holders keep ends.
+pub fn unpin(peers: &[String], network: &str, dd: &DataDir, cid: &Cid) -> anyhow::Result<()> {
+    let path = dd.path.join(LEASES_FILE);
+    let mut file = LeaseFile::read(&path)?;
+    let Some(removed) = file.remove(&cid.to_string()) else {
+        bail!(
+            "{cid} is not pinned on the network from this data directory ({} lists the pins)",
+            path.display()
+        );
+    };
+    file.write(&path)?;
+    let key = cairn_swarm::secret_key_from_bytes(&dd.publisher_key()?)?;
+    let rt = runtime()?;
+    // What the holders keep (a node on this data directory may have renewed it since).
+    let current = rt
+        .block_on(async {
+            let client = LeaseClient::connect(network, &parse_peers(peers)?).await?;
+            let holders = client.holders(cid, &key.public()).await;
+            let current = client.current(&holders, cid, &key.public()).await;
+            client.close().await;
+            anyhow::Ok(current)
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("could not ask the holders for the lease they keep: {e:#}");
+            None
+        });
+    let ends = current.unwrap_or(0).max(removed.lease_until_ms);
+    println!(
+        "unpinned {cid}: no more renewals; its lease ends {}, then the holders let it go after \
+         their grace period",
+        date(ends)
+    );
     Ok(())
 }
 

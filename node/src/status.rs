@@ -76,6 +76,9 @@ pub struct NodeStatus {
     pub repair_bytes: u64,
     /// Shard bytes served to readers.
     pub bytes_served: u64,
+    /// Leases of this node's publisher renewed on the network.
+    #[serde(default)]
+    pub leases_renewed: u64,
     /// Receipts earned and kept.
     pub receipts: u64,
     /// Peers known (alive or not).
@@ -137,6 +140,7 @@ impl NodeStatus {
             repairs_done: c.repairs_done,
             repair_bytes: c.repair_bytes,
             bytes_served: add("bytes_served", c.bytes_served),
+            leases_renewed: c.leases_renewed,
             receipts,
             peers_known: peers.0,
             peers_live: peers.1,
@@ -206,6 +210,12 @@ impl NodeStatus {
             "counter",
             "Shard bytes served.",
             self.bytes_served.to_string(),
+        );
+        metric(
+            "leases_renewed_total",
+            "counter",
+            "Leases of this node's publisher renewed.",
+            self.leases_renewed.to_string(),
         );
         metric(
             "receipts_total",

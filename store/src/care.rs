@@ -241,15 +241,18 @@ pub struct Counters {
     pub repair_bytes: u64,
     /// Bytes of shards it served to readers.
     pub bytes_served: u64,
+    /// Leases of its publisher's artifacts it renewed on the network.
+    pub leases_renewed: u64,
 }
 
-const COUNTER_NAMES: [&str; 6] = [
+const COUNTER_NAMES: [&str; 7] = [
     "audits_answered",
     "audits_failed",
     "audits_done",
     "repairs_done",
     "repair_bytes",
     "bytes_served",
+    "leases_renewed",
 ];
 
 pub(crate) fn create_tables(tx: &redb::WriteTransaction) -> Result<(), Error> {
@@ -454,6 +457,7 @@ impl Store {
             repairs_done: get(COUNTER_NAMES[3])?,
             repair_bytes: get(COUNTER_NAMES[4])?,
             bytes_served: get(COUNTER_NAMES[5])?,
+            leases_renewed: get(COUNTER_NAMES[6])?,
         })
     }
 }

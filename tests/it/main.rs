@@ -9,6 +9,7 @@ mod cli;
 mod devnet;
 mod gated;
 mod gateway;
+mod leases;
 mod mtls;
 mod net;
 mod private;
