@@ -5,7 +5,8 @@
 //!
 //! Every node that holds a shard of an artifact also holds its manifest and holder record (the
 //! publisher sends both to every holder), so it knows every shard of every chunk it shares and
-//! who holds each. For each such chunk, the holders still believed alive are ranked by
+//! who holds each. For each such chunk, the holders still believed alive (listed live, not
+//! avoided, and not having missed this node's last audit of them) are ranked by
 //! rendezvous hashing of the chunk's key ([`chunk_key`]); the first is the chunk's *caretaker*.
 //! The caretaker challenges every other holder of the chunk at least once per audit period and
 //! checks its own shard from its disk; the other holders sample the chunk at a quarter of that
@@ -83,6 +84,9 @@ pub const AUDITS_IN_FLIGHT: usize = 8;
 pub const AUDITS_PER_ROUND_MAX: usize = 4096;
 /// Chunks one round repairs at most.
 pub const REPAIRS_PER_ROUND_MAX: usize = 256;
+/// Candidates beyond the lost shards' count asked whether an earlier repair already placed
+/// them.
+const RANKING_LOOKAHEAD: usize = 2;
 /// How long a shard fetch for a repair may wait before asking another holder.
 const REPAIR_HEDGE: Duration = Duration::from_millis(500);
 
@@ -388,12 +392,24 @@ impl Care {
     ) -> Option<EndpointId> {
         let alive: Vec<EndpointId> = holders
             .iter()
-            .filter(|h| **h == self.me || (live.contains_key(*h) && !self.avoided(h)))
+            .filter(|h| {
+                **h == self.me || (live.contains_key(*h) && !self.avoided(h) && self.missed(h) == 0)
+            })
             .copied()
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
         repair_ranking(shards, &alive).first().copied()
+    }
+
+    /// Rounds in a row `peer` missed its audits (as this node saw them).
+    fn missed(&self, peer: &EndpointId) -> u32 {
+        self.misses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn avoided(&self, peer: &EndpointId) -> bool {
@@ -418,7 +434,12 @@ impl Care {
                     outcome: match store.get_shard(&cid) {
                         Ok(_) => Outcome::Success,
                         Err(e) => {
-                            warn!("care: own copy of {cid} is bad: {e}");
+                            // Kept, it could never be served; dropped, audits of it say "not
+                            // held" and its chunk's caretaker re-creates it elsewhere.
+                            warn!("care: own copy of {cid} is bad ({e}); dropping it");
+                            if let Err(e) = store.drop_corrupted(&cid) {
+                                warn!("care: dropping {cid}: {e}");
+                            }
                             Outcome::Failure
                         }
                     },
@@ -562,13 +583,7 @@ impl Care {
         if *holder == self.me {
             return false;
         }
-        let missed = self
-            .misses
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(holder)
-            .copied()
-            .unwrap_or(0);
+        let missed = self.missed(holder);
         missed >= MISSES_TO_LOST
             || (missed >= 1 && !live.contains_key(holder))
             || self.avoided(holder)
@@ -633,6 +648,49 @@ impl Care {
         let params = v.manifest.params();
         let chunk = &v.manifest.chunks()[i];
         let holders = chunk_holders(record, i);
+        // Targets: the repair ranking over live peers, skipping holders of the chunk's shards
+        // (those kept and those lost) and avoided peers.
+        let busy: HashSet<EndpointId> = holders.iter().copied().collect();
+        let candidates: Vec<EndpointId> = live
+            .keys()
+            .filter(|p| **p != self.me && !busy.contains(*p) && !self.avoided(p))
+            .copied()
+            .collect();
+        let ranking = repair_ranking(&chunk.shards, &candidates);
+        let mut used = HashSet::new();
+        let mut placed = Vec::new();
+        // A shard an earlier repair already put on its ranked node (this node's, cut short, or
+        // another caretaker's whose record a concurrent one overtook) is only recorded again:
+        // asking costs one HAS per candidate instead of k shard fetches and a decode.
+        let lost_cids: Vec<Cid> = lost.iter().map(|&j| chunk.shards[j]).collect();
+        let answers = futures_util::future::join_all(
+            ranking
+                .iter()
+                .take(lost.len() + RANKING_LOOKAHEAD)
+                .filter_map(|t| Some((*t, live.get(t)?.addr())))
+                .map(|(t, addr)| {
+                    let cids = &lost_cids;
+                    async move { (t, self.client.has(&addr, cids).await.unwrap_or_default()) }
+                }),
+        )
+        .await;
+        let mut still = Vec::new();
+        for (x, &j) in lost.iter().enumerate() {
+            let found = answers
+                .iter()
+                .find(|(t, held)| !used.contains(t) && held.get(x).copied().unwrap_or(false));
+            match found {
+                Some((t, _)) => {
+                    used.insert(*t);
+                    placed.push((j, *t));
+                }
+                None => still.push(j),
+            }
+        }
+        if still.is_empty() {
+            return Ok(placed);
+        }
+        let lost = &still[..];
         let mut slots: Vec<Option<Vec<u8>>> = vec![None; params.n()];
         let mut locations = Vec::new();
         for (j, cid) in chunk.shards.iter().enumerate() {
@@ -672,17 +730,6 @@ impl Care {
         let rebuilt = tokio::task::spawn_blocking(move || rebuild(params, slots, len, &want))
             .await
             .map_err(|e| e.to_string())??;
-        // Targets: the repair ranking over live peers, skipping holders of the chunk's shards
-        // (those kept and those lost) and avoided peers.
-        let busy: HashSet<EndpointId> = holders.iter().copied().collect();
-        let candidates: Vec<EndpointId> = live
-            .keys()
-            .filter(|p| **p != self.me && !busy.contains(*p) && !self.avoided(p))
-            .copied()
-            .collect();
-        let ranking = repair_ranking(&chunk.shards, &candidates);
-        let mut used = HashSet::new();
-        let mut placed = Vec::new();
         for (j, bytes) in rebuilt {
             let cid = chunk.shards[j];
             for target in &ranking {

@@ -159,6 +159,24 @@ pub struct GcReport {
     pub bytes: u64,
 }
 
+/// `len` bytes of a file from `base`, read by position (for bao proofs over a shard file).
+struct FileSlice<'a> {
+    file: &'a File,
+    base: u64,
+    len: u64,
+}
+
+impl cairn_artifact::ReadAt for FileSlice<'_> {
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if pos >= self.len {
+            return Ok(0);
+        }
+        let n = buf.len().min((self.len - pos) as usize);
+        FileExt::read_at(self.file, &mut buf[..n], self.base + pos)
+    }
+}
+
 /// One node's store. `Sync`: shards may be written and read from many threads.
 pub struct Store {
     dir: PathBuf,
@@ -501,6 +519,91 @@ impl Store {
             }
         }
         Ok((data, outboard))
+    }
+
+    /// The answer to the storage-proof challenge `nonce` for shard `cid`
+    /// (`cairn_artifact::audit_answer`), reading only the challenged groups and the outboard
+    /// hashes that prove them from the shard file: an audit costs a holder about 64 KiB of
+    /// reads whatever the shard's size, and proves nothing it did not read. A damaged group
+    /// (or a file of the wrong length) is `Corrupted`; damage elsewhere in the shard is for
+    /// other nonces and for full reads to find.
+    pub fn audit_answer(&self, cid: &Cid, nonce: &[u8; 32]) -> Result<Vec<u8>, Error> {
+        if !self.has_shard(cid)? {
+            return Err(Error::ShardNotFound(*cid));
+        }
+        let corrupted = |reason: String| Error::Corrupted { cid: *cid, reason };
+        let path = self.shard_path(cid);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(corrupted("its file is missing".into()));
+            }
+            Err(e) => return Err(Error::io(&path)(e)),
+        };
+        let file_len = f.metadata().map_err(Error::io(&path))?.len();
+        let mut hb = [0u8; HEADER_LEN];
+        f.read_exact(&mut hb)
+            .map_err(|_| corrupted("file is shorter than its header".into()))?;
+        let header = ShardHeader::parse(&hb).map_err(|e| corrupted(format!("bad header: {e}")))?;
+        if header.file_len() != file_len {
+            return Err(corrupted(format!(
+                "file is {file_len} bytes, header says {}",
+                header.file_len()
+            )));
+        }
+        if Some(header.hash) != blake3_digest(cid) {
+            return Err(corrupted("header hash differs from the CID".into()));
+        }
+        let data = FileSlice {
+            file: &f,
+            base: HEADER_LEN as u64,
+            len: header.data_len,
+        };
+        let outboard = FileSlice {
+            file: &f,
+            base: HEADER_LEN as u64 + header.data_len,
+            len: header.outboard_len,
+        };
+        cairn_artifact::audit_answer_at(nonce, cid, header.data_len, data, outboard)
+    }
+
+    /// Forgets a shard whose copy is damaged (its row, its file, its bytes in the quota), after
+    /// checking again that it is: a node that finds its own copy bad says "not held" from then
+    /// on, so that its auditors have the shard re-created elsewhere, instead of keeping bytes
+    /// that can never be served. Returns whether it was dropped.
+    pub fn drop_corrupted(&self, cid: &Cid) -> Result<bool, Error> {
+        match self.get_shard(cid) {
+            Err(Error::Corrupted { .. }) => {}
+            Ok(_) | Err(Error::ShardNotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = self.db.begin_write().db()?;
+        let len = {
+            let mut shards = tx.open_table(SHARDS).db()?;
+            let Some(len) = shards
+                .remove(cid.to_bytes().as_slice())
+                .db()?
+                .map(|v| v.value())
+            else {
+                return Ok(false);
+            };
+            len
+        };
+        {
+            let mut meta = tx.open_table(META).db()?;
+            let used = meta.get(META_USED).db()?.map(|v| v.value()).unwrap_or(0);
+            meta.insert(META_USED, used.saturating_sub(len)).db()?;
+        }
+        tx.commit().db()?;
+        let path = self.shard_path(cid);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path)(e)),
+        }
+        tracing::warn!("dropped the damaged copy of shard {cid}");
+        Ok(true)
     }
 
     /// Releases `owner`'s claim on a shard; returns whether it had one. The bytes go at the next
@@ -1079,6 +1182,63 @@ mod tests {
             &a[10..20_000]
         );
         assert_eq!(s.stat().unwrap().shards, 1);
+    }
+
+    /// Audits read only the challenged groups from the file: an answer verifies against the CID;
+    /// damage inside a challenged group is `Corrupted`, damage elsewhere is for other nonces (and
+    /// full reads); a cut file is `Corrupted` at once; a damaged copy can be dropped, which frees
+    /// its bytes and makes it "not held".
+    #[test]
+    fn audits_read_only_the_challenged_groups_and_damage_is_dropped() {
+        let (_d, s) = store(1 << 30);
+        let data: Vec<u8> = (0..700_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let cid = shard_cid(&data);
+        s.put_shards(&[(cid, &data)]).unwrap();
+        let nonce = [7u8; 32];
+        let answer = s.audit_answer(&cid, &nonce).unwrap();
+        cairn_artifact::check_audit_answer(&nonce, &cid, data.len() as u64, &answer).unwrap();
+        let asked = cairn_artifact::challenge_ranges(&nonce, &cid, data.len() as u64);
+        let group = cairn_artifact::AUDIT_GROUP_LEN;
+        let outside = (0..data.len() as u64 / group)
+            .map(|g| g * group + 5)
+            .find(|at| !asked.iter().any(|r| r.contains(at)))
+            .unwrap();
+        let path = s.shard_path(&cid);
+        let flip = |at: u64| {
+            let mut b = fs::read(&path).unwrap();
+            b[HEADER_LEN + at as usize] ^= 1;
+            fs::write(&path, &b).unwrap();
+        };
+        flip(outside);
+        let answer = s.audit_answer(&cid, &nonce).unwrap();
+        cairn_artifact::check_audit_answer(&nonce, &cid, data.len() as u64, &answer).unwrap();
+        flip(outside);
+        flip(asked[1].start + 100);
+        assert!(matches!(
+            s.audit_answer(&cid, &nonce),
+            Err(Error::Corrupted { .. })
+        ));
+        let used = s.stat().unwrap().used;
+        assert!(s.drop_corrupted(&cid).unwrap());
+        assert!(!s.has_shard(&cid).unwrap());
+        assert!(matches!(
+            s.audit_answer(&cid, &nonce),
+            Err(Error::ShardNotFound(_))
+        ));
+        assert!(s.stat().unwrap().used < used);
+        // A good copy is never dropped; a cut one is corrupted at once.
+        let other = vec![3u8; 100_000];
+        let oc = shard_cid(&other);
+        s.put_shards(&[(oc, &other)]).unwrap();
+        assert!(!s.drop_corrupted(&oc).unwrap());
+        let b = fs::read(s.shard_path(&oc)).unwrap();
+        fs::write(s.shard_path(&oc), &b[..b.len() - 10]).unwrap();
+        assert!(matches!(
+            s.audit_answer(&oc, &nonce),
+            Err(Error::Corrupted { .. })
+        ));
     }
 
     #[test]
