@@ -46,7 +46,7 @@ pub const LEASE_ASK_MAX: usize = 64;
 /// Most holders one lease is sent to.
 pub const LEASE_TARGETS_MAX: usize = 256;
 /// Time allowed to ask peers for records, and to send a lease to every holder.
-const LEASE_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const LEASE_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest `leases.json` read.
 const LEASE_FILE_MAX: u64 = 64 << 20;
 

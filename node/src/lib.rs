@@ -37,8 +37,8 @@ pub use client::{
 pub use daemon::{NodeConfig, NodeHandle, run_node, run_node_with_housekeeping};
 pub use error::Error;
 pub use leases::{
-    LEASE_ASK_MAX, LEASE_TARGETS_MAX, LEASE_TERM_MAX, LEASES_FILE, LeaseClient, LeaseFile,
-    LeasePin, RenewConfig, Spread, find_holders, send_lease, sign_lease,
+    LEASE_ASK_MAX, LEASE_STEP_TIMEOUT, LEASE_TARGETS_MAX, LEASE_TERM_MAX, LEASES_FILE, LeaseClient,
+    LeaseFile, LeasePin, RenewConfig, Spread, find_holders, send_lease, sign_lease,
 };
 pub use receipts::{RECEIPTS_EXPORT_MAX, ReceiptJson, VerifyReport, verify_receipts};
 pub use status::{NodeStatus, PeerReputation};
