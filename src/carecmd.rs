@@ -225,6 +225,7 @@ fn print_status(s: &NodeStatus) {
     );
     println!("served   {}", human(s.bytes_served));
     println!("receipts {} since start", s.receipts);
+    println!("leases   {} renewed", s.leases_renewed);
     println!("peers    {} known, {} live", s.peers_known, s.peers_live);
     for r in &s.reputation {
         println!(
