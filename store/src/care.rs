@@ -409,10 +409,30 @@ impl Store {
             return Err(Error::ManifestNotFound(*artifact));
         }
         let tx = self.db.begin_write().db()?;
-        tx.open_table(REPAIR_RECORDS)
-            .db()?
-            .insert(artifact.to_bytes().as_slice(), record)
-            .db()?;
+        {
+            // Charged to the quota like the publisher's record.
+            let key = artifact.to_bytes();
+            let used = self.used(&tx)?;
+            let mut t = tx.open_table(REPAIR_RECORDS).db()?;
+            let old = t
+                .get(key.as_slice())
+                .db()?
+                .map(|v| v.value().len() as u64)
+                .unwrap_or(0);
+            let new_used = used - old.min(used) + record.len() as u64;
+            if new_used > self.quota() {
+                return Err(Error::QuotaExceeded {
+                    needed: record.len() as u64,
+                    free: self.quota().saturating_sub(used),
+                    quota: self.quota(),
+                });
+            }
+            t.insert(key.as_slice(), record).db()?;
+            tx.open_table(crate::store::META)
+                .db()?
+                .insert(crate::store::META_USED, new_used)
+                .db()?;
+        }
         tx.commit().db()
     }
 

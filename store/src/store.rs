@@ -36,7 +36,7 @@ use crate::shardfile::{HEADER_LEN, ShardHeader};
 
 /// Format of the data directory; bumped on any incompatible change to tables or files.
 const STORE_FORMAT: u64 = 1;
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta-1");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta-1");
 /// Shard CID bytes -> bytes the shard file takes on disk.
 const SHARDS: TableDefinition<&[u8], u64> = TableDefinition::new("shards-1");
 /// Manifest CID bytes -> manifest bytes.
@@ -52,7 +52,7 @@ const OWNERS: MultimapTableDefinition<&[u8], [u8; 32]> = MultimapTableDefinition
 /// Artifact (manifest) CID bytes -> signed holder record bytes, kept for readers.
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records-1");
 const META_FORMAT: &str = "format";
-const META_USED: &str = "used_bytes";
+pub(crate) const META_USED: &str = "used_bytes";
 
 /// How long past the end of its lease a leased artifact is kept by default: time for a
 /// publisher whose renewal was late (a node down for a while, a clock off) to renew before its
@@ -274,7 +274,12 @@ impl Store {
         self.dir.join("shards").join(&s[s.len() - 2..]).join(s)
     }
 
-    fn used(&self, tx: &redb::WriteTransaction) -> Result<u64, Error> {
+    /// The quota in bytes.
+    pub(crate) fn quota(&self) -> u64 {
+        self.quota
+    }
+
+    pub(crate) fn used(&self, tx: &redb::WriteTransaction) -> Result<u64, Error> {
         Ok(tx
             .open_table(META)
             .db()?
@@ -469,7 +474,9 @@ impl Store {
         self.read_shard_file(cid, true)
     }
 
-    fn read_shard_file(&self, cid: &Cid, with_outboard: bool) -> Result<(Vec<u8>, Vec<u8>), Error> {
+    /// Opens the file of a shard the store holds and checks its header against the file's length
+    /// and the CID; the file is left positioned after the header.
+    fn open_shard_file(&self, cid: &Cid) -> Result<(File, ShardHeader, PathBuf), Error> {
         if !self.has_shard(cid)? {
             return Err(Error::ShardNotFound(*cid));
         }
@@ -496,6 +503,12 @@ impl Store {
         if Some(header.hash) != blake3_digest(cid) {
             return Err(corrupted("header hash differs from the CID".into()));
         }
+        Ok((f, header, path))
+    }
+
+    fn read_shard_file(&self, cid: &Cid, with_outboard: bool) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        let corrupted = |reason: String| Error::Corrupted { cid: *cid, reason };
+        let (mut f, header, path) = self.open_shard_file(cid)?;
         // Read into fresh capacity (no zeroing pass over every shard served); the header's length
         // was checked against the file's above, so a short read means the file changed under us.
         let mut data = Vec::with_capacity(header.data_len as usize);
@@ -528,32 +541,7 @@ impl Store {
     /// (or a file of the wrong length) is `Corrupted`; damage elsewhere in the shard is for
     /// other nonces and for full reads to find.
     pub fn audit_answer(&self, cid: &Cid, nonce: &[u8; 32]) -> Result<Vec<u8>, Error> {
-        if !self.has_shard(cid)? {
-            return Err(Error::ShardNotFound(*cid));
-        }
-        let corrupted = |reason: String| Error::Corrupted { cid: *cid, reason };
-        let path = self.shard_path(cid);
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(corrupted("its file is missing".into()));
-            }
-            Err(e) => return Err(Error::io(&path)(e)),
-        };
-        let file_len = f.metadata().map_err(Error::io(&path))?.len();
-        let mut hb = [0u8; HEADER_LEN];
-        f.read_exact(&mut hb)
-            .map_err(|_| corrupted("file is shorter than its header".into()))?;
-        let header = ShardHeader::parse(&hb).map_err(|e| corrupted(format!("bad header: {e}")))?;
-        if header.file_len() != file_len {
-            return Err(corrupted(format!(
-                "file is {file_len} bytes, header says {}",
-                header.file_len()
-            )));
-        }
-        if Some(header.hash) != blake3_digest(cid) {
-            return Err(corrupted("header hash differs from the CID".into()));
-        }
+        let (f, header, _) = self.open_shard_file(cid)?;
         let data = FileSlice {
             file: &f,
             base: HEADER_LEN as u64,
@@ -1046,14 +1034,15 @@ impl Store {
                 let mut repair = tx.open_table(crate::care::REPAIR_RECORDS).db()?;
                 let mut dead_repair = Vec::new();
                 for row in repair.iter().db()? {
-                    let (k, _) = row.db()?;
+                    let (k, v) = row.db()?;
                     if manifests.get(k.value()).db()?.is_none() {
-                        dead_repair.push(k.value().to_vec());
+                        dead_repair.push((k.value().to_vec(), v.value().len() as u64));
                     }
                 }
-                for k in dead_repair {
+                for (k, len) in dead_repair {
                     repair.remove(k.as_slice()).db()?;
                     report.records += 1;
+                    report.bytes += len;
                 }
             }
             for row in owners.iter().db()? {

@@ -196,6 +196,31 @@ impl MemoryBackend {
         }
     }
 
+    /// Stores a record of `artifact` (held as a manifest) in the map `slot` picks, replacing
+    /// the one there, within the quota.
+    fn put_counted(
+        &self,
+        artifact: &Cid,
+        signed: &[u8],
+        slot: fn(&mut MemoryState) -> &mut HashMap<Cid, Vec<u8>>,
+    ) -> Result<(), BackendError> {
+        let mut state = self.lock();
+        if !state.shards.contains_key(artifact) {
+            return Err(BackendError::UnknownArtifact);
+        }
+        let replaced = slot(&mut state)
+            .get(artifact)
+            .map_or(0, |old| old.len() as u64);
+        let needed = signed.len() as u64;
+        let free = self.quota.saturating_sub(state.used - replaced);
+        if needed > free {
+            return Err(BackendError::QuotaFull { needed, free });
+        }
+        state.used = state.used - replaced + needed;
+        slot(&mut state).insert(*artifact, signed.to_vec());
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
         // A panic while holding the lock cannot leave the map half-updated (every update is a
         // single insert or remove), so the poisoned state is still consistent.
@@ -266,22 +291,7 @@ impl ShardBackend for MemoryBackend {
     }
 
     fn put_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError> {
-        let mut state = self.lock();
-        if !state.shards.contains_key(artifact) {
-            return Err(BackendError::UnknownArtifact);
-        }
-        let replaced = state
-            .records
-            .get(artifact)
-            .map_or(0, |old| old.len() as u64);
-        let needed = signed.len() as u64;
-        let free = self.quota.saturating_sub(state.used - replaced);
-        if needed > free {
-            return Err(BackendError::QuotaFull { needed, free });
-        }
-        state.used = state.used - replaced + needed;
-        state.records.insert(*artifact, signed.to_vec());
-        Ok(())
+        self.put_counted(artifact, signed, |s| &mut s.records)
     }
 
     fn get_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
@@ -290,22 +300,7 @@ impl ShardBackend for MemoryBackend {
 
     /// Repair records count against the quota like the publisher's.
     fn put_repair_record(&self, artifact: &Cid, signed: &[u8]) -> Result<(), BackendError> {
-        let mut state = self.lock();
-        if !state.shards.contains_key(artifact) {
-            return Err(BackendError::UnknownArtifact);
-        }
-        let replaced = state
-            .repair_records
-            .get(artifact)
-            .map_or(0, |old| old.len() as u64);
-        let needed = signed.len() as u64;
-        let free = self.quota.saturating_sub(state.used - replaced);
-        if needed > free {
-            return Err(BackendError::QuotaFull { needed, free });
-        }
-        state.used = state.used - replaced + needed;
-        state.repair_records.insert(*artifact, signed.to_vec());
-        Ok(())
+        self.put_counted(artifact, signed, |s| &mut s.repair_records)
     }
 
     fn get_repair_record(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
