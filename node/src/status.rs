@@ -112,6 +112,8 @@ impl NodeStatus {
             .reputations()
             .unwrap_or_default()
             .into_iter()
+            // Its own shards' disk checks are recorded under its own id; that is not a peer.
+            .filter(|(peer, _)| hex(peer) != id)
             .map(|(peer, r)| PeerReputation {
                 peer: hex(&peer),
                 audit_score: r.audit_score(),
