@@ -80,8 +80,10 @@ pub const SAMPLE_SLOWER: u32 = 4;
 pub const MISSES_TO_LOST: u32 = 2;
 /// Audit batches in flight at once from one node.
 pub const AUDITS_IN_FLIGHT: usize = 8;
-/// Shards one round audits at most, whatever is due (the rest wait for the next round).
-pub const AUDITS_PER_ROUND_MAX: usize = 4096;
+/// Shards one round audits at most, whatever is due (the rest wait for the next round): 4 rounds
+/// a period cover 262 144 shards a caretaker answers for, about 90 GB of 341 KiB shards (a
+/// larger node needs a longer period; what is deferred is logged).
+pub const AUDITS_PER_ROUND_MAX: usize = 65_536;
 /// Chunks one round repairs at most.
 pub const REPAIRS_PER_ROUND_MAX: usize = 256;
 /// Candidates beyond the lost shards' count asked whether an earlier repair already placed
@@ -311,6 +313,7 @@ impl Care {
         let mut remote: HashMap<EndpointId, Vec<Due>> = HashMap::new();
         let mut local: Vec<Cid> = Vec::new();
         let mut due_count = 0usize;
+        let mut deferred = 0usize;
         for (a, v) in views.iter().enumerate() {
             let params = v.manifest.params();
             for (i, chunk) in v.manifest.chunks().iter().enumerate() {
@@ -343,6 +346,7 @@ impl Care {
                         continue;
                     }
                     if due_count >= AUDITS_PER_ROUND_MAX {
+                        deferred += 1;
                         continue;
                     }
                     due_count += 1;
@@ -353,6 +357,12 @@ impl Care {
                     });
                 }
             }
+        }
+        if deferred > 0 {
+            warn!(
+                "care: {deferred} shard audits due beyond this round's {AUDITS_PER_ROUND_MAX}; \
+                 they wait for the next round (a longer --audit-period spreads them)"
+            );
         }
         let mut verdicts = self.check_local(local).await;
         verdicts.extend(self.audit_all(remote, &views, &live).await);
