@@ -393,7 +393,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Pins => {
-            let store = DataDir::open(&dir)?.open_store()?;
+            let dd = DataDir::open(&dir)?;
+            let store = dd.open_store()?;
             let now = now();
             for p in store.pins()? {
                 let state = match p.expires_at {
@@ -402,6 +403,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(_) => "lapsed".to_string(),
                 };
                 println!("{} {state}", p.cid);
+            }
+            // Network pins: leases a `cairn node` on this data directory keeps renewing.
+            let file = cairn_node::LeaseFile::read(&dd.path.join(cairn_node::LEASES_FILE))?;
+            for p in file.pins {
+                let left = |ms: u64| ms.saturating_sub(now * 1000) / 1000;
+                let until = match p.until_ms {
+                    None => "renewed until unpinned".to_string(),
+                    Some(u) => format!("renewed for {} s more", left(u)),
+                };
+                println!(
+                    "{} network lease, held for {} s, {until}",
+                    p.cid,
+                    left(p.lease_until_ms)
+                );
             }
             Ok(())
         }
