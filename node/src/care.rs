@@ -125,6 +125,8 @@ pub struct RoundReport {
     pub unrepaired: usize,
     /// Leases of the node's publisher renewed (see `leases`).
     pub renewed: usize,
+    /// Extra copies dropped: shards this node holds that the records place, verified, elsewhere.
+    pub trimmed: usize,
 }
 
 /// The key a chunk's holders are ranked by: its first shard's CID, as publishing uses.
@@ -174,6 +176,8 @@ pub(crate) struct Care {
     config: CareConfig,
     /// Rounds in a row each holder missed.
     misses: Mutex<HashMap<EndpointId, u32>>,
+    /// When each artifact's repair record was last asked of another holder.
+    synced: Mutex<HashMap<Cid, u64>>,
     /// Renews the leases of this node's publisher, if it has one.
     renewer: Option<Renewer>,
 }
@@ -194,6 +198,7 @@ impl Care {
             membership,
             config,
             misses: Mutex::new(HashMap::new()),
+            synced: Mutex::new(HashMap::new()),
             renewer: None,
         }
     }
@@ -302,6 +307,16 @@ impl Care {
             Ok(v) => v,
             Err(_) => return RoundReport::default(),
         };
+        // A node that was away when a repair record was stored learns it from another holder
+        // (once a period per artifact), then reads the artifact as the others do.
+        let views = if self.sync_records(&views).await > 0 {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.views())
+                .await
+                .unwrap_or(views)
+        } else {
+            views
+        };
         let mut report = RoundReport {
             artifacts: views.len(),
             ..RoundReport::default()
@@ -314,6 +329,7 @@ impl Care {
         let mut local: Vec<Cid> = Vec::new();
         let mut due_count = 0usize;
         let mut deferred = 0usize;
+        let mine = placed_on(&views, self.me);
         for (a, v) in views.iter().enumerate() {
             let params = v.manifest.params();
             for (i, chunk) in v.manifest.chunks().iter().enumerate() {
@@ -342,7 +358,10 @@ impl Care {
                         }
                         continue;
                     }
-                    if caretaker != Some(self.me) && !holders.contains(&self.me) {
+                    // A copy this node keeps that the records place elsewhere: its holder there
+                    // is audited too, so that the copy can be trimmed once that one is proved.
+                    let extra = !mine.contains(cid) && self.store.has_shard(cid).unwrap_or(false);
+                    if caretaker != Some(self.me) && !holders.contains(&self.me) && !extra {
                         continue;
                     }
                     if due_count >= AUDITS_PER_ROUND_MAX {
@@ -390,7 +409,120 @@ impl Care {
                 .round(&self.store, &self.client, self.me, &peers)
                 .await;
         }
+        report.trimmed = self.trim_extras(&views, &mine).await;
         report
+    }
+
+    /// Drops the copies this node keeps of shards the records place on another node that this
+    /// node proved recently (within a sampling interval): extra copies from overlapping
+    /// repairs, or from before this node was counted lost. A shard any record places here, or a
+    /// local pin needs, stays.
+    async fn trim_extras(&self, views: &[View], mine: &HashSet<Cid>) -> usize {
+        if !self.config.repair {
+            return 0;
+        }
+        let now = now_ms();
+        let window = self.config.period.as_millis() as u64 * u64::from(SAMPLE_SLOWER + 1);
+        let mut extra = Vec::new();
+        for v in views {
+            for (i, chunk) in v.manifest.chunks().iter().enumerate() {
+                for (cid, holder) in chunk.shards.iter().zip(chunk_holders(&v.record, i)) {
+                    if holder == self.me || mine.contains(cid) {
+                        continue;
+                    }
+                    let proved = matches!(
+                        self.store.last_audit(cid, holder.as_bytes()),
+                        Ok(Some((t, Outcome::Success))) if now.saturating_sub(t) < window
+                    );
+                    if proved && self.store.has_shard(cid).unwrap_or(false) {
+                        extra.push(*cid);
+                    }
+                }
+            }
+        }
+        if extra.is_empty() {
+            return 0;
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut trimmed = 0;
+            for cid in extra {
+                match store.trim_shard(&cid) {
+                    Ok(true) => {
+                        info!("care: trimmed an extra copy of {cid} (kept, proved, elsewhere)");
+                        trimmed += 1;
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!("care: trimming {cid}: {e}"),
+                }
+            }
+            trimmed
+        })
+        .await
+        .unwrap_or(0)
+    }
+
+    /// Asks one other live holder of each artifact (at most once a period each) for its repair
+    /// record, and keeps it if it is newer than this node's and trusted along the chain from
+    /// the records this node holds (as the shard protocol's server and readers decide).
+    /// Returns how many it kept.
+    async fn sync_records(&self, views: &[View]) -> usize {
+        let now = now_ms();
+        let period_ms = self.config.period.as_millis() as u64;
+        let live = self.live();
+        let mut asks = Vec::new();
+        {
+            let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+            for (a, v) in views.iter().enumerate() {
+                if synced
+                    .get(&v.artifact)
+                    .is_some_and(|t| now.saturating_sub(*t) < period_ms)
+                {
+                    continue;
+                }
+                let others: Vec<&PeerInfo> = v
+                    .record
+                    .nodes
+                    .iter()
+                    .filter(|(id, _)| *id != self.me)
+                    .filter_map(|(id, _)| live.get(id))
+                    .collect();
+                if others.is_empty() {
+                    continue;
+                }
+                synced.insert(v.artifact, now);
+                let peer = others[rand::rng().random_range(0..others.len())].addr();
+                asks.push((a, peer));
+            }
+        }
+        let answers =
+            futures_util::future::join_all(asks.into_iter().map(|(a, peer)| async move {
+                (
+                    a,
+                    self.client
+                        .get_repair_record(&peer, &views[a].artifact)
+                        .await,
+                )
+            }))
+            .await;
+        let mut kept = 0;
+        for (a, answer) in answers {
+            let v = &views[a];
+            let Ok(Some(r)) = answer else { continue };
+            let trusted = v.record.nodes.iter().any(|(id, _)| *id == r.publisher);
+            if !trusted || r.record.version <= v.record.version || !fits(&r.record, &v.manifest) {
+                continue;
+            }
+            let store = self.store.clone();
+            let (artifact, bytes) = (v.artifact, r.bytes.clone());
+            if let Ok(Ok(())) =
+                tokio::task::spawn_blocking(move || store.put_repair_record(&artifact, &bytes))
+                    .await
+            {
+                kept += 1;
+            }
+        }
+        kept
     }
 
     /// The first live, not avoided holder of a chunk in its ranking.
@@ -834,6 +966,21 @@ impl Care {
         );
         Ok(())
     }
+}
+
+/// The shards that some view's record places on `me`.
+fn placed_on(views: &[View], me: EndpointId) -> HashSet<Cid> {
+    let mut out = HashSet::new();
+    for v in views {
+        for (i, chunk) in v.manifest.chunks().iter().enumerate() {
+            for (cid, holder) in chunk.shards.iter().zip(chunk_holders(&v.record, i)) {
+                if holder == me {
+                    out.insert(*cid);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Whether `record` has the shape of `manifest` (chunks, k, m) and fits its nodes.

@@ -565,19 +565,58 @@ impl Store {
             Ok(_) | Err(Error::ShardNotFound(_)) => return Ok(false),
             Err(e) => return Err(e),
         }
+        let dropped = self.remove_shard(cid)?;
+        if dropped {
+            tracing::warn!("dropped the damaged copy of shard {cid}");
+        }
+        Ok(dropped)
+    }
+
+    /// Drops a good copy of a shard that the network keeps elsewhere (an extra copy left by a
+    /// repair that overlapped another, or by a node that came back after its shards were
+    /// re-created): its row, its owners' claims, its file, its bytes in the quota. A shard a
+    /// live local pin's manifest needs is kept. The caller (the caretaker) checked that the
+    /// holder the records name for it proved it recently. Returns whether it was dropped.
+    pub fn trim_shard(&self, cid: &Cid) -> Result<bool, Error> {
+        let now = now();
+        let key = cid.to_bytes();
+        {
+            let rtx = self.db.begin_read().db()?;
+            let pins = rtx.open_table(PINS).db()?;
+            let manifests = rtx.open_table(MANIFESTS).db()?;
+            for row in pins.iter().db()? {
+                let (k, v) = row.db()?;
+                let pcid = Cid::try_from(k.value()).map_err(|e| Error::Db(e.to_string()))?;
+                if !Pin::decode(pcid, v.value())?.is_live(now) {
+                    continue;
+                }
+                if let Some(m) = manifests.get(k.value()).db()?
+                    && let Ok(m) = Manifest::decode(m.value(), "pinned manifest")
+                    && m.shard_cids().any(|c| c.to_bytes() == key)
+                {
+                    return Ok(false);
+                }
+            }
+        }
+        self.remove_shard(cid)
+    }
+
+    /// Removes a shard's row, its owners and its file, and gives its bytes back to the quota.
+    fn remove_shard(&self, cid: &Cid) -> Result<bool, Error> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let key = cid.to_bytes();
         let tx = self.db.begin_write().db()?;
         let len = {
             let mut shards = tx.open_table(SHARDS).db()?;
-            let Some(len) = shards
-                .remove(cid.to_bytes().as_slice())
-                .db()?
-                .map(|v| v.value())
-            else {
+            let Some(len) = shards.remove(key.as_slice()).db()?.map(|v| v.value()) else {
                 return Ok(false);
             };
             len
         };
+        tx.open_multimap_table(OWNERS)
+            .db()?
+            .remove_all(key.as_slice())
+            .db()?;
         {
             let mut meta = tx.open_table(META).db()?;
             let used = meta.get(META_USED).db()?.map(|v| v.value()).unwrap_or(0);
@@ -590,7 +629,6 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&path)(e)),
         }
-        tracing::warn!("dropped the damaged copy of shard {cid}");
         Ok(true)
     }
 

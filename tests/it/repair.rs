@@ -481,3 +481,49 @@ fn a_repairer_killed_mid_repair_is_taken_over_without_loss_or_runaway_copies() {
     ok(net.get_cmd(&cap, &out));
     assert_same_tree(&src, &out);
 }
+
+/// A node that comes back after its shards were re-created elsewhere learns the repair record
+/// from another holder, audits the new holders of its old shards and, once they are proved,
+/// drops its extra copies: overlapping repairs and returning nodes do not leave the network
+/// storing more than it needs, and nothing it needs is dropped.
+#[test]
+fn a_returning_node_trims_its_extra_copies_once_they_are_proved_elsewhere() {
+    let mut net = Devnet::start_with_args(&["1GiB"; 7], &["--audit-period", PERIOD]);
+    let src = net.tmp.path().join("model");
+    model(&src, 71, 8 << 20);
+    let p = net.tmp.path().join("publisher");
+    init(&p, "1GiB");
+    let (out, _) = ok(net.add_cmd(&p, &src, &["-k", "3", "-m", "2"]));
+    let cap = cap_line(&out);
+    let (chunks, _, _) = artifact(&net, &cap);
+    let away = 6;
+    let held = |net: &Devnet| {
+        chunks
+            .iter()
+            .flatten()
+            .filter(|c| verified_on(&net.nodes[away].dir, c))
+            .count()
+    };
+    let before = held(&net);
+    assert!(before > 0, "node {away} holds nothing");
+    net.kill(away);
+    let live: Vec<usize> = (0..6).collect();
+    wait_until("full redundancy without node 6", REPAIR_WITHIN, || {
+        fully_redundant(&verified_holders(&net, &live, &chunks))
+    });
+    net.spawn(away);
+    assert_eq!(held(&net), before, "the node came back with its copies");
+    let took = wait_until(
+        "the returning node's extra copies trimmed",
+        REPAIR_WITHIN,
+        || held(&net) == 0,
+    );
+    eprintln!("{before} extra copies trimmed {took:?} after the node came back");
+    // Nothing needed went with them.
+    assert!(fully_redundant(&verified_holders(&net, &live, &chunks)));
+    let trimmed = status(&net, away);
+    assert_eq!(trimmed.shards, 0, "{trimmed:?}");
+    let out = net.tmp.path().join("out");
+    ok(net.get_cmd(&cap, &out));
+    assert_same_tree(&src, &out);
+}
