@@ -510,7 +510,14 @@ impl Care {
             let v = &views[a];
             let Ok(Some(r)) = answer else { continue };
             let trusted = v.record.nodes.iter().any(|(id, _)| *id == r.publisher);
-            if !trusted || r.record.version <= v.record.version || !fits(&r.record, &v.manifest) {
+            // Dated too far ahead, it could block every later repair record here.
+            let ahead = r.record.version
+                > record_version_now() + cairn_swarm::RECORD_AHEAD_MAX.as_millis() as u64;
+            if !trusted
+                || ahead
+                || r.record.version <= v.record.version
+                || !fits(&r.record, &v.manifest)
+            {
                 continue;
             }
             let store = self.store.clone();

@@ -273,37 +273,39 @@ pub(crate) type Handler =
 
 /// Serves `handler` on a TCP listener (the metrics endpoint) until the task is aborted.
 pub(crate) async fn serve_tcp(listener: TcpListener, handler: Handler) {
-    let slots = Arc::new(Semaphore::new(METRICS_CONNECTIONS_MAX));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((io, _)) => {
-                tokio::spawn(serve_conn(io, handler.clone(), permit));
-            }
-            Err(e) => {
-                warn!("metrics: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    serve("metrics", handler, || async {
+        listener.accept().await.map(|(io, _)| io)
+    })
+    .await
 }
 
 /// Serves `handler` on the node's control socket (a Unix socket only its owner can open)
 /// until the task is aborted.
 pub(crate) async fn serve_unix(listener: UnixListener, handler: Handler) {
+    serve("control socket", handler, || async {
+        listener.accept().await.map(|(io, _)| io)
+    })
+    .await
+}
+
+/// Accepts connections with `accept`, at most [`METRICS_CONNECTIONS_MAX`] served at once.
+async fn serve<IO, F, Fut>(what: &str, handler: Handler, mut accept: F)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<IO>>,
+{
     let slots = Arc::new(Semaphore::new(METRICS_CONNECTIONS_MAX));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        match listener.accept().await {
-            Ok((io, _)) => {
+        match accept().await {
+            Ok(io) => {
                 tokio::spawn(serve_conn(io, handler.clone(), permit));
             }
             Err(e) => {
-                warn!("control socket: accept: {e}");
+                warn!("{what}: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -241,10 +241,7 @@ impl SignedLease {
 }
 
 fn signed_message(body: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(SIGN_CONTEXT.len() + body.len());
-    message.extend_from_slice(SIGN_CONTEXT);
-    message.extend_from_slice(body);
-    message
+    crate::signed::signed_message(SIGN_CONTEXT, body)
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ mod protocol;
 mod receipt;
 mod record;
 mod server;
+mod signed;
 
 pub use audit::{AuditReply, AuditVerdict, judge_audit};
 pub use backend::{BackendError, MemoryBackend, ShardBackend};

@@ -33,6 +33,7 @@ use iroh::{EndpointId, SecretKey, Signature};
 use crate::cids::shard_digest;
 use crate::error::{Error, Result};
 use crate::protocol::{AUDIT_BATCH_MAX, CID_LEN_MAX, SHARD_LEN_MAX};
+use crate::signed::Cursor;
 
 const MAGIC: &[u8; 8] = b"CAIRNRC\0";
 const FORMAT_VERSION: u8 = 1;
@@ -195,7 +196,7 @@ impl SignedReceipt {
             return Err(invalid(format!("{} bytes is too short", bytes.len())));
         }
         let (body, signature) = bytes.split_at(bytes.len() - SIGNATURE_LEN);
-        let mut reader = Cursor(body);
+        let mut reader = Cursor::new(body, invalid);
         if reader.array::<8>()? != *MAGIC {
             return Err(invalid("magic bytes are not CAIRNRC"));
         }
@@ -237,10 +238,10 @@ impl SignedReceipt {
             }
             shards.push(cid);
         }
-        if !reader.0.is_empty() {
+        if !reader.rest().is_empty() {
             return Err(invalid(format!(
                 "{} bytes between the shards and the signature",
-                reader.0.len()
+                reader.rest().len()
             )));
         }
         let receipt = Receipt {
@@ -271,39 +272,7 @@ impl SignedReceipt {
 }
 
 fn signed_message(body: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(SIGN_CONTEXT.len() + body.len());
-    message.extend_from_slice(SIGN_CONTEXT);
-    message.extend_from_slice(body);
-    message
-}
-
-/// A cursor over bytes whose every read fails cleanly at the end.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.0.len() < n {
-            return Err(invalid("bytes end early"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let bytes = self.take(N)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(bytes);
-        Ok(out)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.array::<1>()?[0])
-    }
-    fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_be_bytes(self.array()?))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
+    crate::signed::signed_message(SIGN_CONTEXT, body)
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ use crate::cids::manifest_digest;
 use crate::error::{Error, Result};
 use crate::membership::{ADDRS_MAX, put_socket_addr};
 use crate::protocol::{CID_LEN_MAX, RECORD_LEN_MAX};
+use crate::signed::Cursor;
 
 /// Most distinct nodes in one holder record.
 pub const RECORD_NODES_MAX: usize = u16::MAX as usize;
@@ -318,7 +319,7 @@ impl HolderRecord {
             return Err(invalid(format!("{} bytes is too short", bytes.len())));
         }
         let (body, signature) = bytes.split_at(bytes.len() - SIGNATURE_LEN);
-        let mut reader = Cursor(body);
+        let mut reader = Cursor::new(body, invalid);
         if reader.array::<8>()? != *MAGIC {
             return Err(invalid("magic bytes are not CAIRNHR"));
         }
@@ -355,10 +356,10 @@ impl HolderRecord {
             )));
         }
         let node_count = usize::from(reader.u16()?);
-        if node_count * NODE_LEN_MIN > reader.0.len() {
+        if node_count * NODE_LEN_MIN > reader.rest().len() {
             return Err(invalid(format!(
                 "{node_count} nodes cannot fit in the {} bytes left",
-                reader.0.len()
+                reader.rest().len()
             )));
         }
         let mut nodes = Vec::with_capacity(node_count);
@@ -392,11 +393,11 @@ impl HolderRecord {
             )));
         }
         // At most 4e6 · 64 · 2 bytes, so the product cannot overflow.
-        if chunk_count * shards * 2 != reader.0.len() {
+        if chunk_count * shards * 2 != reader.rest().len() {
             return Err(invalid(format!(
                 "{chunk_count} chunks of {shards} holders need {} bytes, {} are left",
                 chunk_count * shards * 2,
-                reader.0.len()
+                reader.rest().len()
             )));
         }
         let mut holders = Vec::with_capacity(chunk_count);
@@ -475,42 +476,7 @@ pub fn choose_record<'a>(
 }
 
 fn signed_message(body: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(SIGN_CONTEXT.len() + body.len());
-    message.extend_from_slice(SIGN_CONTEXT);
-    message.extend_from_slice(body);
-    message
-}
-
-/// A cursor over bytes whose every read fails cleanly at the end.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.0.len() < n {
-            return Err(invalid("bytes end early"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let bytes = self.take(N)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(bytes);
-        Ok(out)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.array::<1>()?[0])
-    }
-    fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_be_bytes(self.array()?))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
+    crate::signed::signed_message(SIGN_CONTEXT, body)
 }
 
 #[cfg(test)]

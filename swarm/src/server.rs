@@ -486,31 +486,8 @@ fn put_record(backend: &dyn ShardBackend, lock: &Mutex<()>, signed: Vec<u8>) -> 
     if !allowed(&new.publisher) {
         return put_repair_record(backend, lock, new, (chunks, k, m), &allowed);
     }
-    if new.record.holders.len() != chunks
-        || usize::from(new.record.k) != k
-        || usize::from(new.record.m) != m
-    {
-        return Answer::error(
-            Status::InvalidRecord,
-            format!(
-                "holder record of {artifact} ({} chunks, k = {}, m = {}) does not match its \
-                 manifest ({chunks} chunks, k = {k}, m = {m})",
-                new.record.holders.len(),
-                new.record.k,
-                new.record.m
-            ),
-        );
-    }
-    let now = unix_ms_now();
-    if too_far_ahead(new.record.version, now) {
-        return Answer::error(
-            Status::InvalidRecord,
-            format!(
-                "holder record of {artifact} version {} is dated more than {:?} past this \
-                 node's clock ({now} ms)",
-                new.record.version, RECORD_AHEAD_MAX
-            ),
-        );
+    if let Some(refusal) = refuse_unfit(&new, (chunks, k, m), "holder record") {
+        return refusal;
     }
     // The guarded data is (), so a poisoned lock has nothing inconsistent in it.
     let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -523,19 +500,9 @@ fn put_record(backend: &dyn ShardBackend, lock: &Mutex<()>, signed: Vec<u8>) -> 
     if let Some(old) = stored
         .and_then(|bytes| HolderRecord::verify(&bytes).ok())
         .filter(|old| old.record.artifact == artifact && allowed(&old.publisher))
+        && let Some(answer) = refuse_stale(&new, &old, "holder record")
     {
-        if new.record.version == old.record.version && new.bytes == old.bytes {
-            return Answer::frame(encode_ok(&[]));
-        }
-        if new.record.version <= old.record.version {
-            return Answer::error(
-                Status::StaleRecord,
-                format!(
-                    "holder record of {artifact} version {} does not replace stored version {}",
-                    new.record.version, old.record.version
-                ),
-            );
-        }
+        return answer;
     }
     match backend.put_record(&artifact, &new.bytes) {
         Ok(()) => Answer::frame(encode_ok(&[])),
@@ -588,39 +555,13 @@ fn put_repair_record(
             ),
         );
     }
-    if new.record.holders.len() != chunks
-        || usize::from(new.record.k) != k
-        || usize::from(new.record.m) != m
+    if let Some(refusal) = refuse_unfit(&new, (chunks, k, m), "repair record") {
+        return refusal;
+    }
+    if let Some(old) = &repair
+        && let Some(answer) = refuse_stale(&new, old, "repair record")
     {
-        return Answer::error(
-            Status::InvalidRecord,
-            format!("repair record of {artifact} does not match its manifest"),
-        );
-    }
-    let now = unix_ms_now();
-    if too_far_ahead(new.record.version, now) {
-        return Answer::error(
-            Status::InvalidRecord,
-            format!(
-                "repair record of {artifact} version {} is dated more than {:?} past this \
-                 node's clock",
-                new.record.version, RECORD_AHEAD_MAX
-            ),
-        );
-    }
-    if let Some(old) = &repair {
-        if new.record.version == old.record.version && new.bytes == old.bytes {
-            return Answer::frame(encode_ok(&[]));
-        }
-        if new.record.version <= old.record.version {
-            return Answer::error(
-                Status::StaleRecord,
-                format!(
-                    "repair record of {artifact} version {} does not replace stored version {}",
-                    new.record.version, old.record.version
-                ),
-            );
-        }
+        return answer;
     }
     match backend.put_repair_record(&artifact, &new.bytes) {
         Ok(()) => Answer::frame(encode_ok(&[])),
@@ -672,6 +613,55 @@ fn put_lease(backend: &dyn ShardBackend, lock: &Mutex<()>, bytes: &[u8]) -> Answ
         Ok(()) => Answer::frame(encode_ok(&[])),
         Err(err) => backend_error(&artifact, err),
     }
+}
+
+/// The refusal of a record that does not fit its manifest's shape (chunks, k, m) or is dated
+/// more than [`RECORD_AHEAD_MAX`] past this node's clock (INVALID_RECORD), if it is one.
+fn refuse_unfit(new: &SignedRecord, (chunks, k, m): Shape, what: &str) -> Option<Answer> {
+    let artifact = new.record.artifact;
+    if new.record.holders.len() != chunks
+        || usize::from(new.record.k) != k
+        || usize::from(new.record.m) != m
+    {
+        return Some(Answer::error(
+            Status::InvalidRecord,
+            format!(
+                "{what} of {artifact} ({} chunks, k = {}, m = {}) does not match its manifest \
+                 ({chunks} chunks, k = {k}, m = {m})",
+                new.record.holders.len(),
+                new.record.k,
+                new.record.m
+            ),
+        ));
+    }
+    let now = unix_ms_now();
+    too_far_ahead(new.record.version, now).then(|| {
+        Answer::error(
+            Status::InvalidRecord,
+            format!(
+                "{what} of {artifact} version {} is dated more than {:?} past this node's clock \
+                 ({now} ms)",
+                new.record.version, RECORD_AHEAD_MAX
+            ),
+        )
+    })
+}
+
+/// What to answer instead of storing `new` over `old`: OK for the same bytes again,
+/// STALE_RECORD for a version not above the stored one; None when `new` replaces it.
+fn refuse_stale(new: &SignedRecord, old: &SignedRecord, what: &str) -> Option<Answer> {
+    if new.record.version == old.record.version && new.bytes == old.bytes {
+        return Some(Answer::frame(encode_ok(&[])));
+    }
+    (new.record.version <= old.record.version).then(|| {
+        Answer::error(
+            Status::StaleRecord,
+            format!(
+                "{what} of {} version {} does not replace stored version {}",
+                new.record.artifact, new.record.version, old.record.version
+            ),
+        )
+    })
 }
 
 /// Sets its flag when dropped.
