@@ -747,7 +747,7 @@ impl Care {
         let mut budget = REPAIRS_PER_ROUND_MAX;
         for v in views {
             let mut record = v.record.clone();
-            let mut changed = false;
+            let mut changes: Vec<(usize, usize, EndpointId)> = Vec::new();
             for (i, chunk) in v.manifest.chunks().iter().enumerate() {
                 if budget == 0 {
                     break;
@@ -768,8 +768,8 @@ impl Care {
                         repaired += placed.len();
                         for (j, id) in placed {
                             set_holder(&mut record, i, j, id, live);
+                            changes.push((i, j, id));
                         }
-                        changed = true;
                     }
                     Ok(_) => unrepaired += 1,
                     Err(e) => {
@@ -778,7 +778,9 @@ impl Care {
                     }
                 }
             }
-            if changed && let Err(e) = self.publish_record(v, record).await {
+            if !changes.is_empty()
+                && let Err(e) = self.publish_record(v, &changes, live).await
+            {
                 warn!("care: storing the repair record of {}: {e}", v.artifact);
             }
         }
@@ -932,8 +934,41 @@ impl Care {
             .map_err(|e| e.to_string())
     }
 
-    async fn publish_record(&self, v: &View, mut record: HolderRecord) -> Result<(), String> {
-        record.version = record_version_now().max(v.record.version + 1);
+    /// Stores and spreads a repair record: this round's `changes` (chunk, shard, new holder)
+    /// applied to the newest record this node holds *now*, not to the one the round started
+    /// from, so that a record another caretaker stored here meanwhile (its repairs of other
+    /// chunks) is built on rather than overtaken. Two caretakers publishing at the same instant
+    /// can still overtake each other; the next round then finds the overtaken shards on their
+    /// ranked nodes with one HAS and records them again.
+    async fn publish_record(
+        &self,
+        v: &View,
+        changes: &[(usize, usize, EndpointId)],
+        live: &HashMap<EndpointId, PeerInfo>,
+    ) -> Result<(), String> {
+        let store = self.store.clone();
+        let artifact = v.artifact;
+        let newest = tokio::task::spawn_blocking(move || store.get_repair_record(&artifact))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .and_then(|bytes| {
+                let r = HolderRecord::verify(&bytes).ok()?.record;
+                (r.version > v.record.version && fits(&r, &v.manifest)).then_some((r, bytes))
+            });
+        let mut chain = v.chain.clone();
+        let mut record = match newest {
+            Some((r, bytes)) => {
+                chain.push(bytes);
+                r
+            }
+            None => v.record.clone(),
+        };
+        for &(i, j, id) in changes {
+            set_holder(&mut record, i, j, id, live);
+        }
+        record.version = record_version_now().max(record.version + 1);
         let signed = record.try_sign(&self.key).map_err(|e| e.to_string())?;
         let store = self.store.clone();
         let (artifact, bytes) = (v.artifact, signed.clone());
@@ -958,7 +993,7 @@ impl Care {
         let results = futures_util::future::join_all(targets.iter().map(|t| async {
             // What the new record builds on first (refusals of records already held are
             // expected and harmless), then the new record.
-            for earlier in &v.chain {
+            for earlier in &chain {
                 let _ = self.client.put_record(t, earlier).await;
             }
             self.client.put_record(t, &signed).await
