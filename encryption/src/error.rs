@@ -21,4 +21,7 @@ pub enum Error {
         /// The length given.
         got: usize,
     },
+    /// A gateway id is not `cairngw1` followed by 64 hex digits of a valid X25519 key.
+    #[error("not a gateway id: expected `cairngw1` followed by 64 hex digits")]
+    BadGatewayId,
 }

@@ -16,15 +16,25 @@
 //! an artifact key with a random nonce stored beside the ciphertext, because one artifact key may
 //! seal more than one revision of a private part.
 //!
+//! # Grants
+//! A publisher hands an artifact key to a gateway without any channel between them: the key is
+//! wrapped to the gateway's X25519 public key with HPKE (RFC 9180, base mode,
+//! DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305) and published in the name
+//! record; see [`wrap_key`].
+//!
 //! # Errors
 //! Tampered or truncated ciphertext, or the wrong key, is reported as [`Error::Tampered`]; no
 //! function here ever returns plaintext that did not authenticate.
 
 mod error;
+mod grant;
 mod keys;
 mod seal;
 
 pub use error::Error;
+pub use grant::{
+    GRANT_ENC_LEN, GRANT_SEALED_LEN, GatewayId, GatewaySecret, WrappedKey, unwrap_key, wrap_key,
+};
 pub use keys::{ArtifactKey, ChunkKey, ConvergenceSecret, KEY_LEN};
 pub use seal::{
     CHUNK_NONCE, NONCE_LEN, SealedPrivate, TAG_LEN, open_chunk, open_chunk_in_place, open_private,

@@ -60,7 +60,7 @@ pub use membership::{
     ADDRS_MAX, ANNOUNCE_INTERVAL, ANNOUNCEMENT_LEN_MAX, Announcement, Membership, MembershipConfig,
     PEER_FAILURES_MAX, PEER_SILENCE_MAX, PEER_TABLE_PEERS_MAX, PeerInfo, PeerTable, topic_id,
 };
-pub use placement::place;
+pub use placement::{RECORD_REPLICAS, place, record_ranking};
 #[doc(hidden)]
 pub use protocol::fuzzing;
 pub use protocol::{

@@ -44,6 +44,28 @@ pub fn place(key: &[u8], peers: &[(EndpointId, u64)], n: usize) -> Vec<EndpointI
     scored.into_iter().take(n).map(|(_, id)| id).collect()
 }
 
+/// How many nodes keep each record (a name record and the records of its org): the first
+/// `RECORD_REPLICAS` of the record key's ranking over the live membership.
+pub const RECORD_REPLICAS: usize = 5;
+
+/// Domain separation of record placement from shard placement, so that a record key that
+/// happens to equal a chunk key does not land on the same nodes.
+const RECORD_CONTEXT: &[u8] = b"cairn record placement v1\0";
+
+/// The nodes that keep the record named `record_key`, best first: every peer of `peers` ranked
+/// by rendezvous hashing with equal weights (a record is small, so free space does not matter,
+/// and equal weights let every reader compute the same ranking from the membership alone).
+/// The first [`RECORD_REPLICAS`] hold the record; readers ask them first and the next ones
+/// only when those do not answer. When a holder leaves, only the records it held move, each
+/// to the next node of its own ranking.
+pub fn record_ranking(record_key: &[u8], peers: &[EndpointId]) -> Vec<EndpointId> {
+    let mut key = Vec::with_capacity(RECORD_CONTEXT.len() + record_key.len());
+    key.extend_from_slice(RECORD_CONTEXT);
+    key.extend_from_slice(record_key);
+    let weighted: Vec<(EndpointId, u64)> = peers.iter().map(|p| (*p, 1)).collect();
+    place(&key, &weighted, weighted.len())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{HashMap, HashSet};
