@@ -149,6 +149,13 @@ pub enum Error {
         /// What was wrong with it.
         reason: String,
     },
+    /// A name record does not decode, breaks a limit or rule, or a signature in it does not
+    /// verify.
+    #[error("name record rejected: {reason}")]
+    Name {
+        /// What was wrong with it.
+        reason: String,
+    },
     /// An audit receipt does not decode, breaks a limit or rule, or its signature does not
     /// verify.
     #[error("audit receipt rejected: {reason}")]

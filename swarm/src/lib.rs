@@ -36,6 +36,7 @@ mod error;
 mod fetch;
 mod lease;
 mod membership;
+mod name;
 mod placement;
 mod protocol;
 mod receipt;
@@ -59,6 +60,11 @@ pub use lease::{LEASE_AHEAD_MAX, LEASE_ISSUED_AHEAD_MAX, LEASE_LEN_MAX, Lease, S
 pub use membership::{
     ADDRS_MAX, ANNOUNCE_INTERVAL, ANNOUNCEMENT_LEN_MAX, Announcement, Membership, MembershipConfig,
     PEER_FAILURES_MAX, PEER_SILENCE_MAX, PEER_TABLE_PEERS_MAX, PeerInfo, PeerTable, topic_id,
+};
+pub use name::{
+    Delegation, GRANTS_MAX, NAME_PART_LEN_MAX, NAME_RECORD_LEN_MAX, NAME_REVISIONS_MAX, NameKind,
+    NameRecord, POLICY_LEN_MAX, SignedName, check_name_part, grant_context, merge_answers,
+    org_record_key,
 };
 pub use placement::{RECORD_REPLICAS, place, record_ranking};
 #[doc(hidden)]
