@@ -6,6 +6,8 @@
 //!   a persisted peer table, periodic gc, graceful shutdown.
 //! - The caretaker (`care`): every node audits the holders of the chunks it shares, keeps
 //!   their reputation and the receipts it earns, and repairs lost shards without the read key.
+//!   Its decisions (when a shard is lost, who cares for a chunk, where repairs go) are pure
+//!   functions in [`policy`], which the network simulator calls too.
 //! - Leases (`leases`): a publisher keeps its artifacts alive on their holders with signed
 //!   leases ([`LeaseFile`], [`LeaseClient`]), which a node running on its data directory renews
 //!   ([`RenewConfig`]); what nobody renews is let go.
@@ -21,6 +23,7 @@ mod client;
 mod daemon;
 mod error;
 mod leases;
+pub mod policy;
 mod receipts;
 mod status;
 
