@@ -14,6 +14,7 @@
 mod care;
 mod db;
 mod leases;
+mod net_names;
 mod private_db;
 mod shardfile;
 mod store;
@@ -27,6 +28,7 @@ pub use care::{
     AUDIT_SCORE_MIN, AuditVerdict, Counters, FORGET, ONLINE_SCORE_MIN, Outcome, RECEIPTS_MAX,
     Reputation, now_ms,
 };
+pub use net_names::{NET_NAME_BYTES_MAX, NetNameKey};
 pub use private_db::create_private_db;
 pub use shardfile::{HEADER_LEN, ShardHeader};
 pub use store::{GcReport, LEASE_GRACE, Pin, PutOutcome, Stat, Store, StoreConfig};

@@ -253,6 +253,7 @@ impl Store {
             tx.open_table(RECORDS).db()?;
             crate::care::create_tables(&tx)?;
             crate::leases::create_tables(&tx)?;
+            crate::net_names::create_tables(&tx)?;
         }
         tx.commit().db()?;
         Ok(Self {
