@@ -9,6 +9,7 @@ use cid::Cid;
 
 use crate::cids::blake3_digest;
 use crate::lease::SignedLease;
+use crate::name::{NAME_REVISIONS_MAX, NameKind, SignedName};
 use crate::receipt::SignedReceipt;
 
 /// Why a backend refused or failed an operation.
@@ -146,6 +147,35 @@ pub trait ShardBackend: Send + Sync + 'static {
         let _ = artifact;
         Ok(None)
     }
+
+    /// The org key the records of `org` (lowercase) kept here are under, if any are (the
+    /// org's claim on this node; see the `name` module).
+    fn org_claim(&self, org: &str) -> Result<Option<[u8; 32]>, BackendError> {
+        let _ = org;
+        Ok(None)
+    }
+
+    /// The stored name records of (`org` lowercase, `kind`, `name`), newest first, at most
+    /// [`NAME_REVISIONS_MAX`](crate::NAME_REVISIONS_MAX).
+    fn get_names(
+        &self,
+        org: &str,
+        kind: NameKind,
+        name: &str,
+    ) -> Result<Vec<Vec<u8>>, BackendError> {
+        let _ = (org, kind, name);
+        Ok(Vec::new())
+    }
+
+    /// Keeps a name record (PUT_NAME), claiming its org for its org key if nobody has, and
+    /// drops the name's revisions beyond the newest [`NAME_REVISIONS_MAX`](crate::NAME_REVISIONS_MAX).
+    /// The protocol layer has checked the record, the org's claim and that the version is new,
+    /// under one lock per server. The default keeps nothing ([`BackendError::Io`]: a node that
+    /// keeps no names refuses them).
+    fn put_name(&self, signed: &SignedName) -> Result<(), BackendError> {
+        let _ = signed;
+        Err(BackendError::Io("this node keeps no name records".into()))
+    }
 }
 
 #[derive(Debug)]
@@ -160,6 +190,9 @@ struct MemoryState {
     records: HashMap<Cid, Vec<u8>>,
     repair_records: HashMap<Cid, Vec<u8>>,
     leases: HashMap<Cid, SignedLease>,
+    /// (org, kind, name) -> records, newest first.
+    names: HashMap<(String, NameKind, String), Vec<SignedName>>,
+    claims: HashMap<String, [u8; 32]>,
     receipts: VecDeque<SignedReceipt>,
     used: u64,
 }
@@ -337,6 +370,46 @@ impl ShardBackend for MemoryBackend {
 
     fn get_lease(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
         Ok(self.lock().leases.get(artifact).map(|l| l.bytes.clone()))
+    }
+
+    fn org_claim(&self, org: &str) -> Result<Option<[u8; 32]>, BackendError> {
+        Ok(self.lock().claims.get(org).copied())
+    }
+
+    fn get_names(
+        &self,
+        org: &str,
+        kind: NameKind,
+        name: &str,
+    ) -> Result<Vec<Vec<u8>>, BackendError> {
+        Ok(self
+            .lock()
+            .names
+            .get(&(org.to_string(), kind, name.to_string()))
+            .map(|v| v.iter().map(|s| s.bytes.clone()).collect())
+            .unwrap_or_default())
+    }
+
+    fn put_name(&self, signed: &SignedName) -> Result<(), BackendError> {
+        let r = &signed.record;
+        let org = r.org_lowercase();
+        let mut state = self.lock();
+        let claim = *state
+            .claims
+            .entry(org.clone())
+            .or_insert(*r.org_key.as_bytes());
+        if claim != *r.org_key.as_bytes() {
+            return Err(BackendError::Io("the org is claimed by another key".into()));
+        }
+        let list = state
+            .names
+            .entry((org, r.kind, r.name.clone()))
+            .or_default();
+        list.retain(|s| s.record.version != r.version);
+        list.push(signed.clone());
+        list.sort_by_key(|s| std::cmp::Reverse(s.record.version));
+        list.truncate(NAME_REVISIONS_MAX);
+        Ok(())
     }
 }
 

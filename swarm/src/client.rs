@@ -18,6 +18,7 @@ use crate::cids::{content_digest, manifest_digest, matches, shard_digest};
 use crate::error::{Error, Result};
 use crate::lease::{LEASE_LEN_MAX, SignedLease};
 use crate::membership::Announcement;
+use crate::name::{NAME_RECORD_LEN_MAX, NAME_REVISIONS_MAX, NameKind, SignedName, check_name_part};
 use crate::protocol::{
     AUDIT_BATCH_MAX, AUDIT_TIMEOUT, CONNECT_TIMEOUT, FrameError, HAS_BATCH_MAX, Head, Kind,
     PEER_DOWN_FOR, PEER_INFLIGHT_MAX, POOL_PEERS_MAX, RECORD_LEN_MAX, REPLY_START_TIMEOUT,
@@ -577,6 +578,79 @@ impl ShardClient {
         Ok(Some(signed))
     }
 
+    /// Hands the signed name record `signed` (from [`NameRecord::try_sign`](crate::NameRecord::try_sign))
+    /// to the peer at `addr`. The peer refuses, as [`Error::Rejected`], a record that does not
+    /// verify or is dated too far ahead (`INVALID_NAME`), one of an org it holds under another
+    /// key (`ORG_CLAIMED`) and one not newer than the newest it holds of the name
+    /// (`STALE_RECORD`); an identical record is an OK.
+    pub async fn put_name(&self, addr: &EndpointAddr, signed: &[u8]) -> Result<()> {
+        if signed.is_empty() || signed.len() > NAME_RECORD_LEN_MAX {
+            return Err(Error::TooLarge {
+                what: "name record length",
+                len: signed.len() as u64,
+                max: NAME_RECORD_LEN_MAX as u64,
+            });
+        }
+        let head = Head::PutName {
+            len: signed.len() as u32,
+        };
+        match self.request(addr, head, Some(signed), 0, None).await? {
+            Reply::Stored => Ok(()),
+            other => Err(unexpected(addr, other)),
+        }
+    }
+
+    /// The newest `count` (1..=[`NAME_REVISIONS_MAX`]) records of name `org/name` of `kind`
+    /// the peer at `addr` holds, newest first; empty if it holds none. Each is verified
+    /// (signatures, limits) and must be of the name asked for, or the reply is
+    /// [`Error::MalformedReply`]. Which org key owns the org is for the caller to judge across
+    /// peers (see [`merge_answers`](crate::merge_answers)).
+    pub async fn get_names(
+        &self,
+        addr: &EndpointAddr,
+        kind: NameKind,
+        org: &str,
+        name: &str,
+        count: u8,
+    ) -> Result<Vec<SignedName>> {
+        check_name_part(org)?;
+        check_name_part(name)?;
+        let count = count.clamp(1, NAME_REVISIONS_MAX as u8);
+        let head = Head::GetName {
+            kind,
+            org: org.to_string(),
+            name: name.to_string(),
+            count,
+        };
+        let records = match self
+            .request(addr, head, None, usize::from(count), None)
+            .await?
+        {
+            Reply::NotFound => return Ok(Vec::new()),
+            Reply::Names(records) => records,
+            other => return Err(unexpected(addr, other)),
+        };
+        let bad = |reason: String| Error::MalformedReply {
+            peer: peer_name(&addr.id),
+            reason: format!("name records of {org}/{name}: {reason}"),
+        };
+        let org = org.to_ascii_lowercase();
+        records
+            .iter()
+            .map(|bytes| {
+                let s = SignedName::decode(bytes).map_err(|e| bad(e.to_string()))?;
+                if s.record.kind != kind || s.record.org_lowercase() != org || s.record.name != name
+                {
+                    return Err(bad(format!(
+                        "a record of {}/{} was sent",
+                        s.record.org, s.record.name
+                    )));
+                }
+                Ok(s)
+            })
+            .collect()
+    }
+
     /// Closes every pooled connection; later requests reconnect.
     pub async fn close(&self) {
         let slots: Vec<_> = self.lock_pool().drain().map(|(_, slot)| slot).collect();
@@ -724,7 +798,7 @@ impl ShardClient {
         }
         let limit = self.inner.config.request_timeout;
         let start_limit = match kind {
-            Kind::Put | Kind::PutRecord | Kind::Receipt | Kind::PutLease => None,
+            Kind::Put | Kind::PutRecord | Kind::Receipt | Kind::PutLease | Kind::PutName => None,
             // The holder answers a batch only once every shard of it is proved.
             Kind::Audit => Some(self.inner.config.audit_timeout),
             _ => Some(self.inner.config.reply_start_timeout),

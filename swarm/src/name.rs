@@ -248,10 +248,18 @@ pub fn grant_context(kind: NameKind, org: &str, name: &str, artifact: &Cid) -> V
     c
 }
 
-fn kind_byte(kind: NameKind) -> u8 {
+pub(crate) fn kind_byte(kind: NameKind) -> u8 {
     match kind {
         NameKind::Model => 0,
         NameKind::Dataset => 1,
+    }
+}
+
+pub(crate) fn kind_from_byte(byte: u8) -> Option<NameKind> {
+    match byte {
+        0 => Some(NameKind::Model),
+        1 => Some(NameKind::Dataset),
+        _ => None,
     }
 }
 
@@ -451,11 +459,9 @@ impl SignedName {
             }),
             x => return Err(invalid(format!("delegation flag {x} is not 0 or 1"))),
         };
-        let kind = match r.u8()? {
-            0 => NameKind::Model,
-            1 => NameKind::Dataset,
-            x => return Err(invalid(format!("kind {x} is reserved"))),
-        };
+        let kind = r.u8()?;
+        let kind =
+            kind_from_byte(kind).ok_or_else(|| invalid(format!("kind {kind} is reserved")))?;
         let org = part(&mut r, "org")?;
         let name = part(&mut r, "name")?;
         let version = r.u64()?;

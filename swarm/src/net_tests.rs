@@ -2077,3 +2077,157 @@ async fn a_backend_without_leases_refuses_them() {
     bound.endpoint.close().await;
     router.shutdown().await.unwrap();
 }
+
+fn name_record(org_key: &SecretKey, org: &str, name: &str, version: u64) -> NameRecord {
+    NameRecord {
+        org_key: org_key.public(),
+        signer: org_key.public(),
+        delegation: None,
+        kind: NameKind::Model,
+        org: org.into(),
+        name: name.into(),
+        version,
+        artifact: manifest_cid(&version.to_be_bytes()),
+        parent: None,
+        policy: "public".into(),
+        grants: Vec::new(),
+    }
+}
+
+/// Name records over PUT_NAME and GET_NAME between real endpoints: the owner's revisions are
+/// kept and read back newest first; a forged record, a squatter's claim on the org (in another
+/// case too), a replayed older revision and a record dated too far ahead are refused and never
+/// served; a member key delegated by the org key may publish, one not delegated may not.
+#[tokio::test]
+async fn name_records_keep_their_owner_and_move_forward_only() {
+    let (router, addr) = serve(memory_server(1 << 20)).await;
+    let (client, bound) = client().await;
+    let owner = SecretKey::from_bytes(&[41; 32]);
+    let squatter = SecretKey::from_bytes(&[42; 32]);
+    let member = SecretKey::from_bytes(&[43; 32]);
+    let now = now_ms();
+    let get = |count| client.get_names(&addr, NameKind::Model, "acme", "model", count);
+
+    assert!(step(get(8)).await.unwrap().is_empty(), "nothing yet");
+    let r1 = name_record(&owner, "acme", "model", now - 2000)
+        .try_sign(&owner)
+        .unwrap();
+    step(client.put_name(&addr, &r1)).await.unwrap();
+    // The same bytes again: an idempotent OK.
+    step(client.put_name(&addr, &r1)).await.unwrap();
+
+    // A squatter's record of the same org, in another case, is refused; so is one of another
+    // name of that org.
+    for (org, name) in [("ACME", "model"), ("acme", "other")] {
+        let squat = name_record(&squatter, org, name, now)
+            .try_sign(&squatter)
+            .unwrap();
+        let result = step(client.put_name(&addr, &squat)).await;
+        assert!(refused(&result, "ORG_CLAIMED"), "{result:?}");
+    }
+    // A forged record: the owner's org key, signed by the squatter.
+    let mut forged = name_record(&owner, "acme", "model", now)
+        .try_sign(&owner)
+        .unwrap();
+    let n = forged.len();
+    forged[n - 64..].copy_from_slice(&squatter.sign(b"anything").to_bytes());
+    let result = step(client.put_name(&addr, &forged)).await;
+    assert!(refused(&result, "INVALID_NAME"), "{result:?}");
+    // A member key without a delegation cannot even build a record; with one it publishes.
+    let mut by_member = name_record(&owner, "acme", "model", now - 1000);
+    by_member.signer = member.public();
+    assert!(by_member.try_sign(&member).is_err());
+    by_member.delegation = Some(Delegation::sign(
+        &owner,
+        "acme",
+        &member.public(),
+        now + 60_000,
+    ));
+    let r2 = by_member.try_sign(&member).unwrap();
+    step(client.put_name(&addr, &r2)).await.unwrap();
+
+    // A replay of an older revision the node does not hold, and the first one again (held: OK,
+    // and it stays behind).
+    let older = name_record(&owner, "acme", "model", now - 1500)
+        .try_sign(&owner)
+        .unwrap();
+    let result = step(client.put_name(&addr, &older)).await;
+    assert!(refused(&result, "STALE_RECORD"), "{result:?}");
+    step(client.put_name(&addr, &r1)).await.unwrap();
+    // Dated too far ahead: refused, so no record can freeze a name.
+    let future = name_record(&owner, "acme", "model", now + 3_600_000)
+        .try_sign(&owner)
+        .unwrap();
+    let result = step(client.put_name(&addr, &future)).await;
+    assert!(refused(&result, "INVALID_NAME"), "{result:?}");
+
+    let got = step(get(8)).await.unwrap();
+    let bytes: Vec<&Vec<u8>> = got.iter().map(|s| &s.bytes).collect();
+    assert_eq!(bytes, vec![&r2, &r1], "newest first, nothing refused kept");
+    assert_eq!(step(get(1)).await.unwrap().len(), 1);
+    // Asked in another case, the org is the same org.
+    let upper = step(client.get_names(&addr, NameKind::Model, "Acme", "model", 8))
+        .await
+        .unwrap();
+    assert_eq!(upper.len(), 2);
+    // Names are per kind.
+    assert!(
+        step(client.get_names(&addr, NameKind::Dataset, "acme", "model", 8))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A GET_NAME with a bad part or a count of 0 is malformed or too large; the node serves on.
+    let conn = step(bound.endpoint.connect(addr.clone(), SHARD_ALPN))
+        .await
+        .unwrap();
+    let reply = raw_request(
+        &conn,
+        &[
+            PROTOCOL_VERSION,
+            Kind::GetName as u8,
+            0,
+            2,
+            b'.',
+            b'a',
+            1,
+            b'm',
+            1,
+        ],
+    )
+    .await;
+    assert_eq!(reply[1], Status::Malformed as u8, "{reply:?}");
+    let reply = raw_request(
+        &conn,
+        &[
+            PROTOCOL_VERSION,
+            Kind::GetName as u8,
+            0,
+            1,
+            b'a',
+            1,
+            b'm',
+            0,
+        ],
+    )
+    .await;
+    assert_eq!(reply[1], Status::TooLarge as u8, "{reply:?}");
+    let reply = raw_request(
+        &conn,
+        &[
+            PROTOCOL_VERSION,
+            Kind::PutName as u8,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+        ],
+    )
+    .await;
+    assert_eq!(reply[1], Status::TooLarge as u8, "{reply:?}");
+    assert_eq!(step(get(8)).await.unwrap().len(), 2);
+    conn.close(0u32.into(), b"done");
+    bound.endpoint.close().await;
+    router.shutdown().await.unwrap();
+}

@@ -54,7 +54,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 1 | protocol version, [`PROTOCOL_VERSION`] = 1 |
-//! | 1 | 1 | request type: 0 PUT, 1 GET, 2 HAS, 3 DELETE, 4 PEERS, 5 PUT_RECORD, 6 GET_RECORD, 7 AUDIT, 8 RECEIPT, 9 GET_REPAIR_RECORD, 10 PUT_LEASE, 11 GET_LEASE; 12..=255 reserved |
+//! | 1 | 1 | request type: 0 PUT, 1 GET, 2 HAS, 3 DELETE, 4 PEERS, 5 PUT_RECORD, 6 GET_RECORD, 7 AUDIT, 8 RECEIPT, 9 GET_REPAIR_RECORD, 10 PUT_LEASE, 11 GET_LEASE, 12 PUT_NAME, 13 GET_NAME; 14..=255 reserved |
 //! | 2 | … | body |
 //!
 //! - PUT: `cid` (raw or dag-cbor), `u32 len` (≤ [`SHARD_LEN_MAX`]), `len` content bytes.
@@ -79,6 +79,11 @@
 //! - PUT_LEASE: `u32 len` (1..=[`LEASE_LEN_MAX`]), `len` bytes of a signed lease (its layout is
 //!   in the `lease` module).
 //! - GET_LEASE: `cid` of the artifact's manifest (dag-cbor).
+//! - PUT_NAME: `u32 len` (1..=[`NAME_RECORD_LEN_MAX`]), `len` bytes of a signed name record
+//!   (its layout is in the `name` module).
+//! - GET_NAME: `u8 kind` (0 model, 1 dataset), `u8 len` and the org, `u8 len` and the name
+//!   (each a valid name part, 1..=[`NAME_PART_LEN_MAX`] bytes), `u8 count`
+//!   (1..=[`NAME_REVISIONS_MAX`]): the newest `count` revisions of the name are asked for.
 //!
 //! Nothing may follow the body; trailing bytes make the request malformed.
 //!
@@ -116,9 +121,13 @@
 //! - PUT_LEASE: empty (the lease is stored, or a lease ending no earlier already was).
 //! - GET_LEASE: `u32 len` (1..=[`LEASE_LEN_MAX`]), `len` bytes of the signed lease stored. The
 //!   client verifies the signature and that the lease names the artifact asked for.
+//! - PUT_NAME: empty (the record is stored, or an identical one already was).
+//! - GET_NAME: `u8 count` (1..=the count asked), then per record, newest first, `u16 len`
+//!   (1..=[`NAME_RECORD_LEN_MAX`]) and `len` bytes of a signed name record. The client
+//!   verifies each and drops those not of the name asked for.
 //!
 //! Status 1 NOT_FOUND (GET of content not held, GET_RECORD of an artifact without a record,
-//! GET_LEASE of an artifact without a lease): empty body.
+//! GET_LEASE of an artifact without a lease, GET_NAME of a name without records): empty body.
 //!
 //! Every other status is an error with body `u16 len` (≤ `MESSAGE_LEN_MAX` = 1024) and a UTF-8
 //! message; status 8 QUOTA_FULL puts `u64 needed`, `u64 free` before the message.
@@ -136,7 +145,12 @@
 //! INVALID_LEASE (PUT_LEASE bytes that do not decode or whose signature does not verify, or
 //! whose end is more than [`LEASE_AHEAD_MAX`] or signing time more than
 //! [`LEASE_ISSUED_AHEAD_MAX`] past the server's clock). NOT_PUBLISHER also answers a PUT_LEASE
-//! signed by a key the artifact's manifest does not allow. Statuses 18..=255 are reserved.
+//! signed by a key the artifact's manifest does not allow. 18 INVALID_NAME (PUT_NAME bytes that
+//! do not decode, whose signatures do not verify or whose version is dated more than
+//! `RECORD_AHEAD_MAX` past the server's clock), 19 ORG_CLAIMED (PUT_NAME of an org whose records
+//! on this node are under another org key). STALE_RECORD also answers a PUT_NAME whose version
+//! is not above the newest the server holds of the name (unless it is identical to a stored
+//! one). Statuses 20..=255 are reserved.
 //!
 //! # Holder records
 //!
@@ -205,6 +219,28 @@
 //! has, the manifest, its records, its lease and the shards only it needed go, with the owner
 //! claims on them. A manifest without any lease is kept while owned, as before leases.
 //!
+//! # Names
+//!
+//! Repository names live on the network as signed *name records* (the `name` module: the
+//! format, who owns an org, grants to gateways). The records of an org are kept by the
+//! `RECORD_REPLICAS` nodes ranked first for it (`record_ranking` of `org_record_key`), not by
+//! every node, so a publish and a lookup cost a bounded number of requests whatever the size
+//! of the network. A server accepts PUT_NAME only when:
+//! - the bytes decode, the delegation (if any) and the signature verify, and the version is
+//!   dated at most `RECORD_AHEAD_MAX` past its clock (INVALID_NAME);
+//! - the org's records it holds are under the same org key, or it holds none (ORG_CLAIMED):
+//!   first come, first served, per node;
+//! - the version is above the newest it holds of the name (STALE_RECORD), or the bytes are
+//!   identical to a record it holds (an idempotent OK). Two records of the same version and
+//!   different bytes: the one a node got first stays there, and readers order them by bytes.
+//!
+//! Checking and storing happen under one lock per server. It keeps the newest
+//! `NAME_REVISIONS_MAX` revisions per name. GET_NAME answers the newest `count` it holds,
+//! verified again before they are sent, or NOT_FOUND. Any node may hold records of any org (the
+//! ranking moves with membership, and nodes hand an org's records, oldest first, to the nodes
+//! now ranked for it); the claim check is what keeps a squatter out, and readers trust the org
+//! key most of the ranked nodes hold.
+//!
 //! # Audits
 //!
 //! Storage proofs: for each shard of an AUDIT, the nonce and the CID pick
@@ -253,7 +289,7 @@
 //! may or may not have happened; repeating it returns `deleted = 0` or `NOT_OWNER`. A PUT_RECORD
 //! likewise may have been stored; repeating it is an idempotent OK. An AUDIT given up may still
 //! have renewed leases; a RECEIPT may have been kept (a backend may keep identical bytes once).
-//! A PUT_LEASE may have been stored; repeating it is an idempotent OK.
+//! A PUT_LEASE or PUT_NAME may have been stored; repeating it is an idempotent OK.
 //!
 //! # Version history
 //!
@@ -269,6 +305,8 @@
 //!   (type 9); an older server refuses the first with NOT_PUBLISHER and the second with
 //!   UNSUPPORTED_REQUEST. Then, compatibly, leases: PUT_LEASE (type 10) and GET_LEASE (type 11)
 //!   with status 17 INVALID_LEASE; an older server answers them with UNSUPPORTED_REQUEST.
+//!   Then, compatibly, names: PUT_NAME (type 12) and GET_NAME (type 13) with statuses 18
+//!   INVALID_NAME and 19 ORG_CLAIMED; an older server answers them with UNSUPPORTED_REQUEST.
 //!
 //! [`ShardBackend`]: crate::ShardBackend
 //! [`HolderRecord`]: crate::HolderRecord
@@ -302,6 +340,10 @@ use crate::audit::AuditReply;
 use crate::cids::shard_digest;
 use crate::lease::LEASE_LEN_MAX;
 use crate::membership::ANNOUNCEMENT_LEN_MAX;
+use crate::name::{
+    NAME_PART_LEN_MAX, NAME_RECORD_LEN_MAX, NAME_REVISIONS_MAX, NameKind, check_name_part,
+    kind_byte, kind_from_byte,
+};
 use crate::receipt::RECEIPT_LEN_MAX;
 
 /// ALPN of the shard protocol; the trailing number is its major version.
@@ -406,6 +448,8 @@ pub(crate) enum Kind {
     GetRepairRecord = 9,
     PutLease = 10,
     GetLease = 11,
+    PutName = 12,
+    GetName = 13,
 }
 
 impl Kind {
@@ -423,6 +467,8 @@ impl Kind {
             Kind::GetRepairRecord => "GET_REPAIR_RECORD",
             Kind::PutLease => "PUT_LEASE",
             Kind::GetLease => "GET_LEASE",
+            Kind::PutName => "PUT_NAME",
+            Kind::GetName => "GET_NAME",
         }
     }
 
@@ -440,6 +486,8 @@ impl Kind {
             9 => Kind::GetRepairRecord,
             10 => Kind::PutLease,
             11 => Kind::GetLease,
+            12 => Kind::PutName,
+            13 => Kind::GetName,
             _ => return None,
         })
     }
@@ -466,6 +514,8 @@ pub(crate) enum Status {
     UnknownArtifact = 15,
     InvalidReceipt = 16,
     InvalidLease = 17,
+    InvalidName = 18,
+    OrgClaimed = 19,
 }
 
 impl Status {
@@ -489,6 +539,8 @@ impl Status {
             15 => Status::UnknownArtifact,
             16 => Status::InvalidReceipt,
             17 => Status::InvalidLease,
+            18 => Status::InvalidName,
+            19 => Status::OrgClaimed,
             _ => return None,
         })
     }
@@ -514,6 +566,8 @@ impl Status {
             Status::UnknownArtifact => "UNKNOWN_ARTIFACT",
             Status::InvalidReceipt => "INVALID_RECEIPT",
             Status::InvalidLease => "INVALID_LEASE",
+            Status::InvalidName => "INVALID_NAME",
+            Status::OrgClaimed => "ORG_CLAIMED",
         }
     }
 }
@@ -560,6 +614,16 @@ pub(crate) enum Head {
     GetLease {
         artifact: Cid,
     },
+    PutName {
+        len: u32,
+    },
+    /// The newest `count` revisions of a name; `org` as asked (the server lowercases it).
+    GetName {
+        kind: NameKind,
+        org: String,
+        name: String,
+        count: u8,
+    },
 }
 
 impl Head {
@@ -577,6 +641,8 @@ impl Head {
             Head::Receipt { .. } => Kind::Receipt,
             Head::PutLease { .. } => Kind::PutLease,
             Head::GetLease { .. } => Kind::GetLease,
+            Head::PutName { .. } => Kind::PutName,
+            Head::GetName { .. } => Kind::GetName,
         }
     }
 }
@@ -598,6 +664,8 @@ pub(crate) enum Reply {
     Audit(Vec<AuditReply>),
     /// A signed lease, within `1..=LEASE_LEN_MAX` bytes, not yet verified.
     Lease(Vec<u8>),
+    /// Signed name records, each within `1..=NAME_RECORD_LEN_MAX` bytes, not yet verified.
+    Names(Vec<Vec<u8>>),
     Error {
         status: u8,
         quota: Option<(u64, u64)>,
@@ -725,6 +793,28 @@ pub(crate) fn encode_head(head: &Head) -> Vec<u8> {
         Head::GetLease { artifact } => {
             out.push(Kind::GetLease as u8);
             put_cid(&mut out, artifact);
+        }
+        Head::PutName { len } => {
+            out.push(Kind::PutName as u8);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+        Head::GetName {
+            kind,
+            org,
+            name,
+            count,
+        } => {
+            out.push(Kind::GetName as u8);
+            out.push(kind_byte(*kind));
+            for part in [org, name] {
+                assert!(
+                    part.len() <= NAME_PART_LEN_MAX,
+                    "name part over NAME_PART_LEN_MAX reached the encoder"
+                );
+                out.push(part.len() as u8);
+                out.extend_from_slice(part.as_bytes());
+            }
+            out.push(*count);
         }
     }
     out
@@ -941,6 +1031,31 @@ pub(crate) async fn read_head<R: AsyncRead + Unpin>(recv: &mut R) -> Result<Head
         11 => Head::GetLease {
             artifact: read_cid(recv).await?,
         },
+        12 => {
+            let len = recv.read_u32().await?;
+            check_name_len(len, "name record")?;
+            Head::PutName { len }
+        }
+        13 => {
+            let kind = recv.read_u8().await?;
+            let kind = kind_from_byte(kind)
+                .ok_or_else(|| bad(Status::Malformed, format!("name kind {kind} is reserved")))?;
+            let org = read_name_part(recv).await?;
+            let name = read_name_part(recv).await?;
+            let count = recv.read_u8().await?;
+            if count == 0 || usize::from(count) > NAME_REVISIONS_MAX {
+                return Err(bad(
+                    Status::TooLarge,
+                    format!("GET_NAME of {count} revisions is outside 1..={NAME_REVISIONS_MAX}"),
+                ));
+            }
+            Head::GetName {
+                kind,
+                org,
+                name,
+                count,
+            }
+        }
         other => {
             return Err(bad(
                 Status::UnsupportedRequest,
@@ -948,6 +1063,59 @@ pub(crate) async fn read_head<R: AsyncRead + Unpin>(recv: &mut R) -> Result<Head
             ));
         }
     })
+}
+
+fn check_name_len(len: u32, what: &str) -> Result<(), FrameError> {
+    if len == 0 || len as usize > NAME_RECORD_LEN_MAX {
+        return Err(bad(
+            Status::TooLarge,
+            format!("{what} length {len} is outside 1..={NAME_RECORD_LEN_MAX}"),
+        ));
+    }
+    Ok(())
+}
+
+async fn read_name_part<R: AsyncRead + Unpin>(recv: &mut R) -> Result<String, FrameError> {
+    let len = usize::from(recv.read_u8().await?);
+    if len == 0 || len > NAME_PART_LEN_MAX {
+        return Err(bad(
+            Status::TooLarge,
+            format!("name part length {len} is outside 1..={NAME_PART_LEN_MAX}"),
+        ));
+    }
+    let mut buf = [0u8; NAME_PART_LEN_MAX];
+    recv.read_exact(&mut buf[..len]).await?;
+    let part = std::str::from_utf8(&buf[..len])
+        .map_err(|_| bad(Status::Malformed, "name part is not text"))?;
+    check_name_part(part).map_err(|e| bad(Status::Malformed, e.to_string()))?;
+    Ok(part.to_string())
+}
+
+/// Reads a PUT_NAME payload of a length already checked by [`read_head`].
+pub(crate) async fn read_name_payload<R: AsyncRead + Unpin>(
+    recv: &mut R,
+    len: u32,
+) -> Result<Vec<u8>, FrameError> {
+    check_name_len(len, "name record")?;
+    read_vec(recv, len as usize).await
+}
+
+/// Encodes a GET_NAME reply: the count, then each record's `u16` length and bytes. Callers
+/// pass at most [`NAME_REVISIONS_MAX`] records within [`NAME_RECORD_LEN_MAX`] bytes each.
+pub(crate) fn encode_names(records: &[Vec<u8>]) -> Vec<u8> {
+    assert!(
+        records.len() <= NAME_REVISIONS_MAX
+            && records
+                .iter()
+                .all(|r| !r.is_empty() && r.len() <= NAME_RECORD_LEN_MAX),
+        "GET_NAME reply out of bounds reached the encoder"
+    );
+    let mut body = vec![records.len() as u8];
+    for r in records {
+        body.extend_from_slice(&(r.len() as u16).to_be_bytes());
+        body.extend_from_slice(r);
+    }
+    encode_ok(&body)
 }
 
 /// Reads a PUT payload of a length already checked by [`read_head`].
@@ -1202,7 +1370,23 @@ pub(crate) async fn read_reply<R: AsyncRead + Unpin>(
             }
             Reply::Audit(answers)
         }
-        (Status::Ok, Kind::Receipt | Kind::PutLease) => Reply::Stored,
+        (Status::Ok, Kind::Receipt | Kind::PutLease | Kind::PutName) => Reply::Stored,
+        (Status::Ok, Kind::GetName) => {
+            let got = usize::from(recv.read_u8().await?);
+            if got == 0 || got > count.min(NAME_REVISIONS_MAX) {
+                return Err(bad(
+                    Status::Malformed,
+                    format!("GET_NAME reply of {got} records for {count} asked"),
+                ));
+            }
+            let mut records = Vec::with_capacity(got);
+            for _ in 0..got {
+                let len = u32::from(recv.read_u16().await?);
+                check_name_len(len, "name record reply")?;
+                records.push(read_vec(recv, len as usize).await?);
+            }
+            Reply::Names(records)
+        }
         (Status::Ok, Kind::GetLease) => {
             let len = recv.read_u32().await?;
             check_lease_len(len, "lease reply")?;
@@ -1210,7 +1394,7 @@ pub(crate) async fn read_reply<R: AsyncRead + Unpin>(
         }
         (
             Status::NotFound,
-            Kind::Get | Kind::GetRecord | Kind::GetRepairRecord | Kind::GetLease,
+            Kind::Get | Kind::GetRecord | Kind::GetRepairRecord | Kind::GetLease | Kind::GetName,
         ) => Reply::NotFound,
         (Status::NotFound, _) => {
             return Err(bad(

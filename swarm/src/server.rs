@@ -18,11 +18,12 @@ use crate::backend::{BackendError, ShardBackend};
 use crate::cids::{content_digest, manifest_digest, matches};
 use crate::client::ShardConfig;
 use crate::lease::SignedLease;
+use crate::name::{NameKind, SignedName};
 use crate::protocol::{
     AUDIT_ANSWER_LEN_MAX, FrameError, Head, PEER_INFLIGHT_MAX, SHARD_LEN_MAX, Status,
-    encode_audit_reply, encode_data_head, encode_error, encode_not_found, encode_ok, encode_peers,
-    read_end, read_head, read_lease_payload, read_payload, read_receipt_payload,
-    read_record_payload,
+    encode_audit_reply, encode_data_head, encode_error, encode_names, encode_not_found, encode_ok,
+    encode_peers, read_end, read_head, read_lease_payload, read_name_payload, read_payload,
+    read_receipt_payload, read_record_payload,
 };
 use crate::receipt::{RECEIPT_SKEW_MAX, SignedReceipt};
 use crate::record::{HolderRecord, RECORD_AHEAD_MAX, SignedRecord, too_far_ahead, unix_ms_now};
@@ -52,6 +53,8 @@ pub struct ShardServer {
     record_lock: Arc<Mutex<()>>,
     /// Held from reading the stored lease to storing a later one.
     lease_lock: Arc<Mutex<()>>,
+    /// Held from reading a name's claim and newest record to storing a new one.
+    name_lock: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for ShardServer {
@@ -74,6 +77,7 @@ impl ShardServer {
             endpoint_id: None,
             record_lock: Arc::new(Mutex::new(())),
             lease_lock: Arc::new(Mutex::new(())),
+            name_lock: Arc::new(Mutex::new(())),
         }
     }
 
@@ -393,6 +397,22 @@ async fn answer(
             let lock = server.lease_lock.clone();
             blocking(backend, move |b| put_lease(b, &lock, &bytes)).await
         }
+        Head::PutName { len } => {
+            let bytes = read_name_payload(recv, len).await?;
+            read_end(recv).await?;
+            let lock = server.name_lock.clone();
+            blocking(backend, move |b| put_name(b, &lock, &bytes)).await
+        }
+        Head::GetName {
+            kind,
+            org,
+            name,
+            count,
+        } => {
+            read_end(recv).await?;
+            let org = org.to_ascii_lowercase();
+            blocking(backend, move |b| get_names(b, kind, &org, &name, count)).await
+        }
         Head::GetLease { artifact } => {
             read_end(recv).await?;
             if let Err(err) = manifest_digest(&artifact) {
@@ -613,6 +633,89 @@ fn put_lease(backend: &dyn ShardBackend, lock: &Mutex<()>, bytes: &[u8]) -> Answ
         Ok(()) => Answer::frame(encode_ok(&[])),
         Err(err) => backend_error(&artifact, err),
     }
+}
+
+/// Checks a received name record (see the protocol's *Names*) and stores it. Runs on a
+/// blocking thread, holding `lock` across the checks against what is stored and the store.
+fn put_name(backend: &dyn ShardBackend, lock: &Mutex<()>, bytes: &[u8]) -> Answer {
+    let new = match SignedName::decode(bytes) {
+        Ok(new) => new,
+        Err(err) => return Answer::error(Status::InvalidName, err.to_string()),
+    };
+    let r = &new.record;
+    if let Err(err) = r.check_time(unix_ms_now()) {
+        return Answer::error(Status::InvalidName, err.to_string());
+    }
+    let org = r.org_lowercase();
+    let what = format!("{}/{}", r.org, r.name);
+    let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match backend.org_claim(&org) {
+        Ok(Some(claim)) if claim != *r.org_key.as_bytes() => {
+            return Answer::error(
+                Status::OrgClaimed,
+                format!(
+                    "org {org} is held here under another key than {}",
+                    r.org_key.fmt_short()
+                ),
+            );
+        }
+        Ok(_) => {}
+        Err(err) => return backend_error(&format!("the records of {what}"), err),
+    }
+    let stored = match backend.get_names(&org, r.kind, &r.name) {
+        Ok(stored) => stored,
+        Err(err) => return backend_error(&format!("the records of {what}"), err),
+    };
+    if stored.iter().any(|s| s.as_slice() == bytes) {
+        return Answer::frame(encode_ok(&[]));
+    }
+    // A stored record that no longer verifies stands in nobody's way.
+    if let Some(newest) = stored
+        .iter()
+        .filter_map(|b| SignedName::decode(b).ok())
+        .find(|s| !new.wins_over(s))
+    {
+        return Answer::error(
+            Status::StaleRecord,
+            format!(
+                "version {} of {what} is not above version {} held here",
+                r.version, newest.record.version
+            ),
+        );
+    }
+    match backend.put_name(&new) {
+        Ok(()) => Answer::frame(encode_ok(&[])),
+        Err(err) => backend_error(&format!("the records of {what}"), err),
+    }
+}
+
+/// The newest `count` stored records of a name, each verified again, or NOT_FOUND.
+fn get_names(
+    backend: &dyn ShardBackend,
+    kind: NameKind,
+    org: &str,
+    name: &str,
+    count: u8,
+) -> Answer {
+    let stored = match backend.get_names(org, kind, name) {
+        Ok(stored) => stored,
+        Err(err) => return backend_error(&format!("the records of {org}/{name}"), err),
+    };
+    // Never pass on a record we cannot vouch for.
+    let mut records: Vec<SignedName> = stored
+        .iter()
+        .filter_map(|b| SignedName::decode(b).ok())
+        .filter(|s| {
+            s.record.kind == kind && s.record.org_lowercase() == org && s.record.name == name
+        })
+        .collect();
+    if records.is_empty() {
+        return Answer::frame(encode_not_found());
+    }
+    records.sort_by(|a, b| (b.record.version, &b.bytes).cmp(&(a.record.version, &a.bytes)));
+    records.truncate(usize::from(count));
+    let bytes: Vec<Vec<u8>> = records.into_iter().map(|s| s.bytes).collect();
+    Answer::frame(encode_names(&bytes))
 }
 
 /// The refusal of a record that does not fit its manifest's shape (chunks, k, m) or is dated
