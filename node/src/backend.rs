@@ -13,7 +13,10 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use cairn_artifact::{CODEC_DAG_CBOR, Cid, Error as StoreError};
 use cairn_store::Store;
-use cairn_swarm::{BackendError, ShardBackend, SignedLease, SignedReceipt};
+use cairn_swarm::{
+    BackendError, NAME_REVISIONS_MAX, NameKind, ShardBackend, SignedLease, SignedName,
+    SignedReceipt,
+};
 
 /// Most shards committed together.
 pub const GROUP_SHARDS_MAX: usize = 64;
@@ -323,6 +326,38 @@ impl ShardBackend for StoreBackend {
 
     fn get_lease(&self, artifact: &Cid) -> Result<Option<Vec<u8>>, BackendError> {
         self.store.get_lease(artifact).map_err(backend_err)
+    }
+
+    fn org_claim(&self, org: &str) -> Result<Option<[u8; 32]>, BackendError> {
+        self.store.org_claim(org).map_err(backend_err)
+    }
+
+    fn get_names(
+        &self,
+        org: &str,
+        kind: NameKind,
+        name: &str,
+    ) -> Result<Vec<Vec<u8>>, BackendError> {
+        self.store
+            .net_names(org, crate::names::store_kind(kind), name)
+            .map_err(backend_err)
+    }
+
+    fn put_name(&self, signed: &SignedName) -> Result<(), BackendError> {
+        let r = &signed.record;
+        self.store
+            .put_net_name(
+                (
+                    &r.org_lowercase(),
+                    crate::names::store_kind(r.kind),
+                    &r.name,
+                ),
+                r.org_key.as_bytes(),
+                r.version,
+                &signed.bytes,
+                NAME_REVISIONS_MAX,
+            )
+            .map_err(backend_err)
     }
 
     fn put_receipt(&self, receipt: &SignedReceipt) -> Result<(), BackendError> {

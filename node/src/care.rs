@@ -127,6 +127,8 @@ pub struct RoundReport {
     pub renewed: usize,
     /// Extra copies dropped: shards this node holds that the records place, verified, elsewhere.
     pub trimmed: usize,
+    /// Name records handed to the nodes now ranked for them.
+    pub names_handed: usize,
 }
 
 /// The key a chunk's holders are ranked by: its first shard's CID, as publishing uses.
@@ -180,6 +182,8 @@ pub(crate) struct Care {
     synced: Mutex<HashMap<Cid, u64>>,
     /// Renews the leases of this node's publisher, if it has one.
     renewer: Option<Renewer>,
+    /// When the name records were last handed on (Unix ms), and a digest of the live set then.
+    names_synced: Mutex<(u64, u64)>,
 }
 
 impl Care {
@@ -200,6 +204,7 @@ impl Care {
             misses: Mutex::new(HashMap::new()),
             synced: Mutex::new(HashMap::new()),
             renewer: None,
+            names_synced: Mutex::new((0, 0)),
         }
     }
 
@@ -410,7 +415,34 @@ impl Care {
                 .await;
         }
         report.trimmed = self.trim_extras(&views, &mine).await;
+        report.names_handed = self.replace_names(&live).await;
         report
+    }
+
+    /// Hands the name records this node keeps to the nodes now ranked for them that lack them
+    /// (the `names` module): in the first round after the live set changed, and once a period.
+    async fn replace_names(&self, live: &HashMap<EndpointId, PeerInfo>) -> usize {
+        let now = now_ms();
+        let mut ids: Vec<&EndpointId> = live.keys().collect();
+        ids.sort();
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            ids.hash(&mut h);
+            h.finish()
+        };
+        {
+            let mut last = self.names_synced.lock().unwrap_or_else(|p| p.into_inner());
+            let due = now.saturating_sub(last.0) >= self.config.period.as_millis() as u64;
+            if !due && last.1 == digest {
+                return 0;
+            }
+            *last = (now, digest);
+        }
+        // This node counts in the ranking: when it is among the first, one fewer other holds.
+        let mut peers: Vec<EndpointAddr> = live.values().map(PeerInfo::addr).collect();
+        peers.push(EndpointAddr::new(self.me));
+        crate::names::replace_names(&self.store, &self.client, self.me, &peers).await
     }
 
     /// Drops the copies this node keeps of shards the records place on another node that this

@@ -407,6 +407,35 @@ impl Network {
         self.client.requests_to(id)
     }
 
+    /// The known peers' addresses (see [`Network::peer_count`]).
+    pub fn peer_addrs(&self) -> Vec<EndpointAddr> {
+        self.peers()
+            .iter()
+            .map(|p| p.addr.endpoint_addr())
+            .collect()
+    }
+
+    /// Publishes a signed name record to the nodes ranked first for its org (see the `names`
+    /// module: at most [`NAME_ASKS_MAX`](crate::NAME_ASKS_MAX) nodes asked).
+    pub async fn publish_name(
+        &self,
+        signed: &cairn_swarm::SignedName,
+    ) -> Result<crate::NamePublished, Error> {
+        crate::names::publish_name(&self.client, &self.peer_addrs(), signed).await
+    }
+
+    /// The newest `count` revisions of a name, from the nodes ranked first for its org (see
+    /// the `names` module).
+    pub async fn resolve_name(
+        &self,
+        kind: cairn_swarm::NameKind,
+        org: &str,
+        name: &str,
+        count: usize,
+    ) -> Result<crate::NameLookup, Error> {
+        crate::names::resolve_name(&self.client, &self.peer_addrs(), kind, org, name, count).await
+    }
+
     /// This client's endpoint id (the publisher identity).
     pub fn id(&self) -> EndpointId {
         self.bound.endpoint.id()

@@ -23,6 +23,7 @@ mod client;
 mod daemon;
 mod error;
 mod leases;
+mod names;
 pub mod policy;
 mod receipts;
 mod status;
@@ -43,5 +44,6 @@ pub use leases::{
     LEASE_ASK_MAX, LEASE_STEP_TIMEOUT, LEASE_TARGETS_MAX, LEASE_TERM_MAX, LEASES_FILE, LeaseClient,
     LeaseFile, LeasePin, RenewConfig, Spread, find_holders, send_lease, sign_lease,
 };
+pub use names::{NAME_ASKS_MAX, NameLookup, NamePublished, store_kind};
 pub use receipts::{RECEIPTS_EXPORT_MAX, ReceiptJson, VerifyReport, verify_receipts};
 pub use status::{NodeStatus, PeerReputation};
