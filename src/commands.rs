@@ -77,6 +77,31 @@ fn cap_and_file(
     }
 }
 
+/// Gateway grant ids from the command line.
+fn parse_gateways(ids: &[String]) -> anyhow::Result<Vec<cairn_encryption::GatewayId>> {
+    ids.iter()
+        .map(|g| {
+            g.parse()
+                .with_context(|| format!("{g:?} is not a grant id (see `cairn id`)"))
+        })
+        .collect()
+}
+
+/// A capability as given, or the one `org/name[@rev]` resolves to on the network through the
+/// grant to this data directory.
+fn by_name(
+    peers: &[String],
+    network: &str,
+    dir: &std::path::Path,
+    arg: String,
+) -> anyhow::Result<String> {
+    if !crate::namecmd::is_repo(&arg) {
+        return Ok(arg);
+    }
+    let repo = crate::namecmd::parse_repo(&arg, false)?;
+    Ok(crate::namecmd::resolve_cap(peers, network, dir, &repo)?.to_string())
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = config::resolve(cli.data_dir)?;
     match cli.command {
@@ -89,6 +114,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Add {
             path,
             name,
+            dataset,
+            grant,
+            private,
+            gate,
             data_shards,
             parity_shards,
             random_keys,
@@ -106,6 +135,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 KeyMode::Convergent(dd.convergence_secret()?)
             };
+            let named = match (&name, cli.peers.is_empty()) {
+                (Some(n), false) => Some(crate::netcmd::NamedAdd {
+                    repo: crate::namecmd::parse_repo(n, dataset)?,
+                    policy: crate::namecmd::policy_text(private, gate.as_deref())?,
+                    grants: parse_gateways(&grant)?,
+                }),
+                _ => None,
+            };
             let opts = AddOptions {
                 params,
                 key_mode,
@@ -120,6 +157,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     &path,
                     opts,
                     allow_reduced_durability,
+                    named,
+                );
+            }
+            if !grant.is_empty() || private || gate.is_some() || dataset {
+                bail!(
+                    "--grant, --private, --gate and --dataset name a revision on the network: give --peer"
                 );
             }
             let store = dd.open_store()?;
@@ -168,11 +211,58 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } if !cli.peers.is_empty() => {
             let (cap, file) = cap_and_file(cap, file, cap_file)?;
+            let cap = by_name(&cli.peers, &cli.network, &dir, cap)?;
             crate::netcmd::get(&cli.peers, &cli.network, &cap, file.as_deref(), &out)
         }
         Command::Ls { cap, cap_file } if !cli.peers.is_empty() => {
-            let cap = cap_arg(cap, cap_file)?;
+            let cap = by_name(&cli.peers, &cli.network, &dir, cap_arg(cap, cap_file)?)?;
             crate::netcmd::ls(&cli.peers, &cli.network, &cap)
+        }
+        Command::Id => {
+            let dd = DataDir::open(&dir)?;
+            let node = cairn_swarm::secret_key_from_bytes(&dd.node_key()?)?.public();
+            let publisher = cairn_swarm::secret_key_from_bytes(&dd.publisher_key()?)?.public();
+            println!("node: {node}");
+            println!("publisher: {publisher}");
+            println!("grant: {}", crate::config::grant_secret(&dir)?.id());
+            Ok(())
+        }
+        Command::Grant {
+            repo,
+            gateways,
+            revoke,
+            dataset,
+        } => {
+            if cli.peers.is_empty() {
+                bail!("grants live on the network: give --peer");
+            }
+            let repo = crate::namecmd::parse_repo(&repo, dataset)?;
+            if repo.rev.is_some() {
+                bail!("a grant applies to the current revision: give `org/name` without `@`");
+            }
+            crate::namecmd::grant(
+                &cli.peers,
+                &cli.network,
+                &DataDir::open(&dir)?,
+                &repo,
+                &parse_gateways(&gateways)?,
+                revoke,
+            )
+        }
+        Command::Log {
+            repo,
+            dataset,
+            json,
+        } => {
+            if cli.peers.is_empty() {
+                bail!("names live on the network: give --peer");
+            }
+            crate::namecmd::log(
+                &cli.peers,
+                &cli.network,
+                &crate::namecmd::parse_repo(&repo, dataset)?,
+                json,
+            )
         }
         Command::Node {
             action: Some(action),

@@ -80,6 +80,26 @@ fn read_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
     })
 }
 
+/// The grant secret of the data directory at `path` (`grant.key`): what grants to this data
+/// directory (its gateway, or its `cairn get` by name) are wrapped to. Created (0600, in a 0700
+/// folder) on first use, so a gateway on a folder never `cairn init`-ed has one too.
+pub fn grant_secret(path: &Path) -> anyhow::Result<cairn_encryption::GatewaySecret> {
+    let file = path.join("grant.key");
+    if !file.exists() {
+        cairn_store::create_dir_private(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        match write_secret(&file, cairn_encryption::GatewaySecret::random().as_bytes()) {
+            Ok(()) => {}
+            // Another process created it first: use theirs.
+            Err(_) if file.exists() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(cairn_encryption::GatewaySecret::from_bytes(read_secret(
+        &file,
+    )?))
+}
+
 impl DataDir {
     /// Creates a new data directory. Refuses to overwrite an existing one.
     pub fn init(path: &Path, quota: u64) -> anyhow::Result<Self> {

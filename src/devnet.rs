@@ -244,6 +244,8 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
     };
     // The HTTP gateway, reading from the network through node 0.
     let gw_data = base.join("gateway-node");
+    // Made before the gateway starts, so that its id can be printed for `cairn grant`.
+    let gw_grant = crate::config::grant_secret(&gw_data)?.id();
     let gw_log = cairn_store::create_private(&base.join("gateway.log"))
         .with_context(|| format!("cannot create {}", base.join("gateway.log").display()))?;
     let gw_port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -303,7 +305,7 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
         println!("  node-{i}  {a}");
     }
     println!(
-        "  gateway {gw_url}  (state in {})",
+        "  gateway {gw_url}  (state in {}; grant id {gw_grant})",
         gateway_dir(&gw_data).display()
     );
     if let Some(t) = &tls {

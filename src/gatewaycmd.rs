@@ -160,6 +160,11 @@ pub fn serve(
             let dd = DataDir::open(data_dir)?;
             Arc::new(LocalSource::new(Arc::new(dd.open_store()?)))
         } else {
+            // Repositories granted to this gateway's grant key on the network are served
+            // without registration (the names module of the gateway).
+            let secret = crate::config::grant_secret(data_dir)?;
+            eprintln!("gateway grant id: {}", secret.id());
+            config.grant_secret = Some(Arc::new(secret));
             let net = Network::connect(NetworkConfig::new(network, parse_peers(peers)?)).await?;
             let net = Arc::new(net);
             // Nodes that join later must be asked for holder records too.

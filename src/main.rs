@@ -8,6 +8,7 @@ mod devnet;
 mod devnetchain;
 mod gatewaycmd;
 mod getls;
+mod namecmd;
 mod netcmd;
 mod tensors;
 mod units;
@@ -52,9 +53,25 @@ enum Command {
     Add {
         /// File or folder to add.
         path: PathBuf,
-        /// Artifact name, `org/name`.
+        /// Artifact name, `org/name`. With --peer, also a signed name record on the network: a
+        /// new revision of the name (the first publish of an org claims it for this data
+        /// directory's publisher key).
         #[arg(long)]
         name: Option<String>,
+        /// With --name and --peer: the name is a dataset's (default: a model's).
+        #[arg(long, requires = "name")]
+        dataset: bool,
+        /// With --name and --peer: also grant this revision to a gateway (its `cairn id` grant
+        /// id, `cairngw1…`; repeatable). Gateways the previous revision was granted to keep it.
+        #[arg(long, value_name = "GATEWAY_ID", requires = "name")]
+        grant: Vec<String>,
+        /// With --name and --peer: readable through gateways only with an API key whose scopes
+        /// cover it (default: the previous revision's policy; public for a new name).
+        #[arg(long, requires = "name", conflicts_with = "gate")]
+        private: bool,
+        /// With --name and --peer: an on-chain gate (as `cairn register --gate`).
+        #[arg(long, value_name = "POLICY", requires = "name")]
+        gate: Option<String>,
         /// Data shards per chunk.
         #[arg(short = 'k', long, default_value_t = 3)]
         data_shards: usize,
@@ -241,6 +258,36 @@ enum Command {
     Repair {
         /// Artifact CID or read capability (only the CID is used).
         artifact: String,
+    },
+    /// Show this data directory's public identities: node id, publisher key (which owns the
+    /// orgs it names) and grant id (what `cairn grant --gateway` and `add --grant` take).
+    Id,
+    /// Grant the current revision of a name to gateways (needs --peer): a new signed record of
+    /// the same artifact whose key is also wrapped to them. With --revoke, the new record is not
+    /// wrapped to them (what they already unwrapped cannot be taken back).
+    Grant {
+        /// Repository, `org/name`.
+        repo: String,
+        /// Gateway grant id (`cairngw1…`, from `cairn id` on the gateway's data directory).
+        #[arg(long = "gateway", value_name = "GATEWAY_ID", required = true)]
+        gateways: Vec<String>,
+        /// Remove the gateways instead.
+        #[arg(long)]
+        revoke: bool,
+        /// A dataset (default: a model).
+        #[arg(long)]
+        dataset: bool,
+    },
+    /// List the revisions of a name on the network, newest first (needs --peer).
+    Log {
+        /// Repository, `org/name`.
+        repo: String,
+        /// A dataset (default: a model).
+        #[arg(long)]
+        dataset: bool,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Check audit receipts exported by `cairn node receipts --json`.
     Receipts {

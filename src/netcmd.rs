@@ -130,6 +130,13 @@ pub fn peers(peers: &[String], network: &str) -> anyhow::Result<()> {
     })
 }
 
+/// What `add --name` publishes on the network besides the artifact.
+pub struct NamedAdd {
+    pub repo: crate::namecmd::RepoRef,
+    pub policy: Option<String>,
+    pub grants: Vec<cairn_encryption::GatewayId>,
+}
+
 pub fn add(
     peers: &[String],
     network: &str,
@@ -137,6 +144,7 @@ pub fn add(
     path: &Path,
     add: AddOptions,
     allow_reduced_durability: bool,
+    named: Option<NamedAdd>,
 ) -> anyhow::Result<()> {
     let rt = runtime()?;
     let net = rt.block_on(connect(peers, network, Some(dd.publisher_key()?)))?;
@@ -148,8 +156,23 @@ pub fn add(
         path,
         add,
     );
+    let res = match (res, named) {
+        (Ok(added), Some(n)) => rt
+            .block_on(crate::namecmd::publish_revision(
+                &net,
+                dd,
+                &n.repo,
+                &added.cap,
+                n.policy,
+                &n.grants,
+                &[],
+            ))
+            .map(|_| ())
+            .context("the artifact is on the network, but its name record was not published; run the same add again"),
+        (res, _) => res.map(|_| ()),
+    };
     rt.block_on(net.close());
-    res.map(|_| ())
+    res
 }
 
 pub fn get(
@@ -181,7 +204,7 @@ pub fn ls(peers: &[String], network: &str, cap: &str) -> anyhow::Result<()> {
 }
 
 /// A Unix-ms time as people read it (RFC 3339, UTC, to the second).
-fn date(ms: u64) -> String {
+pub(crate) fn date(ms: u64) -> String {
     let nanos = i128::from(ms / 1000) * 1_000_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()

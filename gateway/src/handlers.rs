@@ -62,6 +62,9 @@ pub(crate) struct AppState {
     pub siwe: Option<Arc<crate::access::siwe::Siwe>>,
     /// Nonces handed out per client address (see `access::routes`).
     pub nonce_limiter: crate::access::routes::NonceLimiter,
+    /// Repositories granted to this gateway on the network (see `names`); `None` when it reads
+    /// a local store or has no grant key.
+    pub names: Option<Arc<crate::names::NameResolver>>,
 }
 
 /// How long an opened artifact (manifest, private part, holder record) is reused before it is
@@ -81,6 +84,12 @@ impl AppState {
         siwe: Option<Arc<crate::access::siwe::Siwe>>,
     ) -> Self {
         let chunks = Arc::new(ChunkLru::new(config.chunk_cache_bytes));
+        let names = match (source.network(), config.grant_secret.clone()) {
+            (Some(net), Some(secret)) => {
+                Some(Arc::new(crate::names::NameResolver::new(net, secret)))
+            }
+            _ => None,
+        };
         let nonce_limiter =
             crate::access::routes::NonceLimiter::new(config.nonces_per_client_per_minute);
         let streams = Arc::new(StreamLimits::new(
@@ -109,6 +118,22 @@ impl AppState {
             )),
             siwe,
             nonce_limiter,
+            names,
+        }
+    }
+
+    /// A repository's `main` and revision `rev`: the registry's, or, for a repository it does
+    /// not hold, what is granted to this gateway on the network (see `names`).
+    pub(crate) async fn lookup(
+        &self,
+        kind: RepoKind,
+        repo: &RepoId,
+        rev: &str,
+    ) -> Result<Lookup, Error> {
+        let local = self.registry.lookup(kind, repo, rev)?;
+        match &self.names {
+            Some(names) if local.main.is_none() => names.lookup(kind, repo, rev).await,
+            _ => Ok(local),
         }
     }
 
@@ -506,7 +531,7 @@ pub(crate) async fn open_repo(
         repo: label.clone(),
     };
     let repo = RepoId::new(org, name).map_err(|_| no_repo())?;
-    let Lookup { main, revision } = st.registry.lookup(kind, &repo, rev)?;
+    let Lookup { main, revision } = st.lookup(kind, &repo, rev).await?;
     let (policy, artifact) = match (&revision, &main) {
         (Some(r), _) => (r.entry.policy.clone(), r.entry.cid()),
         (None, Some(m)) => (STAND_IN, m.entry.cid()),

@@ -99,6 +99,7 @@ mod error;
 pub mod fuzzing;
 mod handlers;
 mod metrics;
+mod names;
 mod range;
 mod registry;
 mod run;
@@ -140,6 +141,7 @@ pub use clientcert::{
 pub use devcert::{IssuedCert, LocalCa, LocalTls, write_key, write_local_tls};
 pub use error::Error;
 pub use handlers::{OPEN_CACHE_TTL, PATHS_INFO_MAX};
+pub use names::{NAME_CACHE_MAX, NAME_CACHE_TTL, NAME_LOOKUPS_MAX, NameResolver, policy_of};
 pub use range::{RANGE_HEADER_LEN_MAX, RangeRequest, parse_range};
 pub use registry::{
     ArtifactEntry, CommitId, Lookup, REPO_PART_LEN_MAX, Registry, RepoId, RepoKind, Resolved,

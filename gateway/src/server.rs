@@ -23,6 +23,9 @@ use crate::{ApiKeyStore, Authorizer, Error, IpNet, PublicOnly, Registry, Usage};
 /// Limits and settings of a gateway. `Default` gives values fit for a public deployment.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
+    /// The grant key repositories granted to this gateway on the network are wrapped to (see
+    /// `names`); with a network source, such repositories are served without registration.
+    pub grant_secret: Option<Arc<cairn_encryption::GatewaySecret>>,
     /// Connections served at once. Past it, a new connection makes the longest-idle one close
     /// (from the address holding the most connections); with none idle it gets `503`.
     pub connections_max: usize,
@@ -143,6 +146,7 @@ impl GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
+            grant_secret: None,
             connections_max: 1024,
             connections_per_client_max: 64,
             write_timeout: Duration::from_secs(30),

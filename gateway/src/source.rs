@@ -50,6 +50,11 @@ pub trait ArtifactSource: Send + Sync + 'static {
     fn stats(&self) -> Option<ClientStats> {
         None
     }
+
+    /// The network a source reads from, for resolving names granted to the gateway there.
+    fn network(&self) -> Option<Arc<Network>> {
+        None
+    }
 }
 
 /// Artifacts held by a local [`Store`].
@@ -151,5 +156,9 @@ impl ArtifactSource for NetworkSource {
 
     fn stats(&self) -> Option<ClientStats> {
         Some(self.net.stats())
+    }
+
+    fn network(&self) -> Option<Arc<Network>> {
+        Some(self.net.clone())
     }
 }
