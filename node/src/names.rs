@@ -133,7 +133,7 @@ pub async fn publish_name(
                     status, message, ..
                 }) if status == "ORG_CLAIMED" || status == "STALE_RECORD" => {
                     return Err(Error::Node(format!(
-                        "node {} refused the name record of {}/{}: {message}",
+                        "node {} refused the name record of {}/{} ({status}): {message}",
                         a.id.fmt_short(),
                         signed.record.org,
                         signed.record.name

@@ -70,18 +70,6 @@ fn pin(net: &Devnet, publisher: &Path, cap: &str, extra: &[&str]) -> String {
     ok(c).0
 }
 
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < within,
-            "{what} did not happen within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    start.elapsed()
-}
-
 /// The latest end of a lease the holders of `cid` keep, signed by the publisher of `dir`.
 fn lease_on_network(net: &Devnet, dir: &Path, cid: &Cid) -> Option<u64> {
     let key: [u8; 32] = fs::read(dir.join("publisher.key"))

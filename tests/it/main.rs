@@ -11,6 +11,7 @@ mod gated;
 mod gateway;
 mod leases;
 mod mtls;
+mod names;
 mod net;
 mod private;
 mod repair;

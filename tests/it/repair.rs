@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_artifact::{Cid, ReadCap};
 use cairn_node::{Network, NetworkConfig, NodeStatus, PeerAddr};
@@ -127,18 +127,6 @@ fn status(net: &Devnet, i: usize) -> NodeStatus {
         .arg(&net.nodes[i].dir)
         .args(["node", "status", "--json"]);
     serde_json::from_str(&ok(c).0).unwrap()
-}
-
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < within,
-            "{what} did not happen within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    start.elapsed()
 }
 
 /// A 7-node devnet, 3-of-5: two holders SIGKILLed for good; the nodes notice, re-create every

@@ -173,3 +173,21 @@ pub fn http_client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// Polls `done` every 500 ms until it holds, failing the test after `within`; returns the time
+/// it took.
+pub fn wait_until(
+    what: &str,
+    within: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < within,
+            "{what} did not happen within {within:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    start.elapsed()
+}
