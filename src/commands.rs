@@ -219,11 +219,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::netcmd::ls(&cli.peers, &cli.network, &cap)
         }
         Command::Id => {
-            let dd = DataDir::open(&dir)?;
-            let node = cairn_swarm::secret_key_from_bytes(&dd.node_key()?)?.public();
-            let publisher = cairn_swarm::secret_key_from_bytes(&dd.publisher_key()?)?.public();
-            println!("node: {node}");
-            println!("publisher: {publisher}");
+            // A gateway's folder may never have been `cairn init`-ed: it has a grant key only.
+            if let Ok(dd) = DataDir::open(&dir) {
+                let node = cairn_swarm::secret_key_from_bytes(&dd.node_key()?)?.public();
+                let publisher = cairn_swarm::secret_key_from_bytes(&dd.publisher_key()?)?.public();
+                println!("node: {node}");
+                println!("publisher: {publisher}");
+            }
             println!("grant: {}", crate::config::grant_secret(&dir)?.id());
             Ok(())
         }

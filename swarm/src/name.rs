@@ -105,7 +105,7 @@ pub const NAME_RECORD_LEN_MAX: usize = 8
     + GRANTS_MAX * GRANT_LEN
     + SIGNATURE_LEN;
 
-const _: () = assert!(NAME_RECORD_LEN_MAX < 16 * 1024);
+const _: () = assert!(NAME_RECORD_LEN_MAX == 11_810);
 const _: () = assert!(GRANTS_MAX <= u8::MAX as usize);
 const _: () = assert!(POLICY_LEN_MAX <= u16::MAX as usize);
 

@@ -28,10 +28,29 @@ fn publisher(net: &Devnet, name: &str) -> PathBuf {
     p
 }
 
-/// The grant id of the data directory `dir` (its `grant.key`, made by the gateway at start).
+/// The grant id of the data directory `dir`, as `cairn id` prints it; it is the id of the
+/// `grant.key` the gateway made at start (owner-only).
 fn grant_id(dir: &Path) -> String {
-    let bytes = fs::read(dir.join("grant.key")).unwrap();
-    GatewaySecret::from_slice(&bytes).unwrap().id().to_string()
+    let mut c = cairn();
+    c.arg("--data-dir").arg(dir).arg("id");
+    let (out, _) = ok(c);
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("grant: "))
+        .unwrap_or_else(|| panic!("no grant id in {out}"))
+        .to_string();
+    let key = dir.join("grant.key");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&key).unwrap().permissions()) & 0o077,
+        0,
+        "the grant key is readable by others"
+    );
+    let bytes = fs::read(key).unwrap();
+    assert_eq!(
+        GatewaySecret::from_slice(&bytes).unwrap().id().to_string(),
+        id
+    );
+    id
 }
 
 /// `revision: <commit>` from `cairn add --name` or `cairn grant`.
