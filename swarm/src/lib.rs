@@ -58,8 +58,9 @@ pub use error::{Error, Result};
 pub use fetch::{FetchError, ShardFailure, ShardLocation, fetch_any_k};
 pub use lease::{LEASE_AHEAD_MAX, LEASE_ISSUED_AHEAD_MAX, LEASE_LEN_MAX, Lease, SignedLease};
 pub use membership::{
-    ADDRS_MAX, ANNOUNCE_INTERVAL, ANNOUNCEMENT_LEN_MAX, Announcement, Membership, MembershipConfig,
-    PEER_FAILURES_MAX, PEER_SILENCE_MAX, PEER_TABLE_PEERS_MAX, PeerInfo, PeerTable, topic_id,
+    ADDRS_MAX, ANNOUNCE_INTERVAL, ANNOUNCEMENT_LEN_MAX, ANNOUNCEMENTS_PER_SEC, Announcement,
+    Membership, MembershipConfig, PEER_FAILURES_MAX, PEER_SILENCE_MAX, PEER_TABLE_PEERS_MAX,
+    PeerInfo, PeerTable, announce_interval_for, silence_for, topic_id,
 };
 pub use name::{
     Delegation, GRANTS_MAX, NAME_PART_LEN_MAX, NAME_RECORD_LEN_MAX, NAME_REVISIONS_MAX, NameKind,

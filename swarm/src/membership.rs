@@ -59,8 +59,13 @@ pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
 pub const PEER_SILENCE_MAX: Duration = Duration::from_secs(90);
 /// A peer that failed this many requests in a row is dead until it announces again.
 pub const PEER_FAILURES_MAX: u32 = 3;
-/// Most peers a table remembers.
-pub const PEER_TABLE_PEERS_MAX: usize = 4096;
+/// Most peers a table remembers (about 20 MB of table at the limit).
+pub const PEER_TABLE_PEERS_MAX: usize = 65_536;
+/// The announcement rate the whole network aims for: each node's interval grows with the
+/// number of peers it knows so that, network-wide, about this many announcements per second
+/// are sent, and every node receives about this many whatever the network's size (see
+/// [`announce_interval_for`]).
+pub const ANNOUNCEMENTS_PER_SEC: u64 = 20;
 /// Announcements dated further ahead than this are refused (clock skew allowance).
 const CLOCK_SKEW_MAX: Duration = Duration::from_secs(300);
 /// Announcements older than this are refused as stale (or replayed).
@@ -307,10 +312,28 @@ struct Entry {
 }
 
 impl Entry {
-    fn is_alive(&self, now_ms: u64) -> bool {
+    fn is_alive(&self, now_ms: u64, silence: Duration) -> bool {
         self.failures < PEER_FAILURES_MAX
-            && now_ms.saturating_sub(self.last_seen_ms) <= PEER_SILENCE_MAX.as_millis() as u64
+            && now_ms.saturating_sub(self.last_seen_ms) <= silence.as_millis() as u64
     }
+}
+
+/// How often a node that knows `peers` peers announces itself: `base` ([`ANNOUNCE_INTERVAL`] by
+/// default) up to `ANNOUNCEMENTS_PER_SEC × base` peers (600), then `peers /
+/// ANNOUNCEMENTS_PER_SEC` seconds (8 min 20 s at 10 000 peers, 55 min at 65 536), so that a
+/// node receives about [`ANNOUNCEMENTS_PER_SEC`] announcements a second however large the
+/// network grows.
+pub fn announce_interval_for(peers: usize, base: Duration) -> Duration {
+    base.max(Duration::from_millis(
+        peers as u64 * 1000 / ANNOUNCEMENTS_PER_SEC,
+    ))
+}
+
+/// How long a peer may stay silent before it counts as dead, in a table of `peers` peers:
+/// [`PEER_SILENCE_MAX`], or three announcement intervals when the network is large enough for
+/// the interval to have grown.
+pub fn silence_for(peers: usize) -> Duration {
+    PEER_SILENCE_MAX.max(3 * announce_interval_for(peers, ANNOUNCE_INTERVAL))
 }
 
 /// The peers of one network, with liveness, persistable as bytes.
@@ -345,9 +368,11 @@ impl PeerTable {
                 "timestamp {ts} is ahead of now ({now_ms}) by more than {CLOCK_SKEW_MAX:?}"
             )));
         }
-        if ts.saturating_add(ANNOUNCEMENT_AGE_MAX.as_millis() as u64) < now_ms {
+        // A large network announces less often, so what a PEERS reply hands on may be older.
+        let age_max = ANNOUNCEMENT_AGE_MAX.max(2 * silence_for(self.peers.len()));
+        if ts.saturating_add(age_max.as_millis() as u64) < now_ms {
             return Err(rejected(format!(
-                "timestamp {ts} is older than {ANNOUNCEMENT_AGE_MAX:?} (now {now_ms})"
+                "timestamp {ts} is older than {age_max:?} (now {now_ms})"
             )));
         }
         let id = announcement.endpoint_id;
@@ -413,13 +438,24 @@ impl PeerTable {
     }
 
     fn signed_except(&self, skip: Option<EndpointId>, now_ms: u64) -> Vec<Vec<u8>> {
+        let silence = silence_for(self.peers.len());
         let mut entries: Vec<(&EndpointId, &Entry)> = self
             .peers
             .iter()
-            .filter(|(id, e)| Some(**id) != skip && e.is_alive(now_ms))
+            .filter(|(id, e)| Some(**id) != skip && e.is_alive(now_ms, silence))
             .collect();
         entries.sort_by_key(|(_, e)| std::cmp::Reverse(e.last_seen_ms));
         entries.into_iter().map(|(_, e)| e.signed.clone()).collect()
+    }
+
+    /// Peers in the table, alive or not.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether the table holds no peer.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
     }
 
     /// Notes a successful exchange with `id` at `now_ms`.
@@ -445,6 +481,7 @@ impl PeerTable {
 
     /// Every known peer, alive or not, as of `now_ms`.
     pub fn peers(&self, now_ms: u64) -> Vec<PeerInfo> {
+        let silence = silence_for(self.peers.len());
         self.peers
             .iter()
             .map(|(id, entry)| PeerInfo {
@@ -453,7 +490,7 @@ impl PeerTable {
                 free_bytes: entry.announcement.free_bytes,
                 last_seen_ms: entry.last_seen_ms,
                 failures: entry.failures,
-                alive: entry.is_alive(now_ms),
+                alive: entry.is_alive(now_ms, silence),
             })
             .collect()
     }
@@ -657,8 +694,8 @@ impl Membership {
             neighbour_up.clone(),
         ));
         let announce = tokio::spawn(announce(
-            bound.endpoint.clone(),
-            topic,
+            (bound.endpoint.clone(), topic),
+            table.clone(),
             sender,
             own.clone(),
             config.announce_interval,
@@ -827,21 +864,29 @@ fn make_announcement(
 /// Broadcasts the announcement made at join at once, then a fresh one every `interval` and
 /// whenever a neighbour comes up (kept in `own` for PEERS), until the task is aborted.
 async fn announce(
-    endpoint: iroh::Endpoint,
-    topic: TopicId,
+    (endpoint, topic): (iroh::Endpoint, TopicId),
+    table: Arc<Mutex<PeerTable>>,
     sender: Arc<Mutex<GossipSender>>,
     own: Arc<Mutex<Vec<u8>>>,
     interval: Duration,
     free_bytes: impl Fn() -> u64 + Send + Sync + 'static,
     neighbour_up: Arc<Notify>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
     let mut seq = FIRST_SEQ;
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = neighbour_up.notified() => {}
+        // The interval grows with the network (see `announce_interval_for`); the first
+        // announcement goes at once.
+        let known = lock(&table).len();
+        let every = announce_interval_for(known, interval);
+        if !first {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = neighbour_up.notified() => {}
+            }
         }
+        first = false;
+        let interval = every;
         let signed = if seq == FIRST_SEQ {
             seq += 1;
             lock(&own).clone()
@@ -1035,6 +1080,36 @@ mod tests {
             framed.extend_from_slice(&bytes);
             let _ = Announcement::verify(&framed, &topic);
         }
+    }
+
+    #[test]
+    fn announcements_slow_down_as_the_network_grows_so_each_node_receives_a_bounded_rate() {
+        let base = ANNOUNCE_INTERVAL;
+        // Small networks: the base interval, the base silence, unchanged behaviour.
+        for n in [0, 1, 5, 100, 600] {
+            assert_eq!(announce_interval_for(n, base), base, "{n}");
+            assert_eq!(silence_for(n), PEER_SILENCE_MAX, "{n}");
+        }
+        // Large ones: n peers announcing every interval send at most ANNOUNCEMENTS_PER_SEC a
+        // second in all (what every node receives), and a peer is dead after 3 intervals.
+        for n in [601, 1_000, 10_000, PEER_TABLE_PEERS_MAX] {
+            let every = announce_interval_for(n, base);
+            let per_sec = n as f64 / every.as_secs_f64();
+            assert!(
+                per_sec <= ANNOUNCEMENTS_PER_SEC as f64 + 1e-9,
+                "{n}: {per_sec}/s"
+            );
+            assert!(
+                per_sec >= ANNOUNCEMENTS_PER_SEC as f64 * 0.99,
+                "{n}: {per_sec}/s"
+            );
+            assert_eq!(silence_for(n), 3 * every, "{n}");
+        }
+        assert_eq!(
+            announce_interval_for(10_000, base),
+            Duration::from_secs(500)
+        );
+        assert!(announce_interval_for(PEER_TABLE_PEERS_MAX, base) < Duration::from_secs(3600));
     }
 
     #[test]
