@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
                 [k, c0, c1, body @ ..] => (*k, u16::from_be_bytes([*c0, *c1]), body),
                 _ => return,
             };
-            let _ = decode_reply_frame(kind % 12, count, body);
+            let _ = decode_reply_frame(kind % 14, count, body);
         }
         2 => {
             let _ = verify_announcement(rest, [7; 32]);

@@ -1,18 +1,24 @@
-//! The committed seeds of the `audit_frames`, `receipt_decode` and `lease_decode` fuzz targets,
-//! and the lease frames of `swarm_frames` (`fuzz/seeds/<target>/`): valid inputs that take the targets past counts, CID prefixes and
-//! signatures. Built here from fixed inputs and compared with the committed files, so they stay
+//! The committed seeds of the `audit_frames`, `receipt_decode`, `lease_decode`,
+//! `name_record_decode` and `grant_unwrap` fuzz targets, and the lease and name frames of
+//! `swarm_frames` (`fuzz/seeds/<target>/`): valid inputs that take the targets past counts, CID
+//! prefixes and signatures. Built here from fixed inputs and compared with the committed files, so they stay
 //! valid as the formats change; `CAIRN_REGEN_VECTORS=1 cargo test -p cairn-swarm fuzz_seeds`
 //! rewrites them (the same switch as the repository's test vectors).
 
 use std::path::PathBuf;
 
 use cairn_artifact::{audit_answer, outboard};
+use cairn_encryption::{GRANT_SEALED_LEN, GatewayId, GatewaySecret, WrappedKey, unwrap_key};
 
 use crate::audit::AuditReply;
 use crate::protocol::{
-    Head, Kind, Status, encode_audit_reply, encode_data_head, encode_error, encode_head, fuzzing,
+    Head, Kind, Status, encode_audit_reply, encode_data_head, encode_error, encode_head,
+    encode_names, encode_not_found, encode_ok, fuzzing,
 };
-use crate::{Lease, Receipt, SecretKey, SignedLease, SignedReceipt, manifest_cid, shard_cid};
+use crate::{
+    Delegation, Lease, NameKind, NameRecord, Receipt, SecretKey, SignedLease, SignedName,
+    SignedReceipt, grant_context, manifest_cid, shard_cid,
+};
 
 fn check_or_write(target: &str, name: &str, bytes: &[u8]) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -141,4 +147,150 @@ fn fuzz_seeds() {
         "reply-get-lease",
         &[&[1, Kind::GetLease as u8, 0, 0][..], &reply].concat(),
     );
+
+    // name_record_decode, selector 0: a record signed by its org key (the first key of the
+    // targets' `common_keys`), and one signed by a member key (the second) under the org key's
+    // delegation, with a parent, a policy and grants to the targets' fixed gateways (their
+    // `enc` and sealed bytes are fixed, not a wrap: seeds are compared byte for byte, and a
+    // wrap draws a fresh ephemeral key).
+    let org = auditor;
+    let member = holder;
+    let gateway_ids: Vec<GatewayId> = (0..3u8)
+        .map(|i| GatewaySecret::from_bytes([0xa0 + i; 32]).id())
+        .collect();
+    let plain = NameRecord {
+        org_key: org.public(),
+        signer: org.public(),
+        delegation: None,
+        kind: NameKind::Model,
+        org: "Acme".into(),
+        name: "model-1.0".into(),
+        version: 1_750_000_000_000,
+        artifact,
+        parent: None,
+        policy: "public".into(),
+        grants: Vec::new(),
+    };
+    let delegated = NameRecord {
+        signer: member.public(),
+        delegation: Some(Delegation::sign(
+            &org,
+            "acme",
+            &member.public(),
+            1_780_000_000_000,
+        )),
+        kind: NameKind::Dataset,
+        org: "acme".into(),
+        name: "data_set.v2".into(),
+        version: 1_750_000_000_001,
+        parent: Some(manifest_cid(b"seed parent manifest")),
+        policy: "keys".into(),
+        grants: gateway_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| WrappedKey {
+                gateway: *id,
+                enc: [0x10 + i as u8; 32],
+                sealed: [0x20 + i as u8; GRANT_SEALED_LEN],
+            })
+            .collect(),
+        ..plain.clone()
+    };
+    let mut names = Vec::new();
+    for (name, record, key) in [
+        ("record", &plain, &org),
+        ("record-delegated", &delegated, &member),
+    ] {
+        let signed = record.try_sign(key).unwrap();
+        assert_eq!(&SignedName::decode(&signed).unwrap().record, record);
+        check_or_write("name_record_decode", name, &[&[0][..], &signed].concat());
+        names.push(signed);
+    }
+
+    // grant_unwrap, selector 0: a gateway id's text (as printed, and in upper case), and a
+    // wrapped key with its context, not made by a wrap: it must not open.
+    let id_text = gateway_ids[0].to_string();
+    let upper = format!(
+        "cairngw1{}",
+        id_text
+            .strip_prefix("cairngw1")
+            .unwrap()
+            .to_ascii_uppercase()
+    );
+    for (name, text) in [("id", &id_text), ("id-upper", &upper)] {
+        assert_eq!(text.parse::<GatewayId>().unwrap(), gateway_ids[0]);
+        check_or_write("grant_unwrap", name, &[&[0][..], text.as_bytes()].concat());
+    }
+    let context = grant_context(NameKind::Model, "acme", "model-1.0", &artifact);
+    let forged = WrappedKey {
+        gateway: gateway_ids[0],
+        enc: gateway_ids[1].0,
+        sealed: [0x33; GRANT_SEALED_LEN],
+    };
+    let secret = GatewaySecret::from_bytes([0xa0; 32]);
+    assert!(unwrap_key(&secret, &forged, &context).is_err());
+    check_or_write(
+        "grant_unwrap",
+        "wrapped",
+        &[
+            &[0][..],
+            &forged.gateway.0,
+            &forged.enc,
+            &forged.sealed,
+            &context,
+        ]
+        .concat(),
+    );
+
+    // swarm_frames: PUT_NAME and GET_NAME requests (selector 0), and replies to them
+    // (selector 1: request type, count, reply).
+    let mut put = encode_head(&Head::PutName {
+        len: names[1].len() as u32,
+    });
+    put.extend_from_slice(&names[1]);
+    check_or_write(
+        "swarm_frames",
+        "request-put-name",
+        &[&[0][..], &put].concat(),
+    );
+    let get = encode_head(&Head::GetName {
+        kind: NameKind::Model,
+        org: "Acme".into(),
+        name: "model-1.0".into(),
+        count: 8,
+    });
+    assert_eq!(fuzzing::decode_request_frame(&get).unwrap(), get);
+    check_or_write(
+        "swarm_frames",
+        "request-get-name",
+        &[&[0][..], &get].concat(),
+    );
+    let replies = [
+        ("reply-get-name", Kind::GetName, 2u16, encode_names(&names)),
+        (
+            "reply-get-name-not-found",
+            Kind::GetName,
+            8,
+            encode_not_found(),
+        ),
+        ("reply-put-name", Kind::PutName, 0, encode_ok(&[])),
+        (
+            "reply-org-claimed",
+            Kind::PutName,
+            0,
+            encode_error(
+                Status::OrgClaimed,
+                None,
+                "org acme is claimed by another key",
+            ),
+        ),
+    ];
+    for (name, kind, count, reply) in replies {
+        assert!(fuzzing::decode_reply_frame(kind as u8, count, &reply).is_ok());
+        check_or_write(
+            "swarm_frames",
+            name,
+            &[&[1, kind as u8][..], &count.to_be_bytes(), &reply].concat(),
+        );
+    }
 }
