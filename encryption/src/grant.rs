@@ -117,7 +117,7 @@ impl std::str::FromStr for GatewayId {
     fn from_str(s: &str) -> Result<Self, Error> {
         let bad = || Error::BadGatewayId;
         let hex = s.strip_prefix(ID_PREFIX).ok_or_else(bad)?;
-        if hex.len() != 64 || !hex.is_ascii() {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         let mut b = [0u8; 32];
@@ -250,6 +250,10 @@ mod tests {
                 "{bad:?}"
             );
         }
+        // A sign where a digit should be (found by fuzzing: `from_str_radix` takes "+f"), so one
+        // key never has two text forms.
+        let plus = format!("cairngw1+{}", &text[9..]);
+        assert_eq!(plus.parse::<GatewayId>(), Err(Error::BadGatewayId));
         // The same secret always gives the same id; the secret is never shown.
         assert_eq!(GatewaySecret::from_bytes([9; 32]).id(), id);
         assert_eq!(

@@ -248,6 +248,7 @@ fn fuzz_seeds() {
         len: names[1].len() as u32,
     });
     put.extend_from_slice(&names[1]);
+    assert_eq!(fuzzing::decode_request_frame(&put).unwrap(), put);
     check_or_write(
         "swarm_frames",
         "request-put-name",

@@ -1471,6 +1471,7 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(Head, Option<Vec<u8>>), Fr
             Head::PutRecord { len } => Some(read_record_payload(&mut reader, *len).await?),
             Head::Receipt { len } => Some(read_receipt_payload(&mut reader, *len).await?),
             Head::PutLease { len } => Some(read_lease_payload(&mut reader, *len).await?),
+            Head::PutName { len } => Some(read_name_payload(&mut reader, *len).await?),
             _ => None,
         };
         read_end(&mut reader).await?;
@@ -1637,7 +1638,7 @@ mod tests {
             Err(FrameError::Bad(Status::TooLarge, _))
         ));
 
-        let reserved = [PROTOCOL_VERSION, 12];
+        let reserved = [PROTOCOL_VERSION, 14];
         assert!(matches!(
             decode(&reserved).await,
             Err(FrameError::Bad(Status::UnsupportedRequest, _))
@@ -1762,7 +1763,7 @@ mod tests {
         ]
     }
 
-    const KINDS: [Kind; 12] = [
+    const KINDS: [Kind; 14] = [
         Kind::Put,
         Kind::Get,
         Kind::Has,
@@ -1775,6 +1776,8 @@ mod tests {
         Kind::GetRepairRecord,
         Kind::PutLease,
         Kind::GetLease,
+        Kind::PutName,
+        Kind::GetName,
     ];
 
     /// A frame found by fuzzing: a CID whose bytes parse but are not its canonical encoding.
@@ -1799,7 +1802,7 @@ mod tests {
         }
 
         #[test]
-        fn random_requests_never_panic(kind in 0u8..13, bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        fn random_requests_never_panic(kind in 0u8..15, bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = fuzzing::decode_request_frame(&bytes);
             // Behind a valid version and type, to reach the body decoders.
             let mut framed = vec![PROTOCOL_VERSION, kind];
@@ -1811,7 +1814,7 @@ mod tests {
         }
 
         #[test]
-        fn random_replies_never_panic(status in 0u8..19, has_count in 0u16..4, bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        fn random_replies_never_panic(status in 0u8..21, has_count in 0u16..4, bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             for kind in KINDS {
                 let _ = decode_reply(&bytes, kind, has_count.into());
                 let mut framed = vec![PROTOCOL_VERSION, status];
