@@ -221,44 +221,51 @@ impl fmt::Display for Report {
                 e.lambda, e.lambda_low, e.lambda_high, e.losses, e.node_years
             ),
         )?;
-        row(
-            "repair window after a permanent loss: mean / p99 / max",
-            format!(
-                "{:.1} h / {:.1} h / {:.1} h ({} windows{})",
-                e.window_mean_h,
-                e.window_p99_h,
-                e.window_max_h,
-                e.windows,
-                if e.windows == 0 {
-                    ", one period assumed"
-                } else {
-                    ""
-                }
-            ),
-        )?;
-        row(
-            &format!(
-                "P(≥ {m} more of the other {} holders lost in a window)",
-                k + m - 1
-            ),
-            prob(e.p_window),
-        )?;
-        row(
-            "estimated loss probability per chunk-year (95 % upper)",
-            format!("{} ({})", prob(e.p_chunk_year), prob(e.p_chunk_year_high)),
-        )?;
-        row(
-            &format!(
-                "expected chunks lost in {:.2} years, this network (95 % upper)",
-                years
-            ),
-            format!(
-                "{} ({}); P(any) {}",
-                prob(e.expected_losses),
-                prob(e.expected_losses_high),
-                prob(1.0 - (-e.expected_losses).exp())
-            ),
-        )?;
+        if c.repair {
+            row(
+                "repair window after a permanent loss: mean / p99 / max",
+                format!(
+                    "{:.1} h / {:.1} h / {:.1} h ({} windows{})",
+                    e.window_mean_h,
+                    e.window_p99_h,
+                    e.window_max_h,
+                    e.windows,
+                    if e.windows == 0 {
+                        ", one period assumed"
+                    } else {
+                        ""
+                    }
+                ),
+            )?;
+            row(
+                &format!(
+                    "P(≥ {m} more of the other {} holders lost in a window)",
+                    k + m - 1
+                ),
+                prob(e.p_window),
+            )?;
+            row(
+                "estimated loss probability per chunk-year (95 % upper)",
+                format!("{} ({})", prob(e.p_chunk_year), prob(e.p_chunk_year_high)),
+            )?;
+            row(
+                &format!(
+                    "expected chunks lost in {:.2} years, this network (95 % upper)",
+                    years
+                ),
+                format!(
+                    "{} ({}); P(any) {}",
+                    prob(e.expected_losses),
+                    prob(e.expected_losses_high),
+                    prob(1.0 - (-e.expected_losses).exp())
+                ),
+            )?;
+        } else {
+            row(
+                "repair window, loss estimate",
+                "not estimated: repair is off (count the losses above)".to_string(),
+            )?;
+        }
         row("**repair**", String::new())?;
         row(
             "chunk repairs / deferred (fewer than k reachable)",
