@@ -71,6 +71,7 @@ use tracing::{debug, info, warn};
 
 use crate::PeerAddr;
 use crate::leases::Renewer;
+use crate::policy::{self, HolderSeen};
 
 /// Rounds per audit period.
 pub const ROUNDS_PER_PERIOD: u32 = 4;
@@ -574,13 +575,19 @@ impl Care {
         let alive: Vec<EndpointId> = holders
             .iter()
             .filter(|h| {
-                **h == self.me || (live.contains_key(*h) && !self.avoided(h) && self.missed(h) == 0)
+                **h == self.me
+                    || policy::caretaker_eligible(HolderSeen {
+                        live: live.contains_key(*h),
+                        avoided: self.avoided(h),
+                        missed: self.missed(h),
+                        ..HolderSeen::default()
+                    })
             })
             .copied()
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        repair_ranking(shards, &alive).first().copied()
+        policy::caretaker_of(shards, &alive)
     }
 
     /// Rounds in a row `peer` missed its audits (as this node saw them).
@@ -758,16 +765,15 @@ impl Care {
             .ok()
             .flatten()
             .map(|(_, o)| o);
-        if last == Some(Outcome::Failure) {
-            return true;
-        }
-        if *holder == self.me {
-            return false;
-        }
-        let missed = self.missed(holder);
-        missed >= MISSES_TO_LOST
-            || (missed >= 1 && !live.contains_key(holder))
-            || self.avoided(holder)
+        let me = *holder == self.me;
+        policy::shard_lost(HolderSeen {
+            failed: last == Some(Outcome::Failure),
+            me,
+            // What is known of another node only; the node's own copy is judged by its disk.
+            missed: if me { 0 } else { self.missed(holder) },
+            live: live.contains_key(holder),
+            avoided: !me && self.avoided(holder),
+        })
     }
 
     async fn repair_all(
@@ -791,7 +797,7 @@ impl Care {
                 let lost: Vec<usize> = (0..holders.len())
                     .filter(|&j| self.lost(&chunk.shards[j], &holders[j], live))
                     .collect();
-                if lost.is_empty() {
+                if !policy::needs_repair(holders.len() - lost.len(), holders.len()) {
                     continue;
                 }
                 budget -= 1;
@@ -833,13 +839,12 @@ impl Care {
         let holders = chunk_holders(record, i);
         // Targets: the repair ranking over live peers, skipping holders of the chunk's shards
         // (those kept and those lost) and avoided peers.
-        let busy: HashSet<EndpointId> = holders.iter().copied().collect();
         let candidates: Vec<EndpointId> = live
             .keys()
-            .filter(|p| **p != self.me && !busy.contains(*p) && !self.avoided(p))
+            .filter(|p| **p != self.me && !self.avoided(p))
             .copied()
             .collect();
-        let ranking = repair_ranking(&chunk.shards, &candidates);
+        let ranking = policy::repair_targets(&chunk.shards, &candidates, &holders, usize::MAX);
         let mut used = HashSet::new();
         let mut placed = Vec::new();
         // A shard an earlier repair already put on its ranked node (this node's, cut short, or
@@ -900,8 +905,9 @@ impl Care {
             });
         }
         let have = slots.iter().flatten().count();
-        if have < params.k() {
-            let got = fetch_any_k(&self.client, locations, params.k() - have, REPAIR_HEDGE)
+        let fetch = policy::repair_fetches(params.k(), have);
+        if fetch > 0 {
+            let got = fetch_any_k(&self.client, locations, fetch, REPAIR_HEDGE)
                 .await
                 .map_err(|e| e.to_string())?;
             for (j, bytes) in got {
