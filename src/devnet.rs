@@ -315,7 +315,7 @@ pub fn run(opts: DevnetOptions) -> anyhow::Result<()> {
         );
     }
     println!(
-        "talk to it with:\n  export CAIRN_PEER={bootstrap}\n  cairn add ./my-model        # publish across the nodes\n  cairn get --cap-file <file with the capability> -o ./out\n  cairn --data-dir {} register org/my-model --cap-file <file>   # serve it over HTTP",
+        "talk to it with:\n  export CAIRN_PEER={bootstrap}\n  cairn add ./my-model        # publish across the nodes\n  cairn get --cap-file <file with the capability> -o ./out\n  cairn --data-dir {} register org/my-model --cap-file <file>   # serve it over HTTP\n  cairn add ./my-model --name org/my-model --grant {gw_grant}   # or name it on the network: the gateway serves it, no register",
         gw_data.display()
     );
 
