@@ -103,6 +103,16 @@ pub async fn publish_revision(
     let found = net
         .resolve_name(repo.kind, &repo.org, &repo.name, 1)
         .await?;
+    // Without any answer the current revision is unknown: publishing anyway would drop its
+    // grantees and parent.
+    if found.answered == 0 {
+        bail!(
+            "none of the {} nodes ranked for org {} answered; nothing was named (run the same \
+             command again)",
+            found.asked,
+            repo.org
+        );
+    }
     let newest = found.revisions.first();
     if let Some(n) = newest {
         org_owner_check(n, &key.public())?;
