@@ -177,15 +177,13 @@ pub fn pick<'a>(revisions: &'a [SignedName], rev: Option<&str>) -> Option<&'a Si
     }
 }
 
-/// The read capability of `repo` at its revision, unwrapped from the grant to this data
-/// directory.
-pub fn resolve_cap(
+/// Every revision of `repo` the nodes ranked for its org hold (newest first); an error when
+/// there is none.
+fn revisions(
     peers: &[String],
     network: &str,
-    dir: &std::path::Path,
     repo: &RepoRef,
-) -> anyhow::Result<ReadCap> {
-    let secret = grant_secret(dir)?;
+) -> anyhow::Result<cairn_node::NameLookup> {
     let rt = runtime()?;
     let found = rt.block_on(async {
         let net = connect(peers, network, None).await?;
@@ -195,14 +193,29 @@ pub fn resolve_cap(
         net.close().await;
         anyhow::Ok(found?)
     })?;
-    let label = format!("{}/{}", repo.org, repo.name);
     if found.revisions.is_empty() {
         bail!(
-            "no node ranked for {label} holds a record of it (asked {}, {} answered)",
+            "no node ranked for {}/{} holds a record of it (asked {}, {} answered)",
+            repo.org,
+            repo.name,
             found.asked,
             found.answered
         );
     }
+    Ok(found)
+}
+
+/// The read capability of `repo` at its revision, unwrapped from the grant to this data
+/// directory.
+pub fn resolve_cap(
+    peers: &[String],
+    network: &str,
+    dir: &std::path::Path,
+    repo: &RepoRef,
+) -> anyhow::Result<ReadCap> {
+    let secret = grant_secret(dir)?;
+    let found = revisions(peers, network, repo)?;
+    let label = format!("{}/{}", repo.org, repo.name);
     let s = pick(&found.revisions, repo.rev.as_deref()).with_context(|| {
         format!(
             "{label} has no revision {:?} among its last {}",
@@ -258,24 +271,7 @@ pub fn grant(
 
 /// `cairn log org/name`: the revisions the ranked nodes hold, newest first.
 pub fn log(peers: &[String], network: &str, repo: &RepoRef, json: bool) -> anyhow::Result<()> {
-    let rt = runtime()?;
-    let found = rt.block_on(async {
-        let net = connect(peers, network, None).await?;
-        let found = net
-            .resolve_name(repo.kind, &repo.org, &repo.name, NAME_REVISIONS_MAX)
-            .await;
-        net.close().await;
-        anyhow::Ok(found?)
-    })?;
-    if found.revisions.is_empty() {
-        bail!(
-            "no node ranked for {}/{} holds a record of it (asked {}, {} answered)",
-            repo.org,
-            repo.name,
-            found.asked,
-            found.answered
-        );
-    }
+    let found = revisions(peers, network, repo)?;
     let rows: Vec<serde_json::Value> = found
         .revisions
         .iter()

@@ -42,7 +42,7 @@ const REVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("gateway-re
 const REFS: TableDefinition<&str, &str> = TableDefinition::new("gateway-refs-1");
 
 /// Longest `org` or `name` part of a repository id, as on the Hugging Face Hub.
-pub const REPO_PART_LEN_MAX: usize = 96;
+pub const REPO_PART_LEN_MAX: usize = cairn_swarm::NAME_PART_LEN_MAX;
 
 /// Organisation names that would collide with the gateway's own routes.
 const RESERVED_ORGS: &[&str] = &[
@@ -88,20 +88,13 @@ impl RepoId {
             id: format!("{org}/{name}"),
             reason: reason.to_string(),
         };
+        // The rules of a name part on the network (name records), so that every repository a
+        // gateway serves can also be named there.
         for part in [org, name] {
-            if part.is_empty() || part.len() > REPO_PART_LEN_MAX {
-                return Err(bad("each part must be 1 to 96 characters"));
-            }
-            if !part
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            {
-                return Err(bad(
-                    "only ASCII letters, digits, `-`, `_` and `.` are allowed",
-                ));
-            }
-            if part.starts_with(['.', '-']) || part.contains("..") {
-                return Err(bad("a part may not start with `.` or `-` or contain `..`"));
+            match cairn_swarm::check_name_part(part) {
+                Ok(()) => {}
+                Err(cairn_swarm::Error::Name { reason }) => return Err(bad(&reason)),
+                Err(e) => return Err(bad(&e.to_string())),
             }
         }
         if RESERVED_ORGS.contains(&org) {
