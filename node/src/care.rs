@@ -62,8 +62,8 @@ use cairn_erasure::{Codec, Params};
 use cairn_store::{AuditVerdict as Verdict, Outcome, Store, now_ms};
 use cairn_swarm::{
     AUDIT_BATCH_MAX, AuditVerdict, EndpointAddr, EndpointId, HolderRecord, Membership, PeerInfo,
-    Receipt, SecretKey, ShardClient, ShardLocation, fetch_any_k, judge_audit, place,
-    record_version_now,
+    RECORD_REPLICAS, Receipt, SecretKey, ShardClient, ShardLocation, fetch_any_k, judge_audit,
+    place, record_version_now,
 };
 use futures_util::StreamExt;
 use rand::Rng;
@@ -130,6 +130,8 @@ pub struct RoundReport {
     pub trimmed: usize,
     /// Name records handed to the nodes now ranked for them.
     pub names_handed: usize,
+    /// Record nodes handed an artifact's records (the `records` module).
+    pub records_handed: usize,
 }
 
 /// The key a chunk's holders are ranked by: its first shard's CID, as publishing uses.
@@ -185,6 +187,8 @@ pub(crate) struct Care {
     renewer: Option<Renewer>,
     /// When the name records were last handed on (Unix ms), and a digest of the live set then.
     names_synced: Mutex<(u64, u64)>,
+    /// When each artifact's record nodes were last checked.
+    records_checked: crate::records::Checked,
 }
 
 impl Care {
@@ -206,6 +210,7 @@ impl Care {
             synced: Mutex::new(HashMap::new()),
             renewer: None,
             names_synced: Mutex::new((0, 0)),
+            records_checked: Default::default(),
         }
     }
 
@@ -417,6 +422,16 @@ impl Care {
         }
         report.trimmed = self.trim_extras(&views, &mine).await;
         report.names_handed = self.replace_names(&live).await;
+        let peers: Vec<EndpointAddr> = live.values().map(PeerInfo::addr).collect();
+        report.records_handed = crate::records::replace_records(
+            &self.store,
+            &self.client,
+            self.me,
+            &peers,
+            &self.records_checked,
+            self.config.period,
+        )
+        .await;
         report
     }
 
@@ -1022,12 +1037,23 @@ impl Care {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
         let live = self.live();
-        let targets: Vec<EndpointAddr> = record
+        let mut targets: Vec<EndpointAddr> = record
             .nodes
             .iter()
             .filter(|(id, _)| *id != self.me)
             .filter_map(|(id, _)| live.get(id).map(PeerInfo::addr))
             .collect();
+        // The artifact's record nodes too: readers ask them first (the `records` module).
+        let mut everyone: Vec<EndpointAddr> = live.values().map(PeerInfo::addr).collect();
+        everyone.push(EndpointAddr::new(self.me));
+        for a in crate::records::record_nodes(&v.artifact, &everyone)
+            .into_iter()
+            .take(RECORD_REPLICAS)
+        {
+            if a.id != self.me && !targets.iter().any(|t| t.id == a.id) {
+                targets.push(a);
+            }
+        }
         let results = futures_util::future::join_all(targets.iter().map(|t| async {
             // What the new record builds on first (refusals of records already held are
             // expected and harmless), then the new record.
@@ -1039,7 +1065,8 @@ impl Care {
         .await;
         let stored = results.iter().filter(|r| r.is_ok()).count();
         info!(
-            "care: repair record of {} (version {}) stored on {stored} of {} holders",
+            "care: repair record of {} (version {}) stored on {stored} of {} holders and record \
+             nodes",
             v.artifact,
             record.version,
             targets.len()

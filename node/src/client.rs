@@ -34,9 +34,9 @@ use cairn_artifact::{
 use cairn_erasure::Params;
 use cairn_swarm::{
     BoundEndpoint, ClientStats, EndpointAddr, EndpointId, HolderRecord, RECORD_AHEAD_MAX,
-    SecretKey, ShardClient, ShardConfig, ShardLocation, SignedRecord, TopicId, choose_record,
-    endpoint_offline, endpoint_online, fetch_any_k, generate_secret_key, place, record_version_now,
-    secret_key_from_bytes, topic_id,
+    RECORD_REPLICAS, SecretKey, ShardClient, ShardConfig, ShardLocation, SignedRecord, TopicId,
+    choose_record, endpoint_offline, endpoint_online, fetch_any_k, generate_secret_key, place,
+    record_version_now, secret_key_from_bytes, topic_id,
 };
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, join_all};
@@ -266,7 +266,7 @@ pub struct Located {
     pub record: HolderRecord,
     /// The publisher's record when a repair record is used.
     pub alternate: Option<HolderRecord>,
-    unreachable: HashMap<EndpointId, String>,
+    pub(crate) unreachable: HashMap<EndpointId, String>,
     down_until: Option<tokio::time::Instant>,
 }
 
@@ -539,28 +539,29 @@ impl Network {
         };
         let signed = record.try_sign(&self.key)?;
         let (cid, bytes) = manifest.encode();
-        // The manifest and the record go to every holder so any of them can answer a reader; the
-        // record last, as it is what makes the artifact findable. An artifact with no chunk (only
-        // empty files) has no holder: its manifest and record go to the n live peers ranked
-        // first for its CID instead, so that it can be read like any other.
-        let targets: Vec<EndpointAddr> = if nodes.is_empty() {
-            place(&cid.to_bytes(), &weights, n.min(weights.len()))
-                .into_iter()
-                .filter_map(|id| live.iter().find(|p| p.addr.id == id))
-                .map(|p| p.addr.endpoint_addr())
-                .collect()
-        } else {
-            nodes
-                .iter()
-                .map(|(id, a)| {
-                    PeerAddr {
-                        id: *id,
-                        addrs: a.clone(),
-                    }
-                    .endpoint_addr()
-                })
-                .collect()
-        };
+        // The manifest and the record go to every holder, whose caretaking needs them, and to
+        // the artifact's record nodes, which readers ask first (the `records` module); the
+        // record last, as it is what makes the artifact findable. An artifact with no chunk
+        // (only empty files) has no holder: the record nodes alone keep it.
+        let mut targets: Vec<EndpointAddr> = nodes
+            .iter()
+            .map(|(id, a)| {
+                PeerAddr {
+                    id: *id,
+                    addrs: a.clone(),
+                }
+                .endpoint_addr()
+            })
+            .collect();
+        let live_addrs: Vec<EndpointAddr> = live.iter().map(|p| p.addr.endpoint_addr()).collect();
+        for a in crate::records::record_nodes(&cid, &live_addrs)
+            .into_iter()
+            .take(RECORD_REPLICAS)
+        {
+            if !targets.iter().any(|t| t.id == a.id) {
+                targets.push(a);
+            }
+        }
         if targets.is_empty() {
             return Err(Error::TooFewNodes {
                 live: 0,
@@ -611,22 +612,29 @@ impl Network {
     /// part names every shard).
     pub async fn locate(&self, cid: &Cid) -> Result<Located, Error> {
         let cid = *cid;
-        // Every known peer (up to RECORD_ASK_MAX) is asked at once. Once a record is in, the
-        // others get a grace (see RECORD_GRACE) to offer theirs; a peer that has not answered
-        // by then counts as unreachable for this read, so a dead node costs one grace period
-        // here instead of a connect timeout on every chunk. If no record then in hand is
-        // usable, the rest are waited for (each bounded by the client's timeouts).
+        // The artifact's record nodes (the `records` module) are asked first, at once. Once a
+        // record is in, the others get a grace (see RECORD_GRACE) to offer theirs. If none of
+        // them has a usable record, up to RECORD_ASK_MAX peers further down the ranking are
+        // asked (an artifact published before records were placed, or a membership far from
+        // the publisher's). Then the holders the chosen record names are asked too: who
+        // answers within the grace is up; a holder that has not answered by then counts as
+        // unreachable for this read, so a dead node costs one grace period here instead of a
+        // connect timeout on every chunk.
         let started = tokio::time::Instant::now();
-        let asked: Vec<EndpointAddr> = self
+        let everyone: Vec<EndpointAddr> = self
             .peers()
             .iter()
-            .take(RECORD_ASK_MAX)
             .map(|p| p.addr.endpoint_addr())
             .collect();
+        let ranking = crate::records::record_nodes(&cid, &everyone);
+        drop(everyone);
+        let mut asked: Vec<EndpointAddr> = ranking.iter().take(RECORD_REPLICAS).cloned().collect();
+        let mut widened = false;
         let ask = |a: EndpointAddr| -> BoxFuture<'_, _> {
             Box::pin(async move { (a.id, self.client.get_record(&a, &cid).await) })
         };
         let mut pending: FuturesUnordered<_> = asked.iter().cloned().map(ask).collect();
+        let mut first_record: Option<Duration> = None;
         let mut records: Vec<(EndpointId, SignedRecord)> = Vec::new();
         let mut reasons = Vec::new();
         let mut answered = HashSet::new();
@@ -651,10 +659,8 @@ impl Network {
                         answered.insert(id);
                         records.push((id, rec));
                         deadline.get_or_insert_with(|| {
-                            let first = started.elapsed();
-                            let grace =
-                                (first * RECORD_GRACE_FACTOR).clamp(RECORD_GRACE_MIN, RECORD_GRACE);
-                            tokio::time::Instant::now() + grace
+                            let first = *first_record.get_or_insert(started.elapsed());
+                            tokio::time::Instant::now() + grace_after(first)
                         });
                     }
                     Ok(Some(_)) => {
@@ -697,6 +703,20 @@ impl Network {
                 break Some(best.clone());
             }
             if pending.is_empty() {
+                if !widened {
+                    widened = true;
+                    let more: Vec<EndpointAddr> = ranking
+                        .iter()
+                        .skip(RECORD_REPLICAS)
+                        .take(RECORD_ASK_MAX.saturating_sub(RECORD_REPLICAS))
+                        .cloned()
+                        .collect();
+                    if !more.is_empty() {
+                        pending.extend(more.iter().cloned().map(ask));
+                        asked.extend(more);
+                        continue;
+                    }
+                }
                 break None;
             }
         };
@@ -736,18 +756,56 @@ impl Network {
                 cid
             )));
         }
-        // Repair records from the peers that sent a record: the newest one a trusted holder
-        // signed becomes the map, the publisher's record the alternate locations.
-        let repairs = self
-            .repair_records(&cid, &records, &asked, &record, &manifest)
-            .await;
+        // The holders of the record, then those of the repair record chosen from their answers
+        // (at most RECORD_ASK_MAX of each): who answers within the grace is up.
+        let grace = grace_after(first_record.unwrap_or(RECORD_GRACE));
+        let probed_at = tokio::time::Instant::now();
         let mut alternate = None;
-        if let Some(newest) = repairs {
-            alternate = Some(std::mem::replace(&mut record, newest));
+        for pass in 0..2 {
+            let fresh: Vec<EndpointAddr> = self
+                .holder_addrs(&record)
+                .into_iter()
+                .filter(|a| !asked.iter().any(|b| b.id == a.id))
+                .take(RECORD_ASK_MAX)
+                .collect();
+            pending.extend(fresh.iter().cloned().map(ask));
+            asked.extend(fresh);
+            let deadline = tokio::time::Instant::now() + grace;
+            while let Ok(Some((id, answer))) =
+                tokio::time::timeout_at(deadline, pending.next()).await
+            {
+                match answer {
+                    Ok(Some(rec)) => {
+                        answered.insert(id);
+                        if rec.record.artifact == cid
+                            && manifest.record_signers().contains(rec.publisher.as_bytes())
+                        {
+                            records.push((id, rec));
+                        }
+                    }
+                    Ok(None) => {
+                        answered.insert(id);
+                    }
+                    Err(e) => {
+                        failed.insert(id, e.to_string());
+                    }
+                }
+            }
+            if pass > 0 {
+                break;
+            }
+            // Repair records from the peers that sent a record: the newest one a trusted
+            // holder signed becomes the map, the publisher's record the alternate locations.
+            match self
+                .repair_records(&cid, &records, &asked, &record, &manifest)
+                .await
+            {
+                Some(newest) => alternate = Some(std::mem::replace(&mut record, newest)),
+                None => break,
+            }
         }
         let asked_ids: HashSet<EndpointId> = asked.iter().map(|a| a.id).collect();
-        // Holders the peer list does not name: a node that has been silent for a while drops
-        // out of it (see `PEER_SILENCE_MAX`), so these are likely gone.
+        // Holders not asked yet: beyond the first RECORD_ASK_MAX of a record.
         let unlisted: Vec<usize> = (0..record.nodes.len())
             .filter(|&i| !asked_ids.contains(&record.nodes[i].0))
             .collect();
@@ -761,11 +819,11 @@ impl Network {
         };
         // If the peers that answered cannot make k shards of some chunk, the silent ones are
         // needed: they get until SILENT_DOWN_AFTER from the request (their requests are still
-        // running; holders not in the peer list are asked now), and those still silent then
-        // are down for this read.
+        // running; holders not asked yet are asked now), and those still silent then are down
+        // for this read.
         let mut down_until = None;
         if short_chunks(&record, &silent(&answered)) {
-            let mut deadline = started + SILENT_DOWN_AFTER;
+            let mut deadline = probed_at + SILENT_DOWN_AFTER;
             if !unlisted.is_empty() {
                 let addrs = self.holder_addrs(&record);
                 for &i in unlisted.iter().take(RECORD_ASK_MAX) {
@@ -808,7 +866,7 @@ impl Network {
                         )
                     } else {
                         format!(
-                            "holder {} is not among the live peers listed",
+                            "holder {} was not asked (beyond the first {RECORD_ASK_MAX} holders)",
                             id.fmt_short()
                         )
                     }
@@ -1542,6 +1600,12 @@ async fn ask_peers(
     peers.sort_by_key(|p| p.addr.id);
     peers.dedup_by_key(|p| p.addr.id);
     Ok(peers)
+}
+
+/// How long other peers may still answer once the first holder record came in `first` after
+/// the request (see [`RECORD_GRACE`]).
+fn grace_after(first: Duration) -> Duration {
+    (first * RECORD_GRACE_FACTOR).clamp(RECORD_GRACE_MIN, RECORD_GRACE)
 }
 
 /// Whether some chunk of `record` has fewer than k shards on holders outside `silent`.

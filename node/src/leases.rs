@@ -151,11 +151,15 @@ pub async fn find_holders(
     signer: &EndpointId,
     skip: Option<EndpointId>,
 ) -> Vec<EndpointAddr> {
-    let asked: Vec<&EndpointAddr> = peers
+    // The artifact's record nodes first (the `records` module), then the peers further down
+    // its ranking.
+    let others: Vec<EndpointAddr> = peers
         .iter()
         .filter(|a| Some(a.id) != skip)
-        .take(LEASE_ASK_MAX)
+        .cloned()
         .collect();
+    let ranked = crate::records::record_nodes(artifact, &others);
+    let asked: Vec<&EndpointAddr> = ranked.iter().take(LEASE_ASK_MAX).collect();
     let answers = tokio::time::timeout(
         LEASE_STEP_TIMEOUT,
         join_all(asked.iter().map(|a| async move {

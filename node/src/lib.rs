@@ -26,6 +26,7 @@ mod leases;
 mod names;
 pub mod policy;
 mod receipts;
+mod records;
 mod status;
 
 pub use backend::{LiveCounters, StoreBackend};
@@ -46,4 +47,5 @@ pub use leases::{
 };
 pub use names::{NAME_ASKS_MAX, NameLookup, NamePublished, store_kind};
 pub use receipts::{RECEIPTS_EXPORT_MAX, ReceiptJson, VerifyReport, verify_receipts};
+pub use records::record_nodes;
 pub use status::{NodeStatus, PeerReputation};

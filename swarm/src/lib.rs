@@ -67,7 +67,7 @@ pub use name::{
     NameRecord, POLICY_LEN_MAX, SignedName, check_name_part, grant_context, merge_answers,
     org_record_key,
 };
-pub use placement::{RECORD_REPLICAS, place, record_ranking};
+pub use placement::{RECORD_REPLICAS, artifact_record_key, place, record_ranking};
 #[doc(hidden)]
 pub use protocol::fuzzing;
 pub use protocol::{

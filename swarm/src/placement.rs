@@ -44,8 +44,9 @@ pub fn place(key: &[u8], peers: &[(EndpointId, u64)], n: usize) -> Vec<EndpointI
     scored.into_iter().take(n).map(|(_, id)| id).collect()
 }
 
-/// How many nodes keep each record (a name record and the records of its org): the first
-/// `RECORD_REPLICAS` of the record key's ranking over the live membership.
+/// How many nodes keep each record (the records of an org's names, an artifact's manifest and
+/// holder records): the first `RECORD_REPLICAS` of the record key's ranking over the live
+/// membership.
 pub const RECORD_REPLICAS: usize = 5;
 
 /// Domain separation of record placement from shard placement, so that a record key that
@@ -64,6 +65,14 @@ pub fn record_ranking(record_key: &[u8], peers: &[EndpointId]) -> Vec<EndpointId
     key.extend_from_slice(record_key);
     let weighted: Vec<(EndpointId, u64)> = peers.iter().map(|p| (*p, 1)).collect();
     place(&key, &weighted, weighted.len())
+}
+
+/// The record key of an artifact's manifest and holder records (see [`record_ranking`]): its
+/// manifest CID, under a prefix that keeps it apart from org keys (`org\0…`).
+pub fn artifact_record_key(artifact: &cid::Cid) -> Vec<u8> {
+    let mut key = b"artifact\0".to_vec();
+    key.extend_from_slice(&artifact.to_bytes());
+    key
 }
 
 #[cfg(test)]
