@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{self, DataDir};
 use crate::units::{human, parse_bytes, parse_duration_secs};
-use crate::{Cli, Command};
+use crate::{Cli, Command, OrgCmd};
 
 /// Longest capability file read: a capability is at most 512 characters.
 const CAP_FILE_BYTES_MAX: u64 = 4096;
@@ -250,6 +250,39 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 &parse_gateways(&gateways)?,
                 revoke,
             )
+        }
+        Command::Org {
+            action:
+                OrgCmd::Delegate {
+                    org,
+                    member,
+                    valid_for,
+                },
+        } => {
+            let secs = parse_duration_secs(&valid_for)?;
+            if secs == 0 || secs > 3650 * 24 * 3600 {
+                bail!("--for {valid_for}: give between 1s and 3650d");
+            }
+            let token = crate::namecmd::delegate(&DataDir::open(&dir)?, &org, &member, secs)?;
+            eprintln!(
+                "delegation of org {} to {member} until {}; the member runs: cairn org join <it>",
+                token.org,
+                crate::netcmd::date(token.delegation.until_ms)
+            );
+            println!("{token}");
+            Ok(())
+        }
+        Command::Org {
+            action: OrgCmd::Join { delegation },
+        } => {
+            let token = crate::namecmd::join(&DataDir::open(&dir)?, &delegation)?;
+            println!(
+                "this data directory signs names of org {} under key {} until {}",
+                token.org,
+                token.org_key,
+                crate::netcmd::date(token.delegation.until_ms)
+            );
+            Ok(())
         }
         Command::Log {
             repo,

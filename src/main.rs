@@ -278,6 +278,12 @@ enum Command {
         #[arg(long)]
         dataset: bool,
     },
+    /// Let other publisher keys sign names of an org this data directory's key owns, or take
+    /// up such a permission.
+    Org {
+        #[command(subcommand)]
+        action: OrgCmd,
+    },
     /// List the revisions of a name on the network, newest first (needs --peer).
     Log {
         /// Repository, `org/name`.
@@ -353,6 +359,30 @@ enum NodeCmd {
         /// One JSON array (the format `cairn receipts verify` checks); default: a line each.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OrgCmd {
+    /// Print a delegation: the org key (this data directory's publisher key) lets MEMBER sign
+    /// the org's name records until it ends. Give it to the member, who runs `cairn org join`.
+    /// A member key is rotated by delegating to the new key; a delegation cannot be withdrawn
+    /// before it ends, so keep them short.
+    Delegate {
+        /// The org, e.g. `acme`.
+        org: String,
+        /// The member's publisher key (`publisher:` of `cairn id` in its data directory).
+        #[arg(long)]
+        member: String,
+        /// How long it lasts, e.g. 30d, 12h (at most 3650d).
+        #[arg(long = "for", default_value = "90d")]
+        valid_for: String,
+    },
+    /// Keep a delegation (`cairn-delegation1:…`) in this data directory: `add --name` and
+    /// `grant` then sign the org's records with this data directory's key under it.
+    Join {
+        /// The delegation, as `cairn org delegate` printed it.
+        delegation: String,
     },
 }
 

@@ -3,7 +3,9 @@
 //! `get` / `ls` take `org/name[@rev]` where they take a capability.
 //!
 //! Keys: the org key is this data directory's publisher key (`publisher.key`), so the first
-//! publish of an org claims it for that key. Every record is also granted to this data
+//! publish of an org claims it for that key; `cairn org delegate` lets another publisher key
+//! sign the org's records until a time, and that data directory's `cairn org join` keeps the
+//! delegation (`delegations.json`), which every record it then signs for the org carries. Every record is also granted to this data
 //! directory's own grant key (`grant.key`, see `config::grant_secret`): the publisher can read
 //! back, re-grant and revoke from any machine holding its keys, with no capability kept.
 
@@ -13,8 +15,8 @@ use cairn_encryption::{GatewayId, unwrap_key, wrap_key};
 use cairn_gateway::CommitId;
 use cairn_node::Network;
 use cairn_swarm::{
-    NAME_REVISIONS_MAX, NameKind, NameRecord, SignedName, check_name_part, grant_context,
-    record_version_now, secret_key_from_bytes,
+    Delegation, EndpointId, NAME_REVISIONS_MAX, NameKind, NameRecord, SignedName, check_name_part,
+    grant_context, record_version_now, secret_key_from_bytes,
 };
 
 use crate::config::{DataDir, grant_secret};
@@ -74,16 +76,189 @@ pub fn policy_text(private: bool, gate: Option<&str>) -> anyhow::Result<Option<S
     })
 }
 
-fn org_owner_check(newest: &SignedName, me: &cairn_swarm::EndpointId) -> anyhow::Result<()> {
-    if newest.record.org_key != *me {
+fn org_owner_check(newest: &SignedName, org_key: &EndpointId) -> anyhow::Result<()> {
+    if newest.record.org_key != *org_key {
         bail!(
-            "org {} is owned by key {} on the network; this data directory's publisher key is {}",
+            "org {} is owned by key {} on the network; this data directory signs as {} (a \
+             member of the org needs a delegation from its owner: cairn org delegate / join)",
             newest.record.org,
             newest.record.org_key,
-            me
+            org_key
         );
     }
     Ok(())
+}
+
+/// The file of a data directory that keeps the delegations it took up (`cairn org join`).
+const DELEGATIONS_FILE: &str = "delegations.json";
+/// Largest delegations file read.
+const DELEGATIONS_FILE_MAX: u64 = 1 << 20;
+
+/// A delegation as the command line passes it between an org's owner and a member:
+/// `cairn-delegation1:<org>:<org key>:<member key>:<until ms>:<signature, hex>`.
+#[derive(Clone, Debug)]
+pub struct DelegationToken {
+    /// The org, lowercase.
+    pub org: String,
+    /// The key that owns the org and signed the delegation.
+    pub org_key: EndpointId,
+    /// The key allowed to sign the org's records.
+    pub member: EndpointId,
+    /// The end time and the org key's signature.
+    pub delegation: Delegation,
+}
+
+impl std::fmt::Display for DelegationToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cairn-delegation1:{}:{}:{}:{}:{}",
+            self.org,
+            self.org_key,
+            self.member,
+            self.delegation.until_ms,
+            data_encoding::HEXLOWER.encode(&self.delegation.signature)
+        )
+    }
+}
+
+impl std::str::FromStr for DelegationToken {
+    type Err = anyhow::Error;
+
+    /// Parses and checks the org key's signature (not the end time).
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let body = s
+            .trim()
+            .strip_prefix("cairn-delegation1:")
+            .context("a delegation starts with cairn-delegation1:")?;
+        let parts: Vec<&str> = body.split(':').collect();
+        let [org, org_key, member, until, sig] = parts[..] else {
+            bail!(
+                "a delegation has 5 fields after its prefix, this one {}",
+                parts.len()
+            );
+        };
+        check_name_part(org).context("the delegation's org")?;
+        let org_key: EndpointId = org_key.parse().context("the delegation's org key")?;
+        let member: EndpointId = member.parse().context("the delegation's member key")?;
+        let until_ms: u64 = until.parse().context("the delegation's end time")?;
+        let signature: [u8; 64] = data_encoding::HEXLOWER_PERMISSIVE
+            .decode(sig.as_bytes())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .context("the delegation's signature is not 64 bytes of hex")?;
+        let delegation = Delegation {
+            until_ms,
+            signature,
+        };
+        let org = org.to_ascii_lowercase();
+        delegation.verify(&org_key, &org, &member)?;
+        Ok(Self {
+            org,
+            org_key,
+            member,
+            delegation,
+        })
+    }
+}
+
+/// `cairn org delegate`: this data directory's publisher key (the org key) lets `member` sign
+/// records of `org` for `secs` seconds from now.
+pub fn delegate(
+    dd: &DataDir,
+    org: &str,
+    member: &str,
+    secs: u64,
+) -> anyhow::Result<DelegationToken> {
+    check_name_part(org).context("the org")?;
+    let member: EndpointId = member
+        .parse()
+        .context("--member is a publisher key (`publisher:` of `cairn id`)")?;
+    let key = secret_key_from_bytes(&dd.publisher_key()?)?;
+    if member == key.public() {
+        bail!("--member is this data directory's own key, which owns the org already");
+    }
+    let org = org.to_ascii_lowercase();
+    let until_ms = record_version_now().saturating_add(secs.saturating_mul(1000));
+    Ok(DelegationToken {
+        delegation: Delegation::sign(&key, &org, &member, until_ms),
+        org,
+        org_key: key.public(),
+        member,
+    })
+}
+
+fn read_delegations(dd: &DataDir) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    use std::io::Read;
+    let path = dd.path.join(DELEGATIONS_FILE);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut text = String::new();
+    file.take(DELEGATIONS_FILE_MAX + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if text.len() as u64 > DELEGATIONS_FILE_MAX {
+        bail!("{} is over {DELEGATIONS_FILE_MAX} bytes", path.display());
+    }
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a delegation list", path.display()))
+}
+
+/// `cairn org join`: keeps `token` (checked: signed by its org key, to this data directory's
+/// publisher key, not ended) for its org, replacing an earlier one.
+pub fn join(dd: &DataDir, token: &str) -> anyhow::Result<DelegationToken> {
+    let token: DelegationToken = token.parse()?;
+    let me = secret_key_from_bytes(&dd.publisher_key()?)?.public();
+    if token.member != me {
+        bail!(
+            "the delegation is to key {}, not to this data directory's publisher key {me}",
+            token.member
+        );
+    }
+    if token.delegation.until_ms <= record_version_now() {
+        bail!(
+            "the delegation ended at {}; ask the org's owner for a new one",
+            crate::netcmd::date(token.delegation.until_ms)
+        );
+    }
+    let mut all = read_delegations(dd)?;
+    all.insert(token.org.clone(), token.to_string());
+    cairn_store::write_private_replace(
+        &dd.path.join(DELEGATIONS_FILE),
+        serde_json::to_string_pretty(&all)?.as_bytes(),
+    )
+    .context("writing the delegation list")?;
+    Ok(token)
+}
+
+/// The org key and delegation this data directory signs `org`'s records with: a delegation
+/// it joined, if any (an error once it has ended), else its own key.
+fn signing_for(
+    dd: &DataDir,
+    org: &str,
+    me: &EndpointId,
+) -> anyhow::Result<(EndpointId, Option<Delegation>)> {
+    let all = read_delegations(dd)?;
+    let Some(text) = all.get(&org.to_ascii_lowercase()) else {
+        return Ok((*me, None));
+    };
+    let token: DelegationToken = text
+        .parse()
+        .with_context(|| format!("the delegation kept for org {org}"))?;
+    if token.member != *me {
+        return Ok((*me, None));
+    }
+    if token.delegation.until_ms <= record_version_now() {
+        bail!(
+            "this data directory's delegation for org {org} ended at {}; ask the org's owner \
+             for a new one (cairn org delegate, then cairn org join)",
+            crate::netcmd::date(token.delegation.until_ms)
+        );
+    }
+    Ok((token.org_key, Some(token.delegation)))
 }
 
 /// Signs and publishes a revision of `repo` naming `cap`'s artifact: granted to the gateways
@@ -113,9 +288,10 @@ pub async fn publish_revision(
             repo.org
         );
     }
+    let (org_key, delegation) = signing_for(dd, &repo.org, &key.public())?;
     let newest = found.revisions.first();
     if let Some(n) = newest {
-        org_owner_check(n, &key.public())?;
+        org_owner_check(n, &org_key)?;
     }
     let mut grantees: Vec<GatewayId> = newest
         .map(|n| n.record.grants.iter().map(|g| g.gateway).collect())
@@ -136,9 +312,9 @@ pub async fn publish_revision(
         None => None,
     };
     let record = NameRecord {
-        org_key: key.public(),
+        org_key,
         signer: key.public(),
-        delegation: None,
+        delegation,
         kind: repo.kind,
         org: repo.org.clone(),
         name: repo.name.clone(),

@@ -759,13 +759,17 @@ impl Network {
         // The holders of the record, then those of the repair record chosen from their answers
         // (at most RECORD_ASK_MAX of each): who answers within the grace is up.
         let grace = grace_after(first_record.unwrap_or(RECORD_GRACE));
+        // Holders the peer list does not name are not asked here: a node silent for a while
+        // drops out of it (see `PEER_SILENCE_MAX`), so they are likely gone; they are asked
+        // below only if the others cannot make k.
+        let listed: HashSet<EndpointId> = self.peers().iter().map(|p| p.addr.id).collect();
         let probed_at = tokio::time::Instant::now();
         let mut alternate = None;
         for pass in 0..2 {
             let fresh: Vec<EndpointAddr> = self
                 .holder_addrs(&record)
                 .into_iter()
-                .filter(|a| !asked.iter().any(|b| b.id == a.id))
+                .filter(|a| listed.contains(&a.id) && !asked.iter().any(|b| b.id == a.id))
                 .take(RECORD_ASK_MAX)
                 .collect();
             pending.extend(fresh.iter().cloned().map(ask));
@@ -805,7 +809,7 @@ impl Network {
             }
         }
         let asked_ids: HashSet<EndpointId> = asked.iter().map(|a| a.id).collect();
-        // Holders not asked yet: beyond the first RECORD_ASK_MAX of a record.
+        // Holders not asked yet: not in the peer list, or past the first RECORD_ASK_MAX.
         let unlisted: Vec<usize> = (0..record.nodes.len())
             .filter(|&i| !asked_ids.contains(&record.nodes[i].0))
             .collect();
@@ -866,7 +870,7 @@ impl Network {
                         )
                     } else {
                         format!(
-                            "holder {} was not asked (beyond the first {RECORD_ASK_MAX} holders)",
+                            "holder {} is not among the live peers listed",
                             id.fmt_short()
                         )
                     }

@@ -143,7 +143,8 @@ impl Delegation {
         }
     }
 
-    fn verify(&self, org_key: &EndpointId, org: &str, member: &EndpointId) -> Result<()> {
+    /// Checks that `org_key` signed this delegation of `org` to `member` (not its end time).
+    pub fn verify(&self, org_key: &EndpointId, org: &str, member: &EndpointId) -> Result<()> {
         org_key
             .verify(
                 &delegation_message(org, member, self.until_ms),

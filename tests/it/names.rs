@@ -81,7 +81,8 @@ fn config_at(gw: &DevGateway, repo: &str, rev: &str) -> (u16, Vec<u8>) {
 
 /// The whole flow a marketplace needs: publisher A names a model and grants gateway 1 only;
 /// gateway 1 serves it to the unmodified `huggingface_hub` without any `register`, gateway 2
-/// answers 404 (never 403); a second publisher can neither claim A's org nor read A's model; A's
+/// answers 404 (never 403); a second publisher can neither claim A's org nor read A's model
+/// until A delegates the org to its key (then its model in the org is served); A's
 /// revision 2 reaches gateway 1 within seconds while the old commit still serves revision 1;
 /// `cairn log` lists both, `cairn get org/name` works for the publisher; and a revocation makes
 /// gateway 1 stop serving `main`.
@@ -152,6 +153,49 @@ print(snapshot_download("acme/model"))
         config_at(&gw1, "acme/model", "main"),
         (200, br#"{"revision": 1}"#.to_vec())
     );
+    // A delegates org acme to B's key: B then names a model in it, signed by B's key under
+    // the delegation, and gateway 1 serves it. A delegation altered on the way does not join.
+    let key_of = |dir: &Path| -> String {
+        let mut c = cairn();
+        c.arg("--data-dir").arg(dir).arg("id");
+        let (out, _) = ok(c);
+        out.lines()
+            .find_map(|l| l.strip_prefix("publisher: "))
+            .unwrap_or_else(|| panic!("no publisher key in {out}"))
+            .to_string()
+    };
+    let (key_a, key_b) = (key_of(&a), key_of(&b));
+    let mut delegate = cairn();
+    delegate
+        .arg("--data-dir")
+        .arg(&a)
+        .args(["org", "delegate", "acme", "--member", &key_b, "--for", "1d"]);
+    let token = ok(delegate).0.trim().to_string();
+    assert!(token.starts_with("cairn-delegation1:acme:"), "{token}");
+    let join = |token: &str| {
+        let mut c = cairn();
+        c.arg("--data-dir").arg(&b).args(["org", "join", token]);
+        c
+    };
+    let forged = token.replacen(":acme:", ":acmf:", 1);
+    let err = fails(join(&forged));
+    assert!(err.contains("not signed by the org key"), "{err}");
+    let err = fails(join(&token.replacen(&key_b, &key_a, 1)));
+    assert!(err.contains("not signed by the org key"), "{err}");
+    ok(join(&token));
+    let v_tools = net.tmp.path().join("tools");
+    model(&v_tools, r#"{"member": "b"}"#, 4);
+    ok(net.add_cmd(&b, &v_tools, &["--name", "acme/tools", "--grant", &id1]));
+    assert_eq!(
+        config_at(&gw1, "acme/tools", "main"),
+        (200, br#"{"member": "b"}"#.to_vec())
+    );
+    let mut log = net.cli();
+    log.args(["log", "acme/tools", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&ok(log).0).unwrap();
+    assert_eq!(rows[0]["org_key"], key_a.as_str());
+    assert_eq!(rows[0]["signer"], key_b.as_str());
+
     // B's own org, granted to gateway 2 only: gateway 1 says 404.
     ok(net.add_cmd(&b, &v_b, &["--name", "beta/thing", "--grant", &id2]));
     assert_eq!(config_at(&gw2, "beta/thing", "main").0, 200);
