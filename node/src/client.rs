@@ -1577,7 +1577,7 @@ async fn ask_peers(
     let mut peers = Vec::new();
     for b in sources {
         bound.lookup.add_endpoint_info(b.endpoint_addr());
-        match client.peers(&b.endpoint_addr(), topic).await {
+        match client.all_peers(&b.endpoint_addr(), topic).await {
             Ok(anns) if !anns.is_empty() => {
                 for a in anns {
                     let addr = PeerAddr {

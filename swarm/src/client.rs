@@ -21,8 +21,9 @@ use crate::membership::Announcement;
 use crate::name::{NAME_RECORD_LEN_MAX, NAME_REVISIONS_MAX, NameKind, SignedName, check_name_part};
 use crate::protocol::{
     AUDIT_BATCH_MAX, AUDIT_TIMEOUT, CONNECT_TIMEOUT, FrameError, HAS_BATCH_MAX, Head, Kind,
-    PEER_DOWN_FOR, PEER_INFLIGHT_MAX, POOL_PEERS_MAX, RECORD_LEN_MAX, REPLY_START_TIMEOUT,
-    REQUEST_TIMEOUT, Reply, SHARD_ALPN, SHARD_LEN_MAX, Status, encode_head, read_reply,
+    PEER_DOWN_FOR, PEER_INFLIGHT_MAX, PEER_PAGES_MAX, POOL_PEERS_MAX, RECORD_LEN_MAX,
+    REPLY_START_TIMEOUT, REQUEST_TIMEOUT, Reply, SHARD_ALPN, SHARD_LEN_MAX, Status, encode_head,
+    read_reply,
 };
 use crate::receipt::RECEIPT_LEN_MAX;
 use crate::record::{HolderRecord, SignedRecord};
@@ -355,6 +356,73 @@ impl ShardClient {
             Reply::Peers(announcements) => Ok(announcements),
             other => Err(unexpected(addr, other)),
         }
+    }
+
+    /// A page of the announcements the peer at `addr` knows (PEERS_AFTER): those of endpoint
+    /// ids above `after` (from the start when `None`), in id order, at most
+    /// [`PEERS_REPLY_MAX`](crate::PEERS_REPLY_MAX), as sent (not verified).
+    pub async fn peer_announcements_after(
+        &self,
+        addr: &EndpointAddr,
+        after: Option<&EndpointId>,
+    ) -> Result<Vec<Vec<u8>>> {
+        let after = after.map_or([0; 32], |id| *id.as_bytes());
+        match self
+            .request(addr, Head::PeersAfter { after }, None, 0, None)
+            .await?
+        {
+            Reply::Peers(announcements) => Ok(announcements),
+            other => Err(unexpected(addr, other)),
+        }
+    }
+
+    /// Every announcement of network `topic` the peer at `addr` knows, verified as
+    /// [`peers`](Self::peers) does, paged through PEERS_AFTER: at most [`PEER_PAGES_MAX`]
+    /// requests, each page's ids above the last page's (a peer that sends them out of order
+    /// or again ends the paging, it cannot keep the client asking). A peer that does not know
+    /// PEERS_AFTER is asked PEERS once instead.
+    pub async fn all_peers(
+        &self,
+        addr: &EndpointAddr,
+        topic: &TopicId,
+    ) -> Result<Vec<Announcement>> {
+        let mut out: Vec<Announcement> = Vec::new();
+        let mut after: Option<[u8; 32]> = None;
+        for page in 0..PEER_PAGES_MAX {
+            let cursor = after.and_then(|a| EndpointId::from_bytes(&a).ok());
+            let signed = match self.peer_announcements_after(addr, cursor.as_ref()).await {
+                Ok(s) => s,
+                Err(_) if page == 0 => return self.peers(addr, topic).await,
+                Err(err) => {
+                    tracing::debug!(%err, peer = %peer_name(&addr.id), "PEERS_AFTER page failed; keeping the pages before it");
+                    break;
+                }
+            };
+            let full = signed.len() >= crate::PEERS_REPLY_MAX;
+            let mut highest = after;
+            for bytes in &signed {
+                let Some(id) = crate::membership::announced_id(bytes) else {
+                    continue;
+                };
+                if after.is_some_and(|a| id <= a) {
+                    continue;
+                }
+                highest = highest.max(Some(id));
+                match Announcement::verify(bytes, topic) {
+                    Ok(a) => out.push(a),
+                    Err(err) => {
+                        tracing::debug!(%err, peer = %peer_name(&addr.id), "announcement in PEERS_AFTER reply dropped");
+                    }
+                }
+            }
+            if !full || highest == after {
+                break;
+            }
+            after = highest;
+        }
+        out.sort_by_key(|a| a.endpoint_id());
+        out.dedup_by_key(|a| a.endpoint_id());
+        Ok(out)
     }
 
     /// The announcements of network `topic` the peer at `addr` knows, each verified (format,

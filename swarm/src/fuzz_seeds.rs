@@ -266,7 +266,17 @@ fn fuzz_seeds() {
         "request-get-name",
         &[&[0][..], &get].concat(),
     );
+    // PEERS_AFTER: a request after an id, and a page of one announcement.
+    let after = encode_head(&Head::PeersAfter { after: [0x42; 32] });
+    assert_eq!(fuzzing::decode_request_frame(&after).unwrap(), after);
+    check_or_write(
+        "swarm_frames",
+        "request-peers-after",
+        &[&[0][..], &after].concat(),
+    );
+    let page = crate::protocol::encode_peers(&[vec![0x11; 160]]);
     let replies = [
+        ("reply-peers-after", Kind::PeersAfter, 0u16, page),
         ("reply-get-name", Kind::GetName, 2u16, encode_names(&names)),
         (
             "reply-get-name-not-found",

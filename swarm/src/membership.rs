@@ -336,6 +336,12 @@ pub fn silence_for(peers: usize) -> Duration {
     PEER_SILENCE_MAX.max(3 * announce_interval_for(peers, ANNOUNCE_INTERVAL))
 }
 
+/// The endpoint id a signed announcement names, read from its bytes without checking them
+/// (what a node pages its own table by; readers verify every announcement they take).
+pub(crate) fn announced_id(signed: &[u8]) -> Option<[u8; 32]> {
+    signed.get(1 + 32..1 + 32 + 32)?.try_into().ok()
+}
+
 /// The peers of one network, with liveness, persistable as bytes.
 #[derive(Debug, Clone)]
 pub struct PeerTable {

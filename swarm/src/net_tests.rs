@@ -1229,6 +1229,80 @@ async fn peers_hands_a_client_without_gossip_every_member() {
     }
 }
 
+/// A membership larger than one PEERS reply: PEERS hands on its first 256, PEERS_AFTER pages
+/// through all 700 in id order; a peer that sends the same page again (or ids out of order)
+/// ends the paging after its second page instead of keeping the client asking.
+#[tokio::test]
+async fn peers_after_pages_through_a_membership_larger_than_one_reply() {
+    let topic = topic_id("cairn-test-pages");
+    let now = now_ms();
+    let signed: Vec<Vec<u8>> = (0..700u32)
+        .map(|i| {
+            let key = crate::generate_secret_key();
+            let addr: SocketAddr = format!("10.0.{}.{}:4433", i >> 8, i & 255).parse().unwrap();
+            Announcement::new(key.public(), &[addr], 1, now, 1).sign(&key, &topic)
+        })
+        .collect();
+    let all = signed.clone();
+    let (router, addr) =
+        serve(memory_server(1).with_peer_source(Arc::new(move || all.clone()))).await;
+    let (client, bound) = client().await;
+    assert_eq!(
+        step(client.peer_announcements(&addr)).await.unwrap().len(),
+        PEERS_REPLY_MAX
+    );
+    let first = step(client.peer_announcements_after(&addr, None))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), PEERS_REPLY_MAX);
+    let got = step(client.all_peers(&addr, &topic)).await.unwrap();
+    let mut want: Vec<EndpointId> = signed
+        .iter()
+        .map(|b| Announcement::verify(b, &topic).unwrap().endpoint_id())
+        .collect();
+    want.sort();
+    let ids: Vec<EndpointId> = got.iter().map(Announcement::endpoint_id).collect();
+    assert_eq!(ids, want, "every member, once, in id order");
+    assert_eq!(
+        client.requests_to(&addr.id),
+        1 + 1 + 3,
+        "PEERS, one page, then three pages"
+    );
+
+    // A hostile peer that answers every request with the same full page, whatever it asks.
+    let (stuck_router, stuck_addr) = serve(Replay(crate::protocol::encode_peers(&first))).await;
+    let got = step(client.all_peers(&stuck_addr, &topic)).await.unwrap();
+    assert_eq!(got.len(), PEERS_REPLY_MAX);
+    assert_eq!(
+        client.requests_to(&stuck_addr.id),
+        2,
+        "its second page, no id above the first's, ends the paging"
+    );
+
+    bound.endpoint.close().await;
+    router.shutdown().await.unwrap();
+    stuck_router.shutdown().await.unwrap();
+}
+
+/// A shard protocol peer that answers every request with the same reply frame.
+#[derive(Debug, Clone)]
+struct Replay(Vec<u8>);
+
+impl ProtocolHandler for Replay {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let frame = self.0.clone();
+            tokio::spawn(async move {
+                let _ = recv.read_to_end(1024).await;
+                let _ = send.write_all(&frame).await;
+                let _ = send.finish();
+                let _ = send.stopped().await;
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Answers each of the first `FLOOD_STREAMS` bi streams with `FLOOD_LEN` bytes, then keeps the
 /// connection open.
 #[derive(Debug, Clone)]

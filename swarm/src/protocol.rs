@@ -54,7 +54,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 1 | protocol version, [`PROTOCOL_VERSION`] = 1 |
-//! | 1 | 1 | request type: 0 PUT, 1 GET, 2 HAS, 3 DELETE, 4 PEERS, 5 PUT_RECORD, 6 GET_RECORD, 7 AUDIT, 8 RECEIPT, 9 GET_REPAIR_RECORD, 10 PUT_LEASE, 11 GET_LEASE, 12 PUT_NAME, 13 GET_NAME; 14..=255 reserved |
+//! | 1 | 1 | request type: 0 PUT, 1 GET, 2 HAS, 3 DELETE, 4 PEERS, 5 PUT_RECORD, 6 GET_RECORD, 7 AUDIT, 8 RECEIPT, 9 GET_REPAIR_RECORD, 10 PUT_LEASE, 11 GET_LEASE, 12 PUT_NAME, 13 GET_NAME, 14 PEERS_AFTER; 15..=255 reserved |
 //! | 2 | … | body |
 //!
 //! - PUT: `cid` (raw or dag-cbor), `u32 len` (≤ [`SHARD_LEN_MAX`]), `len` content bytes.
@@ -64,6 +64,10 @@
 //! - HAS: `u16 count` (1..=[`HAS_BATCH_MAX`]), then `count` CIDs.
 //! - DELETE: `cid`.
 //! - PEERS: empty body.
+//! - PEERS_AFTER: 32 bytes, an endpoint id (all zeros: from the start): a page of the
+//!   announcements PEERS would send, those whose endpoint id is above it, in endpoint-id order.
+//!   A client pages through a membership larger than one reply by asking again after the
+//!   highest id it got, until a page has fewer than [`PEERS_REPLY_MAX`].
 //! - PUT_RECORD: `u32 len` (1..=[`RECORD_LEN_MAX`]), `len` bytes of a signed holder record (its
 //!   layout is in the `record` module). The length is checked before anything is allocated, and
 //!   the buffer grows only as bytes arrive.
@@ -100,7 +104,7 @@
 //! - GET: `u32 len` (≤ [`SHARD_LEN_MAX`]), `len` bytes.
 //! - HAS: `u16 count` (equal to the request's), `count` bytes each 0 (not held) or 1 (held).
 //! - DELETE: `u8 deleted`: 1 if the requester's copy was removed, 0 if the shard was not held.
-//! - PEERS: `u16 count` (≤ [`PEERS_REPLY_MAX`]), then per announcement `u16 len`
+//! - PEERS and PEERS_AFTER: `u16 count` (≤ [`PEERS_REPLY_MAX`]), then per announcement `u16 len`
 //!   (1..=[`ANNOUNCEMENT_LEN_MAX`]) and `len` bytes of a signed membership announcement (layout
 //!   in the `membership` module). The node's own announcement is among them when it has
 //!   membership, then those of the peers it considers alive (heard from within
@@ -358,6 +362,9 @@ pub const CID_LEN_MAX: usize = 64;
 pub const HAS_BATCH_MAX: usize = 1024;
 /// Most announcements in one PEERS reply.
 pub const PEERS_REPLY_MAX: usize = 256;
+/// Most PEERS_AFTER pages a client asks one peer for: enough for a full peer table
+/// (`PEER_TABLE_PEERS_MAX`).
+pub const PEER_PAGES_MAX: usize = crate::membership::PEER_TABLE_PEERS_MAX.div_ceil(PEERS_REPLY_MAX);
 /// Largest signed holder record accepted, in bytes (on the wire and by
 /// [`HolderRecord::verify`](crate::HolderRecord::verify)).
 pub const RECORD_LEN_MAX: u32 = 32 * 1024 * 1024;
@@ -450,6 +457,7 @@ pub(crate) enum Kind {
     GetLease = 11,
     PutName = 12,
     GetName = 13,
+    PeersAfter = 14,
 }
 
 impl Kind {
@@ -469,6 +477,7 @@ impl Kind {
             Kind::GetLease => "GET_LEASE",
             Kind::PutName => "PUT_NAME",
             Kind::GetName => "GET_NAME",
+            Kind::PeersAfter => "PEERS_AFTER",
         }
     }
 
@@ -488,6 +497,7 @@ impl Kind {
             11 => Kind::GetLease,
             12 => Kind::PutName,
             13 => Kind::GetName,
+            14 => Kind::PeersAfter,
             _ => return None,
         })
     }
@@ -591,6 +601,10 @@ pub(crate) enum Head {
         cid: Cid,
     },
     Peers,
+    /// A page of PEERS: the announcements of endpoint ids above `after`, in id order.
+    PeersAfter {
+        after: [u8; 32],
+    },
     PutRecord {
         len: u32,
     },
@@ -634,6 +648,7 @@ impl Head {
             Head::Has { .. } => Kind::Has,
             Head::Delete { .. } => Kind::Delete,
             Head::Peers => Kind::Peers,
+            Head::PeersAfter { .. } => Kind::PeersAfter,
             Head::PutRecord { .. } => Kind::PutRecord,
             Head::GetRecord { repair: false, .. } => Kind::GetRecord,
             Head::GetRecord { repair: true, .. } => Kind::GetRepairRecord,
@@ -753,6 +768,10 @@ pub(crate) fn encode_head(head: &Head) -> Vec<u8> {
             put_cid(&mut out, cid);
         }
         Head::Peers => out.push(Kind::Peers as u8),
+        Head::PeersAfter { after } => {
+            out.push(Kind::PeersAfter as u8);
+            out.extend_from_slice(after);
+        }
         Head::PutRecord { len } => {
             out.push(Kind::PutRecord as u8);
             out.extend_from_slice(&len.to_be_bytes());
@@ -982,6 +1001,11 @@ pub(crate) async fn read_head<R: AsyncRead + Unpin>(recv: &mut R) -> Result<Head
             cid: read_cid(recv).await?,
         },
         4 => Head::Peers,
+        14 => {
+            let mut after = [0u8; 32];
+            recv.read_exact(&mut after).await?;
+            Head::PeersAfter { after }
+        }
         5 => {
             let len = recv.read_u32().await?;
             check_record_len(len, "holder record")?;
@@ -1301,7 +1325,7 @@ pub(crate) async fn read_reply<R: AsyncRead + Unpin>(
                 ));
             }
         },
-        (Status::Ok, Kind::Peers) => {
+        (Status::Ok, Kind::Peers | Kind::PeersAfter) => {
             let count = recv.read_u16().await? as usize;
             if count > PEERS_REPLY_MAX {
                 return Err(bad(
@@ -1638,7 +1662,7 @@ mod tests {
             Err(FrameError::Bad(Status::TooLarge, _))
         ));
 
-        let reserved = [PROTOCOL_VERSION, 14];
+        let reserved = [PROTOCOL_VERSION, 15];
         assert!(matches!(
             decode(&reserved).await,
             Err(FrameError::Bad(Status::UnsupportedRequest, _))
@@ -1718,6 +1742,7 @@ mod tests {
             prop::collection::vec(arb_cid(), 1..5).prop_map(|cids| (Head::Has { cids }, None)),
             arb_cid().prop_map(|cid| (Head::Delete { cid }, None)),
             Just((Head::Peers, None)),
+            any::<[u8; 32]>().prop_map(|after| (Head::PeersAfter { after }, None)),
             payload.prop_map(|data| (
                 Head::PutRecord {
                     len: data.len() as u32
@@ -1763,7 +1788,7 @@ mod tests {
         ]
     }
 
-    const KINDS: [Kind; 14] = [
+    const KINDS: [Kind; 15] = [
         Kind::Put,
         Kind::Get,
         Kind::Has,
@@ -1778,6 +1803,7 @@ mod tests {
         Kind::GetLease,
         Kind::PutName,
         Kind::GetName,
+        Kind::PeersAfter,
     ];
 
     /// A frame found by fuzzing: a CID whose bytes parse but are not its canonical encoding.

@@ -342,6 +342,27 @@ async fn answer(
                 .unwrap_or_default();
             Ok(Answer::frame(encode_peers(&announcements)))
         }
+        Head::PeersAfter { after } => {
+            read_end(recv).await?;
+            let mut page: Vec<([u8; 32], Vec<u8>)> = server
+                .peer_source
+                .as_ref()
+                .map(|source| source())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|a| Some((crate::membership::announced_id(&a)?, a)))
+                .filter(|(id, _)| *id > after)
+                .collect();
+            // The lowest ids above `after`: selected, then only those sorted.
+            if page.len() > crate::PEERS_REPLY_MAX {
+                page.select_nth_unstable_by_key(crate::PEERS_REPLY_MAX, |a| a.0);
+                page.truncate(crate::PEERS_REPLY_MAX);
+            }
+            page.sort_unstable_by_key(|a| a.0);
+            page.dedup_by(|a, b| a.0 == b.0);
+            let page: Vec<Vec<u8>> = page.into_iter().map(|(_, a)| a).collect();
+            Ok(Answer::frame(encode_peers(&page)))
+        }
         Head::PutRecord { len } => {
             let signed = read_record_payload(recv, len).await?;
             read_end(recv).await?;
