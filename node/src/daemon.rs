@@ -21,6 +21,10 @@ use crate::{Error, PeerAddr, StoreBackend};
 
 /// How often the peer table is saved and unreferenced data collected.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+/// Bootstrap nodes asked, one after the other, for the live set at start.
+const SEED_PEERS_MAX: usize = 3;
+/// Time allowed to page through one bootstrap node's live set.
+const SEED_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Settings of a node.
 pub struct NodeConfig {
@@ -173,12 +177,13 @@ pub async fn run_node_with_housekeeping(
         .accept(SHARD_ALPN, server)
         .accept(GOSSIP_ALPN, gossip.clone())
         .spawn();
-    let bootstrap = config
+    let bootstrap: Vec<_> = config
         .bootstrap
         .iter()
         .filter(|p| p.id != bound.endpoint.id())
         .map(PeerAddr::endpoint_addr)
         .collect();
+    let seeds = bootstrap.clone();
     let store = config.store.clone();
     let membership = Membership::join(
         &bound,
@@ -240,6 +245,27 @@ pub async fn run_node_with_housekeeping(
         .with_renewer(renewer),
     );
     let mut tasks = vec![tokio::spawn(care.clone().run())];
+    // The whole live set from the first bootstrap node that answers (PEERS_AFTER pages), so
+    // that in a large network this node ranks over everyone at once, not after an
+    // announcement interval (minutes at thousands of nodes) of gossip.
+    let (m, seeder) = (
+        membership.clone(),
+        ShardClient::new(bound.endpoint.clone(), ShardConfig::default()),
+    );
+    tasks.push(tokio::spawn(async move {
+        for b in seeds.iter().take(SEED_PEERS_MAX) {
+            match tokio::time::timeout(SEED_TIMEOUT, seeder.all_peer_announcements(b)).await {
+                Ok(Ok(signed)) if !signed.is_empty() => {
+                    let learnt = m.learn(&signed);
+                    info!(learnt, "peer table seeded from {}", b.id.fmt_short());
+                    return;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!("asking {} for its peers: {e}", b.id.fmt_short()),
+                Err(_) => warn!("asking {} for its peers timed out", b.id.fmt_short()),
+            }
+        }
+    }));
     let status: Arc<dyn Fn() -> NodeStatus + Send + Sync> = {
         let (store, counters, m) = (config.store.clone(), counters.clone(), membership.clone());
         let id = bound.endpoint.id().to_string();

@@ -408,7 +408,7 @@ impl LeaseClient {
         let mut peers: Vec<EndpointAddr> = Vec::new();
         for b in bootstrap {
             bound.lookup.add_endpoint_info(b.endpoint_addr());
-            match client.peers(&b.endpoint_addr(), &topic).await {
+            match client.all_peers(&b.endpoint_addr(), &topic).await {
                 Ok(anns) if !anns.is_empty() => {
                     for a in anns {
                         let addr = PeerAddr {

@@ -460,6 +460,19 @@ mod tests {
             "{} asked",
             was_asked.len()
         );
+        // A node joining now knows every live node within seconds: its table is seeded from
+        // the bootstrap node's live set (PEERS_AFTER), where gossip alone would wait for each
+        // node's next announcement (every 30 s at this size).
+        let joiner = start(vec![boot.clone()]).await;
+        let others = NODES - RECORD_REPLICAS + 1;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while joiner.handle.as_ref().unwrap().live_peers() < others {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("a joining node learns the live set from its bootstrap node");
+        nodes.push(joiner);
         for net in [&*publisher, &fresh, &late, &after] {
             net.close().await;
         }

@@ -376,23 +376,19 @@ impl ShardClient {
         }
     }
 
-    /// Every announcement of network `topic` the peer at `addr` knows, verified as
-    /// [`peers`](Self::peers) does, paged through PEERS_AFTER: at most [`PEER_PAGES_MAX`]
-    /// requests, each page's ids above the last page's (a peer that sends them out of order
-    /// or again ends the paging, it cannot keep the client asking). A peer that does not know
-    /// PEERS_AFTER is asked PEERS once instead.
-    pub async fn all_peers(
-        &self,
-        addr: &EndpointAddr,
-        topic: &TopicId,
-    ) -> Result<Vec<Announcement>> {
-        let mut out: Vec<Announcement> = Vec::new();
+    /// Every announcement the peer at `addr` knows, as sent (not verified), paged through
+    /// PEERS_AFTER: at most [`PEER_PAGES_MAX`] requests, each page's ids above the last page's
+    /// (a peer that sends them out of order or again ends the paging, it cannot keep the
+    /// client asking), one per endpoint id, in id order. A peer that does not know PEERS_AFTER
+    /// is asked PEERS once instead.
+    pub async fn all_peer_announcements(&self, addr: &EndpointAddr) -> Result<Vec<Vec<u8>>> {
+        let mut out: Vec<([u8; 32], Vec<u8>)> = Vec::new();
         let mut after: Option<[u8; 32]> = None;
         for page in 0..PEER_PAGES_MAX {
             let cursor = after.and_then(|a| EndpointId::from_bytes(&a).ok());
             let signed = match self.peer_announcements_after(addr, cursor.as_ref()).await {
                 Ok(s) => s,
-                Err(_) if page == 0 => return self.peers(addr, topic).await,
+                Err(_) if page == 0 => return self.peer_announcements(addr).await,
                 Err(err) => {
                     tracing::debug!(%err, peer = %peer_name(&addr.id), "PEERS_AFTER page failed; keeping the pages before it");
                     break;
@@ -400,29 +396,45 @@ impl ShardClient {
             };
             let full = signed.len() >= crate::PEERS_REPLY_MAX;
             let mut highest = after;
-            for bytes in &signed {
-                let Some(id) = crate::membership::announced_id(bytes) else {
+            for bytes in signed {
+                let Some(id) = crate::membership::announced_id(&bytes) else {
                     continue;
                 };
                 if after.is_some_and(|a| id <= a) {
                     continue;
                 }
                 highest = highest.max(Some(id));
-                match Announcement::verify(bytes, topic) {
-                    Ok(a) => out.push(a),
-                    Err(err) => {
-                        tracing::debug!(%err, peer = %peer_name(&addr.id), "announcement in PEERS_AFTER reply dropped");
-                    }
-                }
+                out.push((id, bytes));
             }
             if !full || highest == after {
                 break;
             }
             after = highest;
         }
-        out.sort_by_key(|a| a.endpoint_id());
-        out.dedup_by_key(|a| a.endpoint_id());
-        Ok(out)
+        out.sort_by_key(|(id, _)| *id);
+        out.dedup_by_key(|(id, _)| *id);
+        Ok(out.into_iter().map(|(_, b)| b).collect())
+    }
+
+    /// Every announcement of network `topic` the peer at `addr` knows
+    /// ([`all_peer_announcements`](Self::all_peer_announcements)), each verified as
+    /// [`peers`](Self::peers) does.
+    pub async fn all_peers(
+        &self,
+        addr: &EndpointAddr,
+        topic: &TopicId,
+    ) -> Result<Vec<Announcement>> {
+        let signed = self.all_peer_announcements(addr).await?;
+        Ok(signed
+            .iter()
+            .filter_map(|bytes| match Announcement::verify(bytes, topic) {
+                Ok(announcement) => Some(announcement),
+                Err(err) => {
+                    tracing::debug!(%err, peer = %peer_name(&addr.id), "announcement in PEERS_AFTER reply dropped");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// The announcements of network `topic` the peer at `addr` knows, each verified (format,

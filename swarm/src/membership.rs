@@ -751,6 +751,19 @@ impl Membership {
         lock(&self.table).record_success(id, unix_ms(SystemTime::now()));
     }
 
+    /// Takes the signed announcements `signed` (a PEERS_AFTER walk of a bootstrap node, so
+    /// that a node joining a large network knows it at once instead of after an announcement
+    /// interval) as the table takes gossip; returns how many it accepted.
+    pub fn learn<B: AsRef<[u8]>>(&self, signed: impl IntoIterator<Item = B>) -> usize {
+        let me = *self.me.as_bytes();
+        let others = signed
+            .into_iter()
+            .filter(|b| announced_id(b.as_ref()) != Some(me));
+        lock(&self.table)
+            .observe_all(others, unix_ms(SystemTime::now()))
+            .len()
+    }
+
     /// The peer table as bytes, for the binary to persist.
     pub fn table_bytes(&self) -> Vec<u8> {
         lock(&self.table).to_bytes()
