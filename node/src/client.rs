@@ -81,6 +81,8 @@ fn enough(
 
 /// Time a peer has to answer the probe at connect.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Most known peers a publish probes first (see [`NetworkConfig::probe_peers_max`]).
+pub const PROBE_PEERS_MAX: usize = 256;
 /// Once one holder record has arrived, how long other peers may still answer with a newer one:
 /// `RECORD_GRACE_FACTOR` times the time the first answer took, within `RECORD_GRACE_MIN` and
 /// `RECORD_GRACE`. Peers at a similar distance answer within a few times the fastest one's time
@@ -170,6 +172,11 @@ pub struct NetworkConfig {
     pub secret_key: Option<[u8; 32]>,
     /// Protocol limits and timeouts.
     pub shard: ShardConfig,
+    /// A publish probes every known peer first while there are at most this many
+    /// ([`PROBE_PEERS_MAX`] by default); beyond, it probes none and learns who is down from
+    /// the requests it sends anyway, so that its requests grow with the artifact, not with
+    /// the network.
+    pub probe_peers_max: usize,
 }
 
 impl NetworkConfig {
@@ -189,6 +196,7 @@ impl NetworkConfig {
             offline,
             secret_key: None,
             shard,
+            probe_peers_max: PROBE_PEERS_MAX,
         }
     }
 }
@@ -210,6 +218,7 @@ pub struct Network {
     bootstrap: Vec<PeerAddr>,
     topic: TopicId,
     handle: Handle,
+    probe_peers_max: usize,
 }
 
 /// Options of [`Network::publish`].
@@ -301,6 +310,7 @@ impl Network {
             bootstrap: config.bootstrap,
             topic,
             handle: Handle::current(),
+            probe_peers_max: config.probe_peers_max,
         })
     }
 
@@ -472,7 +482,14 @@ impl Network {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<PublishReport, Error> {
         let n = opts.add.params.n();
-        let (live, _) = self.handle.block_on(self.probe());
+        // In a large network the probe would cost a request per known peer: the peers are
+        // taken as listed, and a dead one costs a failed HAS or PUT, after which the client
+        // counts it down (`peer_down_for`) and the shard goes to the next of its ranking.
+        let (live, _) = if self.peer_count() <= self.probe_peers_max {
+            self.handle.block_on(self.probe())
+        } else {
+            (self.peers(), HashSet::new())
+        };
         let reduced = live.len() < n;
         if reduced && !opts.allow_reduced_durability {
             return Err(Error::TooFewNodes {

@@ -36,8 +36,8 @@ pub use care::{
     chunk_key, repair_ranking,
 };
 pub use client::{
-    ArtifactHealth, HolderHealth, Located, NetShards, Network, NetworkConfig, PeerAddr,
-    PublishOptions, PublishReport, RemoteArtifact, RepairReport,
+    ArtifactHealth, HolderHealth, Located, NetShards, Network, NetworkConfig, PROBE_PEERS_MAX,
+    PeerAddr, PublishOptions, PublishReport, RemoteArtifact, RepairReport,
 };
 pub use daemon::{NodeConfig, NodeHandle, run_node, run_node_with_housekeeping};
 pub use error::Error;

@@ -243,9 +243,14 @@ mod tests {
     }
 
     async fn reader(boot: &Node) -> Network {
+        connect(boot, crate::PROBE_PEERS_MAX).await
+    }
+
+    async fn connect(boot: &Node, probe_peers_max: usize) -> Network {
         let mut config =
             NetworkConfig::new("records", vec![boot.handle.as_ref().unwrap().peer_addr()]);
         config.offline = true;
+        config.probe_peers_max = probe_peers_max;
         Network::connect(config).await.unwrap()
     }
 
@@ -305,8 +310,10 @@ mod tests {
                 .collect::<Vec<_>>(),
         )
         .unwrap();
-        let publisher = Arc::new(reader(&nodes[0]).await);
+        // The publisher acts as in a network too large to probe every peer first.
+        let publisher = Arc::new(connect(&nodes[0], NODES / 4).await);
         assert_eq!(publisher.peer_count(), NODES);
+        let before_publish = sent(&publisher, &nodes);
         let p = publisher.clone();
         let report = tokio::task::spawn_blocking(move || {
             p.publish(
@@ -352,6 +359,16 @@ mod tests {
             "holders and record nodes keep the records"
         );
         assert!(keeping.len() < NODES, "not everyone: {}", keeping.len());
+
+        // The publish asked the top 2n of each chunk's ranking (HAS), the holders (PUT) and the
+        // record nodes: a number that grows with the artifact, not with the network.
+        let chunks = record.holders.len();
+        let publish_asked = asked(&publisher, &nodes, &before_publish);
+        assert!(
+            publish_asked.len() <= chunks * 2 * 5 + RECORD_REPLICAS && publish_asked.len() < NODES,
+            "a publish of {chunks} chunks asked {} of {NODES} nodes",
+            publish_asked.len()
+        );
 
         let fresh = reader(&nodes[0]).await;
         let before = sent(&fresh, &nodes);
