@@ -793,12 +793,18 @@ async fn listen(
     bound: BoundEndpoint,
     table: Arc<Mutex<PeerTable>>,
     sender: Arc<Mutex<GossipSender>>,
-    mut receiver: GossipReceiver,
+    receiver: GossipReceiver,
     neighbour_up: Arc<Notify>,
 ) {
     let me = bound.endpoint.id();
+    // None once a receiver has ended and no new one could be had: an ended stream must not be
+    // polled again.
+    let mut receiver = Some(receiver);
     loop {
-        while let Some(event) = receiver.next().await {
+        while let Some(event) = match receiver.as_mut() {
+            Some(r) => r.next().await,
+            None => None,
+        } {
             let Ok(event) = event else { break };
             match event {
                 Event::Received(message) => {
@@ -826,6 +832,10 @@ async fn listen(
                 Event::NeighborDown(_) | Event::Lagged => {}
             }
         }
+        receiver = None;
+        if bound.endpoint.is_closed() {
+            return;
+        }
         tokio::time::sleep(RESUBSCRIBE_DELAY).await;
         let known: Vec<EndpointId> = lock(&table)
             .peers(0)
@@ -836,7 +846,7 @@ async fn listen(
         match subscribe(&gossip, topic, known).await {
             Ok((new_sender, new_receiver)) => {
                 *sender.lock().unwrap_or_else(|p| p.into_inner()) = new_sender;
-                receiver = new_receiver;
+                receiver = Some(new_receiver);
             }
             Err(err) => debug!(%err, "rejoining the membership topic failed"),
         }
