@@ -2,6 +2,7 @@
 
 use std::sync::OnceLock;
 
+use cairn_encryption::{GatewayId, GatewaySecret};
 use cairn_swarm::{EndpointId, SecretKey};
 
 /// Distinct keys the fuzzer picks from by index.
@@ -22,6 +23,22 @@ pub fn keys() -> &'static [(SecretKey, EndpointId)] {
 
 pub fn key(i: u8) -> &'static (SecretKey, EndpointId) {
     &keys()[usize::from(i) % KEYS]
+}
+
+/// Fixed gateways (grant keys), by index.
+pub const GATEWAYS: usize = 4;
+
+pub fn gateways() -> &'static [(GatewaySecret, GatewayId)] {
+    static CELL: OnceLock<Vec<(GatewaySecret, GatewayId)>> = OnceLock::new();
+    CELL.get_or_init(|| {
+        (0..GATEWAYS as u8)
+            .map(|i| {
+                let secret = GatewaySecret::from_bytes([0xa0 + i; 32]);
+                let id = secret.id();
+                (secret, id)
+            })
+            .collect()
+    })
 }
 
 /// Applies at most `max` byte edits (position modulo the length, XOR), a truncation and an

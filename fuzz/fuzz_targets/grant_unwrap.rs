@@ -15,33 +15,17 @@
 #[allow(dead_code)]
 mod common_keys;
 
-use std::sync::OnceLock;
 
 use cairn_encryption::{
     ArtifactKey, GRANT_ENC_LEN, GRANT_SEALED_LEN, GatewayId, GatewaySecret, WrappedKey, unwrap_key,
     wrap_key,
 };
-use common_keys::mutate;
+use common_keys::{GATEWAYS, gateways, mutate};
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
-/// Fixed gateways, by index; the first is the one raw grants are tried on.
-const GATEWAYS: usize = 4;
 const WRAPPED_LEN: usize = 32 + GRANT_ENC_LEN + GRANT_SEALED_LEN;
 const EDITS_MAX: usize = 8;
-
-fn gateways() -> &'static [(GatewaySecret, GatewayId)] {
-    static CELL: OnceLock<Vec<(GatewaySecret, GatewayId)>> = OnceLock::new();
-    CELL.get_or_init(|| {
-        (0..GATEWAYS as u8)
-            .map(|i| {
-                let secret = GatewaySecret::from_bytes([0xa0 + i; 32]);
-                let id = secret.id();
-                (secret, id)
-            })
-            .collect()
-    })
-}
 
 fn gateway(i: u8) -> &'static (GatewaySecret, GatewayId) {
     &gateways()[usize::from(i) % GATEWAYS]

@@ -15,7 +15,6 @@
 #[allow(dead_code)]
 mod common_keys;
 
-use std::sync::OnceLock;
 
 use cairn_encryption::{
     ArtifactKey, GRANT_ENC_LEN, GRANT_SEALED_LEN, GatewayId, GatewaySecret, WrappedKey, unwrap_key,
@@ -25,31 +24,16 @@ use cairn_swarm::{
     Delegation, Error, NAME_RECORD_LEN_MAX, NameKind, NameRecord, POLICY_LEN_MAX, SignedName,
     grant_context, manifest_cid, merge_answers, shard_cid,
 };
-use common_keys::{key, mutate};
+use common_keys::{GATEWAYS, gateways, key, mutate};
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
 /// Grants per record built, at most (each honest one costs an HPKE wrap and two opens).
 const GRANTS_BUILT_MAX: usize = 3;
 const EDITS_MAX: usize = 8;
-/// Fixed gateways the fuzzer wraps the artifact key to, by index.
-const GATEWAYS: usize = 4;
 /// What `Part::Clean` maps bytes onto: the characters of a name part, `.` and `-` included
 /// (which may not lead), so most clean parts are valid and some are not.
 const PART_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.";
-
-fn gateways() -> &'static [(GatewaySecret, GatewayId)] {
-    static CELL: OnceLock<Vec<(GatewaySecret, GatewayId)>> = OnceLock::new();
-    CELL.get_or_init(|| {
-        (0..GATEWAYS as u8)
-            .map(|i| {
-                let secret = GatewaySecret::from_bytes([0xa0 + i; 32]);
-                let id = secret.id();
-                (secret, id)
-            })
-            .collect()
-    })
-}
 
 fn gateway(i: u8) -> &'static (GatewaySecret, GatewayId) {
     &gateways()[usize::from(i) % GATEWAYS]
