@@ -57,29 +57,46 @@ fuzz_target!(|steps: Vec<Step>| {
     for step in steps.into_iter().take(STEPS_MAX) {
         now += u64::from(step.advance_ms);
         let (secret, id) = key(step.node);
-        let ts = now.checked_add_signed(i64::from(step.offset_ms)).expect("in range");
+        let ts = now
+            .checked_add_signed(i64::from(step.offset_ms))
+            .expect("in range");
         let addrs: Vec<_> = step.addrs.iter().map(socket_addr).collect();
         let a = Announcement::new(*id, &addrs, step.free_bytes, ts, u64::from(step.seq));
         assert!(a.addrs().len() <= ADDRS_MAX);
         let honest = a.sign(secret, &topic(step.foreign));
         let mut bytes = honest.clone();
-        mutate(&mut bytes, &step.edits, EDITS_MAX, step.truncate, &step.extra);
+        mutate(
+            &mut bytes,
+            &step.edits,
+            EDITS_MAX,
+            step.truncate,
+            &step.extra,
+        );
         let edited = bytes != honest;
 
         let verified = Announcement::verify(&bytes, &topic(false));
         if edited {
-            assert!(verified.is_err(), "edited announcement verified: {verified:?}");
+            assert!(
+                verified.is_err(),
+                "edited announcement verified: {verified:?}"
+            );
         } else if step.foreign {
             assert!(verified.is_err(), "another network's announcement verified");
         } else {
-            assert_eq!(verified.as_ref().ok(), Some(&a), "verify(sign(a)) differs from a");
+            assert_eq!(
+                verified.as_ref().ok(),
+                Some(&a),
+                "verify(sign(a)) differs from a"
+            );
         }
 
         let fresh = {
             let d = ts as i64 - now as i64;
             d <= SKEW_MAX_MS && -d <= AGE_MAX_MS
         };
-        let newer = model.get(id).is_none_or(|old| (ts, u64::from(step.seq)) > *old);
+        let newer = model
+            .get(id)
+            .is_none_or(|old| (ts, u64::from(step.seq)) > *old);
         let expect = verified.is_ok() && fresh && newer;
         let got = table.observe(&bytes, now);
         assert_eq!(

@@ -31,17 +31,27 @@ fuzz_target!(|der: &[u8]| {
     assert!(der.len() <= CERT_DER_LEN_MAX);
     assert_eq!(id.sha256(), sha256);
     let s = id.serial();
-    assert!(s.len() % 2 == 0 && s.len() <= 2 * CERT_SERIAL_LEN_MAX, "{s}");
+    assert!(
+        s.len() % 2 == 0 && s.len() <= 2 * CERT_SERIAL_LEN_MAX,
+        "{s}"
+    );
     assert!(s == "00" || !s.starts_with("00"), "{s}");
     assert_eq!(
         CertRevocation::serial(s).expect("a serial read is a serial"),
         CertRevocation::Serial(s.to_string())
     );
     assert!(id.names().len() <= CERT_NAMES_MAX);
-    assert!(id.names().windows(2).all(|w| w[0] < w[1]), "sorted, no duplicates");
+    assert!(
+        id.names().windows(2).all(|w| w[0] < w[1]),
+        "sorted, no duplicates"
+    );
     for n in id.names() {
         let printed = n.to_string();
-        assert_eq!(printed.parse::<CertName>().ok().as_ref(), Some(n), "{printed:?}");
+        assert_eq!(
+            printed.parse::<CertName>().ok().as_ref(),
+            Some(n),
+            "{printed:?}"
+        );
         if n.kind() == CertNameKind::Dns {
             assert_eq!(n.value(), n.value().to_ascii_lowercase());
         }

@@ -3,9 +3,9 @@
 
 use std::sync::OnceLock;
 
+use cairn_artifact::{Cid, ReadCap, manifest_cid};
 use cairn_encryption::ArtifactKey;
 use cairn_gateway::{AccessPolicy, CommitId, Registry, RepoKind};
-use cairn_artifact::{Cid, ReadCap, manifest_cid};
 
 pub struct Known {
     pub registry: Registry,

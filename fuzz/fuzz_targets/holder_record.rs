@@ -41,7 +41,9 @@ struct Built {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
     if selector % 2 == 0 {
         if let Ok(signed) = HolderRecord::verify(rest) {
             assert!(signed.record.validate().is_ok(), "verified but invalid");

@@ -69,11 +69,18 @@ fuzz_target!(|input: Input| {
     let matched = if_none_match(&list, &etag);
     let visible = list.iter().all(|b| (0x20..0x7f).contains(b) || *b == b'\t');
     if names_it == Some(true) && visible {
-        assert!(matched, "a list naming the tag did not match: {:?}", String::from_utf8_lossy(&list));
+        assert!(
+            matched,
+            "a list naming the tag did not match: {:?}",
+            String::from_utf8_lossy(&list)
+        );
     }
     if matched {
         let text = String::from_utf8_lossy(&list);
-        assert!(text.contains(&etag) || text.contains('*'), "matched without the tag: {text:?}");
+        assert!(
+            text.contains(&etag) || text.contains('*'),
+            "matched without the tag: {text:?}"
+        );
     }
 
     // If-Range.
@@ -102,5 +109,10 @@ fuzz_target!(|input: Input| {
             _ => v.iter().any(|b| *b < 0x20 && *b != b'\t' || *b == 0x7f),
         },
     };
-    assert_eq!(allowed, expect, "If-Range {:?}", value.as_deref().map(String::from_utf8_lossy));
+    assert_eq!(
+        allowed,
+        expect,
+        "If-Range {:?}",
+        value.as_deref().map(String::from_utf8_lossy)
+    );
 });

@@ -13,11 +13,11 @@
 //! from fields (optionally made consistent, which reaches the later checks).
 #![no_main]
 
-use cairn_encryption::{ArtifactKey, TAG_LEN};
-use cairn_erasure::Params;
 use cairn_artifact::{
     ChunkEntry, ChunkSecret, FileEntry, Manifest, PrivatePart, shard_cid, validate_path,
 };
+use cairn_encryption::{ArtifactKey, TAG_LEN};
+use cairn_erasure::Params;
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use serde_bytes::ByteBuf;
@@ -143,7 +143,10 @@ fn check(manifest: &Manifest, p: &PrivatePart) {
     let public = manifest.chunks();
     assert_eq!(p.chunks.len(), public.len(), "one secret per chunk");
     for (i, (s, c)) in p.chunks.iter().zip(public).enumerate() {
-        assert!(s.key.len() == 32 && s.hash.len() == 32, "chunk {i} key or hash");
+        assert!(
+            s.key.len() == 32 && s.hash.len() == 32,
+            "chunk {i} key or hash"
+        );
         assert_eq!(
             u128::from(s.len) + TAG_LEN as u128,
             u128::from(c.sealed_len),
@@ -155,12 +158,21 @@ fn check(manifest: &Manifest, p: &PrivatePart) {
     for (n, f) in p.files.iter().enumerate() {
         assert!(validate_path(&f.path).is_ok(), "{:?} accepted", f.path);
         let end = u128::from(f.first_chunk) + u128::from(f.chunk_count);
-        assert!(end <= p.chunks.len() as u128, "{:?} chunks past the end", f.path);
+        assert!(
+            end <= p.chunks.len() as u128,
+            "{:?} chunks past the end",
+            f.path
+        );
         let sum: u128 = p.chunks[f.first_chunk as usize..end as usize]
             .iter()
             .map(|c| u128::from(c.len))
             .sum();
-        assert_eq!(sum, u128::from(f.size), "{:?} size against its chunks", f.path);
+        assert_eq!(
+            sum,
+            u128::from(f.size),
+            "{:?} size against its chunks",
+            f.path
+        );
         if let Some(prev) = n.checked_sub(1) {
             assert!(p.files[prev].path < f.path, "files sorted and unique");
         }
@@ -169,20 +181,28 @@ fn check(manifest: &Manifest, p: &PrivatePart) {
                 .path
                 .strip_prefix(f.path.as_str())
                 .is_some_and(|rest| rest.starts_with('/'));
-            assert!(!inside, "{:?} is a file and a directory of {:?}", f.path, other.path);
+            assert!(
+                !inside,
+                "{:?} is a file and a directory of {:?}",
+                f.path, other.path
+            );
         }
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
     let key = key();
     if selector % 2 == 0 {
         let sealed = cairn_encryption::seal_private(&key, rest);
         let m = Manifest::from_sealed(Params::DEFAULT, raw_public(selector), sealed);
         return open_and_check(&m, &key);
     }
-    let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(rest)) else { return };
+    let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(rest)) else {
+        return;
+    };
     let manifest = match input {
         Input::Fields {
             format,

@@ -15,7 +15,6 @@
 #[allow(dead_code)]
 mod common_keys;
 
-
 use cairn_encryption::{
     ArtifactKey, GRANT_ENC_LEN, GRANT_SEALED_LEN, GatewayId, GatewaySecret, WrappedKey, unwrap_key,
     wrap_key,

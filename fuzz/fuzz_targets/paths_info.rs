@@ -13,9 +13,17 @@ const PATHS_MAX: usize = 10_000;
 
 #[derive(Arbitrary, Debug)]
 enum Input {
-    Raw { content_type: Vec<u8>, body: Vec<u8> },
-    Form { paths: Vec<String>, brackets: bool },
-    Json { paths: Vec<String> },
+    Raw {
+        content_type: Vec<u8>,
+        body: Vec<u8>,
+    },
+    Form {
+        paths: Vec<String>,
+        brackets: bool,
+    },
+    Json {
+        paths: Vec<String>,
+    },
 }
 
 fn form_escape(s: &str, out: &mut String) {
@@ -49,7 +57,11 @@ fn check(result: Result<Vec<String>, String>, want: Option<&[String]>) {
         }
         (Ok(got), None) => assert!(got.len() <= PATHS_MAX, "{} paths accepted", got.len()),
         (Err(e), Some(want)) => {
-            assert!(want.len() > PATHS_MAX, "a well-formed body of {} paths refused: {e}", want.len())
+            assert!(
+                want.len() > PATHS_MAX,
+                "a well-formed body of {} paths refused: {e}",
+                want.len()
+            )
         }
         (Err(_), None) => {}
     }

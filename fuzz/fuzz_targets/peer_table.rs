@@ -52,7 +52,9 @@ fn load(bytes: &[u8]) -> Option<PeerTable> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
     if selector % 2 == 0 {
         load(rest);
         return;

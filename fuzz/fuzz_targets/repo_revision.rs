@@ -44,7 +44,8 @@ enum Rev {
 
 fn part_ok(p: &str) -> bool {
     (1..=REPO_PART_LEN_MAX).contains(&p.len())
-        && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         && !p.starts_with(['.', '-'])
         && !p.contains("..")
 }
@@ -56,10 +57,22 @@ fuzz_target!(|input: Input| {
         Org::Other(s) => s.as_str(),
     };
     let name = input.name.as_str();
-    let reserved = ["api", "datasets", "artifacts", "healthz", "metrics", "models"].contains(&org);
+    let reserved = [
+        "api",
+        "datasets",
+        "artifacts",
+        "healthz",
+        "metrics",
+        "models",
+    ]
+    .contains(&org);
     let valid = part_ok(org) && part_ok(name) && !reserved;
     let repo = RepoId::new(org, name);
-    assert_eq!(repo.is_ok(), valid, "RepoId::new({org:?}, {name:?}): {repo:?}");
+    assert_eq!(
+        repo.is_ok(),
+        valid,
+        "RepoId::new({org:?}, {name:?}): {repo:?}"
+    );
     let Ok(repo) = repo else { return };
     let printed = repo.to_string();
     assert_eq!(printed, format!("{org}/{name}"));

@@ -3,11 +3,15 @@
 //! re-encode to exactly the bytes given.
 #![no_main]
 
-use cairn_swarm::fuzzing::{decode_reply_frame, decode_request_frame, verify_announcement, verify_record};
+use cairn_swarm::fuzzing::{
+    decode_reply_frame, decode_request_frame, verify_announcement, verify_record,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
     match selector % 4 {
         0 => {
             if let Ok(again) = decode_request_frame(rest) {

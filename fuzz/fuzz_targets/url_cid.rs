@@ -8,15 +8,19 @@
 #[allow(dead_code)]
 mod common_registry;
 
-use cairn_gateway::fuzzing::url_cid;
 use cairn_artifact::Cid;
+use cairn_gateway::fuzzing::url_cid;
 use common_registry::known;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|segment: &str| {
     let Some(cid) = url_cid(segment) else { return };
     let printed = cid.to_string();
-    assert_eq!(url_cid(&printed), Some(cid), "{segment:?} printed as {printed:?}");
+    assert_eq!(
+        url_cid(&printed),
+        Some(cid),
+        "{segment:?} printed as {printed:?}"
+    );
     assert_eq!(Cid::try_from(cid.to_bytes().as_slice()).ok(), Some(cid));
     let k = known();
     let found = k.registry.artifact(&cid).expect("a registry lookup works");
