@@ -116,10 +116,11 @@ pub(crate) async fn replace_records(
         let ranking = record_nodes(&artifact, &everyone);
         let top: Vec<EndpointId> = ranking.iter().take(RECORD_REPLICAS).map(|a| a.id).collect();
         let s = store.clone();
-        let (repair, lease, manifest) = match tokio::task::spawn_blocking(move || {
+        let (repair, lease, lease_until, manifest) = match tokio::task::spawn_blocking(move || {
             (
                 s.get_repair_record(&artifact).ok().flatten(),
                 s.get_lease(&artifact).ok().flatten(),
+                s.lease_until(&artifact).ok().flatten(),
                 s.get_manifest(&artifact).ok(),
             )
         })
@@ -129,6 +130,11 @@ pub(crate) async fn replace_records(
             Err(_) => continue,
         };
         let Some(manifest) = manifest else { continue };
+        // An artifact whose lease has ended is being let go (gc collects it after the grace):
+        // handing it on would bring it back on nodes that already let it go.
+        if lease_until.is_some_and(|until| until < now) {
+            continue;
+        }
         let repair = repair.and_then(|b| HolderRecord::verify(&b).ok().map(|r| (b, r)));
         let mut holders: Vec<EndpointId> = primary.record.nodes.iter().map(|(id, _)| *id).collect();
         if let Some((_, r)) = &repair {
@@ -404,8 +410,10 @@ mod tests {
             .cloned()
             .collect();
 
+        // Node 0 may be among them: later clients join through the first node still up.
+        let up = nodes.iter().position(|n| n.handle.is_some()).unwrap();
         // A reader whose membership still lists them finds the artifact.
-        let late = reader(&nodes[0]).await;
+        let late = reader(&nodes[up]).await;
         let found = tokio::time::timeout(STEP, late.locate(&cid))
             .await
             .unwrap()
@@ -461,7 +469,7 @@ mod tests {
         }
 
         // A reader over the new membership asks only the new record nodes and holders.
-        let after = reader(&nodes[0]).await;
+        let after = reader(&nodes[up]).await;
         let before = sent(&after, &nodes);
         let found = tokio::time::timeout(STEP, after.locate(&cid))
             .await
@@ -480,7 +488,7 @@ mod tests {
         // A node joining now knows every live node within seconds: its table is seeded from
         // the bootstrap node's live set (PEERS_AFTER), where gossip alone would wait for each
         // node's next announcement (every 30 s at this size).
-        let joiner = start(vec![boot.clone()]).await;
+        let joiner = start(vec![nodes[up].handle.as_ref().unwrap().peer_addr()]).await;
         let others = NODES - RECORD_REPLICAS + 1;
         tokio::time::timeout(Duration::from_secs(10), async {
             while joiner.handle.as_ref().unwrap().live_peers() < others {
