@@ -20,7 +20,8 @@
 //!   an artifact are the record nodes themselves and the artifact's *steward* (the live holder
 //!   ranked first for its record key, one node per artifact): at most `RECORD_REPLICAS + 1`
 //!   nodes check each artifact, once a period and whenever its record nodes change, however
-//!   many nodes hold its shards.
+//!   many nodes hold its shards. An artifact whose lease has ended is not handed on: it is
+//!   being let go, and handing it would bring it back on nodes that already collected it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
