@@ -994,18 +994,22 @@ impl Network {
         }
         None
     }
+
+    /// The addresses of `record`'s nodes, in its order: those their announcements give now,
+    /// then those recorded at publish (one map of the peer list, not a scan per node).
     fn holder_addrs(&self, record: &HolderRecord) -> Vec<EndpointAddr> {
-        let known = self.peers();
+        let peers = self.peers();
+        let known: HashMap<EndpointId, &[SocketAddr]> = peers
+            .iter()
+            .map(|p| (p.addr.id, p.addr.addrs.as_slice()))
+            .collect();
         record
             .nodes
             .iter()
             .map(|(id, addrs)| {
                 // Addresses known now (announcements) first, then those recorded at publish.
-                let mut all: Vec<SocketAddr> = known
-                    .iter()
-                    .filter(|p| p.addr.id == *id)
-                    .flat_map(|p| p.addr.addrs.clone())
-                    .collect();
+                let mut all: Vec<SocketAddr> =
+                    known.get(id).map(|a| a.to_vec()).unwrap_or_default();
                 all.extend(addrs.iter().copied());
                 all.dedup();
                 let a = PeerAddr {
