@@ -131,6 +131,22 @@ pub struct ShardClient {
     inner: Arc<Inner>,
 }
 
+/// The announcements of `signed` that verify for network `topic` (format, network,
+/// signature); the others, sent by `from`, are dropped with a debug line: one bad entry should
+/// not hide the rest.
+fn verified(signed: &[Vec<u8>], topic: &TopicId, from: &EndpointAddr) -> Vec<Announcement> {
+    signed
+        .iter()
+        .filter_map(|bytes| match Announcement::verify(bytes, topic) {
+            Ok(announcement) => Some(announcement),
+            Err(err) => {
+                tracing::debug!(%err, peer = %peer_name(&from.id), "announcement in a peer list dropped");
+                None
+            }
+        })
+        .collect()
+}
+
 fn peer_name(id: &EndpointId) -> String {
     id.fmt_short().to_string()
 }
@@ -425,16 +441,7 @@ impl ShardClient {
         topic: &TopicId,
     ) -> Result<Vec<Announcement>> {
         let signed = self.all_peer_announcements(addr).await?;
-        Ok(signed
-            .iter()
-            .filter_map(|bytes| match Announcement::verify(bytes, topic) {
-                Ok(announcement) => Some(announcement),
-                Err(err) => {
-                    tracing::debug!(%err, peer = %peer_name(&addr.id), "announcement in PEERS_AFTER reply dropped");
-                    None
-                }
-            })
-            .collect())
+        Ok(verified(&signed, topic, addr))
     }
 
     /// The announcements of network `topic` the peer at `addr` knows, each verified (format,
@@ -442,16 +449,7 @@ impl ShardClient {
     /// Announcements that fail are dropped, not fatal: one bad entry should not hide the rest.
     pub async fn peers(&self, addr: &EndpointAddr, topic: &TopicId) -> Result<Vec<Announcement>> {
         let signed = self.peer_announcements(addr).await?;
-        Ok(signed
-            .iter()
-            .filter_map(|bytes| match Announcement::verify(bytes, topic) {
-                Ok(announcement) => Some(announcement),
-                Err(err) => {
-                    tracing::debug!(%err, peer = %peer_name(&addr.id), "announcement in PEERS reply dropped");
-                    None
-                }
-            })
-            .collect())
+        Ok(verified(&signed, topic, addr))
     }
 
     /// Stores the signed holder record `signed` (from [`HolderRecord::sign`]) on the peer at
